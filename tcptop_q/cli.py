@@ -1,0 +1,3 @@
+def main() -> int:
+    print("tcpq-top: not yet")
+    return 0

@@ -1,0 +1,358 @@
+"""Frozen data the rest of tcpq-top passes around, and pure functions over it.
+
+Nothing here touches the kernel or imports textual: probes fill these records,
+the sampler merges them into one Snapshot per tick, the UI only reads them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Mapping, Optional, Sequence
+
+SCHEMA = "tcpq-top.snapshot/1"
+
+# Kernel TCP states (include/net/tcp_states.h), numbered as the kernel does.
+TCP_STATES = {
+    1: "ESTABLISHED",
+    2: "SYN_SENT",
+    3: "SYN_RECV",
+    4: "FIN_WAIT1",
+    5: "FIN_WAIT2",
+    6: "TIME_WAIT",
+    7: "CLOSE",
+    8: "CLOSE_WAIT",
+    9: "LAST_ACK",
+    10: "LISTEN",
+    11: "CLOSING",
+    12: "NEW_SYN_RECV",
+}
+STATE_NUM = {name: num for num, name in TCP_STATES.items()}
+
+# The netns counters the JSON contract names, in /proc/net/netstat TcpExt spelling.
+NETNS_COUNTERS = (
+    "ListenOverflows",
+    "ListenDrops",
+    "TCPReqQFullDrop",
+    "TCPReqQFullDoCookies",
+    "SyncookiesSent",
+)
+# Read as well, shown in the UI / diagnosis, not in the contract's required set.
+NETNS_EXTRA_COUNTERS = ("TCPDeferAcceptDrop", "EmbryonicRsts", "TCPAbortOnOverflow")
+
+
+def state_name(num: int) -> str:
+    return TCP_STATES.get(num, f"STATE_{num}")
+
+
+@dataclass(frozen=True)
+class ListenerKey:
+    """Identifies one listening socket across ticks.
+
+    (netns, family, laddr, lport) is unique except for SO_REUSEPORT groups, where
+    the socket cookie (never 0 for a dumped socket) tells the members apart.
+    """
+
+    netns: int
+    family: str  # "ipv4" | "ipv6"
+    laddr: str
+    lport: int
+    cookie: int = 0
+
+    def label(self) -> str:
+        host = f"[{self.laddr}]" if self.family == "ipv6" else self.laddr
+        return f"{host}:{self.lport}"
+
+
+@dataclass(frozen=True)
+class Listener:
+    key: ListenerKey
+    inode: int
+    pid: Optional[int]
+    comm: Optional[str]
+    accept_queue: int  # sk_ack_backlog (idiag_rqueue)
+    backlog: int  # sk_max_ack_backlog (idiag_wqueue)
+    syn_queue: int  # request socks (SYN_RECV) counted in the dump
+    drops: int  # sk_drops since the socket was created
+    drop_rate: float
+    children: Mapping[str, int] = field(default_factory=dict)
+    # BPF-derived; None = this kernel/privilege cannot tell (never "zero").
+    overflows: Optional[int] = None
+    overflow_rate: Optional[float] = None
+    synack_retrans: Optional[int] = None
+    synack_retrans_rate: Optional[float] = None
+    accepts: Optional[int] = None
+    accept_rate: Optional[float] = None
+    peak_accept_queue: Optional[int] = None
+    resets_sent: Optional[int] = None
+    resets_received: Optional[int] = None
+
+    @property
+    def netns(self) -> int:
+        return self.key.netns
+
+    @property
+    def family(self) -> str:
+        return self.key.family
+
+    @property
+    def laddr(self) -> str:
+        return self.key.laddr
+
+    @property
+    def lport(self) -> int:
+        return self.key.lport
+
+
+@dataclass(frozen=True)
+class Connection:
+    """A child of a listener (or any non-LISTEN socket) seen in a dump."""
+
+    netns: int
+    family: str
+    state: str
+    laddr: str
+    lport: int
+    raddr: str
+    rport: int
+    inode: int
+    cookie: int
+    recv_q: int
+    send_q: int
+    pid: Optional[int] = None
+    comm: Optional[str] = None
+    age_s: Optional[float] = None  # from BPF timeline; None before probes saw it
+
+
+@dataclass(frozen=True)
+class CloseWait:
+    netns: int
+    family: str
+    laddr: str
+    lport: int
+    raddr: str
+    rport: int
+    inode: int
+    cookie: int
+    pid: Optional[int]
+    comm: Optional[str]
+    recv_q: int
+    age_s: Optional[float]
+
+
+@dataclass(frozen=True)
+class NetnsCounters:
+    inode: int
+    counters: Mapping[str, int]  # TcpExt name -> value (absolute)
+    rates: Mapping[str, float] = field(default_factory=dict)  # per second over interval
+    sysctls: Mapping[str, int] = field(default_factory=dict)  # somaxconn, tcp_max_syn_backlog, ...
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One sock:inet_sock_set_state event (the live feed / a timeline entry)."""
+
+    time: float  # unix seconds
+    netns: int
+    skaddr: int
+    family: str
+    laddr: str
+    lport: int
+    raddr: str
+    rport: int
+    old: str
+    new: str
+    ms_in_old: Optional[float]
+    pid: int
+    comm: str
+
+
+@dataclass(frozen=True)
+class Sources:
+    netlink: bool
+    bpf: bool
+    bpf_error: Optional[str] = None
+    bpf_state: str = "off"  # "loading" | "live" | "off"
+    hooks: Mapping[str, str] = field(default_factory=dict)  # metric -> hook serving it
+    lost_events: int = 0
+    notes: Sequence[str] = ()  # other degradations, one line each
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    time: float
+    interval: float
+    kernel: str
+    hostname: str
+    sources: Sources
+    netns: Sequence[NetnsCounters]
+    listeners: Sequence[Listener]
+    close_wait: Sequence[CloseWait]
+    # Transitions that arrived since the previous snapshot (feed batch).
+    events: Sequence[Transition] = ()
+    # When the sampler did a children dump this tick: children per listener key.
+    connections: Optional[Mapping[ListenerKey, Sequence[Connection]]] = None
+    seq: int = 0
+
+
+# ---------------------------------------------------------------- pure helpers
+
+
+def rate(now: Optional[int], before: Optional[int], interval: float) -> Optional[float]:
+    """Per-second rate between two absolute counter readings; None if either is unknown."""
+    if now is None or before is None or interval <= 0:
+        return None
+    delta = now - before
+    if delta < 0:  # counter reset (socket re-created under the same key)
+        delta = now
+    return delta / interval
+
+
+SORT_KEYS = (
+    "overflow_rate",
+    "drop_rate",
+    "accept_queue",
+    "backlog",
+    "fill",
+    "syn_queue",
+    "drops",
+    "overflows",
+    "synack_retrans",
+    "synack_retrans_rate",
+    "accepts",
+    "accept_rate",
+    "peak_accept_queue",
+    "lport",
+    "pid",
+    "netns",
+    "established",
+    "close_wait",
+)
+
+
+def sort_value(listener: Listener, key: str) -> float:
+    """Numeric value of a listener for sorting; unknown (None) sorts lowest."""
+    if key == "fill":
+        return listener.accept_queue / listener.backlog if listener.backlog else float(listener.accept_queue)
+    if key == "established":
+        return float(listener.children.get("ESTABLISHED", 0))
+    if key == "close_wait":
+        return float(listener.children.get("CLOSE_WAIT", 0))
+    if key in ("lport", "netns"):
+        return float(getattr(listener.key, key))
+    value = getattr(listener, key)
+    return float("-inf") if value is None else float(value)
+
+
+def sort_listeners(
+    listeners: Sequence[Listener], key: str = "overflow_rate", reverse: bool = False
+) -> list[Listener]:
+    """Worst first: by key descending, then drop rate, then accept-queue fill; stable by address."""
+    if key not in SORT_KEYS:
+        raise ValueError(f"unknown sort key {key!r}")
+    base = sorted(listeners, key=lambda lst: (lst.key.netns, lst.key.lport, lst.key.laddr, lst.key.cookie))
+    ordered = sorted(
+        base,
+        key=lambda lst: (
+            sort_value(lst, key),
+            sort_value(lst, "drop_rate"),
+            sort_value(lst, "fill"),
+        ),
+        reverse=True,
+    )
+    if reverse:
+        ordered.reverse()
+    return ordered
+
+
+def listener_to_json(listener: Listener) -> dict:
+    return {
+        "netns": listener.key.netns,
+        "family": listener.key.family,
+        "laddr": listener.key.laddr,
+        "lport": listener.key.lport,
+        "cookie": listener.key.cookie,
+        "inode": listener.inode,
+        "pid": listener.pid,
+        "comm": listener.comm,
+        "accept_queue": listener.accept_queue,
+        "backlog": listener.backlog,
+        "syn_queue": listener.syn_queue,
+        "drops": listener.drops,
+        "drop_rate": float(listener.drop_rate),
+        "overflows": listener.overflows,
+        "overflow_rate": listener.overflow_rate,
+        "synack_retrans": listener.synack_retrans,
+        "synack_retrans_rate": listener.synack_retrans_rate,
+        "accepts": listener.accepts,
+        "accept_rate": listener.accept_rate,
+        "peak_accept_queue": listener.peak_accept_queue,
+        "resets_sent": listener.resets_sent,
+        "resets_received": listener.resets_received,
+        "children": dict(listener.children),
+    }
+
+
+def snapshot_to_json(snap: Snapshot) -> dict:
+    """The `--once --json` contract (DESIGN.md); fields may be added, never renamed."""
+    return {
+        "schema": SCHEMA,
+        "time": snap.time,
+        "interval": snap.interval,
+        "kernel": snap.kernel,
+        "hostname": snap.hostname,
+        "sources": {
+            "netlink": snap.sources.netlink,
+            "bpf": snap.sources.bpf,
+            "bpf_error": snap.sources.bpf_error,
+            "hooks": dict(snap.sources.hooks),
+            "lost_events": snap.sources.lost_events,
+            "notes": list(snap.sources.notes),
+        },
+        "netns": [
+            {
+                "inode": ns.inode,
+                **{name: int(ns.counters.get(name, 0)) for name in NETNS_COUNTERS},
+                **{name: int(ns.counters[name]) for name in NETNS_EXTRA_COUNTERS if name in ns.counters},
+                "rates": dict(ns.rates),
+                "sysctls": dict(ns.sysctls),
+            }
+            for ns in snap.netns
+        ],
+        "listeners": [listener_to_json(lst) for lst in snap.listeners],
+        "close_wait": [dataclasses.asdict(cw) for cw in snap.close_wait],
+    }
+
+
+# ------------------------------------------------------------- BPF raw readings
+
+
+@dataclass(frozen=True)
+class BpfListenerCounts:
+    """What the eBPF programs counted for one listener since they went live.
+
+    All cumulative since live, except peak_accept_queue which is the highest
+    sk_ack_backlog seen at enqueue since the previous read (reset on read).
+    """
+
+    accepts: int = 0  # children queued (sock:sk_data_ready on LISTEN, or kprobe fallback)
+    peak_accept_queue: int = 0
+    synack_retrans: int = 0
+    listen_overflow_drops: int = 0  # third-ACK overflows (kfree_skb, rx_sk=listener, TCP_LISTEN_OVERFLOW)
+    other_rx_drops: int = 0  # other kfree_skb events with rx_sk=listener (each +1 sk_drops)
+    syn_overflows: Optional[int] = None  # only where a kprobe sees the SYN-path overflow directly
+    resets_sent: int = 0
+    resets_received: int = 0
+    drop_reasons: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BpfReading:
+    """One read of the BPF side, taken by the sampler once per tick."""
+
+    # Keyed by ListenerKey; cookie may be 0 when the kernel had not generated one yet.
+    listeners: Mapping[ListenerKey, BpfListenerCounts]
+    events: Sequence[Transition]  # feed events since the previous read (bounded)
+    lost_events: int  # cumulative
+    live_since: float  # unix time the probes attached
+    hooks: Mapping[str, str]  # metric -> hook, e.g. {"accepts": "tracepoint:sock:sk_data_ready"}
