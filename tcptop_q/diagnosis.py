@@ -1,0 +1,150 @@
+"""Plain-language diagnosis of one listener: pure, no textual, unit-tested.
+
+Kernel facts this relies on (see DESIGN.md):
+- sk_acceptq_is_full() tests ack_backlog > max_ack_backlog, so the accept queue
+  holds backlog+1 children: 6 queued against backlog 5 is "full".
+- the limit (idiag_wqueue) is min(listen() backlog, net.core.somaxconn).
+- with the accept queue full, SYNs are dropped (sk_drops, ListenOverflows);
+  with tcp_abort_on_overflow=1 the third ACK gets a RST instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Optional, Sequence
+
+from tcptop_q.model import CloseWait, Listener, NetnsCounters
+
+OK, INFO, WARN, CRIT = "ok", "info", "warn", "crit"
+SEVERITY_ORDER = {CRIT: 0, WARN: 1, INFO: 2, OK: 3}
+CLOSE_WAIT_PILE = 5  # this many CLOSE_WAIT children of one owner is a pile-up
+CLOSE_WAIT_OLD_S = 30.0  # or any one older than this
+
+
+@dataclass(frozen=True)
+class Finding:
+    severity: str  # ok | info | warn | crit
+    text: str
+
+
+def _owner(listener: Listener) -> str:
+    if listener.pid is None:
+        return "the owning process (unknown: no permission to read its fds, or another netns)"
+    comm = f" ({listener.comm})" if listener.comm else ""
+    return f"pid {listener.pid}{comm}"
+
+
+def _rate(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.1f}/s"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def diagnose(
+    listener: Listener,
+    *,
+    sysctls: Mapping[str, int] | None = None,
+    netns: NetnsCounters | None = None,
+    close_wait: Sequence[CloseWait] = (),
+) -> list[Finding]:
+    """Findings, worst first; a healthy listener gets exactly one OK finding."""
+    sysctls = sysctls or {}
+    findings: list[Finding] = []
+    depth, limit = listener.accept_queue, listener.backlog
+    somaxconn = sysctls.get("somaxconn")
+    drops_rising = listener.drop_rate > 0 or bool(listener.overflow_rate)
+    owner = _owner(listener)
+
+    if somaxconn is not None and limit >= somaxconn:
+        limit_text = f"net.core.somaxconn {somaxconn} is the limit (listen() asked for {limit} or more)"
+    elif somaxconn is not None:
+        limit_text = f"backlog {limit} from listen() is the limit (somaxconn {somaxconn})"
+    else:
+        limit_text = f"backlog {limit} is the limit"
+
+    full = depth > limit  # sk_acceptq_is_full
+    if full:
+        head = f"accept queue full {depth}/{limit} (the kernel holds backlog+1)"
+        if drops_rising:
+            findings.append(Finding(CRIT, (
+                f"{head} and drops rising ({_rate(listener.drop_rate)}): {owner} is not calling "
+                f"accept() fast enough; {limit_text}")))
+        else:
+            findings.append(Finding(WARN, (
+                f"{head}, no new drops this interval: {owner} is not calling accept(); the next "
+                f"connection will be dropped; {limit_text}")))
+        if sysctls.get("tcp_abort_on_overflow"):
+            findings.append(Finding(INFO, "tcp_abort_on_overflow=1: clients get a RST instead of a retry"))
+    elif depth and depth >= limit:
+        findings.append(Finding(WARN, (
+            f"accept queue at its limit {depth}/{limit}: one more connection fits; {owner} is "
+            f"falling behind; {limit_text}")))
+    elif drops_rising:
+        peak = listener.peak_accept_queue
+        if peak is not None and peak > limit:
+            findings.append(Finding(CRIT, (
+                f"bursts fill the accept queue between samples (peak {peak}/{limit}) and drops rise "
+                f"({_rate(listener.drop_rate)}): {owner} accepts too slowly for the bursts; {limit_text}")))
+        else:
+            findings.append(Finding(WARN, (
+                f"drops rising ({_rate(listener.drop_rate)}) with the accept queue at {depth}/{limit}: "
+                f"bursts between samples, a SYN-queue overflow, or filter drops; see the netns counters")))
+
+    max_syn = sysctls.get("tcp_max_syn_backlog")
+    cookies = sysctls.get("tcp_syncookies")
+    rates = netns.rates if netns is not None else {}
+    reqq_drop = rates.get("TCPReqQFullDrop", 0.0)
+    reqq_cookies = rates.get("TCPReqQFullDoCookies", 0.0) + rates.get("SyncookiesSent", 0.0)
+    syn_full = max_syn is not None and listener.syn_queue >= max_syn
+    if syn_full or reqq_drop > 0 or reqq_cookies > 0:
+        where = f"SYN queue {listener.syn_queue}" + (f"/{max_syn} (tcp_max_syn_backlog)" if max_syn else "")
+        if cookies == 0:
+            findings.append(Finding(CRIT, (
+                f"{where} full and tcp_syncookies=0: new SYNs are dropped "
+                f"(TCPReqQFullDrop {reqq_drop:.1f}/s): a SYN flood or clients that never complete "
+                "the handshake")))
+        else:
+            findings.append(Finding(WARN, (
+                f"{where}: the kernel is answering with syncookies ({reqq_cookies:.1f}/s, "
+                f"tcp_syncookies={cookies}): a SYN flood or a slow handshake path")))
+    if listener.synack_retrans_rate:
+        findings.append(Finding(INFO, (
+            f"SYN-ACK retransmits {_rate(listener.synack_retrans_rate)}: clients do not complete the "
+            "handshake (lost ACKs, or the accept queue is full and the kernel ignores their ACK)")))
+
+    mine = [cw for cw in close_wait if cw.lport == listener.lport and cw.netns == listener.netns]
+    n_cw = len(mine) or int(listener.children.get("CLOSE_WAIT", 0))
+    if n_cw:
+        ages = [cw.age_s for cw in mine if cw.age_s is not None]
+        oldest = max(ages) if ages else None
+        unread = sum(cw.recv_q for cw in mine)
+        pids = sorted({(cw.pid, cw.comm) for cw in mine if cw.pid is not None}, key=lambda p: p[0])
+        if pids:
+            who = ", ".join(f"pid {pid}" + (f" ({comm})" if comm else "") for pid, comm in pids)
+        else:
+            who = owner
+        if n_cw >= CLOSE_WAIT_PILE or (oldest is not None and oldest >= CLOSE_WAIT_OLD_S):
+            detail = []
+            if oldest is not None:
+                detail.append(f"oldest {oldest:.0f}s")
+            if unread:
+                detail.append(f"{unread} bytes never read")
+            extra = f" ({', '.join(detail)})" if detail else ""
+            findings.append(Finding(WARN, (
+                f"{_plural(n_cw, 'connection')} in CLOSE_WAIT{extra}: the peers closed, {who} never "
+                "calls close() on them (a leaked fd per connection)")))
+        else:
+            findings.append(Finding(INFO, f"{_plural(n_cw, 'connection')} in CLOSE_WAIT, waiting for {who} to close()"))
+
+    if not any(f.severity in (CRIT, WARN) for f in findings):
+        drops = "no drops this interval" if not drops_rising else f"drops {_rate(listener.drop_rate)}"
+        findings.insert(0, Finding(OK, (
+            f"healthy: accept queue {depth}/{limit}, SYN queue {listener.syn_queue}, {drops}")))
+    findings.sort(key=lambda f: SEVERITY_ORDER[f.severity])
+    return findings
+
+
+def headline(findings: Sequence[Finding]) -> Finding:
+    return findings[0]

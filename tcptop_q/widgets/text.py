@@ -1,0 +1,72 @@
+"""Make kernel/process strings safe to put on a terminal.
+
+comm, cmdline and user names are chosen by whoever started the process: they may
+hold escape sequences or Rich markup. Everything shown goes through `inert()`
+and into a `rich.text.Text` (never a markup string).
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from typing import Optional
+
+from rich.text import Text
+
+_SAFE_CACHE: dict[str, str] = {}
+
+
+def inert(value: Optional[str], unknown: str = "-") -> str:
+    """Control and format characters replaced by a visible escape; None -> unknown."""
+    if value is None:
+        return unknown
+    cached = _SAFE_CACHE.get(value)
+    if cached is not None:
+        return cached
+    out = []
+    for ch in value:
+        if ch.isprintable() and unicodedata.category(ch)[0] != "C":
+            out.append(ch)
+        elif ch == "\x00":
+            out.append(" ")  # cmdline argument separator
+        else:
+            out.append(f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
+    result = "".join(out)
+    if len(_SAFE_CACHE) < 65536:
+        _SAFE_CACHE[value] = result
+    return result
+
+
+def inert_text(value: Optional[str], style: str = "", unknown: str = "-") -> Text:
+    """A Text that renders `value` literally (no markup, no escapes)."""
+    return Text(inert(value, unknown), style=style, no_wrap=True, overflow="ellipsis")
+
+
+def fmt_num(value: Optional[float], digits: int = 1) -> str:
+    """None means unknown and shows as '-', never as 0."""
+    if value is None:
+        return "-"
+    if isinstance(value, int):
+        return str(value)
+    if value == 0:
+        return "0"
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    return f"{value:.{digits}f}"
+
+
+def fmt_age(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{seconds:.0f}s" if seconds >= 1 else f"{seconds * 1000:.0f}ms"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+    return f"{s // 86400}d{(s % 86400) // 3600:02d}h"
+
+
+def short_netns(inode: int) -> str:
+    """Namespace inodes are 10 digits; the last 4 tell them apart on one host."""
+    return f"…{inode % 10000:04d}"
