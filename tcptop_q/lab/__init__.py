@@ -1,0 +1,1 @@
+"""Reproducible kernel scenarios in private network namespaces (loopback only)."""

@@ -1,0 +1,117 @@
+"""A private network namespace for lab scenarios and tests, removed on every exit path.
+
+Traffic stays on the namespace's own loopback. Processes started in it are
+tracked by pid and ended (only those) before the namespace is deleted.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Optional, Sequence
+
+_counter = itertools.count()
+_live: dict[str, "LabNetns"] = {}
+
+
+class LabError(RuntimeError):
+    pass
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
+
+
+class LabNetns:
+    """`ip netns add` + lo up; `exec`/`spawn` inside it; `close` removes everything."""
+
+    def __init__(self, purpose: str = "lab") -> None:
+        self.name = f"tq-{purpose}-{os.getpid()}-{next(_counter)}"
+        self.procs: list[subprocess.Popen] = []
+        try:
+            _ip("netns", "add", self.name)
+        except FileNotFoundError as exc:
+            raise LabError("the `ip` command (iproute2) is not installed") from exc
+        except subprocess.CalledProcessError as exc:
+            raise LabError(f"cannot create netns {self.name}: {exc.stderr.strip()}") from exc
+        _live[self.name] = self
+        try:
+            _ip("-n", self.name, "link", "set", "lo", "up")
+            self.inode = os.stat(f"/run/netns/{self.name}").st_ino
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> "LabNetns":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def argv(self, cmd: Sequence[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.name, *cmd]
+
+    def run(self, cmd: Sequence[str], timeout: float = 30.0, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run(self.argv(cmd), capture_output=True, text=True, timeout=timeout, check=check)
+
+    def spawn(self, cmd: Sequence[str], **kw) -> subprocess.Popen:
+        proc = subprocess.Popen(self.argv(cmd), **kw)
+        self.procs.append(proc)
+        return proc
+
+    def python(self, *args: str) -> list[str]:
+        return [sys.executable, *args]
+
+    def tcpext(self) -> dict[str, int]:
+        """The netns' TcpExt counters as the kernel's own nstat reports them."""
+        out = self.run(["nstat", "-a", "-s", "-z", "-j"]).stdout
+        import json
+
+        data = json.loads(out)
+        counters = data.get("kernel", data)
+        return {k[len("TcpExt"):]: int(v) for k, v in counters.items() if k.startswith("TcpExt")}
+
+    def sysctl(self, name: str, value: Optional[str] = None) -> str:
+        path = "/proc/sys/" + name.replace(".", "/")
+        if value is not None:
+            self.run(["sh", "-c", f"echo {value} > {path}"])
+        return self.run(["cat", path]).stdout.strip()
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + 3
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs.clear()
+        if _live.pop(self.name, None) is not None:
+            # ip netns delete unmounts; the netns itself goes when nothing pins it.
+            _ip("netns", "delete", self.name, check=False)
+
+
+def cleanup_all() -> None:
+    for ns in list(_live.values()):
+        ns.close()
+
+
+atexit.register(cleanup_all)
+
+
+def install_signal_cleanup() -> None:
+    """SIGTERM/SIGHUP end the process through SystemExit, so finally blocks and atexit run."""
+
+    def handler(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, handler)

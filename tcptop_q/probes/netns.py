@@ -1,0 +1,101 @@
+"""Network namespaces: find them all, and hold per-netns readers opened inside each.
+
+A netlink socket and a /proc/.../net file stay bound to the netns they were
+opened in, so we enter a netns once (setns on this thread only), open what we
+need, and return. Those open handles pin the netns, so handles of a netns that
+no process and no /run/netns mount refers to any more are closed at once: the
+tool must never keep a dead namespace alive.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Optional, TypeVar
+
+CLONE_NEWNET = 0x40000000
+T = TypeVar("T")
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def setns(fd: int, nstype: int = CLONE_NEWNET) -> None:
+    if _libc.setns(fd, nstype) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def current_netns() -> int:
+    return os.stat("/proc/thread-self/ns/net").st_ino
+
+
+@dataclass
+class NetnsRef:
+    inode: int
+    path: str  # a path that names the netns: /proc/<pid>/ns/net or /run/netns/<name>
+    pid: Optional[int] = None  # a process inside it (None for a bare `ip netns` mount)
+    names: list[str] = field(default_factory=list)  # `ip netns` names
+
+
+def discover(proc: str = "/proc", run_netns: str = "/run/netns") -> dict[int, NetnsRef]:
+    """Every network namespace reachable through /proc/*/ns/net and /run/netns, by inode."""
+    found: dict[int, NetnsRef] = {}
+    try:
+        names = sorted(os.listdir(run_netns))
+    except OSError:
+        names = []
+    for name in names:
+        path = os.path.join(run_netns, name)
+        try:
+            ino = os.stat(path).st_ino
+        except OSError:
+            continue
+        ref = found.setdefault(ino, NetnsRef(ino, path))
+        ref.names.append(name)
+    for entry in os.scandir(proc):
+        if not entry.name.isdigit():
+            continue
+        path = f"{proc}/{entry.name}/ns/net"
+        try:
+            ino = os.stat(path).st_ino
+        except OSError:  # gone, or a kernel thread, or not ours to see
+            continue
+        ref = found.get(ino)
+        if ref is None:
+            found[ino] = NetnsRef(ino, path, int(entry.name))
+        elif ref.pid is None:
+            ref.pid = int(entry.name)
+    return found
+
+
+class NetnsEnterer:
+    """Runs a function inside another netns on the calling thread, then comes back."""
+
+    def __init__(self) -> None:
+        self.home_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        self.home = os.fstat(self.home_fd).st_ino
+
+    def run_in(self, ref: NetnsRef, fn: Callable[[], T]) -> T:
+        if ref.inode == self.home:
+            return fn()
+        fd = os.open(ref.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            if os.fstat(fd).st_ino != ref.inode:  # pid reused for another netns
+                raise OSError(errno.ESTALE, "netns changed under its path")
+            setns(fd)
+        finally:
+            os.close(fd)
+        try:
+            return fn()
+        finally:
+            # Coming home cannot fail for a thread that was there before; if it
+            # did, this thread would read the wrong netns from now on: stop loudly.
+            setns(self.home_fd)
+            if current_netns() != self.home:
+                raise RuntimeError("could not return to the original network namespace")
+
+    def close(self) -> None:
+        os.close(self.home_fd)

@@ -1,0 +1,87 @@
+"""Socket inode -> owning process, from the /proc/<pid>/fd links.
+
+A full walk of /proc/*/fd costs seconds on a host with 100k sockets, so the map
+is kept between ticks: a walk happens only when a socket we must show has an
+inode the map does not know, at most once per `min_rescan` seconds, and entries
+of processes that have exited are dropped. Processes vanish mid-walk: every read
+tolerates that.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Iterable, Optional
+
+Owner = tuple[int, str]  # pid, comm
+
+
+def read_comm(pid: int, proc: str = "/proc") -> Optional[str]:
+    try:
+        with open(f"{proc}/{pid}/comm", "rb") as f:
+            return f.read().rstrip(b"\n").decode("utf-8", "replace")
+    except OSError:
+        return None
+
+
+class OwnerMap:
+    def __init__(self, proc: str = "/proc", min_rescan: float = 2.0) -> None:
+        self.proc = proc
+        self.min_rescan = min_rescan
+        self.by_inode: dict[int, Owner] = {}
+        self.last_walk = float("-inf")
+        self.walk_seconds = 0.0
+        self.permission_denied = 0  # processes whose fds we could not read
+
+    def walk(self) -> None:
+        start = time.monotonic()
+        found: dict[int, Owner] = {}
+        denied = 0
+        comms: dict[int, Optional[str]] = {}
+        for entry in os.scandir(self.proc):
+            if not entry.name.isdigit():
+                continue
+            pid = int(entry.name)
+            fd_dir = f"{self.proc}/{pid}/fd"
+            try:
+                fds = os.scandir(fd_dir)
+            except PermissionError:
+                denied += 1
+                continue
+            except OSError:
+                continue
+            with fds:
+                for fd in fds:
+                    try:
+                        target = os.readlink(f"{fd_dir}/{fd.name}")
+                    except OSError:
+                        continue
+                    if not target.startswith("socket:["):
+                        continue
+                    inode = int(target[8:-1])
+                    if inode in found:
+                        continue  # shared after fork: the lowest pid (first seen) owns it
+                    if pid not in comms:
+                        comms[pid] = read_comm(pid, self.proc)
+                    comm = comms[pid]
+                    if comm is not None:
+                        found[inode] = (pid, comm)
+        self.by_inode = found
+        self.permission_denied = denied
+        self.last_walk = time.monotonic()
+        self.walk_seconds = self.last_walk - start
+
+    def resolve(self, inodes: Iterable[int], *, force: bool = False) -> dict[int, Owner]:
+        """Owners of the given inodes (0 = no file yet: not looked up)."""
+        wanted = {i for i in inodes if i}
+        # Drop owners that have exited; their inodes will be looked up afresh.
+        alive: dict[int, bool] = {}
+        for inode, (pid, _comm) in list(self.by_inode.items()):
+            if pid not in alive:
+                alive[pid] = os.path.exists(f"{self.proc}/{pid}")
+            if not alive[pid]:
+                del self.by_inode[inode]
+        missing = wanted - self.by_inode.keys()
+        if missing and (force or time.monotonic() - self.last_walk >= self.min_rescan):
+            self.walk()
+        return {i: self.by_inode[i] for i in wanted if i in self.by_inode}

@@ -1,0 +1,124 @@
+"""tracefs: where it is mounted, and what a tracepoint's format file says.
+
+Hooks are chosen from these files, never from kernel version numbers:
+distributions backport tracepoints and fields, and enum values (drop reasons)
+are renumbered between releases, so names are decoded from __print_symbolic.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+_CANDIDATES = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
+
+
+class TracefsError(Exception):
+    pass
+
+
+def tracefs_root(mount: bool = True) -> Path:
+    for path in _CANDIDATES:
+        if (path / "events").is_dir():
+            return path
+    if mount and os.geteuid() == 0:
+        target = _CANDIDATES[0]
+        try:
+            subprocess.run(
+                ["mount", "-t", "tracefs", "nodev", str(target)],
+                check=True,
+                capture_output=True,
+                timeout=10,
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise TracefsError(f"tracefs not mounted and mounting it failed: {exc}") from None
+        if (target / "events").is_dir():
+            return target
+    raise TracefsError("tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing)")
+
+
+@dataclass(frozen=True)
+class TpField:
+    name: str
+    ctype: str  # as written in the format file, without the name
+    offset: int
+    size: int
+    signed: bool
+    array_len: int  # 0 when not an array
+
+
+@dataclass(frozen=True)
+class TpFormat:
+    category: str
+    event: str
+    fields: dict[str, TpField]
+    print_fmt: str
+
+    @property
+    def hook(self) -> str:
+        return f"tracepoint:{self.category}:{self.event}"
+
+    @property
+    def size(self) -> int:
+        return max((f.offset + f.size for f in self.fields.values()), default=8)
+
+    def symbols(self, field: str) -> dict[int, str]:
+        """The {value: name} table of __print_symbolic(REC->field, ...), {} if there is none."""
+        start = self.print_fmt.find(f"__print_symbolic(REC->{field},")
+        if start < 0:
+            return {}
+        depth = 0
+        end = start
+        for i in range(start, len(self.print_fmt)):
+            c = self.print_fmt[i]
+            if c == "(":
+                depth += 1
+            elif c == ")":
+                depth -= 1
+                if depth == 0:
+                    end = i
+                    break
+        body = self.print_fmt[start:end]
+        return {int(num, 0): name for num, name in re.findall(r'\{\s*(-?(?:0x)?[0-9a-fA-F]+)\s*,\s*"([^"]*)"\s*\}', body)}
+
+
+_FIELD_RE = re.compile(r"field:(?P<decl>[^;]+);\s*offset:(\d+);\s*size:(\d+);\s*signed:(\d+);")
+
+
+def parse_format(category: str, event: str, text: str) -> TpFormat:
+    fields: dict[str, TpField] = {}
+    for m in _FIELD_RE.finditer(text):
+        decl = m.group("decl").strip()
+        arr = 0
+        am = re.search(r"\[(\d*)\]\s*$", decl)
+        if am:
+            arr = int(am.group(1) or 0)
+            decl = decl[: am.start()].rstrip()
+        nm = re.search(r"([A-Za-z_][A-Za-z0-9_]*)$", decl)
+        if not nm:
+            continue
+        name = nm.group(1)
+        ctype = decl[: nm.start()].strip()
+        fields[name] = TpField(name, ctype, int(m.group(2)), int(m.group(3)), m.group(4) == "1", arr)
+    pm = re.search(r"^print fmt:\s*(.*)$", text, re.M | re.S)
+    return TpFormat(category, event, fields, pm.group(1) if pm else "")
+
+
+def read_format(category: str, event: str, root: Path | None = None) -> TpFormat | None:
+    """None when this kernel has no such tracepoint."""
+    root = root or tracefs_root()
+    try:
+        text = (root / "events" / category / event / "format").read_text()
+    except FileNotFoundError:
+        return None
+    except PermissionError:
+        raise TracefsError(f"cannot read {category}:{event} format: permission denied") from None
+    return parse_format(category, event, text)
+
+
+def kprobes_available(root: Path | None = None) -> bool:
+    root = root or tracefs_root(mount=False)
+    return (root / "kprobe_events").exists()

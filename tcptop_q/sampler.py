@@ -1,0 +1,522 @@
+"""Merge one tick of kernel readings into an immutable Snapshot.
+
+kernel -> probes (sock_diag, /proc, BPF) -> Sampler -> Snapshot. No textual here.
+The Sampler keeps only what rates and attribution need: the previous tick's
+absolute counters, the sk_drops baseline taken when BPF went live, and a bounded
+history per listener.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+from . import model
+from .model import (
+    BpfListenerCounts,
+    BpfReading,
+    CloseWait,
+    Connection,
+    Listener,
+    ListenerKey,
+    NetnsCounters,
+    Snapshot,
+    Sources,
+    Transition,
+)
+from .probes import diag as diagmod
+from .probes.diag import DiagRow, DiagSocket
+from .probes.netns import NetnsEnterer, NetnsRef, discover
+from .probes.netstat import NetnsFiles
+from .probes.owners import OwnerMap
+
+FAMILY = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
+WILDCARD = {"ipv4": "0.0.0.0", "ipv6": "::"}
+HISTORY_LEN = 600  # ticks kept per listener (10 min at 1 Hz)
+
+
+@dataclass
+class NetnsRaw:
+    inode: int
+    counters: dict[str, int]
+    sysctls: dict[str, int]
+    rows: list[DiagRow]  # LISTEN, SYN_RECV (request socks), CLOSE_WAIT
+    children: Optional[list[DiagRow]] = None  # every non-LISTEN state, on children ticks
+
+
+@dataclass
+class RawTick:
+    mono: float
+    wall: float
+    netns: dict[int, NetnsRaw]
+    notes: list[str] = field(default_factory=list)
+
+
+class _NetnsHandle:
+    def __init__(self, ref: NetnsRef) -> None:
+        self.ref = ref
+        self.diag = DiagSocket()
+        try:
+            self.files: Optional[NetnsFiles] = NetnsFiles()
+        except OSError:
+            self.files = None
+
+    def close(self) -> None:
+        self.diag.close()
+        if self.files is not None:
+            self.files.close()
+
+
+class KernelReader:
+    """Reads sock_diag and TcpExt in every (or one) network namespace.
+
+    Must be used from one thread only (setns is per thread).
+    """
+
+    def __init__(self, netns: Optional[int] = None, all_netns: bool = True) -> None:
+        self.only_netns = netns
+        self.all_netns = all_netns
+        self.enterer = NetnsEnterer()
+        self.handles: dict[int, _NetnsHandle] = {}
+        self.refs: dict[int, NetnsRef] = {}
+        self.last_discover = float("-inf")
+        self.discover_every = 2.0
+        self.failed: dict[int, str] = {}
+
+    @property
+    def home(self) -> int:
+        return self.enterer.home
+
+    def _refresh(self, force: bool = False) -> list[str]:
+        notes: list[str] = []
+        now = time.monotonic()
+        if force or now - self.last_discover >= self.discover_every:
+            self.last_discover = now
+            refs = discover() if self.all_netns else {}
+            if self.home not in refs:
+                refs[self.home] = NetnsRef(self.home, "/proc/thread-self/ns/net", os.getpid())
+            if self.only_netns is not None:
+                refs = {k: v for k, v in refs.items() if k == self.only_netns}
+            self.refs = refs
+            # Close handles of namespaces nobody refers to any more: ours would pin them.
+            for ino in list(self.handles):
+                if ino not in refs:
+                    self.handles.pop(ino).close()
+            self.failed = {k: v for k, v in self.failed.items() if k in refs}
+        for ino, ref in self.refs.items():
+            if ino in self.handles or ino in self.failed:
+                continue
+            try:
+                self.handles[ino] = self.enterer.run_in(ref, lambda r=ref: _NetnsHandle(r))
+            except OSError as exc:
+                self.failed[ino] = exc.strerror or str(exc)
+        if self.failed:
+            denied = sum(1 for v in self.failed.values() if "ermission" in v or "not permitted" in v)
+            if denied:
+                notes.append(f"{denied} other network namespace(s) not readable: entering them needs CAP_SYS_ADMIN")
+            if len(self.failed) > denied:
+                notes.append(f"{len(self.failed) - denied} network namespace(s) could not be opened")
+        return notes
+
+    def read(self, children: bool = False) -> RawTick:
+        notes = self._refresh()
+        out: dict[int, NetnsRaw] = {}
+        for ino, handle in list(self.handles.items()):
+            try:
+                rows = handle.diag.dump_both(diagmod.TICK_STATES, meminfo=True)
+                kids = handle.diag.dump_both(diagmod.CHILD_STATES) if children else None
+                counters = handle.files.tcpext() if handle.files else {}
+                sysctls = handle.files.sysctls() if handle.files else {}
+            except OSError as exc:
+                # The netns went away between discovery and read.
+                handle.close()
+                del self.handles[ino]
+                notes.append(f"netns {ino}: {exc.strerror or exc}")
+                continue
+            out[ino] = NetnsRaw(ino, counters, sysctls, rows, kids)
+        return RawTick(time.monotonic(), time.time(), out, notes)
+
+    def close(self) -> None:
+        for handle in self.handles.values():
+            handle.close()
+        self.handles.clear()
+        self.enterer.close()
+
+
+# ----------------------------------------------------------------- attribution
+
+
+def _listener_index(listeners: Iterable[tuple[ListenerKey, Any]]) -> dict[tuple[int, int, str], ListenerKey]:
+    """(netns, lport, laddr) -> listener key; for SO_REUSEPORT groups the first socket stands for all."""
+    index: dict[tuple[int, int, str], ListenerKey] = {}
+    for key, _ in listeners:
+        index.setdefault((key.netns, key.lport, key.laddr), key)
+    return index
+
+
+def owner_listener(
+    index: Mapping[tuple[int, int, str], ListenerKey], netns: int, family: str, laddr: str, lport: int
+) -> Optional[ListenerKey]:
+    """The listener a child or request socket belongs to.
+
+    Exact local address first; then the wildcard of its family; a v4-mapped
+    address on an IPv6 socket also matches an IPv4 listener on that address.
+    """
+    key = index.get((netns, lport, laddr))
+    if key is not None:
+        return key
+    if family == "ipv6" and laddr.startswith("::ffff:"):
+        v4 = _mapped_v4(laddr)
+        if v4 is not None:
+            key = index.get((netns, lport, v4)) or index.get((netns, lport, "0.0.0.0"))
+            if key is not None:
+                return key
+    return index.get((netns, lport, WILDCARD[family]))
+
+
+def _mapped_v4(addr: str) -> Optional[str]:
+    import ipaddress
+
+    try:
+        mapped = ipaddress.IPv6Address(addr).ipv4_mapped
+    except ValueError:
+        return None
+    return str(mapped) if mapped else None
+
+
+def overflows_since_live(
+    sk_drops_delta: int, counts: BpfListenerCounts, reqq_full_drops: int = 0
+) -> int:
+    """Accept-queue overflows of one listener since the probes went live.
+
+    sk_drops grows by 1 per SYN-path overflow (no tracepoint sees that SYN: it is
+    freed with consume_skb), by 2 per third-ACK overflow (tcp_listendrop, then
+    the ACK is discarded through sk_drops_add) and by 1 per other drop that
+    kfree_skb reports with rx_sk = listener (a TCP_DEFER_ACCEPT bare ACK, a
+    socket filter). SYNs dropped because the SYN queue is full also count 1 and
+    have no event of their own: the caller passes the netns TCPReqQFullDrop
+    delta when this listener is the only one that can have caused it.
+    """
+    third = counts.listen_overflow_drops
+    if counts.syn_overflows is not None:
+        return counts.syn_overflows + third
+    syn_path = sk_drops_delta - 2 * third - counts.other_rx_drops - reqq_full_drops
+    return max(0, syn_path) + third
+
+
+# ---------------------------------------------------------------------- sampler
+
+
+@dataclass(frozen=True)
+class HistoryPoint:
+    time: float
+    accept_queue: int
+    peak_accept_queue: Optional[int]
+    drop_rate: float
+    overflow_rate: Optional[float]
+    accept_rate: Optional[float]
+
+
+class Sampler:
+    """Builds Snapshots. One instance per collector thread."""
+
+    def __init__(
+        self,
+        *,
+        bpf: Any = None,
+        netns: Optional[int] = None,
+        all_netns: bool = True,
+        owners: Optional[OwnerMap] = None,
+        children_every: Optional[float] = None,
+        blocking_owners: bool = False,
+    ) -> None:
+        self.reader = KernelReader(netns=netns, all_netns=all_netns)
+        self.bpf = bpf
+        self.owners = owners or OwnerMap()
+        self.blocking_owners = blocking_owners
+        self.children_every = children_every  # None: adapt to the cost of the dump
+        self.prev: Optional[RawTick] = None
+        self.prev_bpf: dict[ListenerKey, BpfListenerCounts] = {}
+        self.drops_base: Optional[dict[ListenerKey, int]] = None  # sk_drops when BPF went live
+        self.reqq_base: dict[int, int] = {}
+        self.last_children = float("-inf")
+        self.children_cost = 0.0
+        self.history: dict[ListenerKey, deque[HistoryPoint]] = {}
+        self._prev_overflows: dict[ListenerKey, int] = {}
+        # Children by state between full dumps: the last dump's counts.
+        self._last_children_counts: Optional[dict[ListenerKey, dict[str, int]]] = None
+        self.seq = 0
+        self.kernel = os.uname().release
+        self.hostname = socket.gethostname()
+        self.lock = threading.Lock()
+
+    def close(self) -> None:
+        self.reader.close()
+
+    # -- scheduling of the expensive children dump
+    def _children_due(self, now: float, interval: float) -> bool:
+        period = self.children_every
+        if period is None:
+            # Keep the full dump under ~2% of one core: a 300 ms dump runs every 15 s.
+            period = min(30.0, max(interval, self.children_cost * 50))
+        return now - self.last_children >= period
+
+    def sample(self, interval: float = 1.0, *, children: Optional[bool] = None) -> Snapshot:
+        now = time.monotonic()
+        if children is None:
+            children = self._children_due(now, interval)
+        start = time.perf_counter()
+        raw = self.reader.read(children=children)
+        if children:
+            self.last_children = now
+            self.children_cost = time.perf_counter() - start
+        bpf_reading: Optional[BpfReading] = None
+        bpf_state = "off"
+        bpf_error: Optional[str] = None
+        if self.bpf is not None:
+            bpf_state = self.bpf.state
+            bpf_error = self.bpf.error
+            if bpf_state == "live":
+                try:
+                    bpf_reading = self.bpf.read()
+                except Exception as exc:  # a failed map read must not take the view down
+                    bpf_error = f"BPF read failed: {exc}"
+                    bpf_state = "off"
+        snap = self._build(raw, bpf_reading, bpf_state, bpf_error)
+        self.prev = raw
+        return snap
+
+    def _build(
+        self, raw: RawTick, bpf: Optional[BpfReading], bpf_state: str, bpf_error: Optional[str]
+    ) -> Snapshot:
+        prev = self.prev
+        dt = (raw.mono - prev.mono) if prev else 0.0
+        prev_drops: dict[ListenerKey, int] = {}
+        prev_counters: dict[int, dict[str, int]] = {}
+        if prev:
+            for ns in prev.netns.values():
+                prev_counters[ns.inode] = ns.counters
+                for row in ns.rows:
+                    if row.state == diagmod.TCP_LISTEN:
+                        prev_drops[_key(ns.inode, row)] = row.drops
+
+        # Listeners first; then request socks, CLOSE_WAIT and children attributed to them.
+        listen_rows: list[tuple[ListenerKey, DiagRow]] = []
+        for ns in raw.netns.values():
+            for row in ns.rows:
+                if row.state == diagmod.TCP_LISTEN:
+                    listen_rows.append((_key(ns.inode, row), row))
+        index = _listener_index(listen_rows)
+        syn_queue: dict[ListenerKey, int] = {}
+        children: dict[ListenerKey, dict[str, int]] = {}
+        conns: Optional[dict[ListenerKey, list[Connection]]] = None
+        cw_rows: list[tuple[int, DiagRow]] = []
+        for ns in raw.netns.values():
+            for row in ns.rows:
+                fam = FAMILY[row.family]
+                if row.state in (diagmod.TCP_SYN_RECV, diagmod.TCP_NEW_SYN_RECV) and row.inode == 0:
+                    owner = owner_listener(index, ns.inode, fam, row.laddr, row.lport)
+                    if owner is not None:
+                        syn_queue[owner] = syn_queue.get(owner, 0) + 1
+                elif row.state == diagmod.TCP_CLOSE_WAIT:
+                    cw_rows.append((ns.inode, row))
+
+        owners = self.owners.resolve(
+            [row.inode for _, row in listen_rows] + [row.inode for _, row in cw_rows],
+            force=self.blocking_owners,
+        )
+        bpf_live = bpf is not None
+        for ns in raw.netns.values():
+            if ns.children is None:
+                continue
+            if conns is None:
+                conns = {}
+            for row in ns.children:
+                fam = FAMILY[row.family]
+                owner = owner_listener(index, ns.inode, fam, row.laddr, row.lport)
+                if owner is None:
+                    continue
+                state = model.state_name(row.state)
+                by_state = children.setdefault(owner, {})
+                by_state[state] = by_state.get(state, 0) + 1
+                age = None
+                if bpf_live and self.bpf is not None:
+                    since = self.bpf.state_since(ns.inode, fam, row.laddr, row.lport, row.raddr, row.rport)
+                    if since is not None and since[0] == state:
+                        age = max(0.0, raw.wall - since[1])
+                conns.setdefault(owner, []).append(
+                    Connection(
+                        ns.inode, fam, state, row.laddr, row.lport, row.raddr, row.rport,
+                        row.inode, row.cookie, row.rqueue, row.wqueue, age_s=age,
+                    )
+                )
+        if conns is None and self._last_children_counts is not None:
+            children = self._last_children_counts
+        self._last_children_counts = children
+
+        # BPF: join by key (cookie) or by tuple when the kernel had no cookie yet.
+        bpf_by_key: dict[ListenerKey, BpfListenerCounts] = {}
+        if bpf is not None:
+            tuple_map = {dataclass_replace_cookie(k): v for k, v in bpf.listeners.items()}
+            for key, _row in listen_rows:
+                counts = bpf.listeners.get(key) or tuple_map.get(dataclass_replace_cookie(key))
+                if counts is not None:
+                    bpf_by_key[key] = counts
+                else:
+                    bpf_by_key[key] = BpfListenerCounts()
+            if self.drops_base is None:
+                self.drops_base = {key: row.drops for key, row in listen_rows}
+                self.reqq_base = {ns.inode: ns.counters.get("TCPReqQFullDrop", 0) for ns in raw.netns.values()}
+
+        # SYN-queue-full drops have no per-listener event: give a netns' delta to
+        # its listener only when exactly one listener there has SYN-path drops.
+        reqq_for: dict[ListenerKey, int] = {}
+        if bpf is not None and self.drops_base is not None:
+            suspects: dict[int, list[ListenerKey]] = {}
+            for key, row in listen_rows:
+                base = self.drops_base.get(key, 0)
+                counts = bpf_by_key[key]
+                if row.drops - base - 2 * counts.listen_overflow_drops - counts.other_rx_drops > 0:
+                    suspects.setdefault(key.netns, []).append(key)
+            for ns in raw.netns.values():
+                delta = ns.counters.get("TCPReqQFullDrop", 0) - self.reqq_base.get(ns.inode, 0)
+                keys = suspects.get(ns.inode, [])
+                if delta > 0 and len(keys) == 1:
+                    reqq_for[keys[0]] = delta
+                elif delta > 0 and len(keys) > 1:
+                    raw.notes.append(
+                        f"netns {ns.inode}: {delta} SYN-queue-full drops cannot be told from overflows across {len(keys)} listeners"
+                    )
+
+        listeners: list[Listener] = []
+        for key, row in listen_rows:
+            drops_before = prev_drops.get(key)
+            drop_rate = model.rate(row.drops, drops_before, dt) or 0.0
+            owner = owners.get(row.inode)
+            fields: dict[str, Any] = {}
+            if bpf is not None:
+                counts = bpf_by_key[key]
+                base = self.drops_base.get(key, row.drops) if self.drops_base is not None else row.drops
+                if self.drops_base is not None and key not in self.drops_base:
+                    self.drops_base[key] = row.drops  # a listener born after BPF went live
+                overflows = overflows_since_live(row.drops - base, counts, reqq_for.get(key, 0))
+                prev_counts = self.prev_bpf.get(key)
+                prev_over = self._prev_overflows.get(key)
+                fields = dict(
+                    overflows=overflows,
+                    overflow_rate=model.rate(overflows, prev_over, dt) if prev_over is not None else 0.0,
+                    synack_retrans=counts.synack_retrans if "synack_retrans" in bpf.hooks else None,
+                    synack_retrans_rate=(
+                        model.rate(counts.synack_retrans, prev_counts.synack_retrans if prev_counts else 0, dt)
+                        if "synack_retrans" in bpf.hooks and dt > 0
+                        else None
+                    ),
+                    accepts=counts.accepts if "accepts" in bpf.hooks else None,
+                    accept_rate=(
+                        model.rate(counts.accepts, prev_counts.accepts if prev_counts else 0, dt)
+                        if "accepts" in bpf.hooks and dt > 0
+                        else None
+                    ),
+                    peak_accept_queue=max(counts.peak_accept_queue, row.rqueue) if "accepts" in bpf.hooks else None,
+                    resets_sent=counts.resets_sent if "resets" in bpf.hooks else None,
+                    resets_received=counts.resets_received if "resets" in bpf.hooks else None,
+                )
+                self._prev_overflows[key] = overflows
+            listener = Listener(
+                key=key,
+                inode=row.inode,
+                pid=owner[0] if owner else None,
+                comm=owner[1] if owner else None,
+                accept_queue=row.rqueue,
+                backlog=row.wqueue,
+                syn_queue=syn_queue.get(key, 0),
+                drops=max(row.drops, 0),
+                drop_rate=drop_rate,
+                children=dict(children.get(key, {})),
+                **fields,
+            )
+            listeners.append(listener)
+            hist = self.history.get(key)
+            if hist is None:
+                hist = self.history[key] = deque(maxlen=HISTORY_LEN)
+            hist.append(
+                HistoryPoint(raw.wall, row.rqueue, listener.peak_accept_queue, drop_rate, listener.overflow_rate, listener.accept_rate)
+            )
+        if bpf is not None:
+            self.prev_bpf = dict(bpf_by_key)
+        live_keys = {key for key, _ in listen_rows}
+        for key in list(self.history):
+            if key not in live_keys:
+                del self.history[key]
+                self._prev_overflows.pop(key, None)
+
+        close_wait = []
+        for ns_inode, row in cw_rows:
+            fam = FAMILY[row.family]
+            owner = owners.get(row.inode)
+            if owner is None and row.inode == 0:
+                # Still in the accept queue: nobody has it yet, but its listener's process will.
+                lkey = owner_listener(index, ns_inode, fam, row.laddr, row.lport)
+                lrow = next((r for k, r in listen_rows if k == lkey), None) if lkey else None
+                owner = owners.get(lrow.inode) if lrow is not None else None
+            age = None
+            if bpf is not None and self.bpf is not None:
+                since = self.bpf.state_since(ns_inode, fam, row.laddr, row.lport, row.raddr, row.rport)
+                if since is not None and since[0] == "CLOSE_WAIT":
+                    age = max(0.0, raw.wall - since[1])
+            close_wait.append(
+                CloseWait(
+                    ns_inode, fam, row.laddr, row.lport, row.raddr, row.rport, row.inode, row.cookie,
+                    owner[0] if owner else None, owner[1] if owner else None, row.rqueue, age,
+                )
+            )
+
+        netns_out = []
+        for ns in raw.netns.values():
+            before = prev_counters.get(ns.inode)
+            rates = {}
+            if before is not None and dt > 0:
+                for name in model.NETNS_COUNTERS + model.NETNS_EXTRA_COUNTERS:
+                    r = model.rate(ns.counters.get(name), before.get(name), dt)
+                    if r is not None:
+                        rates[name] = r
+            netns_out.append(NetnsCounters(ns.inode, dict(ns.counters), rates, dict(ns.sysctls)))
+
+        events: Sequence[Transition] = bpf.events if bpf is not None else ()
+        hooks = dict(bpf.hooks) if bpf is not None else (dict(self.bpf.hooks) if self.bpf is not None else {})
+        self.seq += 1
+        return Snapshot(
+            time=raw.wall,
+            interval=round(dt, 3) if dt else 0.0,
+            kernel=self.kernel,
+            hostname=self.hostname,
+            sources=Sources(
+                netlink=True,
+                bpf=bpf is not None,
+                bpf_error=bpf_error,
+                bpf_state=bpf_state,
+                hooks=hooks,
+                lost_events=bpf.lost_events if bpf is not None else 0,
+                notes=tuple(raw.notes),
+            ),
+            netns=netns_out,
+            listeners=listeners,
+            close_wait=close_wait,
+            events=tuple(events),
+            connections={k: tuple(v) for k, v in conns.items()} if conns is not None else None,
+            seq=self.seq,
+        )
+
+
+
+def dataclass_replace_cookie(key: ListenerKey) -> ListenerKey:
+    return ListenerKey(key.netns, key.family, key.laddr, key.lport, 0)
+
+
+def _key(netns: int, row: DiagRow) -> ListenerKey:
+    return ListenerKey(netns, FAMILY[row.family], row.laddr, row.lport, row.cookie)
