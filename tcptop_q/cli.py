@@ -1,3 +1,293 @@
-def main() -> int:
-    print("tcpq-top: not yet")
+"""Command line: the TUI (default), `--once [--json]`, `--batch`, `--ebpf`, `lab`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from typing import NoReturn, Optional, Sequence
+
+from . import model
+from .model import Listener, Snapshot, safe_text
+
+PROG = "tcpq-top"
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, exit 2: never a usage dump or traceback
+        raise UsageError(message)
+
+
+def _number(kind: type, name: str, lo: float, hi: float):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a {'whole ' if kind is int else ''}number, not {text!r}") from None
+        if value != value or not lo <= value <= hi:  # NaN too
+            raise argparse.ArgumentTypeError(f"{name} must be between {lo:g} and {hi:g}, not {text!r}")
+        return value
+
+    return parse
+
+
+def _sort_key(text: str) -> str:
+    if text not in model.SORT_KEYS:
+        raise argparse.ArgumentTypeError(f"unknown sort column {text!r} (one of: {', '.join(model.SORT_KEYS)})")
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog=PROG,
+        description="A top for Linux TCP listen sockets: accept/SYN queues, overflows, drops, live state transitions.",
+        epilog="Subcommands: `tcpq-top lab list`, `tcpq-top lab run NAME`. Run as root for every netns and eBPF.",
+    )
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--once", action="store_true", help="sample twice, INTERVAL apart, print one report and exit")
+    mode.add_argument("--batch", action="store_true", help="print a text report every DELAY seconds (like top -b)")
+    mode.add_argument("--ebpf", action="store_true", help="print the BPF program and the hook serving each metric, then exit")
+    p.add_argument("--json", action="store_true", help="with --once/--batch: the JSON snapshot contract, one per line")
+    p.add_argument("-i", "--interval", type=_number(float, "--interval", 0.05, 3600), default=None, help="seconds between samples (default 1)")
+    p.add_argument("-d", "--delay", type=_number(float, "--delay", 0.05, 3600), default=None, help="alias of --interval for --batch")
+    p.add_argument("-n", "--iterations", type=_number(int, "-n", 1, 10**9), default=None, help="--batch: stop after N reports")
+    p.add_argument("--port", type=_number(int, "--port", 1, 65535), help="only listeners on this local port")
+    p.add_argument("--pid", type=_number(int, "--pid", 1, 2**22), help="only sockets of this process")
+    p.add_argument("--netns", type=_number(int, "--netns", 1, 2**32 - 1), help="only this network namespace (inode, as `stat -L -c %%i /proc/PID/ns/net`)")
+    p.add_argument("--sort", type=_sort_key, default="overflow_rate", help="sort column (default overflow_rate, then drop_rate)")
+    p.add_argument("-r", "--reverse", action="store_true", help="reverse the sort")
+    p.add_argument("--no-bpf", action="store_true", help="netlink and /proc only; do not load eBPF programs")
+    p.add_argument("--wide", action="store_true", help="--batch: all columns, wider than 80")
+    p.add_argument("--children", action="store_true", help="--once: dump every child socket (children by state); default on for --once")
+    return p
+
+
+# ------------------------------------------------------------------- text output
+
+
+def _fmt_rate(value: Optional[float]) -> str:
+    if value is None:
+        return "-"
+    if value == 0:
+        return "0"
+    if value >= 100:
+        return f"{value:.0f}"
+    return f"{value:.1f}"
+
+
+def _fmt_int(value: Optional[int]) -> str:
+    return "-" if value is None else str(value)
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+BATCH_COLUMNS = (
+    # header, width, getter, wide-only
+    ("LISTEN", 20, lambda lst: safe_text(lst.key.label(), 40), False),
+    ("NETNS", 10, lambda lst: str(lst.netns), True),
+    ("PID/COMM", 15, lambda lst: f"{_fmt_int(lst.pid)}/{safe_text(lst.comm, 32)}" if lst.pid else "-", False),
+    ("ACCQ", 9, lambda lst: f"{lst.accept_queue}/{lst.backlog}", False),
+    ("SYNQ", 5, lambda lst: str(lst.syn_queue), False),
+    ("DROP/s", 6, lambda lst: _fmt_rate(lst.drop_rate), False),
+    ("OVF/s", 6, lambda lst: _fmt_rate(lst.overflow_rate), False),
+    ("RTX/s", 5, lambda lst: _fmt_rate(lst.synack_retrans_rate), True),
+    ("ACC/s", 6, lambda lst: _fmt_rate(lst.accept_rate), False),
+    ("PEAK", 5, lambda lst: _fmt_int(lst.peak_accept_queue), True),
+    ("DROPS", 8, lambda lst: str(lst.drops), True),
+    ("ESTAB", 5, lambda lst: str(lst.children.get("ESTABLISHED", 0)), True),
+    ("CLWAIT", 6, lambda lst: str(lst.children.get("CLOSE_WAIT", 0)), False),
+)
+
+
+def format_batch(snap: Snapshot, wide: bool = False) -> str:
+    cols = [c for c in BATCH_COLUMNS if wide or not c[3]]
+    stamp = time.strftime("%H:%M:%S", time.localtime(snap.time))
+    if snap.sources.bpf:
+        bpf = "bpf live"
+    else:
+        bpf = "bpf off"
+    ovf = sum(ns.rates.get("ListenOverflows", 0.0) for ns in snap.netns)
+    drp = sum(ns.rates.get("ListenDrops", 0.0) for ns in snap.netns)
+    lines = [
+        _cut(
+            f"{PROG} {stamp} {bpf}  ovf/s {_fmt_rate(ovf)}  drop/s {_fmt_rate(drp)}  listeners {len(snap.listeners)}  "
+            f"netns {len(snap.netns)}  {safe_text(snap.hostname, 20)} {snap.kernel}",
+            200 if wide else 80,
+        ),
+    ]
+    if not snap.sources.bpf and snap.sources.bpf_error:
+        lines.append(_cut("note: " + safe_text(snap.sources.bpf_error, 200), 200 if wide else 80))
+    if snap.sources.lost_events:
+        lines.append(f"feed: {snap.sources.lost_events} events lost (counts stay exact)")
+    for note in snap.sources.notes:
+        lines.append(_cut("note: " + safe_text(note, 200), 200 if wide else 80))
+    head = []
+    for name, width, _get, _w in cols:
+        head.append(name.ljust(width) if name in ("LISTEN", "PID/COMM") else name.rjust(width))
+    lines.append(" ".join(head).rstrip())
+    for lst in snap.listeners:
+        cells = []
+        for name, width, get, _w in cols:
+            text = _cut(get(lst), width)
+            cells.append(text.ljust(width) if name in ("LISTEN", "PID/COMM") else text.rjust(width))
+        lines.append(" ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- running
+
+
+def _install_signals() -> None:
+    """SIGTERM and SIGHUP (ssh dropped) unwind like an exception: finally blocks detach BPF."""
+
+    def handler(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGHUP, handler)
+
+
+def _write(line: str) -> None:
+    try:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:  # `| head`: stop quietly
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+        finally:
+            raise SystemExit(0)
+
+
+def _emit(snap: Snapshot, args: argparse.Namespace) -> None:
+    snap = _sorted(snap, args)
+    if args.json:
+        _write(json.dumps(model.snapshot_to_json(snap), separators=(",", ":")))
+    else:
+        _write(format_batch(snap, wide=args.wide))
+
+
+def _sorted(snap: Snapshot, args: argparse.Namespace) -> Snapshot:
+    from dataclasses import replace
+
+    return replace(snap, listeners=model.sort_listeners(snap.listeners, args.sort, args.reverse))
+
+
+def _make_source(args: argparse.Namespace, interval: float, blocking_owners: bool):
+    from .source import Filters, LiveSource
+
+    return LiveSource(
+        interval=interval,
+        filters=Filters(port=args.port, pid=args.pid, netns=args.netns),
+        use_bpf=not args.no_bpf,
+        blocking_owners=blocking_owners,
+    )
+
+
+def run_once(args: argparse.Namespace, interval: float) -> int:
+    source = _make_source(args, interval, blocking_owners=True)
+    try:
+        source.start_bpf()
+        source.wait_bpf(timeout=90)  # counters of both sources start together
+        source.sample(children=True)
+        time.sleep(interval)
+        snap = source.sample(children=True)
+        _emit(snap, args)
+    finally:
+        source.close()
     return 0
+
+
+def run_batch(args: argparse.Namespace, interval: float) -> int:
+    source = _make_source(args, interval, blocking_owners=False)
+    try:
+        source.start_bpf()
+        source.wait_bpf(timeout=90)
+        source.sample(children=True)
+        count = 0
+        next_at = time.monotonic() + interval
+        while args.iterations is None or count < args.iterations:
+            time.sleep(max(0.0, next_at - time.monotonic()))
+            next_at += interval
+            _emit(source.sample(), args)
+            count += 1
+    finally:
+        source.close()
+    return 0
+
+
+def run_ebpf(args: argparse.Namespace) -> int:
+    from .source import load_bpf
+
+    probes, error = load_bpf(args.port, args.netns)
+    if probes is None:
+        print(f"{PROG}: {error}", file=sys.stderr)
+        return 1
+    try:
+        _write(probes.program_text())
+        _write("\n/* hooks on this kernel:")
+        for metric, hook in sorted(probes.hooks.items()):
+            _write(f" *   {metric:<20} {hook}")
+        _write(" */")
+    finally:
+        probes.close()
+    return 0
+
+
+def run_tui(args: argparse.Namespace, interval: float) -> int:
+    try:
+        from .app import TcpqTopApp
+    except ImportError as exc:
+        print(f"{PROG}: the terminal UI is not available ({exc}); use --batch or --once", file=sys.stderr)
+        return 1
+    source = _make_source(args, interval, blocking_owners=False)
+    try:
+        source.start_bpf()
+        app = TcpqTopApp(source, sort=args.sort)
+        app.run()
+    finally:
+        source.close()
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] == "lab":
+            from .lab.cli import main as lab_main
+
+            return lab_main(argv[1:])
+        args = build_parser().parse_args(argv)
+        if args.json and not (args.once or args.batch):
+            raise UsageError("--json goes with --once or --batch")
+        if args.iterations is not None and not args.batch:
+            raise UsageError("-n goes with --batch")
+        interval = args.interval or args.delay or 1.0
+    except UsageError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
+    _install_signals()
+    try:
+        if args.ebpf:
+            return run_ebpf(args)
+        if args.once:
+            return run_once(args, interval)
+        if args.batch:
+            return run_batch(args, interval)
+        return run_tui(args, interval)
+    except KeyboardInterrupt:
+        return 130
+    except SystemExit as exc:
+        return int(exc.code) if isinstance(exc.code, int) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -356,3 +356,20 @@ class BpfReading:
     lost_events: int  # cumulative
     live_since: float  # unix time the probes attached
     hooks: Mapping[str, str]  # metric -> hook, e.g. {"accepts": "tracepoint:sock:sk_data_ready"}
+
+
+# ------------------------------------------------------------------ safe text
+
+_CTRL = {c: f"\\x{c:02x}" for c in list(range(0x20)) + [0x7F]}
+_CTRL.update({c: f"\\x{c:02x}" for c in range(0x80, 0xA0)})  # C1 controls (CSI = 0x9b)
+
+
+def safe_text(text: Optional[str], limit: int = 64) -> str:
+    """Process- or peer-supplied text made inert for a terminal: control bytes
+    escaped, undecodable bytes already replaced, long text cut with an ellipsis."""
+    if text is None:
+        return "-"
+    out = text.translate(_CTRL)
+    if len(out) > limit:
+        out = out[: max(0, limit - 1)] + "…"
+    return out

@@ -64,8 +64,22 @@ class LabNetns:
         self.procs.append(proc)
         return proc
 
-    def python(self, *args: str) -> list[str]:
-        return [sys.executable, *args]
+    def serve(self, timeout: float = 10.0, **opts: object) -> subprocess.Popen:
+        """Start a lab server (tcptop_q.lab.worker serve) in the netns; return once it listens."""
+        proc = self.spawn(_worker_argv("serve", opts), stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        import selectors
+
+        sel = selectors.DefaultSelector()
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        if not sel.select(timeout) or proc.stdout.readline().strip() != "ready":
+            raise LabError(f"lab server did not start in {self.name}")
+        return proc
+
+    def clients(self, timeout: float = 60.0, **opts: object) -> int:
+        """Run lab clients to completion in the netns; return how many connected."""
+        out = self.run(_worker_argv("clients", opts), timeout=timeout).stdout
+        return int(out.split()[-1])
 
     def tcpext(self) -> dict[str, int]:
         """The netns' TcpExt counters as the kernel's own nstat reports them."""
@@ -97,6 +111,13 @@ class LabNetns:
         if _live.pop(self.name, None) is not None:
             # ip netns delete unmounts; the netns itself goes when nothing pins it.
             _ip("netns", "delete", self.name, check=False)
+
+
+def _worker_argv(cmd: str, opts: dict) -> list[str]:
+    argv = [sys.executable, "-m", "tcptop_q.lab.worker", cmd]
+    for key, value in opts.items():
+        argv += [f"--{key.replace('_', '-')}", str(value)]
+    return argv
 
 
 def cleanup_all() -> None:

@@ -1,0 +1,177 @@
+"""The live snapshot source: sampler + BPF probes + psutil, behind one small interface.
+
+The TUI, `--once` and `--batch` all read through this. It never imports textual.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import replace
+from typing import Any, Optional
+
+from . import model
+from .model import Snapshot, Transition
+from .sampler import Sampler
+
+
+def load_bpf(port: Optional[int], netns: Optional[int]) -> tuple[Any, Optional[str]]:
+    """Create (not yet start) the BPF probes, or say in one line why there are none."""
+    try:
+        from .probes.bpf import BpfProbes
+    except Exception as exc:  # bcc missing, or the module failed to import
+        return None, f"BPF probes unavailable: {type(exc).__name__}: {exc}".splitlines()[0]
+    try:
+        return BpfProbes(port=port, netns=netns), None
+    except Exception as exc:
+        return None, f"BPF probes unavailable: {exc}".splitlines()[0]
+
+
+class Filters:
+    def __init__(self, port: Optional[int] = None, pid: Optional[int] = None, netns: Optional[int] = None) -> None:
+        self.port = port
+        self.pid = pid
+        self.netns = netns
+
+    def apply(self, snap: Snapshot) -> Snapshot:
+        if self.port is None and self.pid is None and self.netns is None:
+            return snap
+
+        def keep(netns: int, port: int, pid: Optional[int]) -> bool:
+            return (
+                (self.port is None or port == self.port)
+                and (self.pid is None or pid == self.pid)
+                and (self.netns is None or netns == self.netns)
+            )
+
+        listeners = [lst for lst in snap.listeners if keep(lst.netns, lst.lport, lst.pid)]
+        kept = {lst.key for lst in listeners}
+        return replace(
+            snap,
+            listeners=listeners,
+            close_wait=[cw for cw in snap.close_wait if keep(cw.netns, cw.lport, cw.pid)],
+            netns=[ns for ns in snap.netns if self.netns is None or ns.inode == self.netns],
+            events=tuple(
+                ev for ev in snap.events
+                if (self.netns is None or ev.netns == self.netns) and (self.port is None or self.port in (ev.lport, ev.rport))
+            ),
+            connections=(
+                {k: v for k, v in snap.connections.items() if k in kept} if snap.connections is not None else None
+            ),
+        )
+
+
+class LiveSource:
+    """Implements the app's SnapshotSource over the real kernel."""
+
+    def __init__(
+        self,
+        *,
+        interval: float = 1.0,
+        filters: Optional[Filters] = None,
+        use_bpf: bool = True,
+        blocking_owners: bool = False,
+    ) -> None:
+        self.interval = interval
+        self.filters = filters or Filters()
+        self.bpf = None
+        self.bpf_error: Optional[str] = None
+        if use_bpf:
+            if os.geteuid() != 0:
+                self.bpf_error = "BPF off: needs root (CAP_BPF + CAP_PERFMON); showing netlink and /proc only"
+            else:
+                self.bpf, self.bpf_error = load_bpf(self.filters.port, self.filters.netns)
+        else:
+            self.bpf_error = "BPF off: --no-bpf"
+        self._sampler: Optional[Sampler] = None
+        self._blocking_owners = blocking_owners
+        self._last: Optional[Snapshot] = None
+        self._closed = False
+        self._lock = threading.Lock()
+
+    def start_bpf(self) -> None:
+        if self.bpf is not None:
+            self.bpf.start()
+
+    def wait_bpf(self, timeout: float = 60.0) -> bool:
+        if self.bpf is None:
+            return False
+        return bool(self.bpf.wait_ready(timeout))
+
+    @property
+    def sampler(self) -> Sampler:
+        # Created on first use so that it lives on the thread that samples (setns is per thread).
+        if self._sampler is None:
+            self._sampler = Sampler(bpf=self.bpf, netns=self.filters.netns, blocking_owners=self._blocking_owners)
+        return self._sampler
+
+    def sample(self, children: Optional[bool] = None) -> Snapshot:
+        snap = self.sampler.sample(self.interval, children=children)
+        if self.bpf is None and self.bpf_error:
+            snap = replace(snap, sources=replace(snap.sources, bpf_error=self.bpf_error))
+        snap = self.filters.apply(snap)
+        self._last = snap
+        return snap
+
+    def timeline(self, netns: int, family: str, laddr: str, lport: int, raddr: str, rport: int) -> list[Transition]:
+        if self.bpf is None or getattr(self.bpf, "state", "off") != "live":
+            return []
+        return list(self.bpf.timeline(netns, family, laddr, lport, raddr, rport))
+
+    def netns_sysctls(self, netns: int) -> dict[str, int]:
+        if self._last is None:
+            return {}
+        for ns in self._last.netns:
+            if ns.inode == netns:
+                return dict(ns.sysctls)
+        return {}
+
+    def process_info(self, pid: int) -> Optional[dict]:
+        return process_info(pid)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self.bpf is not None:
+            self.bpf.close()
+        if self._sampler is not None:
+            self._sampler.close()
+
+
+def process_info(pid: int) -> Optional[dict]:
+    """psutil facts about one process; None when it is gone."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        with proc.oneshot():
+            info: dict[str, Any] = {"pid": pid, "name": proc.name(), "ppid": proc.ppid(), "status": proc.status()}
+            for field, getter in (
+                ("user", proc.username),
+                ("cmdline", lambda: " ".join(proc.cmdline())),
+                ("started", proc.create_time),
+                ("threads", proc.num_threads),
+                ("fds", proc.num_fds),
+                ("cpu_percent", lambda: proc.cpu_percent(interval=None)),
+                ("rss", lambda: proc.memory_info().rss),
+            ):
+                try:
+                    info[field] = getter()
+                except (psutil.AccessDenied, psutil.ZombieProcess):
+                    info[field] = None
+        return info
+    except psutil.NoSuchProcess:
+        return None
+    except psutil.AccessDenied:
+        return {"pid": pid, "error": "access denied"}
+
+
+def sorted_snapshot(snap: Snapshot, key: str, reverse: bool = False) -> Snapshot:
+    return replace(snap, listeners=model.sort_listeners(snap.listeners, key, reverse))
+
+
+def now() -> float:
+    return time.time()

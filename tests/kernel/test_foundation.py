@@ -1,0 +1,173 @@
+"""`tcpq-top --once --json` against the kernel's own accounting (ss, nstat) in a private netns."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from tests.conftest import tcpq
+
+
+def once(*args: str) -> dict:
+    proc = tcpq("--once", "--json", "--no-bpf", "--interval", "0.3", *args)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def ss_listeners(ns) -> list[dict]:
+    """LISTEN rows from `ss -ltnmH` inside the netns: Recv-Q, Send-Q, local, skmem drops."""
+    out = ns.run(["ss", "-ltnmH"]).stdout
+    rows = []
+    for head, mem in re.findall(r"^(LISTEN.*)\n\s+skmem:\((.*)\)", out, re.M):
+        fields = head.split()
+        local = fields[3]
+        addr, port = local.rsplit(":", 1)
+        drops = int(re.search(r"(?:^|,)d(\d+)", mem).group(1))
+        rows.append({"recvq": int(fields[1]), "sendq": int(fields[2]), "addr": addr.strip("[]"), "port": int(port), "d": drops})
+    return rows
+
+
+def ss_state(ns, state: str) -> list[dict]:
+    out = ns.run(["ss", "-tnH", "-p", "state", state]).stdout
+    rows = []
+    for line in out.splitlines():
+        f = line.split()
+        pids = [int(p) for p in re.findall(r"pid=(\d+)", line)]
+        rows.append({"recvq": int(f[0]), "sendq": int(f[1]), "local": f[2], "peer": f[3], "pids": pids})
+    return rows
+
+
+def find(listeners: list[dict], port: int, laddr: str | None = None) -> dict:
+    hits = [lst for lst in listeners if lst["lport"] == port and (laddr is None or lst["laddr"] == laddr)]
+    assert len(hits) == 1, f"expected one listener on {laddr}:{port}, got {hits}"
+    return hits[0]
+
+
+def test_seed_experiment_1_matches_ss_and_nstat(labns):
+    """listen(5), never accept(); 10 clients connect, send helloworld, close (seed experiment 1)."""
+    server = labns.serve(addr="0.0.0.0", port=8080, backlog=5, mode="no-accept")
+    before = labns.tcpext()
+    connected = labns.clients(addr="127.0.0.1", port=8080, count=10, connect_timeout=0.3, gap=0.05)
+    assert connected == 6  # backlog + 1: sk_acceptq_is_full() tests >
+    after = labns.tcpext()
+    snap = once("--netns", str(labns.inode))
+
+    ss_l = ss_listeners(labns)
+    assert len(ss_l) == 1
+    lst = find(snap["listeners"], 8080)
+    assert lst["netns"] == labns.inode
+    assert (lst["family"], lst["laddr"]) == ("ipv4", "0.0.0.0")
+    assert lst["accept_queue"] == ss_l[0]["recvq"] == 6
+    assert lst["backlog"] == ss_l[0]["sendq"] == 5
+    assert lst["pid"] == server.pid and lst["comm"].startswith("python")
+    # SYN-path overflows only: sk_drops == ListenDrops delta == ListenOverflows delta.
+    overflows = after["ListenOverflows"] - before["ListenOverflows"]
+    assert overflows > 0
+    assert lst["drops"] == ss_l[0]["d"] == after["ListenDrops"] - before["ListenDrops"] == overflows
+    ns_row = next(n for n in snap["netns"] if n["inode"] == labns.inode)
+    assert ns_row["ListenOverflows"] == after["ListenOverflows"]
+    assert ns_row["ListenDrops"] == after["ListenDrops"]
+    # Six queued children, all CLOSE_WAIT with "helloworld" + FIN = 11 bytes unread.
+    ss_cw = ss_state(labns, "close-wait")
+    assert len(ss_cw) == 6 and all(r["recvq"] == 11 for r in ss_cw)
+    cws = [cw for cw in snap["close_wait"] if cw["lport"] == 8080]
+    assert len(cws) == 6
+    assert sorted(cw["rport"] for cw in cws) == sorted(int(r["peer"].rsplit(":", 1)[1]) for r in ss_cw)
+    for cw in cws:
+        assert cw["recv_q"] == 11
+        assert cw["laddr"] == "127.0.0.1" and cw["raddr"] == "127.0.0.1"
+        assert cw["pid"] == server.pid  # still queued: the listener's process will own it
+        assert cw["age_s"] is None  # without BPF nobody saw the transition: unknown, not 0
+    assert lst["children"] == {"CLOSE_WAIT": 6}
+    assert lst["syn_queue"] == 0
+    # No BPF asked for: the fields it would give are null, never 0.
+    assert snap["sources"] == {**snap["sources"], "netlink": True, "bpf": False}
+    assert snap["sources"]["bpf_error"]
+    for key in ("overflows", "overflow_rate", "synack_retrans", "accepts", "peak_accept_queue"):
+        assert lst[key] is None
+
+
+def test_drop_rate_is_per_second_over_the_interval(labns):
+    labns.serve(addr="127.0.0.1", port=8081, backlog=1, mode="no-accept")
+    labns.clients(addr="127.0.0.1", port=8081, count=2, connect_timeout=0.3, gap=0.02)
+    # Clients that keep retrying SYNs while tcpq-top samples: drops rise during the interval.
+    retrier = labns.spawn(
+        [*__import__("sys").executable.split(), "-m", "tcptop_q.lab.worker", "clients",
+         "--addr", "127.0.0.1", "--port", "8081", "--count", "3", "--connect-timeout", "4", "--gap", "0"]
+    )
+    try:
+        proc = tcpq("--once", "--json", "--no-bpf", "--interval", "2", "--netns", str(labns.inode))
+        snap = json.loads(proc.stdout)
+        lst = find(snap["listeners"], 8081)
+        # SYN retries at 1 s and 3 s: during a 2 s window at least one retry lands.
+        assert lst["drop_rate"] > 0
+        assert lst["drop_rate"] == pytest.approx(lst["drop_rate"])  # finite
+        assert 0 < snap["interval"] < 3
+    finally:
+        retrier.terminate()
+        retrier.wait()
+
+
+def test_somaxconn_clamps_the_backlog(labns):
+    assert labns.sysctl("net.core.somaxconn", "16") == "16"  # per netns: the host's value is untouched
+    labns.serve(addr="127.0.0.1", port=8082, backlog=100, mode="no-accept")
+    snap = once("--netns", str(labns.inode))
+    lst = find(snap["listeners"], 8082)
+    assert lst["backlog"] == ss_listeners(labns)[0]["sendq"] == 16
+    ns_row = next(n for n in snap["netns"] if n["inode"] == labns.inode)
+    assert ns_row["sysctls"]["somaxconn"] == 16
+
+
+def test_ipv6_loopback_listener(labns):
+    labns.serve(addr="::1", port=8083, backlog=3, mode="no-accept")
+    assert labns.clients(addr="::1", port=8083, count=2, connect_timeout=0.3) == 2
+    snap = once("--netns", str(labns.inode))
+    lst = find(snap["listeners"], 8083)
+    assert (lst["family"], lst["laddr"]) == ("ipv6", "::1")
+    ss_l = ss_listeners(labns)[0]
+    assert lst["accept_queue"] == ss_l["recvq"] == 2 and lst["backlog"] == ss_l["sendq"] == 3
+    assert lst["children"] == {"CLOSE_WAIT": 2}
+    assert all(cw["laddr"] == "::1" and cw["recv_q"] == 11 for cw in snap["close_wait"])
+
+
+def test_dual_stack_wildcard_owns_v4_mapped_children(labns):
+    """A [::]:port listener accepts IPv4 clients as v4-mapped IPv6 children."""
+    server = labns.serve(addr="::", port=8084, backlog=10, mode="accept-hold")
+    labns.clients(addr="127.0.0.1", port=8084, count=3, payload="", hold=0)
+    labns.clients(addr="::1", port=8084, count=2, payload="")
+    snap = once("--netns", str(labns.inode))
+    lst = find(snap["listeners"], 8084)
+    assert lst["laddr"] == "::"
+    ss_cw = ss_state(labns, "close-wait")
+    assert lst["children"].get("CLOSE_WAIT") == len(ss_cw) == 5
+    cws = snap["close_wait"]
+    assert sorted(cw["laddr"] for cw in cws) == sorted(["::ffff:7f00:1"] * 3 + ["::1"] * 2)
+    # Accepted sockets have inodes: owner found through /proc/<pid>/fd, as ss -p sees it.
+    assert all(cw["inode"] != 0 and cw["pid"] == server.pid for cw in cws)
+    assert all(server.pid in r["pids"] for r in ss_cw)
+
+
+def test_listener_in_another_netns_seen_from_the_host(labns):
+    labns.serve(addr="127.0.0.1", port=8085, backlog=7, mode="no-accept")
+    proc = tcpq("--once", "--json", "--no-bpf", "--interval", "0.2", "--port", "8085")
+    snap = json.loads(proc.stdout)
+    mine = [lst for lst in snap["listeners"] if lst["netns"] == labns.inode]
+    assert len(mine) == 1 and mine[0]["backlog"] == 7
+    assert labns.inode in {n["inode"] for n in snap["netns"]}
+    stat = labns.run(["stat", "-L", "-c", "%i", "/proc/self/ns/net"]).stdout.strip()
+    assert int(stat) == labns.inode
+
+
+def test_batch_prints_a_header_and_a_row_per_listener_in_80_columns(labns):
+    labns.serve(addr="127.0.0.1", port=8086, backlog=5, mode="no-accept")
+    labns.clients(addr="127.0.0.1", port=8086, count=7, connect_timeout=0.2, gap=0.02)
+    proc = tcpq("--batch", "-n", "2", "-d", "0.2", "--no-bpf", "--netns", str(labns.inode))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert sum(line.startswith("tcpq-top ") for line in lines) == 2
+    rows = [line for line in lines if line.startswith("127.0.0.1:8086")]
+    assert len(rows) == 2 and all(" 6/5 " in row for row in rows)
+    assert all(len(line) <= 80 for line in lines)
+    assert "\x1b" not in proc.stdout
