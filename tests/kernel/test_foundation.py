@@ -171,3 +171,49 @@ def test_batch_prints_a_header_and_a_row_per_listener_in_80_columns(labns):
     assert len(rows) == 2 and all(" 6/5 " in row for row in rows)
     assert all(len(line) <= 80 for line in lines)
     assert "\x1b" not in proc.stdout
+
+
+CONTRACT_LISTENER = {
+    "netns": int, "family": str, "laddr": str, "lport": int, "inode": int,
+    "pid": (int, type(None)), "comm": (str, type(None)), "accept_queue": int, "backlog": int,
+    "syn_queue": int, "drops": int, "drop_rate": float, "overflows": (int, type(None)),
+    "overflow_rate": (float, type(None)), "synack_retrans": (int, type(None)),
+    "accepts": (int, type(None)), "peak_accept_queue": (int, type(None)), "children": dict,
+}
+CONTRACT_CLOSE_WAIT = {
+    "netns": int, "laddr": str, "lport": int, "raddr": str, "rport": int, "inode": int,
+    "pid": (int, type(None)), "comm": (str, type(None)), "recv_q": int, "age_s": (float, type(None)),
+}
+CONTRACT_NETNS = {
+    "inode": int, "ListenOverflows": int, "ListenDrops": int, "TCPReqQFullDrop": int,
+    "TCPReqQFullDoCookies": int, "SyncookiesSent": int,
+}
+
+
+def check_types(obj: dict, contract: dict, where: str) -> None:
+    for name, kind in contract.items():
+        assert name in obj, f"{where}: missing {name}"
+        assert isinstance(obj[name], kind) and not (kind is int and isinstance(obj[name], bool)), (
+            f"{where}.{name} = {obj[name]!r} is not {kind}"
+        )
+
+
+def test_json_follows_the_contract(labns):
+    labns.serve(addr="127.0.0.1", port=8087, backlog=2, mode="no-accept")
+    labns.clients(addr="127.0.0.1", port=8087, count=4, connect_timeout=0.2)
+    snap = once("--netns", str(labns.inode))
+    assert snap["schema"] == "tcpq-top.snapshot/1"
+    assert isinstance(snap["time"], float) and isinstance(snap["interval"], float)
+    assert isinstance(snap["kernel"], str) and snap["kernel"] == __import__("os").uname().release
+    src = snap["sources"]
+    assert isinstance(src["netlink"], bool) and isinstance(src["bpf"], bool)
+    assert src["bpf_error"] is None or (isinstance(src["bpf_error"], str) and "\n" not in src["bpf_error"])
+    assert snap["netns"] and snap["listeners"] and snap["close_wait"]
+    for ns in snap["netns"]:
+        check_types(ns, CONTRACT_NETNS, "netns")
+    for lst in snap["listeners"]:
+        check_types(lst, CONTRACT_LISTENER, "listener")
+        assert lst["family"] in ("ipv4", "ipv6")
+        assert all(isinstance(k, str) and isinstance(v, int) for k, v in lst["children"].items())
+    for cw in snap["close_wait"]:
+        check_types(cw, CONTRACT_CLOSE_WAIT, "close_wait")

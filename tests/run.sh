@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The whole test suite, then a check that nothing was left in the kernel.
+set -u
+cd "$(dirname "$0")/.."
+.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+rc=$?
+if [ $rc -eq 5 ]; then
+  echo "tests/run.sh: pytest collected no tests: that is a broken suite, not a pass" >&2
+  rc=1
+fi
+left=$(ip netns list 2>/dev/null | grep -c '^tq-' || true)
+if [ "${left:-0}" -gt 0 ]; then
+  echo "tests/run.sh: $left tq-* network namespace(s) left behind:" >&2; ip netns list >&2; rc=1
+fi
+if command -v bpftool >/dev/null && [ "$(id -u)" -eq 0 ]; then
+  progs=$(bpftool prog show 2>/dev/null | grep -cE ' name tq_' || true)
+  if [ "${progs:-0}" -gt 0 ]; then
+    echo "tests/run.sh: $progs tcpq-top BPF program(s) still loaded" >&2; rc=1
+  fi
+fi
+exit $rc
