@@ -55,7 +55,7 @@ class Btf:
             kind = (info >> 24) & 0x1F
             vlen = info & 0xFFFF
             offs.append(pos)
-            if kind in (KIND_STRUCT, KIND_UNION, KIND_TYPEDEF) and name_off:
+            if kind in (KIND_STRUCT, KIND_UNION, KIND_TYPEDEF, KIND_ENUM, KIND_ENUM64) and name_off:
                 by_name.setdefault(self._str(name_off), []).append(len(offs) - 1)
             pos += 12
             if kind in (KIND_INT, KIND_VAR, KIND_DECL_TAG):
@@ -153,3 +153,42 @@ class Btf:
         if bits % 8:
             raise BtfError(f"{struct_name}.{path} is a bitfield")
         return Field(bits // 8, self.size_of(mtype))
+
+    def has_struct(self, name: str) -> bool:
+        try:
+            self.struct_id(name)
+        except BtfError:
+            return False
+        return True
+
+    def layout(self, struct_name: str) -> list[tuple[str, int, int, int, bool, bool]]:
+        """Top-level members: (name, byte offset, size, array length or 0, is pointer, is signed)."""
+        tid = self.struct_id(struct_name)
+        out = []
+        for name, mtype, bit_off in self._members(tid):
+            if bit_off % 8:
+                continue
+            res = self._resolve(mtype)
+            kind, _v, _k, size, _n = self._type(res)
+            arr = 0
+            signed = False
+            if kind == KIND_ARRAY:
+                _elem, _idx, arr = struct.unpack_from("<III", self._data, self._offs[res] + 12)
+            elif kind == KIND_INT:
+                (enc,) = struct.unpack_from("<I", self._data, self._offs[res] + 12)
+                signed = bool((enc >> 24) & 1)
+            out.append((name, bit_off // 8, self.size_of(mtype), arr, kind == KIND_PTR, signed))
+        return out
+
+    def enum_values(self, name: str) -> dict[int, str]:
+        for tid in self._by_name.get(name, []):
+            kind, vlen, _k, _s, _n = self._type(tid)
+            if kind == KIND_ENUM and vlen:
+                base = self._offs[tid] + 12
+                return {
+                    struct.unpack_from("<i", self._data, base + 8 * i + 4)[0]: self._str(
+                        struct.unpack_from("<I", self._data, base + 8 * i)[0]
+                    )
+                    for i in range(vlen)
+                }
+        raise BtfError(f"enum {name} not in BTF")

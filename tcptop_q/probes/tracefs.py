@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 _CANDIDATES = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
@@ -56,6 +56,8 @@ class TpFormat:
     event: str
     fields: dict[str, TpField]
     print_fmt: str
+    source: str = "tracefs"  # or "btf" when the format file could not be read (not root)
+    enums: dict[str, dict[int, str]] = field(default_factory=dict)  # field -> names, BTF source only
 
     @property
     def hook(self) -> str:
@@ -67,6 +69,8 @@ class TpFormat:
 
     def symbols(self, field: str) -> dict[int, str]:
         """The {value: name} table of __print_symbolic(REC->field, ...), {} if there is none."""
+        if field in self.enums:
+            return dict(self.enums[field])
         start = self.print_fmt.find(f"__print_symbolic(REC->{field},")
         if start < 0:
             return {}
@@ -122,3 +126,31 @@ def read_format(category: str, event: str, root: Path | None = None) -> TpFormat
 def kprobes_available(root: Path | None = None) -> bool:
     root = root or tracefs_root(mount=False)
     return (root / "kprobe_events").exists()
+
+
+def format_from_btf(btf, category: str, event: str, enum_fields: dict[str, tuple[str, str]] | None = None) -> TpFormat | None:
+    """A tracepoint's layout from BTF's struct trace_event_raw_<event>, for when tracefs
+    is unreadable (e.g. `tcpq-top --ebpf` without root). The kernel builds the format
+    file from that very struct; enum_fields maps a field to (enum name, prefix to strip)
+    to stand in for __print_symbolic. Existence is still decided by tracefs at load.
+    """
+    from .btf import BtfError
+
+    try:
+        members = btf.layout(f"trace_event_raw_{event}")
+    except BtfError:
+        return None
+    fields: dict[str, TpField] = {}
+    for name, offset, size, arr, is_ptr, signed in members:
+        if name in ("ent", "__data") or not size:
+            continue
+        ctype = "void *" if is_ptr else ("int" if signed else "unsigned")
+        fields[name] = TpField(name, ctype, offset, size, signed, arr)
+    enums: dict[str, dict[int, str]] = {}
+    for fname, (enum_name, prefix) in (enum_fields or {}).items():
+        try:
+            values = btf.enum_values(enum_name)
+        except BtfError:
+            continue
+        enums[fname] = {v: n[len(prefix):] if n.startswith(prefix) else n for v, n in values.items()}
+    return TpFormat(category, event, fields, "", source="btf", enums=enums)

@@ -1,0 +1,424 @@
+// tcpq-top eBPF side: per-listener counters aggregated in kernel maps, plus a
+// bounded feed of TCP state transitions.
+//
+// No kernel struct is included: fields of struct sock / struct net are read at
+// byte offsets resolved from BTF at start-up (TQ_OFF_* below), and tracepoint
+// arguments through structs generated from the tracefs format files
+// (struct tq_tp_*), so this text compiles against any Linux headers.
+// The Python side (probes/bpf.py) prepends those definitions; `tcpq-top --ebpf`
+// prints the result.
+//
+// Every program name starts with tq_ so `bpftool prog show` finds ours.
+
+#include <linux/types.h>
+#ifdef TQ_ACCEPT_KPROBE
+#include <uapi/linux/ptrace.h>
+#endif
+
+#define TQ_TCP_ESTABLISHED 1
+#define TQ_TCP_SYN_RECV 3
+#define TQ_TCP_CLOSE 7
+#define TQ_TCP_LISTEN 10
+#define TQ_AF_INET 2
+#define TQ_AF_INET6 10
+#define TQ_IPPROTO_TCP 6
+
+// tq_ctl slots, written by user space.
+#define TQ_CTL_FEED_MODE 0  // 0 off, 1 every transition, 2 only TQ_CTL_FEED_PORT
+#define TQ_CTL_FEED_PORT 1
+#define TQ_CTL_EPOCH 2      // peak_accept_queue interval, bumped on every read
+
+struct tq_listener {
+    u64 cookie;
+    u32 netns;
+    u16 family;
+    u16 lport;
+    u8 laddr[16];
+    u64 accepts;
+    u64 synack_retrans;
+    u64 listen_overflow_drops;
+    u64 other_rx_drops;
+    u64 resets_sent;
+    u64 resets_received;
+    u32 max_ack_backlog;
+    u32 _pad;
+};
+
+struct tq_peak_key {
+    u64 sk;
+    u64 epoch;
+};
+
+struct tq_reason_key {
+    u64 sk;
+    u32 reason;
+    u32 _pad;
+};
+
+struct tq_port_key {
+    u32 netns;
+    u16 lport;
+    u16 _pad;
+};
+
+struct tq_event {
+    u64 ts_ns;       // CLOCK_MONOTONIC (bpf_ktime_get_ns)
+    u64 skaddr;
+    u64 ns_in_old;   // ~0 when the previous change was not seen
+    u32 netns;
+    u32 pid;
+    u16 family;
+    u16 sport;
+    u16 dport;
+    u8 oldstate;
+    u8 newstate;
+    u8 saddr[16];
+    u8 daddr[16];
+    char comm[16];
+};
+
+// Keyed by the listener's struct sock address: one map update per event, no
+// string work in the kernel. Identity fields travel in the value.
+BPF_HASH(tq_listeners, u64, struct tq_listener, TQ_MAX_LISTENERS);
+BPF_HASH(tq_peaks, struct tq_peak_key, u32, TQ_MAX_LISTENERS);
+BPF_HASH(tq_reasons, struct tq_reason_key, u64, TQ_MAX_REASON_KEYS);
+// (netns, local port) -> listener, to charge a child's resets to its listener.
+BPF_HASH(tq_by_port, struct tq_port_key, u64, TQ_MAX_LISTENERS);
+// socket -> time it entered its current state (for ns_in_old).
+BPF_TABLE("lru_hash", u64, u64, tq_since, TQ_MAX_SOCKETS);
+BPF_ARRAY(tq_ctl, u64, 4);
+BPF_PERCPU_ARRAY(tq_lost, u64, 1);
+#if TQ_RINGBUF
+BPF_RINGBUF_OUTPUT(tq_feed, TQ_FEED_PAGES);
+#else
+BPF_PERF_OUTPUT(tq_feed);
+#endif
+
+static __always_inline u64 tq_ctl_get(int slot)
+{
+    u64 *v = tq_ctl.lookup(&slot);
+    return v ? *v : 0;
+}
+
+static __always_inline u32 tq_netns(const void *sk)
+{
+#if TQ_HAVE_NETNS
+    void *net = 0;
+    u32 inum = 0;
+    bpf_probe_read_kernel(&net, sizeof(net), (const char *)sk + TQ_OFF_SK_NET);
+    if (!net)
+        return 0;
+    bpf_probe_read_kernel(&inum, sizeof(inum), (const char *)net + TQ_OFF_NET_INUM);
+    return inum;
+#else
+    return TQ_INIT_NETNS;
+#endif
+}
+
+static __always_inline u8 tq_sk_state(const void *sk)
+{
+    u8 state = 0;
+    bpf_probe_read_kernel(&state, sizeof(state), (const char *)sk + TQ_OFF_SK_STATE);
+    return state;
+}
+
+static __always_inline u16 tq_sk_family(const void *sk)
+{
+    u16 family = 0;
+    bpf_probe_read_kernel(&family, sizeof(family), (const char *)sk + TQ_OFF_SK_FAMILY);
+    return family;
+}
+
+static __always_inline u16 tq_sk_lport(const void *sk)
+{
+    u16 lport = 0;  // skc_num: host byte order
+    bpf_probe_read_kernel(&lport, sizeof(lport), (const char *)sk + TQ_OFF_SK_NUM);
+    return lport;
+}
+
+static __always_inline int tq_wanted(u32 netns, u16 lport)
+{
+#ifdef TQ_FILTER_NETNS
+    if (netns != TQ_FILTER_NETNS)
+        return 0;
+#endif
+#ifdef TQ_FILTER_PORT
+    if (lport != TQ_FILTER_PORT)
+        return 0;
+#endif
+    return 1;
+}
+
+// The counters of listener sk, created on first sight; NULL if filtered out or
+// sk is not a TCP listener.
+static __always_inline struct tq_listener *tq_listener_of(const void *sk)
+{
+    u64 key = (u64)sk;
+    struct tq_listener *l = tq_listeners.lookup(&key);
+    if (l) {
+        if (!l->cookie)  // sock_diag generates it lazily: pick it up once it exists
+            bpf_probe_read_kernel(&l->cookie, sizeof(l->cookie), (const char *)sk + TQ_OFF_SK_COOKIE);
+        return l;
+    }
+    u16 family = tq_sk_family(sk);
+    if (family != TQ_AF_INET && family != TQ_AF_INET6)
+        return 0;
+    u32 netns = tq_netns(sk);
+    u16 lport = tq_sk_lport(sk);
+    if (!tq_wanted(netns, lport))
+        return 0;
+    struct tq_listener init = {};
+    init.netns = netns;
+    init.family = family;
+    init.lport = lport;
+    bpf_probe_read_kernel(&init.cookie, sizeof(init.cookie), (const char *)sk + TQ_OFF_SK_COOKIE);
+    if (family == TQ_AF_INET)
+        bpf_probe_read_kernel(&init.laddr, 4, (const char *)sk + TQ_OFF_SK_RCV_SADDR);
+    else
+        bpf_probe_read_kernel(&init.laddr, 16, (const char *)sk + TQ_OFF_SK_V6_RCV_SADDR);
+    bpf_probe_read_kernel(&init.max_ack_backlog, 4, (const char *)sk + TQ_OFF_SK_MAX_ACK_BACKLOG);
+    tq_listeners.insert(&key, &init);  // BPF_NOEXIST: a racing CPU may have won
+    struct tq_port_key pk = {.netns = netns, .lport = lport};
+    tq_by_port.update(&pk, &key);
+    return tq_listeners.lookup(&key);
+}
+
+static __always_inline void tq_lost_one(void)
+{
+    int zero = 0;
+    u64 *lost = tq_lost.lookup(&zero);
+    if (lost)
+        (*lost)++;
+}
+
+// ------------------------------------------------------------ sock:inet_sock_set_state
+
+#ifdef TQ_HAVE_SET_STATE
+int tq_set_state(struct tq_tp_inet_sock_set_state *args)
+{
+#ifdef TQ_TP_SET_STATE_HAS_PROTOCOL
+    if (args->protocol != TQ_IPPROTO_TCP)
+        return 0;
+#endif
+    const void *sk = (const void *)args->skaddr;
+    u32 netns = tq_netns(sk);
+    u16 sport = args->sport, dport = args->dport;
+    int oldstate = args->oldstate, newstate = args->newstate;
+#ifdef TQ_FILTER_NETNS
+    if (netns != TQ_FILTER_NETNS)
+        return 0;
+#endif
+#ifdef TQ_FILTER_PORT
+    if (sport != TQ_FILTER_PORT && dport != TQ_FILTER_PORT)
+        return 0;
+#endif
+    u64 key = (u64)sk;
+    u64 now = bpf_ktime_get_ns();
+
+    if (newstate == TQ_TCP_LISTEN) {
+        tq_listener_of(sk);
+    } else if (oldstate == TQ_TCP_LISTEN && newstate == TQ_TCP_CLOSE) {
+        // The address may be reused by the next socket: forget this listener.
+        struct tq_port_key pk = {.netns = netns, .lport = sport};
+        u64 *owner = tq_by_port.lookup(&pk);
+        if (owner && *owner == key)
+            tq_by_port.delete(&pk);
+        tq_listeners.delete(&key);
+    }
+
+    u64 ns_in_old = ~0ULL;
+    if (oldstate != TQ_TCP_LISTEN) {  // a child inherits LISTEN from its parent
+        u64 *since = tq_since.lookup(&key);
+        if (since && now >= *since)
+            ns_in_old = now - *since;
+    }
+    if (newstate == TQ_TCP_CLOSE)
+        tq_since.delete(&key);
+    else
+        tq_since.update(&key, &now);
+
+    u64 mode = tq_ctl_get(TQ_CTL_FEED_MODE);
+    if (mode == 0)
+        return 0;
+    if (mode == 2) {
+        u64 port = tq_ctl_get(TQ_CTL_FEED_PORT);
+        if (sport != port && dport != port)
+            return 0;
+    }
+
+#if TQ_RINGBUF
+    struct tq_event *ev = tq_feed.ringbuf_reserve(sizeof(struct tq_event));
+    if (!ev) {
+        tq_lost_one();
+        return 0;
+    }
+#else
+    struct tq_event evs = {};
+    struct tq_event *ev = &evs;
+#endif
+    ev->ts_ns = now;
+    ev->skaddr = key;
+    ev->ns_in_old = ns_in_old;
+    ev->netns = netns;
+    ev->pid = bpf_get_current_pid_tgid() >> 32;
+    ev->family = args->family;
+    ev->sport = sport;
+    ev->dport = dport;
+    ev->oldstate = oldstate;
+    ev->newstate = newstate;
+    if (args->family == TQ_AF_INET) {
+        __builtin_memcpy(ev->saddr, args->saddr, 4);
+        __builtin_memcpy(ev->daddr, args->daddr, 4);
+        __builtin_memset(ev->saddr + 4, 0, 12);
+        __builtin_memset(ev->daddr + 4, 0, 12);
+    } else {
+        __builtin_memcpy(ev->saddr, args->saddr_v6, 16);
+        __builtin_memcpy(ev->daddr, args->daddr_v6, 16);
+    }
+    bpf_get_current_comm(&ev->comm, sizeof(ev->comm));
+#if TQ_RINGBUF
+    tq_feed.ringbuf_submit(ev, 0);
+#else
+    if (tq_feed.perf_submit(args, ev, sizeof(*ev)) < 0)
+        tq_lost_one();
+#endif
+    return 0;
+}
+#endif
+
+// ------------------------------------------------------------ accepts / peak depth
+
+static __always_inline void tq_child_queued(const void *sk)
+{
+    struct tq_listener *l = tq_listener_of(sk);
+    if (!l)
+        return;
+    __sync_fetch_and_add(&l->accepts, 1);
+    u32 depth = 0;
+    bpf_probe_read_kernel(&depth, sizeof(depth), (const char *)sk + TQ_OFF_SK_ACK_BACKLOG);
+#ifdef TQ_ACCEPT_KPROBE
+    depth += 1;  // kprobe at entry: the child is not counted yet
+#endif
+    struct tq_peak_key pk = {.sk = (u64)sk, .epoch = tq_ctl_get(TQ_CTL_EPOCH)};
+    u32 *peak = tq_peaks.lookup(&pk);
+    if (peak) {
+        if (depth > *peak)
+            *peak = depth;
+    } else {
+        tq_peaks.update(&pk, &depth);
+    }
+}
+
+#ifdef TQ_HAVE_SK_DATA_READY
+int tq_data_ready(struct tq_tp_sk_data_ready *args)
+{
+#ifdef TQ_TP_DATA_READY_HAS_PROTOCOL
+    if (args->protocol != TQ_IPPROTO_TCP)
+        return 0;
+#endif
+    const void *sk = (const void *)args->skaddr;
+    if (tq_sk_state(sk) != TQ_TCP_LISTEN)
+        return 0;
+    tq_child_queued(sk);
+    return 0;
+}
+#endif
+
+#ifdef TQ_ACCEPT_KPROBE
+// Fallback where sock:sk_data_ready is missing: inet_csk_reqsk_queue_add(sk, req, child).
+int tq_kp_queue_add(struct pt_regs *ctx)
+{
+    const void *sk = (const void *)PT_REGS_PARM1(ctx);
+    if (tq_sk_state(sk) != TQ_TCP_LISTEN)
+        return 0;
+    tq_child_queued(sk);
+    return 0;
+}
+#endif
+
+// ------------------------------------------------------------ drops charged to a listener
+
+#ifdef TQ_HAVE_KFREE_SKB
+int tq_kfree_skb(struct tq_tp_kfree_skb *args)
+{
+    const void *sk = (const void *)args->rx_sk;
+    if (!sk)
+        return 0;
+    if (tq_sk_state(sk) != TQ_TCP_LISTEN)
+        return 0;
+    struct tq_listener *l = tq_listener_of(sk);
+    if (!l)
+        return 0;
+#ifdef TQ_HAVE_DROP_REASON
+    u32 reason = args->reason;
+#ifdef TQ_REASON_LISTEN_OVERFLOW
+    if (reason == TQ_REASON_LISTEN_OVERFLOW)
+        __sync_fetch_and_add(&l->listen_overflow_drops, 1);
+    else
+#endif
+        __sync_fetch_and_add(&l->other_rx_drops, 1);
+    struct tq_reason_key rk = {.sk = (u64)sk, .reason = reason};
+    u64 one = 1;
+    u64 *count = tq_reasons.lookup(&rk);
+    if (count)
+        __sync_fetch_and_add(count, 1);
+    else
+        tq_reasons.update(&rk, &one);
+#else
+    __sync_fetch_and_add(&l->other_rx_drops, 1);
+#endif
+    return 0;
+}
+#endif
+
+// ------------------------------------------------------------ SYN-ACK retransmits
+
+#ifdef TQ_HAVE_RETRANSMIT_SYNACK
+int tq_synack(struct tq_tp_tcp_retransmit_synack *args)
+{
+    const void *sk = (const void *)args->skaddr;
+    if (tq_sk_state(sk) != TQ_TCP_LISTEN)
+        return 0;
+    struct tq_listener *l = tq_listener_of(sk);
+    if (l)
+        __sync_fetch_and_add(&l->synack_retrans, 1);
+    return 0;
+}
+#endif
+
+// ------------------------------------------------------------ resets
+
+// A listener's own resets, or a child's charged to the listener of its port.
+static __always_inline struct tq_listener *tq_listener_for_reset(const void *sk)
+{
+    if (!sk)
+        return 0;
+    if (tq_sk_state(sk) == TQ_TCP_LISTEN)
+        return tq_listener_of(sk);
+    struct tq_port_key pk = {.netns = tq_netns(sk), .lport = tq_sk_lport(sk)};
+    u64 *owner = tq_by_port.lookup(&pk);
+    if (!owner)
+        return 0;
+    u64 key = *owner;
+    return tq_listeners.lookup(&key);
+}
+
+#ifdef TQ_HAVE_SEND_RESET
+int tq_send_reset(struct tq_tp_tcp_send_reset *args)
+{
+    struct tq_listener *l = tq_listener_for_reset((const void *)args->skaddr);
+    if (l)
+        __sync_fetch_and_add(&l->resets_sent, 1);
+    return 0;
+}
+#endif
+
+#ifdef TQ_HAVE_RECEIVE_RESET
+int tq_recv_reset(struct tq_tp_tcp_receive_reset *args)
+{
+    struct tq_listener *l = tq_listener_for_reset((const void *)args->skaddr);
+    if (l)
+        __sync_fetch_and_add(&l->resets_received, 1);
+    return 0;
+}
+#endif
