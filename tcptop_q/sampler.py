@@ -330,6 +330,11 @@ class Sampler:
             [row.inode for _, row in listen_rows] + [row.inode for _, row in cw_rows],
             force=self.blocking_owners,
         )
+        if self.owners.permission_denied:
+            raw.notes.append(
+                f"owners of sockets in {self.owners.permission_denied} processes unknown: reading "
+                "another user's /proc/PID/fd needs root (CAP_SYS_PTRACE)"
+            )
         bpf_live = bpf is not None
         for ns in raw.netns.values():
             if ns.children is None:

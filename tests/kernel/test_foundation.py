@@ -217,3 +217,31 @@ def test_json_follows_the_contract(labns):
         assert all(isinstance(k, str) and isinstance(v, int) for k, v in lst["children"].items())
     for cw in snap["close_wait"]:
         check_types(cw, CONTRACT_CLOSE_WAIT, "close_wait")
+
+
+def test_unprivileged_user_gets_netlink_view_and_a_reason(labns, tmp_path):
+    """Without root: own netns only, BPF off with a one-line reason, null BPF fields, exit 0."""
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    setpriv = shutil.which("setpriv")
+    assert setpriv, "setpriv (util-linux) is part of every Debian"
+    labns.serve(addr="127.0.0.1", port=8088, backlog=3, mode="no-accept")
+    labns.clients(addr="127.0.0.1", port=8088, count=2, connect_timeout=0.2)
+    # nobody, inside the lab netns (entered as root by ip netns exec, then privileges dropped)
+    cmd = labns.argv([setpriv, "--reuid", "65534", "--regid", "65534", "--clear-groups", "--inh-caps=-all",
+                      sys.executable, "-m", "tcptop_q", "--once", "--json", "--interval", "0.2"])
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=ROOT,
+                          env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    snap = json.loads(proc.stdout)
+    assert snap["sources"]["bpf"] is False and "root" in snap["sources"]["bpf_error"]
+    lst = find(snap["listeners"], 8088)
+    assert lst["accept_queue"] == 2 and lst["backlog"] == 3
+    assert lst["overflows"] is None and lst["accepts"] is None
+    assert lst["pid"] is None  # another user's fds are not readable: unknown, not guessed
+    assert any("CAP_SYS_PTRACE" in note for note in snap["sources"]["notes"])
