@@ -259,5 +259,8 @@ class FakeSource:
         self.closed = True
 
 
+CLOCK_TICK = 5  # tests apply ticks 0..5; the clock stands at the last one
+
+
 def fixed_clock() -> float:
-    return T0
+    return T0 + CLOCK_TICK

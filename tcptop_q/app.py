@@ -1,0 +1,330 @@
+"""tcpq-top's Textual application: owns the collector thread, the UI state and the history.
+
+Data flows one way: SnapshotSource.sample() (collector thread) -> SnapshotReady message
+-> apply_snapshot() on the UI thread inside batch_update() -> the visible screen.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from array import array
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Optional, Protocol, runtime_checkable
+
+from textual.app import App, SystemCommand
+from textual.message import Message
+from textual.screen import Screen
+
+from tcptop_q.model import (
+    SORT_KEYS,
+    Connection,
+    Listener,
+    ListenerKey,
+    Snapshot,
+    Transition,
+    sort_listeners,
+)
+from tcptop_q.screens import keys as keycat
+
+INTERVALS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
+HISTORY_LEN = 120  # samples per listener kept for sparklines
+
+
+@runtime_checkable
+class SnapshotSource(Protocol):
+    interval: float  # seconds; the app may change it (+/- keys)
+
+    def sample(self) -> Snapshot:
+        """Blocking; called only from the App's collector thread, once per interval."""
+        ...
+
+    def timeline(self, netns: int, family: str, laddr: str, lport: int, raddr: str,
+                 rport: int) -> list[Transition]:
+        ...
+
+    def process_info(self, pid: int) -> dict | None:
+        """psutil oneshot data; called from a worker thread, never the UI thread."""
+        ...
+
+    def netns_sysctls(self, netns: int) -> dict[str, int]:
+        ...
+
+    def close(self) -> None:
+        ...
+
+
+class SnapshotReady(Message):
+    def __init__(self, snapshot: Snapshot) -> None:
+        super().__init__()
+        self.snapshot = snapshot
+
+
+class CollectorFailed(Message):
+    def __init__(self, error: str) -> None:
+        super().__init__()
+        self.error = error
+
+
+class History:
+    """Bounded per-listener series (peak depth, drops/s, accepts/s), stored as float32 triples.
+
+    10k listeners x 120 samples costs ~15 MB this way (tuples of floats would be ~150 MB).
+    NaN marks "unknown".
+    """
+
+    FIELDS = ("peak", "drop_rate", "accept_rate")
+
+    def __init__(self, length: int = HISTORY_LEN) -> None:
+        self.length = length
+        self.series: dict[ListenerKey, array] = {}
+        self.times: list[float] = []
+
+    def add(self, snap: Snapshot) -> None:
+        nan = math.nan
+        n = 3 * self.length
+        series = self.series
+        for lst in snap.listeners:
+            a = series.get(lst.key)
+            if a is None:
+                a = series[lst.key] = array("f")
+            peak = lst.peak_accept_queue if lst.peak_accept_queue is not None else lst.accept_queue
+            a.extend((peak, lst.drop_rate, nan if lst.accept_rate is None else lst.accept_rate))
+            if len(a) > n:
+                del a[:3]
+        if len(series) > 2 * len(snap.listeners) + 64:
+            alive = {lst.key for lst in snap.listeners}
+            for key in [k for k in series if k not in alive]:
+                del series[key]
+
+    def get(self, key: ListenerKey, field: str) -> list[float]:
+        a = self.series.get(key)
+        if a is None:
+            return []
+        i = self.FIELDS.index(field)
+        return list(a[i::3])
+
+
+def listener_matches(lst: Listener, terms: Sequence[str]) -> bool:
+    """Every term must match the port, the address, the comm or the pid."""
+    if not terms:
+        return True
+    hay = f"{lst.key.label()} {lst.comm or ''} {lst.pid if lst.pid is not None else ''}".lower()
+    port = str(lst.key.lport)
+    return all(term == port or term in hay for term in terms)
+
+
+@dataclass(frozen=True)
+class SocketRef:
+    """What the socket screen needs to find one connection again."""
+
+    netns: int
+    family: str
+    laddr: str
+    lport: int
+    raddr: str
+    rport: int
+    cookie: int = 0
+    inode: int = 0
+    pid: Optional[int] = None
+    comm: Optional[str] = None
+
+    def label(self) -> str:
+        def host(a: str) -> str:
+            return f"[{a}]" if self.family == "ipv6" else a
+
+        return f"{host(self.laddr)}:{self.lport} ⇄ {host(self.raddr)}:{self.rport}"
+
+
+class TcpqTopApp(App):
+    CSS_PATH = Path(__file__).with_name("app.tcss")
+    TITLE = "tcpq-top"
+    BINDINGS = keycat.bindings("app")
+    ENABLE_COMMAND_PALETTE = True
+
+    def __init__(
+        self,
+        source: SnapshotSource,
+        *,
+        sort: str = "overflow_rate",
+        reverse: bool = False,
+        filter_text: str = "",
+        clock: Optional[Callable[[], float]] = None,
+        start_collector: bool = True,
+        history_len: int = HISTORY_LEN,
+    ) -> None:
+        super().__init__()
+        if sort not in SORT_KEYS:
+            raise ValueError(f"unknown sort key {sort!r}; one of {', '.join(SORT_KEYS)}")
+        self.source = source
+        self.clock = clock or time.time
+        self.sort_key = sort
+        self.sort_reverse = reverse
+        self.filter_text = filter_text
+        self.netns_filter: Optional[int] = None
+        self.paused = False
+        self.snapshot: Optional[Snapshot] = None
+        self.connections: Mapping[ListenerKey, Sequence[Connection]] = {}
+        self.connections_time: Optional[float] = None
+        self.history = History(history_len)
+        self.collector_error: Optional[str] = None
+        self.ticks_applied = 0
+        self._start_collector = start_collector
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._held_events: list[Transition] = []
+
+    # ------------------------------------------------------------ lifecycle
+    def on_mount(self) -> None:
+        from tcptop_q.screens.main import MainScreen
+
+        self.push_screen(MainScreen())
+        if self._start_collector:
+            self.start_collector()
+
+    def start_collector(self) -> None:
+        self._thread = threading.Thread(target=self._collect, name="tcpq-collector", daemon=True)
+        self._thread.start()
+
+    def _collect(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                snap = self.source.sample()
+            except Exception as exc:  # keep the UI up, say why
+                self.post_message(CollectorFailed(f"{type(exc).__name__}: {exc}"))
+                snap = None
+            if self._stop.is_set():
+                break
+            if snap is not None:
+                self.post_message(SnapshotReady(snap))
+            wait = max(0.0, float(self.source.interval) - (time.monotonic() - started))
+            self._wake.wait(wait)
+            self._wake.clear()
+
+    def stop_collector(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=max(2.0, 2 * float(self.source.interval)))
+
+    def on_unmount(self) -> None:
+        self.stop_collector()
+        try:
+            self.source.close()
+        except Exception:
+            pass
+
+    # ------------------------------------------------------------ snapshots
+    def on_snapshot_ready(self, message: SnapshotReady) -> None:
+        self.apply_snapshot(message.snapshot)
+
+    def on_collector_failed(self, message: CollectorFailed) -> None:
+        self.collector_error = message.error
+        self.notify(message.error, title="sampling failed", severity="error", timeout=5)
+
+    def apply_snapshot(self, snap: Snapshot) -> None:
+        """Record a snapshot and show it (unless paused). UI thread only."""
+        self.snapshot = snap
+        if snap.connections is not None:
+            self.connections = snap.connections
+            self.connections_time = snap.time
+        self.history.add(snap)
+        self.ticks_applied += 1
+        if self.paused:
+            self._held_events.extend(snap.events)
+            del self._held_events[:-2000]
+            self._refresh_header()
+            return
+        self._show(snap, snap.events)
+
+    def _show(self, snap: Snapshot, events: Sequence[Transition]) -> None:
+        with self.batch_update():
+            for screen in self.screen_stack:
+                apply = getattr(screen, "apply_snapshot", None)
+                if apply is not None and (screen is self.screen or getattr(screen, "ALWAYS_APPLY", False)):
+                    apply(snap, events)
+
+    def _refresh_header(self) -> None:
+        refresh = getattr(self.screen, "refresh_header", None)
+        if refresh is not None:
+            refresh()
+
+    def visible_listeners(self, snap: Optional[Snapshot] = None) -> list[Listener]:
+        """The listeners the main table shows: netns filter, text filter, sort."""
+        snap = snap or self.snapshot
+        if snap is None:
+            return []
+        terms = self.filter_text.lower().split()
+        ns = self.netns_filter
+        picked = [
+            lst for lst in snap.listeners
+            if (ns is None or lst.key.netns == ns) and listener_matches(lst, terms)
+        ]
+        return sort_listeners(picked, self.sort_key, self.sort_reverse)
+
+    def listener(self, key: ListenerKey) -> Optional[Listener]:
+        if self.snapshot is None:
+            return None
+        for lst in self.snapshot.listeners:
+            if lst.key == key:
+                return lst
+        return None
+
+    # ------------------------------------------------------------ actions
+    def action_toggle_pause(self) -> None:
+        self.paused = not self.paused
+        if not self.paused and self.snapshot is not None:
+            held, self._held_events = self._held_events, []
+            self._show(self.snapshot, held)
+        else:
+            self._refresh_header()
+
+    def action_interval(self, step: int) -> None:
+        current = float(self.source.interval)
+        idx = min(range(len(INTERVALS)), key=lambda i: abs(INTERVALS[i] - current))
+        new = INTERVALS[max(0, min(len(INTERVALS) - 1, idx + step))]
+        self.source.interval = new
+        self._wake.set()
+        self._refresh_header()
+        self.notify(f"sampling every {new:g}s", timeout=1.5)
+
+    def action_help(self) -> None:
+        from tcptop_q.screens.modals import HelpScreen
+
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def action_close_wait(self) -> None:
+        from tcptop_q.screens.closewait import CloseWaitScreen
+
+        if not isinstance(self.screen, CloseWaitScreen):
+            self.push_screen(CloseWaitScreen())
+
+    def open_listener(self, key: ListenerKey) -> None:
+        from tcptop_q.screens.listener import ListenerScreen
+
+        self.push_screen(ListenerScreen(key))
+
+    def open_socket(self, ref: SocketRef) -> None:
+        from tcptop_q.screens.socket import SocketScreen
+
+        self.push_screen(SocketScreen(ref))
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        scopes = {"app", *getattr(screen, "KEY_SCOPES", ())}
+        for k in keycat.CATALOGUE:
+            if k.scope not in scopes or not k.palette or k.id == "app.quit":
+                continue
+            target = self if k.action.startswith("app.") else screen
+            action = k.action.removeprefix("app.")
+            shown = k.key_display or k.keys.split(",")[0]
+            yield SystemCommand(k.description, f"key: {shown}",
+                                partial(self.call_later, self.run_action, action, target))

@@ -1,0 +1,64 @@
+"""The one catalogue of key bindings: screens' BINDINGS, the footer, the `?` help
+screen and the command palette are all built from it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textual.binding import Binding
+
+
+@dataclass(frozen=True)
+class Key:
+    id: str
+    keys: str  # Textual key names, comma separated
+    action: str  # action on the screen (or "app.x")
+    description: str
+    scope: str  # app | main | detail | closewait
+    show: bool = True
+    key_display: str | None = None
+    palette: bool = True  # offered in the command palette
+
+
+CATALOGUE: tuple[Key, ...] = (
+    Key("app.quit", "q", "app.quit", "Quit", "app"),
+    Key("app.help", "question_mark", "app.help", "Help", "app", key_display="?"),
+    Key("app.pause", "p", "app.toggle_pause", "Pause", "app"),
+    Key("app.faster", "plus,equals_sign", "app.interval(-1)", "Faster", "app", show=False, key_display="+"),
+    Key("app.slower", "minus", "app.interval(1)", "Slower", "app", show=False, key_display="-"),
+    Key("app.close_wait", "c", "app.close_wait", "CLOSE_WAIT", "app"),
+    Key("main.sort", "s,f6", "pick_sort", "Sort", "main", key_display="s"),
+    Key("main.reverse", "r", "reverse", "Reverse", "main"),
+    Key("main.filter", "slash", "filter", "Filter", "main", key_display="/"),
+    Key("main.netns", "n", "pick_netns", "Netns", "main"),
+    Key("main.feed", "f", "toggle_feed", "Feed", "main"),
+    Key("main.feed_follow", "F", "feed_follow", "Feed: selected only", "main", show=False),
+    Key("main.feed_pause", "P", "feed_pause", "Feed: pause", "main", show=False),
+    Key("main.focus_next", "tab", "focus_other", "Table/feed", "main", show=False, palette=False),
+    Key("main.drill", "enter", "drill", "Open", "main", show=False),
+    Key("main.escape", "escape", "clear_filter", "Clear filter", "main", show=False, palette=False),
+    Key("detail.back", "escape,backspace", "back", "Back", "detail", key_display="esc"),
+    Key("detail.open", "enter", "drill", "Open", "detail", show=False, palette=False),
+    Key("closewait.sort", "s,f6", "cycle_sort", "Sort", "closewait", key_display="s"),
+    Key("closewait.reverse", "r", "reverse", "Reverse", "closewait"),
+)
+NAVIGATION_HELP = (
+    ("↑↓ j k", "move"),
+    ("PgUp PgDn Home End", "page"),
+    ("enter", "open the selected row"),
+    ("esc", "back / clear the filter"),
+    ("tab", "switch between the table and the feed"),
+    ("ctrl+p", "command palette"),
+)
+
+
+def bindings(scope: str) -> list[Binding]:
+    return [
+        Binding(k.keys, k.action, k.description, show=k.show, key_display=k.key_display, id=k.id)
+        for k in CATALOGUE
+        if k.scope == scope
+    ]
+
+
+def for_scopes(*scopes: str) -> list[Key]:
+    return [k for k in CATALOGUE if k.scope in scopes]

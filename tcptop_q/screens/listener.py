@@ -1,0 +1,256 @@
+"""One listener: diagnosis, queues, history sparklines, sysctls, owner process, children."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Optional
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.widgets import DataTable, Footer, Sparkline, Static
+
+from tcptop_q.diagnosis import diagnose
+from tcptop_q.model import Connection, Listener, ListenerKey, NetnsCounters
+from tcptop_q.screens.base import DetailScreen
+from tcptop_q.widgets.keyed_table import KeyedTable
+from tcptop_q.widgets.listener_table import accept_cell
+from tcptop_q.widgets.text import fmt_age, fmt_num, inert, short_netns
+from tcptop_q.widgets.topbar import TopBar
+
+SEVERITY_CLASS = {"crit": "-crit", "warn": "-warn", "info": "-info", "ok": "-ok"}
+SYSCTL_NAMES = ("somaxconn", "tcp_max_syn_backlog", "tcp_syncookies", "tcp_abort_on_overflow")
+
+
+def queues_text(lst: Listener) -> Text:
+    t = Text()
+    t.append("queues\n", style="bold underline")
+    t.append("accept queue ", style="dim")
+    t.append_text(accept_cell(lst.accept_queue, lst.backlog, 10))
+    t.append(f"  (holds {lst.backlog + 1})\n", style="dim")
+    rows = [
+        ("peak depth", fmt_num(lst.peak_accept_queue)),
+        ("SYN queue", str(lst.syn_queue)),
+        ("drops", f"{lst.drops} total, {fmt_num(lst.drop_rate)}/s"),
+        ("overflows", f"{fmt_num(lst.overflows)} total, {fmt_num(lst.overflow_rate)}/s"),
+        ("SYN-ACK rtx", f"{fmt_num(lst.synack_retrans)} total, {fmt_num(lst.synack_retrans_rate)}/s"),
+        ("accepts", f"{fmt_num(lst.accepts)} total, {fmt_num(lst.accept_rate)}/s"),
+        ("resets", f"{fmt_num(lst.resets_sent)} sent, {fmt_num(lst.resets_received)} received"),
+    ]
+    for i, (name, value) in enumerate(rows):
+        t.append(f"{name:>12} ", style="dim")
+        t.append(value)
+        if i < len(rows) - 1:
+            t.append("\n")
+    return t
+
+
+def sysctl_text(netns: int, sysctls: Optional[dict[str, int]]) -> Text:
+    t = Text()
+    t.append(f"netns {netns} sysctls\n", style="bold underline")
+    if sysctls is None:
+        t.append("reading…", style="dim")
+        return t
+    names = [n for n in SYSCTL_NAMES if n in sysctls] + sorted(n for n in sysctls if n not in SYSCTL_NAMES)
+    if not names:
+        t.append("not readable", style="dim")
+    for i, name in enumerate(names):
+        t.append(f"{name:>22} ", style="dim")
+        t.append(str(sysctls[name]))
+        if i < len(names) - 1:
+            t.append("\n")
+    return t
+
+
+def children_summary(children: dict[str, int]) -> Text:
+    t = Text("children ", style="bold")
+    if not children:
+        t.append("none", style="dim")
+    for i, (state, n) in enumerate(sorted(children.items(), key=lambda kv: (-kv[1], kv[0]))):
+        t.append(("  " if i else "") + f"{state} ", style="dim")
+        t.append(str(n), style="yellow" if state == "CLOSE_WAIT" and n else "bold")
+    return t
+
+
+def conn_key(c: Connection) -> str:
+    return f"{c.raddr}|{c.rport}|{c.cookie}|{c.inode}"
+
+
+class ListenerScreen(DetailScreen):
+    def __init__(self, key: ListenerKey) -> None:
+        super().__init__()
+        self.key = key
+        self.sysctls: Optional[dict[str, int]] = None
+        self.conns: dict[str, Connection] = {}
+        self.diagnosis_text = ""
+
+    def compose(self) -> ComposeResult:
+        yield TopBar(id="topbar")
+        yield Static(id="title")
+        with VerticalScroll(id="detail"):
+            yield Static(id="diagnosis")
+            with Horizontal(id="panels"):
+                with Vertical(id="left"):
+                    yield Static(id="queues")
+                    yield Static(id="sysctls")
+                with Vertical(id="right"):
+                    yield Static(id="spark-peak-label", classes="spark-label")
+                    yield Sparkline([], id="spark-peak")
+                    yield Static(id="spark-drop-label", classes="spark-label")
+                    yield Sparkline([], id="spark-drop")
+                    yield Static(id="spark-accept-label", classes="spark-label")
+                    yield Sparkline([], id="spark-accept")
+                    yield Static(id="process")
+            yield Static(id="children-summary")
+            table = KeyedTable(id="children")
+            for label, width, key in (("PEER", 23, "peer"), ("STATE", 11, "state"), ("AGE", 7, "age"),
+                                      ("RECV-Q", 6, "recv_q"), ("SEND-Q", 6, "send_q"),
+                                      ("PID/COMM", 16, "proc")):
+                table.add_column(label, width=width, key=key)
+            yield table
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.refresh_header()
+        self.refresh_data()
+        self.query_one("#children", KeyedTable).focus()
+        lst = self.tapp.listener(self.key)
+        self.load_process(lst.pid if lst else None)
+        ns = self._netns_counters()
+        if ns is not None and ns.sysctls:
+            self.sysctls = dict(ns.sysctls)
+        else:
+            self._read_sysctls(self.key.netns)
+
+    @work(thread=True, exclusive=True, group="sysctls", exit_on_error=False)
+    def _read_sysctls(self, netns: int) -> None:
+        try:
+            values = dict(self.tapp.source.netns_sysctls(netns))
+        except Exception:
+            values = {}
+        self.app.call_from_thread(self._sysctls_read, values)
+
+    def _sysctls_read(self, values: dict[str, int]) -> None:
+        self.sysctls = values
+        self.refresh_data()
+
+    def _netns_counters(self) -> Optional[NetnsCounters]:
+        snap = self.tapp.snapshot
+        if snap is None:
+            return None
+        return next((ns for ns in snap.netns if ns.inode == self.key.netns), None)
+
+    def refresh_data(self) -> None:
+        app = self.tapp
+        lst = app.listener(self.key)
+        title = Text(no_wrap=True, overflow="ellipsis")
+        title.append(inert(self.key.label()), style="bold")
+        title.append(f"  {self.key.family}  netns {short_netns(self.key.netns)}", style="dim")
+        if lst is None:
+            title.append("  (gone: the socket is no longer listening)", style="reverse")
+            self.query_one("#title", Static).update(title)
+            return
+        title.append(f"  inode {lst.inode}  cookie {self.key.cookie}", style="dim")
+        if lst.pid is not None:
+            title.append(f"  pid {lst.pid} ")
+            title.append(inert(lst.comm, "?"), style="bold")
+        self.query_one("#title", Static).update(title)
+
+        snap = app.snapshot
+        assert snap is not None
+        ns = self._netns_counters()
+        sysctls = self.sysctls if self.sysctls is not None else (dict(ns.sysctls) if ns and ns.sysctls else None)
+        findings = diagnose(lst, sysctls=sysctls or {}, netns=ns, close_wait=snap.close_wait)
+        diag = Text()
+        for i, f in enumerate(findings):
+            if i:
+                diag.append("\n")
+            diag.append({"crit": "✖ ", "warn": "▲ ", "info": "• ", "ok": "✔ "}[f.severity], style="bold")
+            diag.append(f.text)
+        self.diagnosis_text = diag.plain
+        panel = self.query_one("#diagnosis", Static)
+        panel.update(diag)
+        for cls in SEVERITY_CLASS.values():
+            panel.remove_class(cls)
+        panel.add_class(SEVERITY_CLASS[findings[0].severity])
+
+        self.query_one("#queues", Static).update(queues_text(lst))
+        self.query_one("#sysctls", Static).update(sysctl_text(self.key.netns, sysctls))
+        self._sparklines()
+        if lst.pid != self.process_pid:
+            self.load_process(lst.pid)
+
+        self.query_one("#children-summary", Static).update(children_summary(dict(lst.children)))
+        self._children(snap.close_wait)
+
+    def _sparklines(self) -> None:
+        hist = self.tapp.history
+        for field, wid, label in (("peak", "spark-peak", "peak accept queue"),
+                                  ("drop_rate", "spark-drop", "drops/s"),
+                                  ("accept_rate", "spark-accept", "accepts/s")):
+            values = hist.get(self.key, field)
+            known = [v for v in values if not math.isnan(v)]
+            text = Text(f"{label} ", style="dim")
+            if known:
+                text.append(f"now {fmt_num(known[-1])}  max {fmt_num(max(known))}", style="bold")
+                text.append(f"  ({len(values)} samples)", style="dim")
+            else:
+                text.append("unknown (needs BPF)" if values else "no samples yet", style="dim")
+            self.query_one(f"#{wid}-label", Static).update(text)
+            self.query_one(f"#{wid}", Sparkline).data = [0.0 if math.isnan(v) else v for v in values]
+
+    def _children(self, close_wait) -> None:
+        app = self.tapp
+        conns = list(app.connections.get(self.key, ()))
+        if not conns:  # no dump yet: CLOSE_WAIT rows come every tick
+            conns = [
+                Connection(cw.netns, cw.family, "CLOSE_WAIT", cw.laddr, cw.lport, cw.raddr, cw.rport, cw.inode,
+                           cw.cookie, cw.recv_q, 0, cw.pid, cw.comm, cw.age_s)
+                for cw in close_wait if cw.netns == self.key.netns and cw.lport == self.key.lport
+            ]
+        conns.sort(key=lambda c: (c.state != "CLOSE_WAIT", -(c.age_s or 0.0), c.rport))
+        table = self.query_one("#children", KeyedTable)
+        want = {conn_key(c): c for c in conns}
+        table.remove_keys([k for k in table.order if k not in want])
+        for key, c in want.items():
+            peer = f"[{c.raddr}]:{c.rport}" if c.family == "ipv6" else f"{c.raddr}:{c.rport}"
+            cells = {
+                "peer": Text(inert(peer)),
+                "state": Text(c.state, style="yellow" if c.state == "CLOSE_WAIT" else ""),
+                "age": Text(fmt_age(c.age_s), justify="right"),
+                "recv_q": Text(str(c.recv_q), justify="right", style="bold" if c.recv_q else ""),
+                "send_q": Text(str(c.send_q), justify="right"),
+                "proc": Text("-" if c.pid is None else f"{c.pid} {inert(c.comm, '?')}"),
+            }
+            old = self.conns.get(key)
+            if not table.has_key(key):
+                table.add_keyed_row(key, list(cells.values()))
+            elif old != c:
+                table.update_row(key, cells)
+        self.conns = want
+        cursor = table.cursor_key()
+        table.set_order(list(want))
+        if cursor is not None and cursor in want:
+            table.move_cursor_to_key(cursor)
+
+    def action_drill(self) -> None:
+        self._open_child()
+
+    @on(DataTable.RowSelected, "#children")
+    def _child_selected(self, event: DataTable.RowSelected) -> None:
+        self._open_child()
+
+    def _open_child(self) -> None:
+        from tcptop_q.app import SocketRef
+
+        key = self.query_one("#children", KeyedTable).cursor_key()
+        c = self.conns.get(key) if key else None
+        if c is None:
+            return
+        self.tapp.open_socket(SocketRef(c.netns, c.family, c.laddr, c.lport, c.raddr, c.rport, c.cookie,
+                                        c.inode, c.pid, c.comm))
+
+    def counts(self) -> Counter:
+        return Counter(c.state for c in self.conns.values())

@@ -1,0 +1,236 @@
+"""The main screen: header, listener table, live feed, status line."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional, Sequence, cast
+
+from rich.text import Text
+from textual import events, on
+from textual.app import ComposeResult
+from textual.containers import Horizontal
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Input, Static
+
+from tcptop_q.model import Snapshot, Transition
+from tcptop_q.screens import keys as keycat
+from tcptop_q.widgets.feed import FeedPane
+from tcptop_q.widgets.listener_table import COLUMN_BY_ID, COLUMNS, ListenerTable
+from tcptop_q.widgets.text import inert, short_netns
+from tcptop_q.widgets.topbar import TopBar
+
+if TYPE_CHECKING:
+    from tcptop_q.app import TcpqTopApp
+
+WIDE = 120  # below this the feed is hidden unless asked for, and columns drop out
+
+SORT_LABELS = {c.sort_key: c.label for c in COLUMNS if c.sort_key}
+
+
+class MainScreen(Screen):
+    BINDINGS = keycat.bindings("main")
+    KEY_SCOPES = ("main",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.feed_wanted: Optional[bool] = None  # None: follow the terminal width
+        self._applied_seq: Optional[int] = None
+
+    @property
+    def tapp(self) -> TcpqTopApp:
+        return cast("TcpqTopApp", self.app)
+
+    def compose(self) -> ComposeResult:
+        yield TopBar(id="topbar")
+        with Horizontal(id="body"):
+            yield ListenerTable(id="listeners")
+            yield FeedPane(id="feed")
+        yield Static(id="status")
+        yield Input(id="filter", placeholder="filter: port, address, comm or pid (enter: keep, esc: clear)")
+        yield Footer()
+
+    @property
+    def table(self) -> ListenerTable:
+        return self.query_one("#listeners", ListenerTable)
+
+    @property
+    def feed(self) -> FeedPane:
+        return self.query_one("#feed", FeedPane)
+
+    def on_mount(self) -> None:
+        self.query_one("#filter", Input).display = False
+        self.query_one("#filter", Input).value = self.tapp.filter_text
+        self._layout_for(self.app.size.width)
+        self._mark_sort()
+        self.table.focus()
+        self.refresh_header()
+        self._refresh_status()
+        if self.tapp.snapshot is not None:
+            self.apply_snapshot(self.tapp.snapshot, ())
+
+    def on_screen_resume(self) -> None:
+        snap = self.tapp.snapshot
+        if snap is not None and snap.seq != self._applied_seq:
+            self.apply_snapshot(snap, ())
+
+    # ------------------------------------------------------------ layout
+    def on_resize(self, event: events.Resize) -> None:
+        self._layout_for(event.size.width)
+
+    def _layout_for(self, width: int) -> None:
+        narrow = width < WIDE
+        self.set_class(narrow, "narrow")
+        show_feed = (not narrow) if self.feed_wanted is None else self.feed_wanted
+        self.feed.display = show_feed
+
+    # ------------------------------------------------------------ data
+    def apply_snapshot(self, snap: Snapshot, events: Sequence[Transition]) -> None:
+        self._applied_seq = snap.seq
+        self.refresh_header()
+        self._apply_rows()
+        self.feed.push(events, snap.sources.lost_events)
+
+    def _apply_rows(self) -> None:
+        listeners = self.tapp.visible_listeners()
+        self.table.apply(listeners)
+        self._refresh_status(len(listeners))
+
+    def refresh_header(self) -> None:
+        app = self.tapp
+        self.query_one(TopBar).show(app.snapshot, interval=float(app.source.interval), now=app.clock(),
+                                    paused=app.paused)
+
+    def _refresh_status(self, shown: Optional[int] = None) -> None:
+        app = self.tapp
+        total = len(app.snapshot.listeners) if app.snapshot else 0
+        shown = self.table.row_count if shown is None else shown
+        text = Text(no_wrap=True, overflow="ellipsis")
+        text.append(f"{shown}/{total} listeners", style="bold")
+        arrow = "▲" if app.sort_reverse else "▼"
+        text.append(f" │ sort {SORT_LABELS.get(app.sort_key, app.sort_key)} {arrow}")
+        if app.filter_text:
+            text.append(" │ filter ")
+            text.append(inert(app.filter_text), style="reverse")
+        if app.netns_filter is not None:
+            text.append(f" │ netns {short_netns(app.netns_filter)}", style="reverse")
+        if self.feed.follow_key is not None:
+            text.append(f" │ feed: {self.feed.follow_key.label()}")
+        if app.connections_time is not None:
+            text.append(f" │ children dump {max(0.0, app.clock() - app.connections_time):.0f}s ago",
+                        style="dim")
+        if app.collector_error:
+            text.append(f" │ {inert(app.collector_error)}", style="red")
+        self.query_one("#status", Static).update(text)
+
+    def _mark_sort(self) -> None:
+        self.table.mark_sort(self.tapp.sort_key, self.tapp.sort_reverse)
+
+    def resort(self) -> None:
+        self._mark_sort()
+        self._apply_rows()
+
+    # ------------------------------------------------------------ actions
+    def action_pick_sort(self) -> None:
+        from tcptop_q.screens.modals import SortPicker
+
+        def picked(key: Optional[str]) -> None:
+            if key:
+                self.tapp.sort_key = key
+                self.resort()
+
+        self.app.push_screen(SortPicker(self.tapp.sort_key), picked)
+
+    def action_reverse(self) -> None:
+        self.tapp.sort_reverse = not self.tapp.sort_reverse
+        self.resort()
+
+    def action_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.display = True
+        box.focus()
+
+    def action_clear_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        if self.tapp.filter_text or box.display:
+            box.value = ""
+            self._set_filter("")
+            box.display = False
+            self.table.focus()
+        elif self.tapp.netns_filter is not None:
+            self.tapp.netns_filter = None
+            self._apply_rows()
+
+    @on(Input.Changed, "#filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        self._set_filter(event.value)
+
+    @on(Input.Submitted, "#filter")
+    def _filter_done(self, event: Input.Submitted) -> None:
+        box = self.query_one("#filter", Input)
+        box.display = bool(event.value)
+        self.table.focus()
+
+    def _set_filter(self, text: str) -> None:
+        self.tapp.filter_text = text.strip()
+        self._apply_rows()
+
+    def action_pick_netns(self) -> None:
+        from tcptop_q.screens.modals import NetnsPicker
+
+        def picked(choice: Optional[int]) -> None:
+            if choice is None:
+                return
+            self.tapp.netns_filter = None if choice == 0 else choice
+            self._apply_rows()
+
+        self.app.push_screen(NetnsPicker(self.tapp.snapshot, self.tapp.netns_filter), picked)
+
+    def action_toggle_feed(self) -> None:
+        self.feed_wanted = not self.feed.display
+        self.feed.display = self.feed_wanted
+        if not self.feed.display and self.feed.table.has_focus:
+            self.table.focus()
+
+    def action_feed_follow(self) -> None:
+        key = None if self.feed.follow_key is not None else self.table.listener_at_cursor()
+        self.feed.set_follow(key)
+        if key is not None and not self.feed.display:
+            self.action_toggle_feed()
+        self._refresh_status()
+
+    def action_feed_pause(self) -> None:
+        self.feed.set_paused(not self.feed.paused)
+
+    def action_focus_other(self) -> None:
+        if self.table.has_focus and self.feed.display:
+            self.feed.table.focus()
+        else:
+            self.table.focus()
+
+    def action_drill(self) -> None:
+        if self.feed.table.has_focus:
+            self._open_feed_line()
+        else:
+            key = self.table.listener_at_cursor()
+            if key is not None:
+                self.tapp.open_listener(key)
+
+    @on(DataTable.RowSelected, "#listeners")
+    def _listener_selected(self, event: DataTable.RowSelected) -> None:
+        key = self.table.keys.get(str(event.row_key.value))
+        if key is not None:
+            self.tapp.open_listener(key)
+
+    @on(DataTable.RowSelected, "#feed-table")
+    def _feed_selected(self, event: DataTable.RowSelected) -> None:
+        self._open_feed_line()
+
+    def _open_feed_line(self) -> None:
+        from tcptop_q.app import SocketRef
+
+        ev = self.feed.selected()
+        if ev is None:
+            return
+        self.tapp.open_socket(SocketRef(ev.netns, ev.family, ev.laddr, ev.lport, ev.raddr, ev.rport))
+
+
+__all__ = ["MainScreen", "COLUMN_BY_ID"]

@@ -1,0 +1,130 @@
+"""Small modal screens: help (from the key catalogue), sort picker, netns picker."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import OptionList, Static
+from textual.widgets.option_list import Option
+
+from tcptop_q.model import Snapshot
+from tcptop_q.screens import keys as keycat
+from tcptop_q.widgets.listener_table import COLUMNS
+from tcptop_q.widgets.text import short_netns
+
+SCOPE_TITLES = {
+    "app": "everywhere",
+    "main": "listener table",
+    "detail": "detail screens",
+    "closewait": "CLOSE_WAIT view",
+}
+
+
+def help_table() -> Table:
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column()
+    for scope, title in SCOPE_TITLES.items():
+        table.add_row(Text(title, style="underline"), "")
+        for k in keycat.for_scopes(scope):
+            keys = k.key_display or k.keys
+            if k.key_display and "," in k.keys:
+                keys = ", ".join(
+                    k.key_display if i == 0 else name for i, name in enumerate(k.keys.split(","))
+                )
+            table.add_row(Text(keys), Text(k.description))
+        table.add_row("", "")
+    table.add_row(Text("navigation", style="underline"), "")
+    for keys, what in keycat.NAVIGATION_HELP:
+        table.add_row(Text(keys), Text(what))
+    return table
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS = [
+        Binding("escape,q,question_mark", "dismiss_help", "Close", id="help.close"),
+    ]
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="help-box"):
+            yield Static(Text("tcpq-top keys", style="bold"), id="help-title")
+            with VerticalScroll():
+                yield Static(help_table(), id="help-body")
+
+    def action_dismiss_help(self) -> None:
+        self.dismiss(None)
+
+
+class SortPicker(ModalScreen[Optional[str]]):
+    BINDINGS = [Binding("escape", "cancel", "Cancel", id="picker.cancel")]
+
+    def __init__(self, current: str) -> None:
+        super().__init__()
+        self.current = current
+
+    def compose(self) -> ComposeResult:
+        options = [Option(f"{c.label:<10} {c.sort_key}", id=c.sort_key) for c in COLUMNS if c.sort_key]
+        options.append(Option(f"{'PEAK':<10} peak_accept_queue", id="peak_accept_queue"))
+        options.append(Option(f"{'DROPS':<10} drops (total)", id="drops"))
+        with Vertical(id="picker-box"):
+            yield Static("sort by", id="picker-title")
+            yield OptionList(*options, id="picker")
+
+    def on_mount(self) -> None:
+        picker = self.query_one(OptionList)
+        for i in range(picker.option_count):
+            if picker.get_option_at_index(i).id == self.current:
+                picker.highlighted = i
+        picker.focus()
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        self.dismiss(event.option.id)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class NetnsPicker(ModalScreen[Optional[int]]):
+    """Returns a netns inode, 0 for "all", None for cancel."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel", id="picker.cancel")]
+
+    def __init__(self, snap: Optional[Snapshot], current: Optional[int]) -> None:
+        super().__init__()
+        self.snap = snap
+        self.current = current
+
+    def compose(self) -> ComposeResult:
+        counts: dict[int, int] = {}
+        if self.snap is not None:
+            for ns in self.snap.netns:
+                counts.setdefault(ns.inode, 0)
+            for lst in self.snap.listeners:
+                counts[lst.key.netns] = counts.get(lst.key.netns, 0) + 1
+        options = [Option(f"all namespaces ({sum(counts.values())} listeners)", id="0")]
+        options += [
+            Option(f"{short_netns(ns)}  {ns}  ({n} listeners)", id=str(ns)) for ns, n in sorted(counts.items())
+        ]
+        with Vertical(id="picker-box"):
+            yield Static("network namespace", id="picker-title")
+            yield OptionList(*options, id="picker")
+
+    def on_mount(self) -> None:
+        picker = self.query_one(OptionList)
+        want = str(self.current or 0)
+        for i in range(picker.option_count):
+            if picker.get_option_at_index(i).id == want:
+                picker.highlighted = i
+        picker.focus()
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        self.dismiss(int(event.option.id or 0))
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)

@@ -1,0 +1,137 @@
+"""One connection: its lifecycle timeline, queues and owner process."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Optional
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.containers import Horizontal, VerticalScroll
+from textual.widgets import Footer, Static
+
+from tcptop_q.model import Transition
+from tcptop_q.screens.base import DetailScreen
+from tcptop_q.widgets.feed import STATE_STYLE
+from tcptop_q.widgets.keyed_table import KeyedTable
+from tcptop_q.widgets.text import fmt_age, inert, short_netns
+from tcptop_q.widgets.topbar import TopBar
+
+if TYPE_CHECKING:
+    from tcptop_q.app import SocketRef
+
+
+def _ms(ms: Optional[float]) -> str:
+    if ms is None:
+        return "-"
+    if ms < 1000:
+        return f"{ms:.1f}ms"
+    return fmt_age(ms / 1000)
+
+
+class SocketScreen(DetailScreen):
+    def __init__(self, ref: SocketRef) -> None:
+        super().__init__()
+        self.ref = ref
+        self.timeline: Optional[list[Transition]] = None
+
+    def compose(self) -> ComposeResult:
+        yield TopBar(id="topbar")
+        yield Static(id="title")
+        with VerticalScroll(id="detail"):
+            with Horizontal(id="panels"):
+                yield Static(id="queues")
+                yield Static(id="process")
+            yield Static(Text("lifecycle timeline", style="bold underline"), id="timeline-title")
+            table = KeyedTable(id="timeline")
+            for label, width, key in (("TIME", 15, "time"), ("OLD → NEW", 26, "change"),
+                                      ("IN OLD", 9, "in_old"), ("ON CPU", 20, "proc")):
+                table.add_column(label, width=width, key=key)
+            yield table
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.refresh_header()
+        self.refresh_data()
+        self.query_one("#timeline", KeyedTable).focus()
+
+    def _current(self):
+        """The latest dump row for this socket: (state, recv_q, send_q, pid, comm, age) or None."""
+        app = self.tapp
+        r = self.ref
+        snap = app.snapshot
+        if snap is not None:
+            for cw in snap.close_wait:
+                if (cw.netns, cw.lport, cw.raddr, cw.rport) == (r.netns, r.lport, r.raddr, r.rport):
+                    return ("CLOSE_WAIT", cw.recv_q, None, cw.pid, cw.comm, cw.age_s)
+        for conns in app.connections.values():
+            for c in conns:
+                if (c.netns, c.lport, c.raddr, c.rport) == (r.netns, r.lport, r.raddr, r.rport):
+                    return (c.state, c.recv_q, c.send_q, c.pid, c.comm, c.age_s)
+        return None
+
+    def refresh_data(self) -> None:
+        r = self.ref
+        title = Text(no_wrap=True, overflow="ellipsis")
+        title.append(inert(r.label()), style="bold")
+        title.append(f"  {r.family}  netns {short_netns(r.netns)}", style="dim")
+        if r.inode:
+            title.append(f"  inode {r.inode}", style="dim")
+        self.query_one("#title", Static).update(title)
+
+        cur = self._current()
+        q = Text()
+        q.append("now\n", style="bold underline")
+        if cur is None:
+            q.append("not in the last dump (closed, or not dumped yet)", style="dim")
+            pid = r.pid
+        else:
+            state, recv_q, send_q, pid, comm, age = cur
+            for i, (name, value) in enumerate((("state", state), ("recv_q", str(recv_q)),
+                                               ("send_q", "-" if send_q is None else str(send_q)),
+                                               ("age", fmt_age(age)),
+                                               ("owner", "-" if pid is None else f"{pid} {inert(comm, '?')}"))):
+                q.append(f"{name:>7} ", style="dim")
+                q.append(value, style=STATE_STYLE.get(value, "bold") if name == "state" else "")
+                if i < 4:
+                    q.append("\n")
+            if pid is None:
+                pid = r.pid
+        self.query_one("#queues", Static).update(q)
+        if pid != self.process_pid or not self.process_loaded:
+            self.load_process(pid)
+        self._read_timeline()
+
+    @work(thread=True, exclusive=True, group="timeline", exit_on_error=False)
+    def _read_timeline(self) -> None:
+        r = self.ref
+        try:
+            events = list(self.tapp.source.timeline(r.netns, r.family, r.laddr, r.lport, r.raddr, r.rport))
+        except Exception:
+            events = []
+        self.app.call_from_thread(self._show_timeline, events)
+
+    def _show_timeline(self, events: list[Transition]) -> None:
+        if not self.is_attached:
+            return
+        self.timeline = events
+        table = self.query_one("#timeline", KeyedTable)
+        events = sorted(events, key=lambda e: e.time)
+        want = {f"{e.time!r}|{e.old}|{e.new}": e for e in events}
+        table.remove_keys([k for k in table.order if k not in want])
+        for key, e in want.items():
+            if table.has_key(key):
+                continue
+            stamp = time.strftime("%H:%M:%S", time.localtime(e.time)) + f".{int(e.time * 1000) % 1000:03d}"
+            change = Text(e.old, style=STATE_STYLE.get(e.old, ""))
+            change.append(" → ")
+            change.append(e.new, style=STATE_STYLE.get(e.new, ""))
+            table.add_keyed_row(key, [Text(stamp), change, Text(_ms(e.ms_in_old), justify="right"),
+                                      Text(f"{e.pid} {inert(e.comm)}")])
+        table.set_order(list(want))
+        title = Text("lifecycle timeline", style="bold underline")
+        if not events:
+            title.append("  no transitions recorded (BPF off, or the socket predates the probes)",
+                         style="dim")
+        self.query_one("#timeline-title", Static).update(title)

@@ -1,0 +1,154 @@
+"""The live feed of state transitions, flushed to the screen at most 10 times a second."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Iterable, Optional
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Vertical
+
+from tcptop_q.model import ListenerKey, Transition
+from tcptop_q.widgets.keyed_table import KeyedTable
+from tcptop_q.widgets.text import inert
+
+FEED_ROWS = 300  # rows kept on screen
+FEED_KEEP = 2000  # events kept for re-filtering
+FLUSH_HZ = 10
+
+SHORT_STATE = {
+    "ESTABLISHED": "ESTAB",
+    "SYN_SENT": "SYN-SENT",
+    "SYN_RECV": "SYN-RECV",
+    "NEW_SYN_RECV": "NEW-SYN",
+    "FIN_WAIT1": "FIN-W1",
+    "FIN_WAIT2": "FIN-W2",
+    "TIME_WAIT": "TIME-W",
+    "CLOSE_WAIT": "CLOSE-WAIT",
+    "LAST_ACK": "LAST-ACK",
+}
+STATE_STYLE = {"CLOSE_WAIT": "yellow", "CLOSE": "dim", "ESTABLISHED": "green", "SYN_RECV": "cyan"}
+
+
+def matches(ev: Transition, key: Optional[ListenerKey]) -> bool:
+    if key is None:
+        return True
+    if ev.netns != key.netns or ev.lport != key.lport:
+        return False
+    return key.laddr in ("0.0.0.0", "::") or ev.laddr == key.laddr or ev.laddr.endswith(key.laddr)
+
+
+def event_text(ev: Transition) -> Text:
+    text = Text(no_wrap=True, overflow="ellipsis")
+    text.append(f"{ev.lport:>5} ", style="bold")
+    peer = f"[{ev.raddr}]" if ev.family == "ipv6" else ev.raddr
+    text.append(f"{inert(peer)}:{ev.rport} ")
+    text.append(SHORT_STATE.get(ev.old, ev.old), style=STATE_STYLE.get(ev.old, ""))
+    text.append("→")
+    text.append(SHORT_STATE.get(ev.new, ev.new), style=STATE_STYLE.get(ev.new, ""))
+    if ev.ms_in_old is not None:
+        text.append(f" {ev.ms_in_old:.1f}ms", style="dim")
+    text.append(f" {inert(ev.comm)}", style="dim")
+    return text
+
+
+class FeedPane(Vertical):
+    """Table of recent transitions; push() buffers, a 10 Hz timer flushes."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.events: deque[tuple[int, Transition]] = deque(maxlen=FEED_KEEP)
+        self.pending: deque[tuple[int, Transition]] = deque(maxlen=FEED_ROWS)
+        self.by_key: dict[str, Transition] = {}
+        self.seq = 0
+        self.received = 0
+        self.lost = 0
+        self.paused = False
+        self.follow_key: Optional[ListenerKey] = None
+        self.flushes = 0
+        self._dirty_title = True
+
+    def compose(self) -> ComposeResult:
+        table = KeyedTable(id="feed-table", show_header=False)
+        table.add_column("time", width=8, key="time")
+        table.add_column("event", width=64, key="event")
+        yield table
+
+    def on_mount(self) -> None:
+        self.set_interval(1 / FLUSH_HZ, self.flush, name="feed-flush")
+        self._update_title()
+
+    @property
+    def table(self) -> KeyedTable:
+        return self.query_one("#feed-table", KeyedTable)
+
+    def push(self, events: Iterable[Transition], lost: int) -> None:
+        for ev in events:
+            self.seq += 1
+            self.received += 1
+            item = (self.seq, ev)
+            self.events.append(item)
+            if matches(ev, self.follow_key):
+                self.pending.append(item)
+        if lost != self.lost:
+            self.lost = lost
+            self._dirty_title = True
+
+    def set_follow(self, key: Optional[ListenerKey]) -> None:
+        """Show only `key`'s events (None: all); re-filters what is kept."""
+        self.follow_key = key
+        self.table.clear_rows()
+        self.by_key.clear()
+        self.pending.clear()
+        self.pending.extend(item for item in self.events if matches(item[1], key))
+        self._dirty_title = True
+        self.flush()
+
+    def set_paused(self, paused: bool) -> None:
+        self.paused = paused
+        self._dirty_title = True
+        self._update_title()
+
+    def flush(self) -> None:
+        if self._dirty_title:
+            self._update_title()
+        if self.paused or not self.pending:
+            return
+        self.flushes += 1
+        table = self.table
+        following = table.cursor_row >= table.row_count - 1
+        items = list(self.pending)
+        self.pending.clear()
+        for seq, ev in items:
+            key = str(seq)
+            self.by_key[key] = ev
+            when = Text(time.strftime("%H:%M:%S", time.localtime(ev.time)), style="dim")
+            table.add_keyed_row(key, [when, event_text(ev)])
+        excess = table.row_count - FEED_ROWS
+        if excess > 0:
+            old = table.order[:excess]
+            table.remove_keys(old)
+            for k in old:
+                self.by_key.pop(k, None)
+        if following and table.row_count:
+            table.move_cursor(row=table.row_count - 1, animate=False)
+        self._dirty_title = True
+
+    def selected(self) -> Optional[Transition]:
+        key = self.table.cursor_key()
+        return self.by_key.get(key) if key else None
+
+    def _update_title(self) -> None:
+        self._dirty_title = False
+        parts = ["feed"]
+        if self.follow_key is not None:
+            parts.append(f"only {self.follow_key.label()}")
+        parts.append(f"{self.received} ev")
+        if self.lost:
+            parts.append(f"lost {self.lost}")
+        if self.paused:
+            parts.append("PAUSED")
+        self.border_title = " · ".join(parts)
+        self.set_class(bool(self.lost), "-lost")

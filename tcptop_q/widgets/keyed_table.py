@@ -1,0 +1,96 @@
+"""A DataTable whose rows are addressed by key and kept in an order we give it.
+
+DataTable.remove_row() rebuilds the row index on every call (O(n) each) and
+sort() only sees cell values. A live "top" re-orders and drops many rows per tick,
+so this subclass adds bulk versions of both. They touch DataTable's row index
+(`_row_locations`, `_data`, `rows`), the same fields sort()/remove_row() touch, in
+one place; tests/ui pin the behaviour against the installed Textual.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+from textual._two_way_dict import TwoWayDict
+from textual.binding import Binding
+from textual.widgets import DataTable
+from textual.widgets.data_table import CellKey, RowKey
+
+
+class KeyedTable(DataTable):
+    BINDINGS = [
+        Binding("j", "cursor_down", "Down", show=False, id="table.down"),
+        Binding("k", "cursor_up", "Up", show=False, id="table.up"),
+    ]
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("cursor_type", "row")
+        kwargs.setdefault("zebra_stripes", False)
+        super().__init__(**kwargs)
+        self.order: list[str] = []  # row keys top to bottom, as last applied
+
+    # ------------------------------------------------------------ queries
+    def cursor_key(self) -> str | None:
+        if not self.order or self.cursor_row < 0 or self.cursor_row >= len(self.order):
+            return None
+        return self.order[self.cursor_row]
+
+    def has_key(self, key: str) -> bool:
+        return RowKey(key) in self._data
+
+    # ------------------------------------------------------------ bulk edits
+    def remove_keys(self, keys: Iterable[str]) -> None:
+        gone = {RowKey(k) for k in keys}
+        if not gone:
+            return
+        for row_key in gone:
+            if row_key not in self._data:
+                continue
+            for column_key in self._data[row_key]:
+                self._updated_cells.discard(CellKey(row_key, column_key))
+            del self.rows[row_key]
+            del self._data[row_key]
+            self._new_rows.discard(row_key)
+        self.order = [k for k in self.order if RowKey(k) not in gone]
+        self._set_locations(self.order)
+        self._require_update_dimensions = True
+        self.cursor_coordinate = self.cursor_coordinate  # clamp
+        self.refresh(layout=True)
+        self.check_idle()
+
+    def add_keyed_row(self, key: str, cells: Sequence[Any]) -> None:
+        self.add_row(*cells, key=key)
+        self.order.append(key)
+
+    def set_order(self, keys: Sequence[str]) -> None:
+        """Put the rows in this order (every present key exactly once)."""
+        keys = list(keys)
+        if keys == self.order:
+            return
+        self.order = keys
+        self._set_locations(keys)
+        self.refresh()
+
+    def update_row(self, key: str, changes: dict[str, Any]) -> None:
+        for column, value in changes.items():
+            self.update_cell(key, column, value)
+
+    def move_cursor_to_key(self, key: str, keep_screen_offset: int | None = None) -> bool:
+        """Cursor onto `key`; with keep_screen_offset, scroll so it stays at that screen line."""
+        index = self._row_locations.get(RowKey(key))
+        if index is None:
+            return False
+        if index != self.cursor_row:
+            self.move_cursor(row=index, animate=False, scroll=keep_screen_offset is None)
+            if keep_screen_offset is not None:
+                self.scroll_to(y=max(0, index - keep_screen_offset), animate=False, immediate=True)
+        return True
+
+    def clear_rows(self) -> None:
+        self.clear()
+        self.order = []
+
+    # ------------------------------------------------------------ internals
+    def _set_locations(self, keys: Sequence[str]) -> None:
+        self._row_locations = TwoWayDict({RowKey(k): i for i, k in enumerate(keys)})
+        self._update_count += 1

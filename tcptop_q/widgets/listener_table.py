@@ -1,0 +1,248 @@
+"""The main listener table: one row per listening socket, updated by key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+from rich.text import Text
+
+from textual.widgets.data_table import ColumnKey
+
+from tcptop_q.model import Listener, ListenerKey
+from tcptop_q.widgets.keyed_table import KeyedTable
+from tcptop_q.widgets.text import fmt_num, inert, short_netns
+
+
+@dataclass(frozen=True)
+class Col:
+    id: str
+    label: str
+    width: int
+    priority: int  # lower is kept first when the table is narrow
+    sort_key: Optional[str]  # model.SORT_KEYS entry this column sorts by
+    right: bool = True
+
+
+COLUMNS: tuple[Col, ...] = (
+    Col("addr", "LISTEN", 20, 0, "lport", right=False),
+    Col("netns", "NETNS", 5, 9, "netns"),
+    Col("proc", "PID/COMM", 14, 0, "pid", right=False),
+    Col("acceptq", "ACCEPT-Q", 9, 0, "fill", right=False),
+    Col("synq", "SYN-Q", 5, 1, "syn_queue"),
+    Col("drop_rate", "DROP/s", 6, 0, "drop_rate"),
+    Col("overflow_rate", "OVF/s", 6, 0, "overflow_rate"),
+    Col("rtx_rate", "RTX/s", 6, 6, "synack_retrans_rate"),
+    Col("accept_rate", "ACC/s", 6, 4, "accept_rate"),
+    Col("estab", "ESTAB", 5, 5, "established"),
+    Col("close_wait", "CL-WT", 5, 1, "close_wait"),
+)
+COLUMN_BY_ID = {c.id: c for c in COLUMNS}
+BAR = 5  # fill-bar cells; shown when the table has room (priority 3)
+BAR_PRIORITY = 3
+PADDING = 2  # DataTable cell_padding 1 on each side
+SCROLLBAR = 1
+
+
+def row_key(key: ListenerKey) -> str:
+    return f"{key.netns}|{key.family}|{key.laddr}|{key.lport}|{key.cookie}"
+
+
+def columns_for_width(width: int) -> tuple[list[Col], int]:
+    """The columns (in display order) and fill-bar width that fit `width` cells."""
+    budget = width - SCROLLBAR
+    chosen: set[str] = set()
+    bar = 0
+    items = [(c.priority, i, c) for i, c in enumerate(COLUMNS)] + [(BAR_PRIORITY, -1, None)]
+    for _, _, col in sorted(items, key=lambda t: (t[0], t[1])):
+        need = BAR + 2 if col is None else col.width + PADDING
+        if need > budget:
+            if col is not None and col.priority == 0:  # never drop the essentials
+                chosen.add(col.id)
+            continue
+        budget -= need
+        if col is None:
+            bar = BAR
+        else:
+            chosen.add(col.id)
+    return [c for c in COLUMNS if c.id in chosen], bar
+
+
+def fill_style(depth: int, limit: int) -> str:
+    if depth > limit:  # sk_acceptq_is_full: the kernel holds backlog+1
+        return "queue-full"
+    if limit and depth * 2 >= limit:
+        return "queue-high"
+    return "queue-ok" if depth else "queue-idle"
+
+
+FILL_STYLES = {  # tcss cannot style text inside a cell; these are the only colours in Python
+    "queue-full": "bold red",
+    "queue-high": "yellow",
+    "queue-ok": "green",
+    "queue-idle": "",
+}
+
+
+def accept_cell(depth: int, limit: int, bar: int) -> Text:
+    style = FILL_STYLES[fill_style(depth, limit)]
+    text = Text(no_wrap=True, overflow="ellipsis")
+    text.append(f"{depth}/{limit}", style=style)
+    if bar:
+        cap = limit + 1
+        filled = min(bar, round(bar * depth / cap)) if cap else 0
+        if depth and not filled:
+            filled = 1
+        text.append(" ")
+        text.append("█" * filled, style=style)
+        text.append("░" * (bar - filled), style="dim")
+        if depth > limit:
+            text.append("!", style=style)
+    elif depth > limit:
+        text.append("!", style=style)
+    return text
+
+
+def _rate(value: Optional[float], hot: str = "bold red") -> Text:
+    return Text(fmt_num(value), style=hot if value else "", justify="right", no_wrap=True)
+
+
+def _count(value: Optional[int]) -> Text:
+    return Text("-" if value is None else str(value), justify="right", no_wrap=True)
+
+
+def raw_values(lst: Listener) -> tuple:
+    """Everything the row shows, as plain values: compared tick to tick to find changed cells."""
+    return (
+        lst.key.label(),
+        lst.key.netns,
+        (lst.pid, lst.comm),
+        (lst.accept_queue, lst.backlog),
+        lst.syn_queue,
+        lst.drop_rate,
+        lst.overflow_rate,
+        lst.synack_retrans_rate,
+        lst.accept_rate,
+        # an empty children mapping means "not counted", a missing state in a counted one is 0
+        lst.children.get("ESTABLISHED", 0 if lst.children else None),
+        lst.children.get("CLOSE_WAIT", 0 if lst.children else None),
+    )
+
+
+RAW_INDEX = {c.id: i for i, c in enumerate(COLUMNS)}
+
+
+def render_cell(col_id: str, raw: Any, bar: int) -> Text:
+    if col_id == "addr":
+        return Text(inert(raw), no_wrap=True, overflow="ellipsis")
+    if col_id == "netns":
+        return Text(short_netns(raw), style="dim", no_wrap=True)
+    if col_id == "proc":
+        pid, comm = raw
+        if pid is None:
+            return Text("-", style="dim")
+        text = Text(str(pid), no_wrap=True, overflow="ellipsis")
+        text.append(" " + inert(comm, "?"), style="bold")
+        return text
+    if col_id == "acceptq":
+        return accept_cell(raw[0], raw[1], bar)
+    if col_id in ("drop_rate", "overflow_rate"):
+        return _rate(raw)
+    if col_id in ("rtx_rate",):
+        return _rate(raw, hot="yellow")
+    if col_id == "accept_rate":
+        return _rate(raw, hot="")
+    if col_id == "close_wait":
+        return Text("-" if raw is None else str(raw), justify="right", style="yellow" if raw else "")
+    return _count(raw)
+
+
+class ListenerTable(KeyedTable):
+    """Rows keyed by ListenerKey; `apply()` edits only what changed."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.keys: dict[str, ListenerKey] = {}
+        self._raw: dict[str, tuple] = {}
+        self.cols: list[Col] = []
+        self.bar = 0
+        self.term_width = 0
+        self.last: Optional[Sequence[Listener]] = None
+        self.sort_mark: tuple[str, bool] = ("overflow_rate", False)
+
+    def on_resize(self, event) -> None:
+        self.setup_columns(event.size.width)
+
+    def setup_columns(self, width: int) -> bool:
+        """(Re)build the columns to fit `width`; True if they changed.
+
+        A column change rebuilds the rows (rare: resizes only) and keeps the cursor's listener.
+        """
+        cols, bar = columns_for_width(width)
+        self.term_width = width
+        if [c.id for c in cols] == [c.id for c in self.cols] and bar == self.bar:
+            return False
+        cursor = self.cursor_key()
+        self.clear(columns=True)
+        self.order = []
+        self.keys.clear()
+        self._raw.clear()
+        self.cols, self.bar = cols, bar
+        for col in cols:
+            width = col.width + (bar + 2 if col.id == "acceptq" else 0)
+            label = Text(col.label, justify="right" if col.right else "left")
+            self.add_column(label, width=width, key=col.id)
+        self.mark_sort(*self.sort_mark)
+        if self.last is not None:
+            self.apply(self.last)
+            if cursor is not None:
+                self.move_cursor_to_key(cursor)
+        return True
+
+    def mark_sort(self, sort_key: str, reverse: bool) -> None:
+        self.sort_mark = (sort_key, reverse)
+        for col in self.cols:
+            label = col.label + (("▲" if reverse else "▼") if col.sort_key == sort_key else "")
+            column = self.columns.get(ColumnKey(col.id))
+            if column is not None:
+                column.label = Text(label, justify="right" if col.right else "left")
+        self._clear_caches()
+        self.refresh()
+
+    def listener_at_cursor(self) -> Optional[ListenerKey]:
+        key = self.cursor_key()
+        return self.keys.get(key) if key else None
+
+    def apply(self, listeners: Sequence[Listener]) -> None:
+        """Show exactly `listeners`, in this order, keeping the cursor on its listener."""
+        self.last = listeners
+        if not self.cols:
+            return
+        cursor = self.cursor_key()
+        screen_offset = self.cursor_row - int(self.scroll_y) if cursor else None
+        want = [row_key(lst.key) for lst in listeners]
+        want_set = set(want)
+        gone = [k for k in self.order if k not in want_set]
+        if gone:
+            self.remove_keys(gone)
+            for k in gone:
+                self.keys.pop(k, None)
+                self._raw.pop(k, None)
+        cols, bar = self.cols, self.bar
+        idx = [RAW_INDEX[c.id] for c in cols]
+        raw_map = self._raw
+        for lst, key in zip(listeners, want):
+            raw = raw_values(lst)
+            old = raw_map.get(key)
+            if old is None:
+                self.keys[key] = lst.key
+                raw_map[key] = raw
+                self.add_keyed_row(key, [render_cell(c.id, raw[i], bar) for c, i in zip(cols, idx)])
+            elif old != raw:
+                raw_map[key] = raw
+                for c, i in zip(cols, idx):
+                    if old[i] != raw[i]:
+                        self.update_cell(key, c.id, render_cell(c.id, raw[i], bar))
+        self.set_order(want)
+        if cursor is not None and cursor in want_set:
+            self.move_cursor_to_key(cursor, keep_screen_offset=screen_offset)

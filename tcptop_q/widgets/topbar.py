@@ -1,0 +1,72 @@
+"""Two header lines: where/when/how we sample, then per-netns overflow and drop rates."""
+
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+from rich.text import Text
+from textual.widgets import Static
+
+from tcptop_q.model import Snapshot
+from tcptop_q.widgets.text import fmt_num, inert, short_netns
+
+
+def bpf_badge(snap: Optional[Snapshot]) -> Text:
+    if snap is None:
+        return Text("BPF: loading", style="yellow")
+    src = snap.sources
+    state = src.bpf_state or ("live" if src.bpf else "off")
+    if state == "live":
+        return Text("BPF: live", style="bold green")
+    if state == "loading":
+        return Text("BPF: loading", style="yellow")
+    reason = inert(src.bpf_error) if src.bpf_error else "not loaded"
+    return Text(f"BPF: off: {reason}", style="red")
+
+
+def header_text(snap: Optional[Snapshot], *, interval: float, now: float, paused: bool,
+                stale_after: float = 3.0) -> Text:
+    line = Text(no_wrap=True, overflow="ellipsis")
+    line.append("tcpq-top", style="bold")
+    sep = " │ "
+    if snap is not None:
+        line.append(sep)
+        line.append(inert(snap.hostname), style="bold")
+        line.append(sep + inert(snap.kernel))
+    line.append(sep + time.strftime("%H:%M:%S", time.localtime(now)))
+    line.append(sep + f"every {interval:g}s")
+    line.append(sep)
+    line.append_text(bpf_badge(snap))
+    if paused:
+        line.append(sep)
+        line.append("PAUSED", style="reverse bold")
+    elif snap is not None and now - snap.time > max(stale_after, 3 * interval):
+        line.append(sep)
+        line.append(f"no sample for {now - snap.time:.0f}s", style="reverse bold")
+    if snap is not None and snap.sources.notes:
+        line.append(sep + "; ".join(inert(n) for n in snap.sources.notes), style="yellow")
+    line.append("\n")
+    if snap is None:
+        line.append("waiting for the first sample…", style="dim")
+        return line
+    nss = sorted(
+        snap.netns,
+        key=lambda ns: (-(ns.rates.get("ListenOverflows", 0.0) + ns.rates.get("ListenDrops", 0.0)), ns.inode),
+    )
+    for i, ns in enumerate(nss):
+        if i:
+            line.append("  ")
+        ovf = ns.rates.get("ListenOverflows")
+        drop = ns.rates.get("ListenDrops")
+        hot = bool(ovf) or bool(drop)
+        line.append(f"netns {short_netns(ns.inode)} ", style="dim")
+        line.append(f"ovf {fmt_num(ovf)}/s drop {fmt_num(drop)}/s", style="bold red" if hot else "")
+    if not nss:
+        line.append("no netns counters", style="dim")
+    return line
+
+
+class TopBar(Static):
+    def show(self, snap: Optional[Snapshot], *, interval: float, now: float, paused: bool) -> None:
+        self.update(header_text(snap, interval=interval, now=now, paused=paused))
