@@ -1,0 +1,296 @@
+"""Pilot tests of the main screen over scripted seed-experiment-1 snapshots."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from tcptop_q.model import sort_listeners
+from tcptop_q.screens.listener import ListenerScreen
+from tcptop_q.screens.main import MainScreen
+from tcptop_q.widgets.listener_table import row_key
+
+from .fake_source import (
+    CLOCK_TICK,
+    CONTAINER_NS,
+    KEY_8080,
+    KEY_HTTPS6,
+    KEY_PG,
+    KEY_SSH,
+    build_snapshot,
+)
+from .helpers import feed_ticks
+from .screen_text import screen_text
+
+
+def order(app):
+    return list(app.screen.table.order)
+
+
+async def test_default_sort_is_overflow_then_drop_rate(make_app):
+    app = make_app()
+    async with app.run_test(size=(160, 48)) as pilot:
+        await feed_ticks(app, pilot)
+        snap = build_snapshot(CLOCK_TICK)
+        want = [row_key(lst.key) for lst in sort_listeners(snap.listeners, "overflow_rate")]
+        assert order(app) == want
+        assert order(app)[0] == row_key(KEY_8080)
+        assert "OVF/s▼" in screen_text(app)
+
+
+async def test_reverse_flips_the_order_and_the_arrow(make_app):
+    app = make_app()
+    async with app.run_test(size=(160, 48)) as pilot:
+        await feed_ticks(app, pilot)
+        before = order(app)
+        await pilot.press("r")
+        assert order(app) == list(reversed(before))
+        assert "OVF/s▲" in screen_text(app)
+
+
+async def test_sort_picker_sorts_by_accepts(make_app):
+    app = make_app()
+    async with app.run_test(size=(160, 48)) as pilot:
+        await feed_ticks(app, pilot)
+        await pilot.press("s")
+        picker = app.screen.query_one("#picker")
+        ids = [picker.get_option_at_index(i).id for i in range(picker.option_count)]
+        moves = ids.index("accept_rate") - ids.index("overflow_rate")
+        for _ in range(moves):
+            await pilot.press("down")
+        await pilot.press("enter")
+        await pilot.pause()
+        assert isinstance(app.screen, MainScreen)
+        assert app.sort_key == "accept_rate"
+        assert order(app)[0] == row_key(KEY_HTTPS6)  # 120 accepts/s
+        assert "ACC/s▼" in screen_text(app)
+
+
+async def test_f6_opens_the_sort_picker(make_app):
+    app = make_app()
+    async with app.run_test(size=(160, 48)) as pilot:
+        await feed_ticks(app, pilot)
+        await pilot.press("f6")
+        assert type(app.screen).__name__ == "SortPicker"
+        await pilot.press("escape")
+        assert isinstance(app.screen, MainScreen) and app.sort_key == "overflow_rate"
+
+
+async def test_live_filter_by_port_comm_and_clear(make_app):
+    app = make_app()
+    async with app.run_test(size=(160, 48)) as pilot:
+        await feed_ticks(app, pilot)
+        await pilot.press("slash", *"5432")
+        assert order(app) == [row_key(KEY_PG)]
+        await pilot.press("enter")
+        assert app.screen.table.has_focus
+        assert "filter 5432" in screen_text(app)
+        await pilot.press("escape")
+        assert len(order(app)) == 6
+        await pilot.press("slash", *"nginx", "enter")
+        assert len(order(app)) == 2 and all("|80|" in k or "|443|" in k for k in order(app))
+        await pilot.press("slash", "ctrl+u", *"10.0.3", "enter")
+        assert order(app) == [row_key(KEY_PG)]
+
+
+async def test_filter_survives_new_snapshots(make_app):
+    app = make_app(filter_text="sshd")
+    async with app.run_test(size=(160, 48)) as pilot:
+        await feed_ticks(app, pilot)
+        app.apply_snapshot(build_snapshot(CLOCK_TICK + 1))
+        await pilot.pause()
+        assert order(app) == [row_key(KEY_SSH)]
+
+
+async def test_enter_drills_and_escape_returns_to_the_same_row(make_app):
+    app = make_app()
+    async with app.run_test(size=(160, 48)) as pilot:
+        await feed_ticks(app, pilot)
+        await pilot.press("j", "j")
+        key = app.screen.table.listener_at_cursor()
+        await pilot.press("enter")
+        assert isinstance(app.screen, ListenerScreen) and app.screen.key == key
+        app.apply_snapshot(build_snapshot(CLOCK_TICK + 1))
+        await pilot.pause()
+        await pilot.press("escape")
+        assert isinstance(app.screen, MainScreen)
+        assert app.screen.table.listener_at_cursor() == key
+
+
+async def test_cursor_follows_its_listener_through_a_resort(make_app):
+    app = make_app()
+    async with app.run_test(size=(160, 48)) as pilot:
+        await feed_ticks(app, pilot)
+        table = app.screen.table
+        target = row_key(KEY_PG)
+        while table.cursor_key() != target:
+            await pilot.press("down")
+        assert table.cursor_row == 4
+        # postgres starts overflowing: it jumps to the top, and the cursor goes with it
+        app.apply_snapshot(build_snapshot(CLOCK_TICK + 1, swap_order=True))
+        await pilot.pause()
+        assert table.order[0] == target
+        assert table.cursor_key() == target and table.cursor_row == 0
+
+
+async def test_cursor_stays_when_a_listener_above_it_goes_away(make_app):
+    app = make_app()
+    async with app.run_test(size=(160, 48)) as pilot:
+        await feed_ticks(app, pilot)
+        table = app.screen.table
+        await pilot.press("down", "down", "down")
+        key = table.cursor_key()
+        snap = build_snapshot(CLOCK_TICK + 1)
+        app.apply_snapshot(replace(snap, listeners=[lst for lst in snap.listeners if lst.key != KEY_8080]))
+        await pilot.pause()
+        assert row_key(KEY_8080) not in table.order
+        assert table.cursor_key() == key
+
+
+async def test_updates_by_key_touch_only_changed_cells(make_app, monkeypatch):
+    app = make_app()
+    async with app.run_test(size=(160, 48)) as pilot:
+        await feed_ticks(app, pilot)
+        table = app.screen.table
+        calls = []
+        original = table.update_cell
+        monkeypatch.setattr(table, "update_cell", lambda *a, **k: (calls.append(a[:2]), original(*a, **k)))
+        monkeypatch.setattr(table, "clear", lambda *a, **k: (_ for _ in ()).throw(AssertionError("clear")))
+        snap = build_snapshot(CLOCK_TICK + 1)
+        app.apply_snapshot(snap)  # nothing shown changed
+        await pilot.pause()
+        assert calls == []
+        changed = [replace(lst, accept_queue=3) if lst.key == KEY_8080 else lst for lst in snap.listeners]
+        app.apply_snapshot(replace(snap, listeners=changed, seq=99))
+        await pilot.pause()
+        assert calls == [(row_key(KEY_8080), "acceptq")]
+        assert str(table.get_cell(row_key(KEY_8080), "acceptq")).startswith("3/5")
+
+
+async def test_unknown_values_show_as_dash_not_zero(make_app):
+    from .fake_source import KEY_REDIS
+
+    app = make_app()
+    async with app.run_test(size=(160, 48)) as pilot:
+        await feed_ticks(app, pilot)
+        table = app.screen.table
+        cell = lambda col: str(table.get_cell(row_key(KEY_REDIS), col)).strip()  # noqa: E731
+        for col in ("proc", "overflow_rate", "rtx_rate", "accept_rate", "estab", "close_wait"):
+            assert cell(col) == "-", col
+        assert cell("drop_rate") == "0" and cell("synq") == "0"  # known zeros stay zeros
+        assert cell("acceptq").startswith("0/511")
+
+
+async def test_netns_filter(make_app):
+    app = make_app()
+    async with app.run_test(size=(160, 48)) as pilot:
+        await feed_ticks(app, pilot)
+        await pilot.press("n")
+        picker = app.screen.query_one("#picker")
+        ids = [picker.get_option_at_index(i).id for i in range(picker.option_count)]
+        for _ in range(ids.index(str(CONTAINER_NS))):
+            await pilot.press("down")
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.netns_filter == CONTAINER_NS
+        assert len(order(app)) == 2 and all(k.startswith(str(CONTAINER_NS)) for k in order(app))
+        await pilot.press("escape")
+        assert len(order(app)) == 6
+
+
+async def test_pause_freezes_the_table_until_resumed(make_app):
+    app = make_app()
+    async with app.run_test(size=(160, 48)) as pilot:
+        await feed_ticks(app, pilot)
+        await pilot.press("p")
+        assert "PAUSED" in screen_text(app)
+        snap = build_snapshot(CLOCK_TICK + 1, swap_order=True)
+        app.apply_snapshot(snap)
+        await pilot.pause()
+        assert order(app)[0] == row_key(KEY_8080)
+        await pilot.press("p")
+        assert order(app)[0] == row_key(KEY_PG)
+        assert "PAUSED" not in screen_text(app)
+
+
+async def test_plus_minus_change_the_source_interval(make_app):
+    app = make_app()
+    async with app.run_test(size=(160, 48)) as pilot:
+        await feed_ticks(app, pilot)
+        await pilot.press("plus")
+        assert app.source.interval == 0.5
+        await pilot.press("minus", "minus")
+        assert app.source.interval == 2.0
+        assert "every 2s" in screen_text(app)
+
+
+async def test_layout_80x24_fits_without_feed(make_app):
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await feed_ticks(app, pilot)
+        text = screen_text(app)
+        lines = text.splitlines()
+        assert len(lines) == 24 and all(len(line) <= 80 for line in lines)
+        assert not app.screen.feed.display
+        header = lines[2]
+        for col in ("LISTEN", "PID/COMM", "ACCEPT-Q", "SYN-Q", "DROP/s", "OVF/s", "CL-WT"):
+            assert col in header
+        assert "NETNS" not in header and "RTX/s" not in header
+        assert "6/5!" in text  # full queue marked in text, not only colour
+        assert sum(1 for line in lines if line.lstrip().startswith(("0.0.0.0", "[::]", "10.", "127."))) == 6
+        await pilot.press("f")
+        assert app.screen.feed.display
+
+
+async def test_resize_rebuilds_columns_and_keeps_the_cursor(make_app):
+    app = make_app()
+    async with app.run_test(size=(160, 48)) as pilot:
+        await feed_ticks(app, pilot)
+        await pilot.press("down", "down")
+        key = app.screen.table.cursor_key()
+        assert "NETNS" in screen_text(app) or "ESTAB" in screen_text(app)
+        await pilot.resize_terminal(80, 24)
+        await pilot.pause()
+        assert "ESTAB" not in screen_text(app)
+        assert app.screen.table.cursor_key() == key
+        await pilot.resize_terminal(200, 50)
+        await pilot.pause()
+        assert "NETNS" in screen_text(app) and app.screen.feed.display
+        assert app.screen.table.cursor_key() == key
+
+
+async def test_kernel_strings_are_inert(make_app):
+    evil = "\x1b[2Jev[bold red]il"
+    app = make_app()
+    async with app.run_test(size=(160, 48)) as pilot:
+        snap = build_snapshot(0)
+        lst = [replace(x, comm=evil) if x.key == KEY_SSH else x for x in snap.listeners]
+        app.apply_snapshot(replace(snap, listeners=lst, hostname="h\x07st"))
+        await pilot.pause()
+        text = screen_text(app)
+        assert "812 \\x1b[2Jev" in text  # cut by the column, but literal
+        assert "\x1b" not in text and "\x07" not in text
+        assert "h\\x07st" in text
+        while app.screen.table.listener_at_cursor() != KEY_SSH:
+            await pilot.press("down")
+        await pilot.press("enter")
+        await pilot.pause()
+        assert "pid 812 \\x1b[2Jev[bold red]il" in screen_text(app)
+
+
+def test_no_color_is_honoured(make_app, monkeypatch):
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert make_app().no_color is True
+    monkeypatch.delenv("NO_COLOR")
+    assert make_app().no_color is False
+
+
+async def test_bpf_badge_states(make_app):
+    app = make_app()
+    async with app.run_test(size=(160, 48)) as pilot:
+        assert "BPF: loading" in screen_text(app)
+        app.apply_snapshot(build_snapshot(0, bpf_state="off"))
+        await pilot.pause()
+        assert "BPF: off: kprobes disabled; tracepoints only" in screen_text(app)
+        app.apply_snapshot(build_snapshot(1))
+        await pilot.pause()
+        assert "BPF: live" in screen_text(app)
