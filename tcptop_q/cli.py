@@ -232,13 +232,18 @@ def run_ebpf(args: argparse.Namespace) -> int:
         print(f"{PROG}: {error}", file=sys.stderr)
         return 1
     try:
-        _write(probes.program_text())
-        _write("\n/* hooks on this kernel:")
-        for metric, hook in sorted(probes.hooks.items()):
-            _write(f" *   {metric:<20} {hook}")
-        _write(" */")
+        text = probes.program_text()
+        hooks = sorted(probes.hooks.items())
+    except Exception as exc:  # never a traceback: say why in one line
+        print(f"{PROG}: cannot build the BPF program: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        return 1
     finally:
         probes.close()
+    _write(text)
+    _write("\n/* hooks on this kernel:")
+    for metric, hook in hooks:
+        _write(f" *   {metric:<20} {hook}")
+    _write(" */")
     return 0
 
 

@@ -428,8 +428,8 @@ class Sampler:
                         else None
                     ),
                     peak_accept_queue=max(counts.peak_accept_queue, row.rqueue) if "accepts" in bpf.hooks else None,
-                    resets_sent=counts.resets_sent if "resets" in bpf.hooks else None,
-                    resets_received=counts.resets_received if "resets" in bpf.hooks else None,
+                    resets_sent=counts.resets_sent if "resets_sent" in bpf.hooks else None,
+                    resets_received=counts.resets_received if "resets_received" in bpf.hooks else None,
                 )
                 self._prev_overflows[key] = overflows
             listener = Listener(
