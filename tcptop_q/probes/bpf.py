@@ -363,7 +363,7 @@ class _Timeline:
 
 
 def _tuple_of(tr: Transition) -> tuple | None:
-    if not tr.rport or tr.raddr in ("0.0.0.0", "::"):
+    if not tr.rport or not tr.lport or tr.raddr in ("0.0.0.0", "::"):
         return None
     return (tr.netns, tr.family, tr.laddr, tr.lport, tr.raddr, tr.rport)
 
@@ -520,9 +520,9 @@ class BpfProbes:
             for kind, target, fn in plan.attach:
                 try:
                     if kind == "tracepoint":
-                        b.attach_tracepoint(tp=target, fn_name=fn)
+                        b.attach_tracepoint(tp=target.encode(), fn_name=fn.encode())
                     else:
-                        b.attach_kprobe(event=target, fn_name=fn)
+                        b.attach_kprobe(event=target.encode(), fn_name=fn.encode())
                     attached += 1
                 except Exception as exc:
                     hook = f"{kind}:{target}"
@@ -537,10 +537,10 @@ class BpfProbes:
             if TRANSITIONS in hooks:
                 if plan.ringbuf:
                     self._cb = self._on_ring_event
-                    b["tq_feed"].open_ring_buffer(self._cb)
+                    b[b"tq_feed"].open_ring_buffer(self._cb)
                 else:
                     self._cb = self._on_perf_event
-                    b["tq_feed"].open_perf_buffer(self._cb, page_cnt=plan.feed_pages, lost_cb=self._on_perf_lost)
+                    b[b"tq_feed"].open_perf_buffer(self._cb, page_cnt=plan.feed_pages, lost_cb=self._on_perf_lost)
             with self._lock:
                 if self._closed:
                     self._teardown()
@@ -587,7 +587,7 @@ class BpfProbes:
         b = self._bpf
         if b is None:
             return
-        tbl = b["tq_ctl"]
+        tbl = b[b"tq_ctl"]
         tbl[ctypes.c_int(slot)] = ctypes.c_ulonglong(value)
 
     def set_feed(self, mode: str = "all", port: int | None = None) -> None:
@@ -666,11 +666,11 @@ class BpfProbes:
         self._epoch += 1
         self._set_ctl(2, self._epoch)
         peaks: dict[int, int] = {}
-        ptbl = b["tq_peaks"]
+        ptbl = b[b"tq_peaks"]
         stale = []
         for k, v in _items(ptbl):
             if k.epoch < self._epoch:
-                peaks[k.sk] = max(peaks.get(k.sk, 0), v.value)
+                peaks[k.sk] = max(peaks.get(k.sk, 0), _int(v))
                 stale.append(k)
         for k in stale:
             try:
@@ -678,13 +678,13 @@ class BpfProbes:
             except KeyError:
                 pass
         reasons: dict[int, dict[str, int]] = {}
-        for k, v in _items(b["tq_reasons"]):
+        for k, v in _items(b[b"tq_reasons"]):
             name = self._reasons.get(k.reason, f"REASON_{k.reason}")
             per = reasons.setdefault(k.sk, {})
-            per[name] = per.get(name, 0) + v.value
+            per[name] = per.get(name, 0) + _int(v)
         listeners: dict[ListenerKey, BpfListenerCounts] = {}
-        for k, v in _items(b["tq_listeners"]):
-            sk = k.value
+        for k, v in _items(b[b"tq_listeners"]):
+            sk = _int(k)
             if v.family == 2:
                 laddr = ipaddress.IPv4Address(bytes(v.laddr[:4])).compressed
                 fam = "ipv4"
@@ -716,7 +716,7 @@ class BpfProbes:
             self.timelines.add(tr)
             events.append(tr)
         lost = self._user_lost
-        lost += int(b["tq_lost"].sum(ctypes.c_int(0)).value)
+        lost += int(b[b"tq_lost"].sum(ctypes.c_int(0)).value)
         return BpfReading(
             listeners=listeners,
             events=tuple(events),
@@ -724,6 +724,19 @@ class BpfProbes:
             live_since=self.live_since,
             hooks=dict(self.hooks),
         )
+
+    def prog_ids(self) -> list[int]:
+        """Kernel ids of the programs this instance loaded (from /proc/self/fdinfo)."""
+        b = self._bpf
+        ids = []
+        for fn in list(getattr(b, "funcs", {}).values()) if b is not None else []:
+            try:
+                for line in Path(f"/proc/self/fdinfo/{fn.fd}").read_text().splitlines():
+                    if line.startswith("prog_id:"):
+                        ids.append(int(line.split()[1]))
+            except OSError:
+                pass
+        return sorted(ids)
 
     # ---- per-socket history
 
@@ -751,6 +764,10 @@ class BpfProbes:
             except ProbeError as exc:
                 return f"// tcpq-top: cannot generate the BPF program: {exc}\n" + BPF_C.read_text()
         return plan.text()
+
+
+def _int(x) -> int:
+    return x if isinstance(x, int) else int(x.value)
 
 
 def _items(table):

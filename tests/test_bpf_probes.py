@@ -1,0 +1,396 @@
+"""The eBPF probes against the real kernel, in a private network namespace.
+
+Every number is checked against the kernel's own accounting inside that netns
+(ss, /proc/net/netstat). Needs root and bcc: fails when CI=true, skips otherwise.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import os
+import re
+import socket
+import struct
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tcptop_q.probes.bpf import BpfProbes
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+CLONE_NEWNET = 0x40000000
+_counter = itertools.count()
+
+
+def _need(ok: bool, reason: str) -> None:
+    if ok:
+        return
+    if IN_CI:
+        pytest.fail(f"CI=true but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def _bcc_ok() -> bool:
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def loaded_programs() -> dict[int, str]:
+    """id -> name of every BPF program in the kernel (other tcpq-top instances may run too)."""
+    out = subprocess.run(["bpftool", "prog", "show"], capture_output=True, text=True).stdout
+    return {int(i): name for i, name in re.findall(r"^(\d+): \S+\s+name (\S+)", out, re.M)}
+
+
+def own_bpf_fds() -> list[str]:
+    links = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            links.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            pass
+    return [link for link in links if link.startswith("anon_inode:bpf") or link.startswith("anon_inode:[perf_event]")]
+
+
+def assert_detached(ids: list[int]) -> None:
+    progs = loaded_programs()
+    assert [i for i in ids if i in progs] == [], "programs left loaded after close()"
+    assert own_bpf_fds() == [], "BPF/perf fds left open after close()"
+
+
+class Netns:
+    """`ip netns add tqbpf-<pid>-<n>` with lo up; sockets are made in a thread that setns()'d into it."""
+
+    def __init__(self) -> None:
+        self.name = f"tqbpf-{os.getpid()}-{next(_counter)}"
+        subprocess.run(["ip", "netns", "add", self.name], check=True)
+        subprocess.run(["ip", "-n", self.name, "link", "set", "lo", "up"], check=True)
+        self.path = f"/run/netns/{self.name}"
+        self.inode = int(subprocess.run(["stat", "-L", "-c", "%i", self.path], capture_output=True, text=True,
+                                        check=True).stdout)
+
+    def run(self, fn: Callable, *args):
+        """fn(*args) in a thread inside the netns; network namespaces are per thread."""
+        result: list = []
+        error: list = []
+
+        def body() -> None:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = os.open(self.path, os.O_RDONLY)
+            try:
+                if libc.setns(fd, CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), "setns")
+            finally:
+                os.close(fd)
+            try:
+                result.append(fn(*args))
+            except BaseException as exc:  # re-raised in the caller
+                error.append(exc)
+
+        t = threading.Thread(target=body)
+        t.start()
+        t.join()
+        if error:
+            raise error[0]
+        return result[0]
+
+    def socket(self, family: int = socket.AF_INET) -> socket.socket:
+        return self.run(socket.socket, family, socket.SOCK_STREAM)
+
+    def exec(self, *cmd: str) -> str:
+        return subprocess.run(["ip", "netns", "exec", self.name, *cmd], capture_output=True, text=True,
+                              check=True).stdout
+
+    def netstat(self) -> dict[str, int]:
+        lines = self.exec("cat", "/proc/net/netstat").splitlines()
+        out: dict[str, int] = {}
+        for head, vals in zip(lines[::2], lines[1::2]):
+            prefix = head.split(":")[0]
+            for k, v in zip(head.split()[1:], vals.split()[1:]):
+                out[f"{prefix}{k}"] = int(v)
+        return out
+
+    def close(self) -> None:
+        subprocess.run(["ip", "netns", "del", self.name], check=False)
+
+
+@pytest.fixture
+def netns() -> Iterator[Netns]:
+    _need(os.geteuid() == 0, "needs root (network namespaces, BPF)")
+    ns = Netns()
+    try:
+        yield ns
+    finally:
+        ns.close()
+    assert ns.name not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+
+
+@pytest.fixture
+def probes(netns: Netns) -> Iterator[BpfProbes]:
+    _need(_bcc_ok(), "needs bcc (python3-bpfcc) in this interpreter")
+    p = BpfProbes(netns=netns.inode)
+    p.start()
+    ok = p.wait_ready(60)
+    ids = p.prog_ids()
+    try:
+        _need(ok, f"BPF probes did not go live: {p.error}")
+        yield p
+    finally:
+        p.close()
+        assert_detached(ids)
+
+
+def listen(ns: Netns, backlog: int, port: int = 8080, defer_accept: int = 0) -> socket.socket:
+    srv = ns.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if defer_accept:
+        srv.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, defer_accept)
+    srv.bind(("127.0.0.1", port))
+    srv.listen(backlog)
+    return srv
+
+
+def ss_cookie(ns: Netns, port: int) -> int:
+    """The listener's socket cookie as ss prints it (sk:<hex>); dumping generates it."""
+    out = ns.exec("ss", "-ltnHe", f"sport = :{port}")
+    m = re.search(r"\bsk:([0-9a-f]+)", out)
+    assert m, out
+    return int(m.group(1), 16)
+
+
+def settle(probes: BpfProbes, seconds: float = 0.3):
+    time.sleep(seconds)
+    return probes.read()
+
+
+def server_sequences(events, netns: int, port: int) -> dict[int, list[tuple[str, str]]]:
+    """Transitions of the server's children (not the listener itself), by socket."""
+    seqs: dict[int, list[tuple[str, str]]] = {}
+    for ev in events:
+        if ev.netns == netns and ev.lport == port:
+            seqs.setdefault(ev.skaddr, []).append((ev.old, ev.new))
+    return {sk: seq for sk, seq in seqs.items() if seq[0] != ("CLOSE", "LISTEN")}
+
+
+def the_listener(reading, netns: int, port: int):
+    found = [(k, v) for k, v in reading.listeners.items() if k.netns == netns and k.lport == port]
+    assert len(found) == 1, reading.listeners
+    return found[0]
+
+
+# ---------------------------------------------------------------------- seed experiment 1
+
+
+def test_seed_experiment_backlog5_never_accept(netns: Netns, probes: BpfProbes) -> None:
+    port = 8080
+    srv = listen(netns, 5, port)
+    cookie = ss_cookie(netns, port)
+    before = netns.netstat()
+    established = 0
+    for _ in range(10):
+        c = netns.socket()
+        c.settimeout(1.0)
+        try:
+            c.connect(("127.0.0.1", port))
+            c.sendall(b"helloworld")
+            established += 1
+        except (TimeoutError, socket.timeout):
+            pass
+        finally:
+            c.close()
+    reading = settle(probes)
+    after = netns.netstat()
+    try:
+        assert established == 6
+        key, counts = the_listener(reading, netns.inode, port)
+        # The key joins with what ss (sock_diag) shows in that netns.
+        assert key.netns == int(subprocess.run(["stat", "-L", "-c", "%i", netns.path], capture_output=True,
+                                               text=True).stdout)
+        ss = netns.exec("ss", "-ltnH")
+        assert f"{key.laddr}:{key.lport}" in ss.split()
+        assert (key.family, key.laddr, key.cookie) == ("ipv4", "127.0.0.1", cookie)
+        assert counts.accepts == 6
+        assert counts.peak_accept_queue == 6
+        # SYN-path overflows are freed with consume_skb: invisible to tracepoints.
+        assert counts.listen_overflow_drops == 0
+        assert after["TcpExtListenOverflows"] - before["TcpExtListenOverflows"] > 0
+
+        seqs = server_sequences(reading.events, netns.inode, port)
+        full = [("LISTEN", "SYN_RECV"), ("SYN_RECV", "ESTABLISHED"), ("ESTABLISHED", "CLOSE_WAIT")]
+        assert sorted(seqs.values()) == [full] * 6, seqs
+
+        # One child's timeline: in time order, with the tuple from SYN_RECV->ESTABLISHED.
+        ev = next(e for e in reading.events if e.lport == port and e.new == "CLOSE_WAIT")
+        tl = probes.timeline(netns.inode, "ipv4", "127.0.0.1", port, ev.raddr, ev.rport)
+        assert [(t.old, t.new) for t in tl] == full
+        assert [t.time for t in tl] == sorted(t.time for t in tl)
+        assert abs(tl[-1].time - time.time()) < 30
+        assert tl[1].ms_in_old is not None and tl[2].ms_in_old is not None
+        assert all(t.skaddr == ev.skaddr for t in tl)
+        assert probes.timeline_by_skaddr(netns.inode, ev.skaddr) == tl
+        state, since = probes.state_since(netns.inode, "ipv4", "127.0.0.1", port, ev.raddr, ev.rport)
+        assert state == "CLOSE_WAIT" and since == tl[-1].time
+        # Peak is per read interval: nothing queued since the last read.
+        again = probes.read()
+        assert the_listener(again, netns.inode, port)[1].peak_accept_queue == 0
+        assert the_listener(again, netns.inode, port)[1].accepts == 6
+        assert reading.lost_events == 0
+    finally:
+        srv.close()
+
+
+# ---------------------------------------------------------------------- third-ACK overflow
+
+
+def test_third_ack_overflow_matches_listenoverflows(netns: Netns, probes: BpfProbes) -> None:
+    """TCP_DEFER_ACCEPT keeps C a request sock while A and B fill the queue (limit 1 holds 2);
+    C's first data segment then completes the handshake into a full queue: one third-ACK
+    overflow, dropped with reason TCP_LISTEN_OVERFLOW and rx_sk = the listener. C resets
+    at once, before its retransmit timer (>= 200 ms) could overflow again."""
+    port = 8081
+    srv = listen(netns, 1, port, defer_accept=10)
+    before = netns.netstat()
+    socks = []
+    try:
+        c = netns.socket()
+        c.connect(("127.0.0.1", port))
+        socks.append(c)
+        for _ in range(2):
+            s = netns.socket()
+            s.connect(("127.0.0.1", port))
+            s.sendall(b"x")
+            socks.append(s)
+        time.sleep(0.05)
+        c.sendall(b"x")
+        time.sleep(0.05)
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        c.close()
+        reading = settle(probes)
+        after = netns.netstat()
+        overflows = after["TcpExtListenOverflows"] - before["TcpExtListenOverflows"]
+        key, counts = the_listener(reading, netns.inode, port)
+        assert overflows >= 1
+        assert counts.listen_overflow_drops == overflows
+        assert counts.drop_reasons.get("TCP_LISTEN_OVERFLOW") == overflows
+        assert counts.accepts == 2 and counts.peak_accept_queue == 2
+    finally:
+        for s in socks:
+            s.close()
+        srv.close()
+
+
+# ---------------------------------------------------------------------- experiments 2 and 3
+
+
+def _one_connection(netns: Netns, port: int, server_first: bool):
+    srv = listen(netns, 16, port)
+    cli = netns.socket()
+    cli.connect(("127.0.0.1", port))
+    conn, _peer = srv.accept()
+    cport = cli.getsockname()[1]
+    cli.sendall(b"helloworld")
+    assert conn.recv(100) == b"helloworld"
+    if server_first:
+        conn.close()
+        assert cli.recv(100) == b""
+        time.sleep(0.05)
+        cli.close()
+    else:
+        cli.close()
+        assert conn.recv(100) == b""
+        time.sleep(0.05)
+        conn.close()
+    time.sleep(0.1)
+    srv.close()
+    return cport
+
+
+def test_client_closes_first(netns: Netns, probes: BpfProbes) -> None:
+    port = 8082
+    cport = _one_connection(netns, port, server_first=False)
+    settle(probes)
+    tl = probes.timeline(netns.inode, "ipv4", "127.0.0.1", port, "127.0.0.1", cport)
+    assert [(t.old, t.new) for t in tl] == [
+        ("LISTEN", "SYN_RECV"), ("SYN_RECV", "ESTABLISHED"), ("ESTABLISHED", "CLOSE_WAIT"),
+        ("CLOSE_WAIT", "LAST_ACK"), ("LAST_ACK", "CLOSE"),
+    ]
+    assert [t.time for t in tl] == sorted(t.time for t in tl)
+    assert tl[3].pid == os.getpid()  # our close() moved it to LAST_ACK
+    client = probes.timeline(netns.inode, "ipv4", "127.0.0.1", cport, "127.0.0.1", port)
+    assert [(t.old, t.new) for t in client][:3] == [
+        ("CLOSE", "SYN_SENT"), ("SYN_SENT", "ESTABLISHED"), ("ESTABLISHED", "FIN_WAIT1"),
+    ]
+
+
+def test_server_closes_first(netns: Netns, probes: BpfProbes) -> None:
+    port = 8083
+    cport = _one_connection(netns, port, server_first=True)
+    settle(probes)
+    tl = probes.timeline(netns.inode, "ipv4", "127.0.0.1", port, "127.0.0.1", cport)
+    assert [(t.old, t.new) for t in tl] == [
+        ("LISTEN", "SYN_RECV"), ("SYN_RECV", "ESTABLISHED"), ("ESTABLISHED", "FIN_WAIT1"),
+        ("FIN_WAIT1", "FIN_WAIT2"), ("FIN_WAIT2", "CLOSE"),
+    ]
+    assert probes.state_since(netns.inode, "ipv4", "127.0.0.1", port, "127.0.0.1", cport)[0] == "CLOSE"
+
+
+def test_close_detaches_and_is_idempotent(netns: Netns) -> None:
+    _need(_bcc_ok(), "needs bcc")
+    p = BpfProbes(netns=netns.inode)
+    p.start()
+    assert p.wait_ready(60), p.error
+    ids = p.prog_ids()
+    names = {loaded_programs().get(i) for i in ids}
+    assert names == {"tq_set_state", "tq_data_ready", "tq_kfree_skb", "tq_synack", "tq_send_reset", "tq_recv_reset"}
+    p.close()
+    p.close()
+    assert_detached(ids)
+    assert p.state == "off"
+    assert p.read().listeners == {}
+
+
+def test_feed_off_keeps_counts_exact(netns: Netns, probes: BpfProbes) -> None:
+    port = 8084
+    probes.set_feed("off")
+    srv = listen(netns, 64, port)
+    clients = []
+    try:
+        for _ in range(20):
+            c = netns.socket()
+            c.connect(("127.0.0.1", port))
+            clients.append(c)
+        reading = settle(probes)
+        assert [e for e in reading.events if e.lport == port or e.rport == port] == []
+        assert the_listener(reading, netns.inode, port)[1].accepts == 20
+        probes.set_feed("port", port)
+        c = netns.socket()
+        c.connect(("127.0.0.1", port))
+        clients.append(c)
+        reading = settle(probes)
+        assert {(e.old, e.new) for e in reading.events if e.lport == port} == {
+            ("LISTEN", "SYN_RECV"), ("SYN_RECV", "ESTABLISHED")}
+        assert the_listener(reading, netns.inode, port)[1].accepts == 21
+    finally:
+        for c in clients:
+            c.close()
+        srv.close()
+
+
+def test_listener_close_forgets_it(netns: Netns, probes: BpfProbes) -> None:
+    port = 8085
+    srv = listen(netns, 4, port)
+    c = netns.socket()
+    c.connect(("127.0.0.1", port))
+    assert the_listener(settle(probes), netns.inode, port)[1].accepts == 1
+    c.close()
+    srv.close()
+    reading = settle(probes)
+    assert [k for k in reading.listeners if k.netns == netns.inode and k.lport == port] == []
+    assert Path("/sys/kernel/btf/vmlinux").exists()
