@@ -8,10 +8,11 @@ import os
 import signal
 import sys
 import time
-from typing import NoReturn, Optional, Sequence
+from collections.abc import Sequence
+from typing import NoReturn
 
 from . import model
-from .model import Listener, Snapshot, safe_text
+from .model import Snapshot, safe_text
 
 PROG = "tcpq-top"
 
@@ -72,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 # ------------------------------------------------------------------- text output
 
 
-def _fmt_rate(value: Optional[float]) -> str:
+def _fmt_rate(value: float | None) -> str:
     if value is None:
         return "-"
     if value == 0:
@@ -82,7 +83,7 @@ def _fmt_rate(value: Optional[float]) -> str:
     return f"{value:.1f}"
 
 
-def _fmt_int(value: Optional[int]) -> str:
+def _fmt_int(value: int | None) -> str:
     return "-" if value is None else str(value)
 
 
@@ -263,7 +264,7 @@ def run_tui(args: argparse.Namespace, interval: float) -> int:
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv and argv[0] == "lab":

@@ -7,8 +7,8 @@ the sampler merges them into one Snapshot per tick, the UI only reads them.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Optional, Sequence
 
 SCHEMA = "tcpq-top.snapshot/1"
 
@@ -68,8 +68,8 @@ class ListenerKey:
 class Listener:
     key: ListenerKey
     inode: int
-    pid: Optional[int]
-    comm: Optional[str]
+    pid: int | None
+    comm: str | None
     accept_queue: int  # sk_ack_backlog (idiag_rqueue)
     backlog: int  # sk_max_ack_backlog (idiag_wqueue)
     syn_queue: int  # request socks (SYN_RECV) counted in the dump
@@ -77,15 +77,15 @@ class Listener:
     drop_rate: float
     children: Mapping[str, int] = field(default_factory=dict)
     # BPF-derived; None = this kernel/privilege cannot tell (never "zero").
-    overflows: Optional[int] = None
-    overflow_rate: Optional[float] = None
-    synack_retrans: Optional[int] = None
-    synack_retrans_rate: Optional[float] = None
-    accepts: Optional[int] = None
-    accept_rate: Optional[float] = None
-    peak_accept_queue: Optional[int] = None
-    resets_sent: Optional[int] = None
-    resets_received: Optional[int] = None
+    overflows: int | None = None
+    overflow_rate: float | None = None
+    synack_retrans: int | None = None
+    synack_retrans_rate: float | None = None
+    accepts: int | None = None
+    accept_rate: float | None = None
+    peak_accept_queue: int | None = None
+    resets_sent: int | None = None
+    resets_received: int | None = None
 
     @property
     def netns(self) -> int:
@@ -119,9 +119,9 @@ class Connection:
     cookie: int
     recv_q: int
     send_q: int
-    pid: Optional[int] = None
-    comm: Optional[str] = None
-    age_s: Optional[float] = None  # from BPF timeline; None before probes saw it
+    pid: int | None = None
+    comm: str | None = None
+    age_s: float | None = None  # from BPF timeline; None before probes saw it
 
 
 @dataclass(frozen=True)
@@ -134,10 +134,10 @@ class CloseWait:
     rport: int
     inode: int
     cookie: int
-    pid: Optional[int]
-    comm: Optional[str]
+    pid: int | None
+    comm: str | None
     recv_q: int
-    age_s: Optional[float]
+    age_s: float | None
 
 
 @dataclass(frozen=True)
@@ -162,7 +162,7 @@ class Transition:
     rport: int
     old: str
     new: str
-    ms_in_old: Optional[float]
+    ms_in_old: float | None
     pid: int
     comm: str
 
@@ -171,7 +171,7 @@ class Transition:
 class Sources:
     netlink: bool
     bpf: bool
-    bpf_error: Optional[str] = None
+    bpf_error: str | None = None
     bpf_state: str = "off"  # "loading" | "live" | "off"
     hooks: Mapping[str, str] = field(default_factory=dict)  # metric -> hook serving it
     lost_events: int = 0
@@ -191,14 +191,14 @@ class Snapshot:
     # Transitions that arrived since the previous snapshot (feed batch).
     events: Sequence[Transition] = ()
     # When the sampler did a children dump this tick: children per listener key.
-    connections: Optional[Mapping[ListenerKey, Sequence[Connection]]] = None
+    connections: Mapping[ListenerKey, Sequence[Connection]] | None = None
     seq: int = 0
 
 
 # ---------------------------------------------------------------- pure helpers
 
 
-def rate(now: Optional[int], before: Optional[int], interval: float) -> Optional[float]:
+def rate(now: int | None, before: int | None, interval: float) -> float | None:
     """Per-second rate between two absolute counter readings; None if either is unknown."""
     if now is None or before is None or interval <= 0:
         return None
@@ -340,7 +340,7 @@ class BpfListenerCounts:
     synack_retrans: int = 0
     listen_overflow_drops: int = 0  # third-ACK overflows (kfree_skb, rx_sk=listener, TCP_LISTEN_OVERFLOW)
     other_rx_drops: int = 0  # other kfree_skb events with rx_sk=listener (each +1 sk_drops)
-    syn_overflows: Optional[int] = None  # only where a kprobe sees the SYN-path overflow directly
+    syn_overflows: int | None = None  # only where a kprobe sees the SYN-path overflow directly
     resets_sent: int = 0
     resets_received: int = 0
     drop_reasons: Mapping[str, int] = field(default_factory=dict)
@@ -364,7 +364,7 @@ _CTRL = {c: f"\\x{c:02x}" for c in list(range(0x20)) + [0x7F]}
 _CTRL.update({c: f"\\x{c:02x}" for c in range(0x80, 0xA0)})  # C1 controls (CSI = 0x9b)
 
 
-def safe_text(text: Optional[str], limit: int = 64) -> str:
+def safe_text(text: str | None, limit: int = 64) -> str:
     """Process- or peer-supplied text made inert for a terminal: control bytes
     escaped, undecodable bytes already replaced, long text cut with an ellipsis."""
     if text is None:

@@ -2,8 +2,8 @@
 
 kernel -> probes (sock_diag, /proc, BPF) -> Sampler -> Snapshot. No textual here.
 The Sampler keeps only what rates and attribution need: the previous tick's
-absolute counters, the sk_drops baseline taken when BPF went live, and a bounded
-history per listener.
+absolute counters and the sk_drops baseline taken when BPF went live. The
+bounded per-listener history for sparklines lives with the UI that draws it.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import os
 import socket
 import threading
 import time
-from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any
 
 from . import model
 from .model import (
@@ -37,7 +37,6 @@ from .probes.owners import OwnerMap
 
 FAMILY = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
 WILDCARD = {"ipv4": "0.0.0.0", "ipv6": "::"}
-HISTORY_LEN = 600  # ticks kept per listener (10 min at 1 Hz)
 
 
 @dataclass
@@ -46,7 +45,7 @@ class NetnsRaw:
     counters: dict[str, int]
     sysctls: dict[str, int]
     rows: list[DiagRow]  # LISTEN, SYN_RECV (request socks), CLOSE_WAIT
-    children: Optional[list[DiagRow]] = None  # every non-LISTEN state, on children ticks
+    children: list[DiagRow] | None = None  # every non-LISTEN state, on children ticks
 
 
 @dataclass
@@ -62,7 +61,7 @@ class _NetnsHandle:
         self.ref = ref
         self.diag = DiagSocket()
         try:
-            self.files: Optional[NetnsFiles] = NetnsFiles()
+            self.files: NetnsFiles | None = NetnsFiles()
         except OSError:
             self.files = None
 
@@ -78,7 +77,7 @@ class KernelReader:
     Must be used from one thread only (setns is per thread).
     """
 
-    def __init__(self, netns: Optional[int] = None, all_netns: bool = True) -> None:
+    def __init__(self, netns: int | None = None, all_netns: bool = True) -> None:
         self.only_netns = netns
         self.all_netns = all_netns
         self.enterer = NetnsEnterer()
@@ -161,7 +160,7 @@ def _listener_index(listeners: Iterable[tuple[ListenerKey, Any]]) -> dict[tuple[
 
 def owner_listener(
     index: Mapping[tuple[int, int, str], ListenerKey], netns: int, family: str, laddr: str, lport: int
-) -> Optional[ListenerKey]:
+) -> ListenerKey | None:
     """The listener a child or request socket belongs to.
 
     Exact local address first; then the wildcard of its family; a v4-mapped
@@ -179,7 +178,7 @@ def owner_listener(
     return index.get((netns, lport, WILDCARD[family]))
 
 
-def _mapped_v4(addr: str) -> Optional[str]:
+def _mapped_v4(addr: str) -> str | None:
     import ipaddress
 
     try:
@@ -212,16 +211,6 @@ def overflows_since_live(
 # ---------------------------------------------------------------------- sampler
 
 
-@dataclass(frozen=True)
-class HistoryPoint:
-    time: float
-    accept_queue: int
-    peak_accept_queue: Optional[int]
-    drop_rate: float
-    overflow_rate: Optional[float]
-    accept_rate: Optional[float]
-
-
 class Sampler:
     """Builds Snapshots. One instance per collector thread."""
 
@@ -229,10 +218,10 @@ class Sampler:
         self,
         *,
         bpf: Any = None,
-        netns: Optional[int] = None,
+        netns: int | None = None,
         all_netns: bool = True,
-        owners: Optional[OwnerMap] = None,
-        children_every: Optional[float] = None,
+        owners: OwnerMap | None = None,
+        children_every: float | None = None,
         blocking_owners: bool = False,
     ) -> None:
         self.reader = KernelReader(netns=netns, all_netns=all_netns)
@@ -240,16 +229,15 @@ class Sampler:
         self.owners = owners or OwnerMap()
         self.blocking_owners = blocking_owners
         self.children_every = children_every  # None: adapt to the cost of the dump
-        self.prev: Optional[RawTick] = None
+        self.prev: RawTick | None = None
         self.prev_bpf: dict[ListenerKey, BpfListenerCounts] = {}
-        self.drops_base: Optional[dict[ListenerKey, int]] = None  # sk_drops when BPF went live
+        self.drops_base: dict[ListenerKey, int] | None = None  # sk_drops when BPF went live
         self.reqq_base: dict[int, int] = {}
         self.last_children = float("-inf")
         self.children_cost = 0.0
-        self.history: dict[ListenerKey, deque[HistoryPoint]] = {}
         self._prev_overflows: dict[ListenerKey, int] = {}
         # Children by state between full dumps: the last dump's counts.
-        self._last_children_counts: Optional[dict[ListenerKey, dict[str, int]]] = None
+        self._last_children_counts: dict[ListenerKey, dict[str, int]] | None = None
         self.seq = 0
         self.kernel = os.uname().release
         self.hostname = socket.gethostname()
@@ -266,7 +254,7 @@ class Sampler:
             period = min(30.0, max(interval, self.children_cost * 50))
         return now - self.last_children >= period
 
-    def sample(self, interval: float = 1.0, *, children: Optional[bool] = None) -> Snapshot:
+    def sample(self, interval: float = 1.0, *, children: bool | None = None) -> Snapshot:
         now = time.monotonic()
         if children is None:
             children = self._children_due(now, interval)
@@ -275,9 +263,9 @@ class Sampler:
         if children:
             self.last_children = now
             self.children_cost = time.perf_counter() - start
-        bpf_reading: Optional[BpfReading] = None
+        bpf_reading: BpfReading | None = None
         bpf_state = "off"
-        bpf_error: Optional[str] = None
+        bpf_error: str | None = None
         if self.bpf is not None:
             bpf_state = self.bpf.state
             bpf_error = self.bpf.error
@@ -292,7 +280,7 @@ class Sampler:
         return snap
 
     def _build(
-        self, raw: RawTick, bpf: Optional[BpfReading], bpf_state: str, bpf_error: Optional[str]
+        self, raw: RawTick, bpf: BpfReading | None, bpf_state: str, bpf_error: str | None
     ) -> Snapshot:
         prev = self.prev
         dt = (raw.mono - prev.mono) if prev else 0.0
@@ -314,7 +302,7 @@ class Sampler:
         index = _listener_index(listen_rows)
         syn_queue: dict[ListenerKey, int] = {}
         children: dict[ListenerKey, dict[str, int]] = {}
-        conns: Optional[dict[ListenerKey, list[Connection]]] = None
+        conns: dict[ListenerKey, list[Connection]] | None = None
         cw_rows: list[tuple[int, DiagRow]] = []
         for ns in raw.netns.values():
             for row in ns.rows:
@@ -446,19 +434,11 @@ class Sampler:
                 **fields,
             )
             listeners.append(listener)
-            hist = self.history.get(key)
-            if hist is None:
-                hist = self.history[key] = deque(maxlen=HISTORY_LEN)
-            hist.append(
-                HistoryPoint(raw.wall, row.rqueue, listener.peak_accept_queue, drop_rate, listener.overflow_rate, listener.accept_rate)
-            )
         if bpf is not None:
             self.prev_bpf = dict(bpf_by_key)
         live_keys = {key for key, _ in listen_rows}
-        for key in list(self.history):
-            if key not in live_keys:
-                del self.history[key]
-                self._prev_overflows.pop(key, None)
+        for key in [k for k in self._prev_overflows if k not in live_keys]:
+            del self._prev_overflows[key]
 
         close_wait = []
         for ns_inode, row in cw_rows:

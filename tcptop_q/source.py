@@ -9,14 +9,14 @@ import os
 import threading
 import time
 from dataclasses import replace
-from typing import Any, Optional
+from typing import Any
 
 from . import model
 from .model import Snapshot, Transition
 from .sampler import Sampler
 
 
-def load_bpf(port: Optional[int], netns: Optional[int]) -> tuple[Any, Optional[str]]:
+def load_bpf(port: int | None, netns: int | None) -> tuple[Any, str | None]:
     """Create (not yet start) the BPF probes, or say in one line why there are none."""
     try:
         from .probes.bpf import BpfProbes
@@ -29,7 +29,7 @@ def load_bpf(port: Optional[int], netns: Optional[int]) -> tuple[Any, Optional[s
 
 
 class Filters:
-    def __init__(self, port: Optional[int] = None, pid: Optional[int] = None, netns: Optional[int] = None) -> None:
+    def __init__(self, port: int | None = None, pid: int | None = None, netns: int | None = None) -> None:
         self.port = port
         self.pid = pid
         self.netns = netns
@@ -38,7 +38,7 @@ class Filters:
         if self.port is None and self.pid is None and self.netns is None:
             return snap
 
-        def keep(netns: int, port: int, pid: Optional[int]) -> bool:
+        def keep(netns: int, port: int, pid: int | None) -> bool:
             return (
                 (self.port is None or port == self.port)
                 and (self.pid is None or pid == self.pid)
@@ -69,14 +69,14 @@ class LiveSource:
         self,
         *,
         interval: float = 1.0,
-        filters: Optional[Filters] = None,
+        filters: Filters | None = None,
         use_bpf: bool = True,
         blocking_owners: bool = False,
     ) -> None:
         self.interval = interval
         self.filters = filters or Filters()
         self.bpf = None
-        self.bpf_error: Optional[str] = None
+        self.bpf_error: str | None = None
         if use_bpf:
             if os.geteuid() != 0:
                 self.bpf_error = "BPF off: needs root (CAP_BPF + CAP_PERFMON); showing netlink and /proc only"
@@ -84,9 +84,9 @@ class LiveSource:
                 self.bpf, self.bpf_error = load_bpf(self.filters.port, self.filters.netns)
         else:
             self.bpf_error = "BPF off: --no-bpf"
-        self._sampler: Optional[Sampler] = None
+        self._sampler: Sampler | None = None
         self._blocking_owners = blocking_owners
-        self._last: Optional[Snapshot] = None
+        self._last: Snapshot | None = None
         self._closed = False
         self._lock = threading.Lock()
 
@@ -106,7 +106,7 @@ class LiveSource:
             self._sampler = Sampler(bpf=self.bpf, netns=self.filters.netns, blocking_owners=self._blocking_owners)
         return self._sampler
 
-    def sample(self, children: Optional[bool] = None) -> Snapshot:
+    def sample(self, children: bool | None = None) -> Snapshot:
         snap = self.sampler.sample(self.interval, children=children)
         if self.bpf is None and self.bpf_error:
             snap = replace(snap, sources=replace(snap.sources, bpf_error=self.bpf_error))
@@ -127,7 +127,7 @@ class LiveSource:
                 return dict(ns.sysctls)
         return {}
 
-    def process_info(self, pid: int) -> Optional[dict]:
+    def process_info(self, pid: int) -> dict | None:
         return process_info(pid)
 
     def close(self) -> None:
@@ -141,7 +141,7 @@ class LiveSource:
             self._sampler.close()
 
 
-def process_info(pid: int) -> Optional[dict]:
+def process_info(pid: int) -> dict | None:
     """psutil facts about one process; None when it is gone."""
     import psutil
 

@@ -13,10 +13,10 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 _counter = itertools.count()
-_live: dict[str, "LabNetns"] = {}
+_live: dict[str, LabNetns] = {}
 
 
 class LabError(RuntimeError):
@@ -47,7 +47,7 @@ class LabNetns:
             self.close()
             raise
 
-    def __enter__(self) -> "LabNetns":
+    def __enter__(self) -> LabNetns:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -90,7 +90,7 @@ class LabNetns:
         counters = data.get("kernel", data)
         return {k[len("TcpExt"):]: int(v) for k, v in counters.items() if k.startswith("TcpExt")}
 
-    def sysctl(self, name: str, value: Optional[str] = None) -> str:
+    def sysctl(self, name: str, value: str | None = None) -> str:
         path = "/proc/sys/" + name.replace(".", "/")
         if value is not None:
             self.run(["sh", "-c", f"echo {value} > {path}"])

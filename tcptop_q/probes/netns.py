@@ -13,8 +13,9 @@ import ctypes
 import ctypes.util
 import errno
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional, TypeVar
+from typing import TypeVar
 
 CLONE_NEWNET = 0x40000000
 T = TypeVar("T")
@@ -36,7 +37,7 @@ def current_netns() -> int:
 class NetnsRef:
     inode: int
     path: str  # a path that names the netns: /proc/<pid>/ns/net or /run/netns/<name>
-    pid: Optional[int] = None  # a process inside it (None for a bare `ip netns` mount)
+    pid: int | None = None  # a process inside it (None for a bare `ip netns` mount)
     names: list[str] = field(default_factory=list)  # `ip netns` names
 
 

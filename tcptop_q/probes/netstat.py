@@ -7,7 +7,6 @@ and net sysctls stay bound to the namespace of the opener.
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 SYSCTLS = {
     "somaxconn": "/proc/sys/net/core/somaxconn",
@@ -26,7 +25,7 @@ def parse_netstat(text: str, section: str = "TcpExt") -> dict[str, int]:
         if lines[i].startswith(prefix) and lines[i + 1].startswith(prefix):
             names = lines[i].split()[1:]
             values = lines[i + 1].split()[1:]
-            for name, value in zip(names, values):
+            for name, value in zip(names, values, strict=False):
                 out[name] = int(value)
             break
     return out
@@ -48,7 +47,7 @@ class NetnsFiles:
     """Open this thread's netns' netstat and sysctl files; re-read them cheaply later."""
 
     def __init__(self) -> None:
-        self.netstat_fd: Optional[int] = os.open("/proc/thread-self/net/netstat", os.O_RDONLY | os.O_CLOEXEC)
+        self.netstat_fd: int | None = os.open("/proc/thread-self/net/netstat", os.O_RDONLY | os.O_CLOEXEC)
         self.sysctl_fds: dict[str, int] = {}
         for name, path in SYSCTLS.items():
             try:

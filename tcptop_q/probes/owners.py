@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Iterable, Optional
+from collections.abc import Iterable
 
 Owner = tuple[int, str]  # pid, comm
 
 
-def read_comm(pid: int, proc: str = "/proc") -> Optional[str]:
+def read_comm(pid: int, proc: str = "/proc") -> str | None:
     try:
         with open(f"{proc}/{pid}/comm", "rb") as f:
             return f.read().rstrip(b"\n").decode("utf-8", "replace")
@@ -37,7 +37,7 @@ class OwnerMap:
         start = time.monotonic()
         found: dict[int, Owner] = {}
         denied = 0
-        comms: dict[int, Optional[str]] = {}
+        comms: dict[int, str | None] = {}
         for entry in os.scandir(self.proc):
             if not entry.name.isdigit():
                 continue
