@@ -225,7 +225,7 @@ def build_plan(
     if kprobes is None:
         try:
             kprobes = tracefs.kprobes_available()
-        except tracefs.TracefsError:
+        except (tracefs.TracefsError, OSError):
             kprobes = False
 
     structs: list[str] = []
@@ -761,8 +761,8 @@ class BpfProbes:
         if plan is None:
             try:
                 plan = build_plan(self.port, self.netns, self.feed_capacity)
-            except ProbeError as exc:
-                return f"// tcpq-top: cannot generate the BPF program: {exc}\n" + BPF_C.read_text()
+            except Exception as exc:  # --ebpf must print something useful, never a traceback
+                return f"// tcpq-top: cannot generate the BPF program: {_one_line(exc)}\n" + BPF_C.read_text()
         return plan.text()
 
 

@@ -20,9 +20,18 @@ class TracefsError(Exception):
     pass
 
 
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except PermissionError:
+        raise TracefsError(f"cannot read {path}: permission denied (needs root)") from None
+    except OSError:
+        return False
+
+
 def tracefs_root(mount: bool = True) -> Path:
     for path in _CANDIDATES:
-        if (path / "events").is_dir():
+        if _is_dir(path / "events"):
             return path
     if mount and os.geteuid() == 0:
         target = _CANDIDATES[0]
@@ -35,7 +44,7 @@ def tracefs_root(mount: bool = True) -> Path:
             )
         except (OSError, subprocess.SubprocessError) as exc:
             raise TracefsError(f"tracefs not mounted and mounting it failed: {exc}") from None
-        if (target / "events").is_dir():
+        if _is_dir(target / "events"):
             return target
     raise TracefsError("tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing)")
 
@@ -125,7 +134,10 @@ def read_format(category: str, event: str, root: Path | None = None) -> TpFormat
 
 def kprobes_available(root: Path | None = None) -> bool:
     root = root or tracefs_root(mount=False)
-    return (root / "kprobe_events").exists()
+    try:
+        return (root / "kprobe_events").exists()
+    except OSError:
+        return False
 
 
 def format_from_btf(btf, category: str, event: str, enum_fields: dict[str, tuple[str, str]] | None = None) -> TpFormat | None:
