@@ -396,7 +396,9 @@ class Sampler:
                 counts = bpf_by_key[key]
                 base = self.drops_base.get(key, row.drops) if self.drops_base is not None else row.drops
                 if self.drops_base is not None and key not in self.drops_base:
-                    self.drops_base[key] = row.drops  # a listener born after BPF went live
+                    # Born after the probes went live: sk_drops counts from its creation,
+                    # so every drop it has is one the probes could also see.
+                    self.drops_base[key] = base = 0
                 overflows = overflows_since_live(row.drops - base, counts, reqq_for.get(key, 0))
                 prev_counts = self.prev_bpf.get(key)
                 prev_over = self._prev_overflows.get(key)
