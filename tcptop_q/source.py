@@ -5,7 +5,6 @@ The TUI, `--once` and `--batch` all read through this. It never imports textual.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from dataclasses import replace
@@ -78,10 +77,8 @@ class LiveSource:
         self.bpf = None
         self.bpf_error: str | None = None
         if use_bpf:
-            if os.geteuid() != 0:
-                self.bpf_error = "BPF off: needs root (CAP_BPF + CAP_PERFMON); showing netlink and /proc only"
-            else:
-                self.bpf, self.bpf_error = load_bpf(self.filters.port, self.filters.netns)
+            # The probes' own preflight checks capabilities (CAP_BPF+CAP_PERFMON), not the uid.
+            self.bpf, self.bpf_error = load_bpf(self.filters.port, self.filters.netns)
         else:
             self.bpf_error = "BPF off: --no-bpf"
         self._sampler: Sampler | None = None
