@@ -6,6 +6,7 @@ Data flows one way: SnapshotSource.sample() (collector thread) -> SnapshotReady 
 
 from __future__ import annotations
 
+import gc
 import math
 import threading
 import time
@@ -230,7 +231,23 @@ class TcpqTopApp(App):
         self.notify(message.error, title="sampling failed", severity="error", timeout=5)
 
     def apply_snapshot(self, snap: Snapshot) -> None:
-        """Record a snapshot and show it (unless paused). UI thread only."""
+        """Record a snapshot and show it (unless paused). UI thread only.
+
+        The cyclic GC is held off while a tick is applied: with 10k listeners a tick
+        allocates ~100k short-lived objects, which would trigger ~150 collections
+        (some of them full) in the middle of the update; one young collection
+        after the tick costs far less (bench/ui_tick.py, docs/BENCHMARKS-ui.md).
+        """
+        was_enabled = gc.isenabled()
+        if was_enabled:
+            gc.disable()
+        try:
+            self._apply_snapshot(snap)
+        finally:
+            if was_enabled:
+                gc.enable()
+
+    def _apply_snapshot(self, snap: Snapshot) -> None:
         self.snapshot = snap
         if snap.connections is not None:
             self.connections = snap.connections

@@ -14,7 +14,7 @@ from typing import Any, Iterable, Sequence
 from textual._two_way_dict import TwoWayDict
 from textual.binding import Binding
 from textual.widgets import DataTable
-from textual.widgets.data_table import CellKey, RowKey
+from textual.widgets.data_table import CellKey, ColumnKey, RowKey
 
 
 class KeyedTable(DataTable):
@@ -28,6 +28,8 @@ class KeyedTable(DataTable):
         kwargs.setdefault("zebra_stripes", False)
         super().__init__(**kwargs)
         self.order: list[str] = []  # row keys top to bottom, as last applied
+        self._rk: dict[str, RowKey] = {}  # str -> RowKey, so hot paths do not build keys
+        self._ck: dict[str, ColumnKey] = {}
 
     # ------------------------------------------------------------ queries
     def cursor_key(self) -> str | None:
@@ -36,11 +38,11 @@ class KeyedTable(DataTable):
         return self.order[self.cursor_row]
 
     def has_key(self, key: str) -> bool:
-        return RowKey(key) in self._data
+        return key in self._rk
 
     # ------------------------------------------------------------ bulk edits
     def remove_keys(self, keys: Iterable[str]) -> None:
-        gone = {RowKey(k) for k in keys}
+        gone = {self._rk.pop(k) for k in keys if k in self._rk}
         if not gone:
             return
         for row_key in gone:
@@ -51,7 +53,7 @@ class KeyedTable(DataTable):
             del self.rows[row_key]
             del self._data[row_key]
             self._new_rows.discard(row_key)
-        self.order = [k for k in self.order if RowKey(k) not in gone]
+        self.order = [k for k in self.order if k in self._rk]
         self._set_locations(self.order)
         self._require_update_dimensions = True
         self.cursor_coordinate = self.cursor_coordinate  # clamp
@@ -59,8 +61,26 @@ class KeyedTable(DataTable):
         self.check_idle()
 
     def add_keyed_row(self, key: str, cells: Sequence[Any]) -> None:
-        self.add_row(*cells, key=key)
+        self._rk[key] = self.add_row(*cells, key=key)
         self.order.append(key)
+
+    def set_cells(self, updates: Iterable[tuple[str, str, Any]]) -> int:
+        """Replace many cells at once: one refresh instead of one per update_cell().
+
+        Same effect as update_cell(..., update_width=False) for each; columns keep their width.
+        """
+        data, rk, ck = self._data, self._rk, self._ck
+        n = 0
+        for key, column, value in updates:
+            column_key = ck.get(column)
+            if column_key is None:
+                column_key = ck[column] = ColumnKey(column)
+            data[rk[key]][column_key] = value
+            n += 1
+        if n:
+            self._update_count += 1
+            self.refresh()
+        return n
 
     def set_order(self, keys: Sequence[str]) -> None:
         """Put the rows in this order (every present key exactly once)."""
@@ -77,7 +97,8 @@ class KeyedTable(DataTable):
 
     def move_cursor_to_key(self, key: str, keep_screen_offset: int | None = None) -> bool:
         """Cursor onto `key`; with keep_screen_offset, scroll so it stays at that screen line."""
-        index = self._row_locations.get(RowKey(key))
+        row_key = self._rk.get(key)
+        index = None if row_key is None else self._row_locations.get(row_key)
         if index is None:
             return False
         if index != self.cursor_row:
@@ -86,11 +107,19 @@ class KeyedTable(DataTable):
                 self.scroll_to(y=max(0, index - keep_screen_offset), animate=False, immediate=True)
         return True
 
+    def clear(self, columns: bool = False) -> "KeyedTable":
+        super().clear(columns)
+        self.order = []
+        self._rk = {}
+        if columns:
+            self._ck = {}
+        return self
+
     def clear_rows(self) -> None:
         self.clear()
-        self.order = []
 
     # ------------------------------------------------------------ internals
     def _set_locations(self, keys: Sequence[str]) -> None:
-        self._row_locations = TwoWayDict({RowKey(k): i for i, k in enumerate(keys)})
+        rk = self._rk
+        self._row_locations = TwoWayDict({rk[k]: i for i, k in enumerate(keys)})
         self._update_count += 1

@@ -152,8 +152,14 @@ async def test_updates_by_key_touch_only_changed_cells(make_app, monkeypatch):
         await feed_ticks(app, pilot)
         table = app.screen.table
         calls = []
-        original = table.update_cell
-        monkeypatch.setattr(table, "update_cell", lambda *a, **k: (calls.append(a[:2]), original(*a, **k)))
+        original = table.set_cells
+
+        def spy(updates):
+            updates = list(updates)
+            calls.extend((key, col) for key, col, _ in updates)
+            return original(updates)
+
+        monkeypatch.setattr(table, "set_cells", spy)
         monkeypatch.setattr(table, "clear", lambda *a, **k: (_ for _ in ()).throw(AssertionError("clear")))
         snap = build_snapshot(CLOCK_TICK + 1)
         app.apply_snapshot(snap)  # nothing shown changed
