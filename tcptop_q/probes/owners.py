@@ -29,6 +29,7 @@ class OwnerMap:
         self.proc = proc
         self.min_rescan = min_rescan
         self.by_inode: dict[int, Owner] = {}
+        self.inodes_of: dict[int, list[int]] = {}  # pid -> its socket inodes
         self.last_walk = float("-inf")
         self.walk_seconds = 0.0
         self.permission_denied = 0  # processes whose fds we could not read
@@ -67,6 +68,9 @@ class OwnerMap:
                     if comm is not None:
                         found[inode] = (pid, comm)
         self.by_inode = found
+        self.inodes_of = {}
+        for inode, (pid, _comm) in found.items():
+            self.inodes_of.setdefault(pid, []).append(inode)
         self.permission_denied = denied
         self.last_walk = time.monotonic()
         self.walk_seconds = self.last_walk - start
@@ -74,13 +78,12 @@ class OwnerMap:
     def resolve(self, inodes: Iterable[int], *, force: bool = False) -> dict[int, Owner]:
         """Owners of the given inodes (0 = no file yet: not looked up)."""
         wanted = {i for i in inodes if i}
-        # Drop owners that have exited; their inodes will be looked up afresh.
-        alive: dict[int, bool] = {}
-        for inode, (pid, _comm) in list(self.by_inode.items()):
-            if pid not in alive:
-                alive[pid] = os.path.exists(f"{self.proc}/{pid}")
-            if not alive[pid]:
-                del self.by_inode[inode]
+        # Drop owners that have exited (one stat per process, not per socket);
+        # their inodes will be looked up afresh.
+        dead = {pid for pid in self.inodes_of if not os.path.exists(f"{self.proc}/{pid}")}
+        for pid in dead:
+            for inode in self.inodes_of.pop(pid):
+                self.by_inode.pop(inode, None)
         missing = wanted - self.by_inode.keys()
         if missing and (force or time.monotonic() - self.last_walk >= self.min_rescan):
             self.walk()
