@@ -451,6 +451,7 @@ class BpfProbes:
         self.notes: list[str] = []
         self.live_since = 0.0
         self.load_seconds: float | None = None
+        self.timings: dict[str, float] = {}  # load phases, seconds: plan, compile, attach
         self._plan: Plan | None = None
         self._bpf = None
         self._thread: threading.Thread | None = None
@@ -494,8 +495,10 @@ class BpfProbes:
         try:
             bcc = _import_bcc()
             preflight()
+            t_plan = time.monotonic()
             plan = build_plan(self.port, self.netns, self.feed_capacity)
             self._plan = plan
+            self.timings["plan"] = time.monotonic() - t_plan
             if not plan.attach:
                 raise ProbeError("no usable tracepoint on this kernel")
             from .kheaders import find_kernel_source
@@ -506,6 +509,7 @@ class BpfProbes:
                 raise ProbeError(str(exc)) from None
             if ksrc:
                 os.environ["BCC_KERNEL_SOURCE"] = ksrc
+            t_compile = time.monotonic()
             try:
                 b = bcc.BPF(text=plan.body, cflags=plan.cflags)
             except Exception as exc:  # bcc raises bare Exception for compile/load errors
@@ -515,6 +519,8 @@ class BpfProbes:
                     b.cleanup()
                     return
                 self._bpf = b
+            t_attach = time.monotonic()
+            self.timings["compile"] = t_attach - t_compile
             hooks = dict(plan.hooks)
             attached = 0
             for kind, target, fn in plan.attach:
@@ -549,6 +555,7 @@ class BpfProbes:
                 self.notes = plan.notes + self.notes
                 self.live_since = time.time()
                 self.load_seconds = time.monotonic() - t0
+                self.timings["attach"] = time.monotonic() - t_attach
                 self.state = "live"
                 self.error = None
             self._ready.set()

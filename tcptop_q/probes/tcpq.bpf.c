@@ -85,7 +85,8 @@ BPF_HASH(tq_reasons, struct tq_reason_key, u64, TQ_MAX_REASON_KEYS);
 // (netns, local port) -> listener, to charge a child's resets to its listener.
 BPF_HASH(tq_by_port, struct tq_port_key, u64, TQ_MAX_LISTENERS);
 // socket -> time it entered its current state (for ns_in_old).
-BPF_TABLE("lru_hash", u64, u64, tq_since, TQ_MAX_SOCKETS);
+// Per-CPU LRU lists: no global lock at storm rates.
+BPF_F_TABLE("lru_hash", u64, u64, tq_since, TQ_MAX_SOCKETS, BPF_F_NO_COMMON_LRU);
 BPF_ARRAY(tq_ctl, u64, 4);
 BPF_PERCPU_ARRAY(tq_lost, u64, 1);
 #if TQ_RINGBUF
@@ -201,32 +202,42 @@ int tq_set_state(struct tq_tp_inet_sock_set_state *args)
         return 0;
 #endif
     const void *sk = (const void *)args->skaddr;
-    u32 netns = tq_netns(sk);
     u16 sport = args->sport, dport = args->dport;
     int oldstate = args->oldstate, newstate = args->newstate;
-#ifdef TQ_FILTER_NETNS
-    if (netns != TQ_FILTER_NETNS)
-        return 0;
-#endif
 #ifdef TQ_FILTER_PORT
     if (sport != TQ_FILTER_PORT && dport != TQ_FILTER_PORT)
         return 0;
 #endif
     u64 key = (u64)sk;
-    u64 now = bpf_ktime_get_ns();
 
     if (newstate == TQ_TCP_LISTEN) {
         tq_listener_of(sk);
     } else if (oldstate == TQ_TCP_LISTEN && newstate == TQ_TCP_CLOSE) {
         // The address may be reused by the next socket: forget this listener.
-        struct tq_port_key pk = {.netns = netns, .lport = sport};
+        struct tq_port_key pk = {.netns = tq_netns(sk), .lport = sport};
         u64 *owner = tq_by_port.lookup(&pk);
         if (owner && *owner == key)
             tq_by_port.delete(&pk);
         tq_listeners.delete(&key);
     }
 
-    u64 ns_in_old = ~0ULL;
+    // Everything below serves the feed only: at storm rates with the feed off
+    // (or limited to one port) a transition costs two array lookups.
+    u64 mode = tq_ctl_get(TQ_CTL_FEED_MODE);
+    if (mode == 0)
+        return 0;
+    if (mode == 2) {
+        u64 port = tq_ctl_get(TQ_CTL_FEED_PORT);
+        if (sport != port && dport != port)
+            return 0;
+    }
+    u32 netns = tq_netns(sk);
+#ifdef TQ_FILTER_NETNS
+    if (netns != TQ_FILTER_NETNS)
+        return 0;
+#endif
+    u64 now = bpf_ktime_get_ns();
+    u64 ns_in_old = ~0ULL;  // unknown: the previous change happened while we were not looking
     if (oldstate != TQ_TCP_LISTEN) {  // a child inherits LISTEN from its parent
         u64 *since = tq_since.lookup(&key);
         if (since && now >= *since)
@@ -236,15 +247,6 @@ int tq_set_state(struct tq_tp_inet_sock_set_state *args)
         tq_since.delete(&key);
     else
         tq_since.update(&key, &now);
-
-    u64 mode = tq_ctl_get(TQ_CTL_FEED_MODE);
-    if (mode == 0)
-        return 0;
-    if (mode == 2) {
-        u64 port = tq_ctl_get(TQ_CTL_FEED_PORT);
-        if (sport != port && dport != port)
-            return 0;
-    }
 
 #if TQ_RINGBUF
     struct tq_event *ev = tq_feed.ringbuf_reserve(sizeof(struct tq_event));
@@ -277,7 +279,7 @@ int tq_set_state(struct tq_tp_inet_sock_set_state *args)
     }
     bpf_get_current_comm(&ev->comm, sizeof(ev->comm));
 #if TQ_RINGBUF
-    tq_feed.ringbuf_submit(ev, 0);
+    tq_feed.ringbuf_submit(ev, BPF_RB_NO_WAKEUP);  // user space polls once per tick: no wakeups
 #else
     if (tq_feed.perf_submit(args, ev, sizeof(*ev)) < 0)
         tq_lost_one();
