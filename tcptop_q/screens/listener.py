@@ -115,7 +115,7 @@ class ListenerScreen(DetailScreen):
     def on_mount(self) -> None:
         self.refresh_header()
         self.refresh_data()
-        self.query_one("#children", KeyedTable).focus()
+        self.query_one("#children", KeyedTable).focus(scroll_visible=False)
         lst = self.tapp.listener(self.key)
         self.load_process(lst.pid if lst else None)
         ns = self._netns_counters()

@@ -165,8 +165,7 @@ class MainScreen(Screen):
 
     @on(Input.Submitted, "#filter")
     def _filter_done(self, event: Input.Submitted) -> None:
-        box = self.query_one("#filter", Input)
-        box.display = bool(event.value)
+        self.query_one("#filter", Input).display = False  # the status line shows the filter
         self.table.focus()
 
     def _set_filter(self, text: str) -> None:
