@@ -55,7 +55,7 @@ async def run(n: int, ticks: int, changing: float, size: tuple[int, int]) -> dic
         "apply_median_ms": statistics.median(apply_ms),
         "apply_max_ms": max(apply_ms),
         "paint_median_ms": statistics.median(paint_ms),
-        "tick_median_ms": statistics.median(a + p for a, p in zip(apply_ms, paint_ms)),
+        "tick_median_ms": statistics.median(a + p for a, p in zip(apply_ms, paint_ms, strict=False)),
         "resort_key_ms": resort,
     }
 

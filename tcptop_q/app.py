@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Optional, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from textual.app import App, SystemCommand
 from textual.message import Message
@@ -44,19 +44,17 @@ class SnapshotSource(Protocol):
         """Blocking; called only from the App's collector thread, once per interval."""
         ...
 
-    def timeline(self, netns: int, family: str, laddr: str, lport: int, raddr: str,
-                 rport: int) -> list[Transition]:
-        ...
+    def timeline(
+        self, netns: int, family: str, laddr: str, lport: int, raddr: str, rport: int
+    ) -> list[Transition]: ...
 
     def process_info(self, pid: int) -> dict | None:
         """psutil oneshot data; called from a worker thread, never the UI thread."""
         ...
 
-    def netns_sysctls(self, netns: int) -> dict[str, int]:
-        ...
+    def netns_sysctls(self, netns: int) -> dict[str, int]: ...
 
-    def close(self) -> None:
-        ...
+    def close(self) -> None: ...
 
 
 class SnapshotReady(Message):
@@ -131,8 +129,8 @@ class SocketRef:
     rport: int
     cookie: int = 0
     inode: int = 0
-    pid: Optional[int] = None
-    comm: Optional[str] = None
+    pid: int | None = None
+    comm: str | None = None
 
     def label(self) -> str:
         def host(a: str) -> str:
@@ -154,7 +152,7 @@ class TcpqTopApp(App):
         sort: str = "overflow_rate",
         reverse: bool = False,
         filter_text: str = "",
-        clock: Optional[Callable[[], float]] = None,
+        clock: Callable[[], float] | None = None,
         start_collector: bool = True,
         history_len: int = HISTORY_LEN,
     ) -> None:
@@ -166,18 +164,18 @@ class TcpqTopApp(App):
         self.sort_key = sort
         self.sort_reverse = reverse
         self.filter_text = filter_text
-        self.netns_filter: Optional[int] = None
+        self.netns_filter: int | None = None
         self.paused = False
-        self.snapshot: Optional[Snapshot] = None
+        self.snapshot: Snapshot | None = None
         self.connections: Mapping[ListenerKey, Sequence[Connection]] = {}
-        self.connections_time: Optional[float] = None
+        self.connections_time: float | None = None
         self.history = History(history_len)
-        self.collector_error: Optional[str] = None
+        self.collector_error: str | None = None
         self.ticks_applied = 0
         self._start_collector = start_collector
         self._stop = threading.Event()
         self._wake = threading.Event()
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
         self._held_events: list[Transition] = []
 
     # ------------------------------------------------------------ lifecycle
@@ -262,10 +260,15 @@ class TcpqTopApp(App):
         self._show(snap, snap.events)
 
     def _show(self, snap: Snapshot, events: Sequence[Transition]) -> None:
+        """The visible screen gets the whole snapshot; screens under it only what they must
+        not miss (the main screen's feed), and catch up on resume."""
         with self.batch_update():
             for screen in self.screen_stack:
-                apply = getattr(screen, "apply_snapshot", None)
-                if apply is not None and (screen is self.screen or getattr(screen, "ALWAYS_APPLY", False)):
+                if screen is self.screen:
+                    apply = getattr(screen, "apply_snapshot", None)
+                else:
+                    apply = getattr(screen, "background_snapshot", None)
+                if apply is not None:
                     apply(snap, events)
 
     def _refresh_header(self) -> None:
@@ -273,7 +276,7 @@ class TcpqTopApp(App):
         if refresh is not None:
             refresh()
 
-    def visible_listeners(self, snap: Optional[Snapshot] = None) -> list[Listener]:
+    def visible_listeners(self, snap: Snapshot | None = None) -> list[Listener]:
         """The listeners the main table shows: netns filter, text filter, sort."""
         snap = snap or self.snapshot
         if snap is None:
@@ -281,12 +284,13 @@ class TcpqTopApp(App):
         terms = self.filter_text.lower().split()
         ns = self.netns_filter
         picked = [
-            lst for lst in snap.listeners
+            lst
+            for lst in snap.listeners
             if (ns is None or lst.key.netns == ns) and listener_matches(lst, terms)
         ]
         return sort_listeners(picked, self.sort_key, self.sort_reverse)
 
-    def listener(self, key: ListenerKey) -> Optional[Listener]:
+    def listener(self, key: ListenerKey) -> Listener | None:
         if self.snapshot is None:
             return None
         for lst in self.snapshot.listeners:
@@ -343,5 +347,6 @@ class TcpqTopApp(App):
             target = self if k.action.startswith("app.") else screen
             action = k.action.removeprefix("app.")
             shown = k.key_display or k.keys.split(",")[0]
-            yield SystemCommand(k.description, f"key: {shown}",
-                                partial(self.call_later, self.run_action, action, target))
+            yield SystemCommand(
+                k.description, f"key: {shown}", partial(self.call_later, self.run_action, action, target)
+            )

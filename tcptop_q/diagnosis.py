@@ -10,8 +10,8 @@ Kernel facts this relies on (see DESIGN.md):
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Optional, Sequence
 
 from tcptop_q.model import CloseWait, Listener, NetnsCounters
 
@@ -34,7 +34,7 @@ def _owner(listener: Listener) -> str:
     return f"pid {listener.pid}{comm}"
 
 
-def _rate(value: Optional[float]) -> str:
+def _rate(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}/s"
 
 
@@ -68,29 +68,59 @@ def diagnose(
     if full:
         head = f"accept queue full {depth}/{limit} (the kernel holds backlog+1)"
         if drops_rising:
-            findings.append(Finding(CRIT, (
-                f"{head} and drops rising ({_rate(listener.drop_rate)}): {owner} is not calling "
-                f"accept() fast enough; {limit_text}")))
+            findings.append(
+                Finding(
+                    CRIT,
+                    (
+                        f"{head} and drops rising ({_rate(listener.drop_rate)}): {owner} is not calling "
+                        f"accept() fast enough; {limit_text}"
+                    ),
+                )
+            )
         else:
-            findings.append(Finding(WARN, (
-                f"{head}, no new drops this interval: {owner} is not calling accept(); the next "
-                f"connection will be dropped; {limit_text}")))
+            findings.append(
+                Finding(
+                    WARN,
+                    (
+                        f"{head}, no new drops this interval: {owner} is not calling accept(); the next "
+                        f"connection will be dropped; {limit_text}"
+                    ),
+                )
+            )
         if sysctls.get("tcp_abort_on_overflow"):
             findings.append(Finding(INFO, "tcp_abort_on_overflow=1: clients get a RST instead of a retry"))
     elif depth and depth >= limit:
-        findings.append(Finding(WARN, (
-            f"accept queue at its limit {depth}/{limit}: one more connection fits; {owner} is "
-            f"falling behind; {limit_text}")))
+        findings.append(
+            Finding(
+                WARN,
+                (
+                    f"accept queue at its limit {depth}/{limit}: one more connection fits; {owner} is "
+                    f"falling behind; {limit_text}"
+                ),
+            )
+        )
     elif drops_rising:
         peak = listener.peak_accept_queue
         if peak is not None and peak > limit:
-            findings.append(Finding(CRIT, (
-                f"bursts fill the accept queue between samples (peak {peak}/{limit}) and drops rise "
-                f"({_rate(listener.drop_rate)}): {owner} accepts too slowly for the bursts; {limit_text}")))
+            findings.append(
+                Finding(
+                    CRIT,
+                    (
+                        f"bursts fill the accept queue between samples (peak {peak}/{limit}) and drops rise "
+                        f"({_rate(listener.drop_rate)}): {owner} accepts too slowly for the bursts; {limit_text}"
+                    ),
+                )
+            )
         else:
-            findings.append(Finding(WARN, (
-                f"drops rising ({_rate(listener.drop_rate)}) with the accept queue at {depth}/{limit}: "
-                f"bursts between samples, a SYN-queue overflow, or filter drops; see the netns counters")))
+            findings.append(
+                Finding(
+                    WARN,
+                    (
+                        f"drops rising ({_rate(listener.drop_rate)}) with the accept queue at {depth}/{limit}: "
+                        f"bursts between samples, a SYN-queue overflow, or filter drops; see the netns counters"
+                    ),
+                )
+            )
 
     max_syn = sysctls.get("tcp_max_syn_backlog")
     cookies = sysctls.get("tcp_syncookies")
@@ -101,18 +131,36 @@ def diagnose(
     if syn_full or reqq_drop > 0 or reqq_cookies > 0:
         where = f"SYN queue {listener.syn_queue}" + (f"/{max_syn} (tcp_max_syn_backlog)" if max_syn else "")
         if cookies == 0:
-            findings.append(Finding(CRIT, (
-                f"{where} full and tcp_syncookies=0: new SYNs are dropped "
-                f"(TCPReqQFullDrop {reqq_drop:.1f}/s): a SYN flood or clients that never complete "
-                "the handshake")))
+            findings.append(
+                Finding(
+                    CRIT,
+                    (
+                        f"{where} full and tcp_syncookies=0: new SYNs are dropped "
+                        f"(TCPReqQFullDrop {reqq_drop:.1f}/s): a SYN flood or clients that never complete "
+                        "the handshake"
+                    ),
+                )
+            )
         else:
-            findings.append(Finding(WARN, (
-                f"{where}: the kernel is answering with syncookies ({reqq_cookies:.1f}/s, "
-                f"tcp_syncookies={cookies}): a SYN flood or a slow handshake path")))
+            findings.append(
+                Finding(
+                    WARN,
+                    (
+                        f"{where}: the kernel is answering with syncookies ({reqq_cookies:.1f}/s, "
+                        f"tcp_syncookies={cookies}): a SYN flood or a slow handshake path"
+                    ),
+                )
+            )
     if listener.synack_retrans_rate:
-        findings.append(Finding(INFO, (
-            f"SYN-ACK retransmits {_rate(listener.synack_retrans_rate)}: clients do not complete the "
-            "handshake (lost ACKs, or the accept queue is full and the kernel ignores their ACK)")))
+        findings.append(
+            Finding(
+                INFO,
+                (
+                    f"SYN-ACK retransmits {_rate(listener.synack_retrans_rate)}: clients do not complete the "
+                    "handshake (lost ACKs, or the accept queue is full and the kernel ignores their ACK)"
+                ),
+            )
+        )
 
     mine = [cw for cw in close_wait if cw.lport == listener.lport and cw.netns == listener.netns]
     n_cw = len(mine) or int(listener.children.get("CLOSE_WAIT", 0))
@@ -132,16 +180,26 @@ def diagnose(
             if unread:
                 detail.append(f"{unread} bytes never read")
             extra = f" ({', '.join(detail)})" if detail else ""
-            findings.append(Finding(WARN, (
-                f"{_plural(n_cw, 'connection')} in CLOSE_WAIT{extra}: the peers closed, {who} never "
-                "calls close() on them (a leaked fd per connection)")))
+            findings.append(
+                Finding(
+                    WARN,
+                    (
+                        f"{_plural(n_cw, 'connection')} in CLOSE_WAIT{extra}: the peers closed, {who} never "
+                        "calls close() on them (a leaked fd per connection)"
+                    ),
+                )
+            )
         else:
-            findings.append(Finding(INFO, f"{_plural(n_cw, 'connection')} in CLOSE_WAIT, waiting for {who} to close()"))
+            findings.append(
+                Finding(INFO, f"{_plural(n_cw, 'connection')} in CLOSE_WAIT, waiting for {who} to close()")
+            )
 
     if not any(f.severity in (CRIT, WARN) for f in findings):
         drops = "no drops this interval" if not drops_rising else f"drops {_rate(listener.drop_rate)}"
-        findings.insert(0, Finding(OK, (
-            f"healthy: accept queue {depth}/{limit}, SYN queue {listener.syn_queue}, {drops}")))
+        findings.insert(
+            0,
+            Finding(OK, (f"healthy: accept queue {depth}/{limit}, SYN queue {listener.syn_queue}, {drops}")),
+        )
     findings.sort(key=lambda f: SEVERITY_ORDER[f.severity])
     return findings
 

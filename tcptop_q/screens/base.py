@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional, Sequence, cast
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 from textual import work
 from textual.screen import Screen
@@ -23,8 +24,8 @@ class DetailScreen(Screen):
 
     def __init__(self) -> None:
         super().__init__()
-        self.process_pid: Optional[int] = None
-        self.process_info: Optional[dict[str, Any]] = None
+        self.process_pid: int | None = None
+        self.process_info: dict[str, Any] | None = None
         self.process_loaded = False
 
     @property
@@ -45,6 +46,8 @@ class DetailScreen(Screen):
     def apply_snapshot(self, snap: Snapshot, events: Sequence[Transition]) -> None:
         self.refresh_header()
         self.refresh_data()
+        if self.process_pid is not None and self.process_loaded:
+            self._read_process(self.process_pid)  # CPU%, RSS, fds move: re-read each tick, off-thread
 
     def refresh_data(self) -> None:
         pass
@@ -54,7 +57,7 @@ class DetailScreen(Screen):
         self.refresh_data()
 
     # ------------------------------------------------------------ owner process
-    def load_process(self, pid: Optional[int]) -> None:
+    def load_process(self, pid: int | None) -> None:
         if pid != self.process_pid:
             self.process_pid = pid
             self.process_info = None
@@ -71,7 +74,7 @@ class DetailScreen(Screen):
             info = None
         self.app.call_from_thread(self._process_read, pid, info)
 
-    def _process_read(self, pid: int, info: Optional[dict[str, Any]]) -> None:
+    def _process_read(self, pid: int, info: dict[str, Any] | None) -> None:
         if pid != self.process_pid or not self.is_attached:
             return
         self.process_info, self.process_loaded = info, True
@@ -79,5 +82,11 @@ class DetailScreen(Screen):
 
     def _show_process(self) -> None:
         for panel in self.query("#process").results(Static):
-            panel.update(process_text(self.process_pid, self.process_info, now=self.tapp.clock(),
-                                      loading=not self.process_loaded))
+            panel.update(
+                process_text(
+                    self.process_pid,
+                    self.process_info,
+                    now=self.tapp.clock(),
+                    loading=not self.process_loaded,
+                )
+            )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 from rich.text import Text
 from textual import on
@@ -23,10 +22,10 @@ GROUP_SORTS = ("oldest", "count", "recv_q")
 @dataclass(frozen=True)
 class CloseWaitGroup:
     netns: int
-    pid: Optional[int]
-    comm: Optional[str]
+    pid: int | None
+    comm: str | None
     count: int
-    oldest: Optional[float]
+    oldest: float | None
     recv_q: int
     ports: tuple[int, ...]
 
@@ -37,15 +36,24 @@ class CloseWaitGroup:
 
 def group_close_wait(rows, sort: str = "oldest", reverse: bool = False) -> list[CloseWaitGroup]:
     """Group by (netns, pid); worst first by `sort`. Pure: tested without a terminal."""
-    groups: dict[tuple[int, Optional[int]], list[CloseWait]] = {}
+    groups: dict[tuple[int, int | None], list[CloseWait]] = {}
     for cw in rows:
         groups.setdefault((cw.netns, cw.pid), []).append(cw)
     out = []
     for (netns, pid), members in groups.items():
         ages = [m.age_s for m in members if m.age_s is not None]
         comm = next((m.comm for m in members if m.comm), None)
-        out.append(CloseWaitGroup(netns, pid, comm, len(members), max(ages) if ages else None,
-                                  sum(m.recv_q for m in members), tuple(sorted({m.lport for m in members}))))
+        out.append(
+            CloseWaitGroup(
+                netns,
+                pid,
+                comm,
+                len(members),
+                max(ages) if ages else None,
+                sum(m.recv_q for m in members),
+                tuple(sorted({m.lport for m in members})),
+            )
+        )
     value = {
         "oldest": lambda g: -1.0 if g.oldest is None else g.oldest,
         "count": lambda g: g.count,
@@ -70,8 +78,14 @@ class CloseWaitScreen(DetailScreen):
         yield TopBar(id="topbar")
         yield Static(id="title")
         table = KeyedTable(id="groups")
-        for label, width, key in (("PID/COMM", 20, "proc"), ("NETNS", 5, "netns"), ("COUNT", 6, "count"),
-                                  ("OLDEST", 8, "oldest"), ("RECV-Q", 7, "recv_q"), ("PORTS", 18, "ports")):
+        for label, width, key in (
+            ("PID/COMM", 20, "proc"),
+            ("NETNS", 5, "netns"),
+            ("COUNT", 6, "count"),
+            ("OLDEST", 8, "oldest"),
+            ("RECV-Q", 7, "recv_q"),
+            ("PORTS", 18, "ports"),
+        ):
             table.add_column(label, width=width, key=key)
         yield table
         yield Footer()
@@ -87,8 +101,11 @@ class CloseWaitScreen(DetailScreen):
         groups = group_close_wait(rows, self.sort, self.reverse)
         title = Text(no_wrap=True, overflow="ellipsis")
         title.append(f"CLOSE_WAIT: {len(rows)} sockets in {len(groups)} processes", style="bold")
-        title.append(f"   sort {self.sort} {'▲' if self.reverse else '▼'}   "
-                     "a process that never calls close() keeps them forever", style="dim")
+        title.append(
+            f"   sort {self.sort} {'▲' if self.reverse else '▼'}   "
+            "a process that never calls close() keeps them forever",
+            style="dim",
+        )
         self.query_one("#title", Static).update(title)
         table = self.query_one("#groups", KeyedTable)
         want = {g.key: g for g in groups}
@@ -98,10 +115,14 @@ class CloseWaitScreen(DetailScreen):
             if g.pid is not None:
                 proc.append(" " + inert(g.comm, "?"), style="bold")
             ports = ",".join(str(p) for p in g.ports)
-            cells = {"proc": proc, "netns": Text(short_netns(g.netns), style="dim"),
-                     "count": Text(str(g.count), justify="right", style="bold yellow"),
-                     "oldest": Text(fmt_age(g.oldest), justify="right"),
-                     "recv_q": Text(str(g.recv_q), justify="right"), "ports": Text(ports)}
+            cells = {
+                "proc": proc,
+                "netns": Text(short_netns(g.netns), style="dim"),
+                "count": Text(str(g.count), justify="right", style="bold yellow"),
+                "oldest": Text(fmt_age(g.oldest), justify="right"),
+                "recv_q": Text(str(g.recv_q), justify="right"),
+                "ports": Text(ports),
+            }
             if not table.has_key(key):
                 table.add_keyed_row(key, list(cells.values()))
             elif self.groups.get(key) != g:
@@ -137,7 +158,7 @@ class CloseWaitScreen(DetailScreen):
 class CloseWaitSocketsScreen(DetailScreen):
     """The CLOSE_WAIT sockets of one process, oldest first."""
 
-    def __init__(self, netns: int, pid: Optional[int], comm: Optional[str]) -> None:
+    def __init__(self, netns: int, pid: int | None, comm: str | None) -> None:
         super().__init__()
         self.netns, self.pid, self.comm = netns, pid, comm
         self.rows: dict[str, CloseWait] = {}
@@ -147,8 +168,13 @@ class CloseWaitSocketsScreen(DetailScreen):
         yield Static(id="title")
         yield Static(id="process")
         table = KeyedTable(id="sockets")
-        for label, width, key in (("LOCAL", 21, "local"), ("PEER", 23, "peer"), ("RECV-Q", 7, "recv_q"),
-                                  ("AGE", 8, "age"), ("INODE", 10, "inode")):
+        for label, width, key in (
+            ("LOCAL", 21, "local"),
+            ("PEER", 23, "peer"),
+            ("RECV-Q", 7, "recv_q"),
+            ("AGE", 8, "age"),
+            ("INODE", 10, "inode"),
+        ):
             table.add_column(label, width=width, key=key)
         yield table
         yield Footer()
@@ -161,7 +187,9 @@ class CloseWaitSocketsScreen(DetailScreen):
 
     def refresh_data(self) -> None:
         snap = self.tapp.snapshot
-        mine = [cw for cw in (snap.close_wait if snap else ()) if cw.netns == self.netns and cw.pid == self.pid]
+        mine = [
+            cw for cw in (snap.close_wait if snap else ()) if cw.netns == self.netns and cw.pid == self.pid
+        ]
         mine.sort(key=lambda cw: -(cw.age_s or 0.0))
         title = Text(no_wrap=True, overflow="ellipsis")
         who = "unknown owner" if self.pid is None else f"pid {self.pid} {inert(self.comm, '?')}"
@@ -175,10 +203,13 @@ class CloseWaitSocketsScreen(DetailScreen):
             fam6 = cw.family == "ipv6"
             local = f"[{cw.laddr}]:{cw.lport}" if fam6 else f"{cw.laddr}:{cw.lport}"
             peer = f"[{cw.raddr}]:{cw.rport}" if fam6 else f"{cw.raddr}:{cw.rport}"
-            cells = {"local": Text(inert(local)), "peer": Text(inert(peer)),
-                     "recv_q": Text(str(cw.recv_q), justify="right"),
-                     "age": Text(fmt_age(cw.age_s), justify="right"),
-                     "inode": Text(str(cw.inode), justify="right", style="dim")}
+            cells = {
+                "local": Text(inert(local)),
+                "peer": Text(inert(peer)),
+                "recv_q": Text(str(cw.recv_q), justify="right"),
+                "age": Text(fmt_age(cw.age_s), justify="right"),
+                "inode": Text(str(cw.inode), justify="right", style="dim"),
+            }
             if not table.has_key(key):
                 table.add_keyed_row(key, list(cells.values()))
             elif self.rows.get(key) != cw:
@@ -202,5 +233,17 @@ class CloseWaitSocketsScreen(DetailScreen):
         key = self.query_one("#sockets", KeyedTable).cursor_key()
         cw = self.rows.get(key) if key else None
         if cw is not None:
-            self.tapp.open_socket(SocketRef(cw.netns, cw.family, cw.laddr, cw.lport, cw.raddr, cw.rport,
-                                            cw.cookie, cw.inode, cw.pid, cw.comm))
+            self.tapp.open_socket(
+                SocketRef(
+                    cw.netns,
+                    cw.family,
+                    cw.laddr,
+                    cw.lport,
+                    cw.raddr,
+                    cw.rport,
+                    cw.cookie,
+                    cw.inode,
+                    cw.pid,
+                    cw.comm,
+                )
+            )

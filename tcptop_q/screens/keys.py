@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ NAVIGATION_HELP = (
 )
 
 
-def bindings(scope: str) -> list[Binding]:
+def bindings(scope: str) -> list[BindingType]:
     return [
         Binding(k.keys, k.action, k.description, show=k.show, key_display=k.key_display, id=k.id)
         for k in CATALOGUE

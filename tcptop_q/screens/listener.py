@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Optional
 
 from rich.text import Text
 from textual import on, work
@@ -47,7 +46,7 @@ def queues_text(lst: Listener) -> Text:
     return t
 
 
-def sysctl_text(netns: int, sysctls: Optional[dict[str, int]]) -> Text:
+def sysctl_text(netns: int, sysctls: dict[str, int] | None) -> Text:
     t = Text()
     t.append(f"netns {netns} sysctls\n", style="bold underline")
     if sysctls is None:
@@ -82,7 +81,7 @@ class ListenerScreen(DetailScreen):
     def __init__(self, key: ListenerKey) -> None:
         super().__init__()
         self.key = key
-        self.sysctls: Optional[dict[str, int]] = None
+        self.sysctls: dict[str, int] | None = None
         self.conns: dict[str, Connection] = {}
         self.diagnosis_text = ""
 
@@ -105,9 +104,14 @@ class ListenerScreen(DetailScreen):
                     yield Static(id="process")
             yield Static(id="children-summary")
             table = KeyedTable(id="children")
-            for label, width, key in (("PEER", 23, "peer"), ("STATE", 11, "state"), ("AGE", 7, "age"),
-                                      ("RECV-Q", 6, "recv_q"), ("SEND-Q", 6, "send_q"),
-                                      ("PID/COMM", 16, "proc")):
+            for label, width, key in (
+                ("PEER", 23, "peer"),
+                ("STATE", 11, "state"),
+                ("AGE", 7, "age"),
+                ("RECV-Q", 6, "recv_q"),
+                ("SEND-Q", 6, "send_q"),
+                ("PID/COMM", 16, "proc"),
+            ):
                 table.add_column(label, width=width, key=key)
             yield table
         yield Footer()
@@ -136,7 +140,7 @@ class ListenerScreen(DetailScreen):
         self.sysctls = values
         self.refresh_data()
 
-    def _netns_counters(self) -> Optional[NetnsCounters]:
+    def _netns_counters(self) -> NetnsCounters | None:
         snap = self.tapp.snapshot
         if snap is None:
             return None
@@ -161,7 +165,9 @@ class ListenerScreen(DetailScreen):
         snap = app.snapshot
         assert snap is not None
         ns = self._netns_counters()
-        sysctls = self.sysctls if self.sysctls is not None else (dict(ns.sysctls) if ns and ns.sysctls else None)
+        sysctls = (
+            self.sysctls if self.sysctls is not None else (dict(ns.sysctls) if ns and ns.sysctls else None)
+        )
         findings = diagnose(lst, sysctls=sysctls or {}, netns=ns, close_wait=snap.close_wait)
         diag = Text()
         for i, f in enumerate(findings):
@@ -187,9 +193,11 @@ class ListenerScreen(DetailScreen):
 
     def _sparklines(self) -> None:
         hist = self.tapp.history
-        for field, wid, label in (("peak", "spark-peak", "peak accept queue"),
-                                  ("drop_rate", "spark-drop", "drops/s"),
-                                  ("accept_rate", "spark-accept", "accepts/s")):
+        for field, wid, label in (
+            ("peak", "spark-peak", "peak accept queue"),
+            ("drop_rate", "spark-drop", "drops/s"),
+            ("accept_rate", "spark-accept", "accepts/s"),
+        ):
             values = hist.get(self.key, field)
             known = [v for v in values if not math.isnan(v)]
             text = Text(f"{label} ", style="dim")
@@ -206,9 +214,24 @@ class ListenerScreen(DetailScreen):
         conns = list(app.connections.get(self.key, ()))
         if not conns:  # no dump yet: CLOSE_WAIT rows come every tick
             conns = [
-                Connection(cw.netns, cw.family, "CLOSE_WAIT", cw.laddr, cw.lport, cw.raddr, cw.rport, cw.inode,
-                           cw.cookie, cw.recv_q, 0, cw.pid, cw.comm, cw.age_s)
-                for cw in close_wait if cw.netns == self.key.netns and cw.lport == self.key.lport
+                Connection(
+                    cw.netns,
+                    cw.family,
+                    "CLOSE_WAIT",
+                    cw.laddr,
+                    cw.lport,
+                    cw.raddr,
+                    cw.rport,
+                    cw.inode,
+                    cw.cookie,
+                    cw.recv_q,
+                    0,
+                    cw.pid,
+                    cw.comm,
+                    cw.age_s,
+                )
+                for cw in close_wait
+                if cw.netns == self.key.netns and cw.lport == self.key.lport
             ]
         conns.sort(key=lambda c: (c.state != "CLOSE_WAIT", -(c.age_s or 0.0), c.rport))
         table = self.query_one("#children", KeyedTable)
@@ -249,8 +272,9 @@ class ListenerScreen(DetailScreen):
         c = self.conns.get(key) if key else None
         if c is None:
             return
-        self.tapp.open_socket(SocketRef(c.netns, c.family, c.laddr, c.lport, c.raddr, c.rport, c.cookie,
-                                        c.inode, c.pid, c.comm))
+        self.tapp.open_socket(
+            SocketRef(c.netns, c.family, c.laddr, c.lport, c.raddr, c.rport, c.cookie, c.inode, c.pid, c.comm)
+        )
 
     def counts(self) -> Counter:
         return Counter(c.state for c in self.conns.values())

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional, Sequence, cast
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
 
 from rich.text import Text
 from textual import events, on
@@ -32,8 +33,8 @@ class MainScreen(Screen):
 
     def __init__(self) -> None:
         super().__init__()
-        self.feed_wanted: Optional[bool] = None  # None: follow the terminal width
-        self._applied_seq: Optional[int] = None
+        self.feed_wanted: bool | None = None  # None: follow the terminal width
+        self._applied_seq: int | None = None
 
     @property
     def tapp(self) -> TcpqTopApp:
@@ -89,6 +90,9 @@ class MainScreen(Screen):
         self._apply_rows()
         self.feed.push(events, snap.sources.lost_events)
 
+    def background_snapshot(self, snap: Snapshot, events: Sequence[Transition]) -> None:
+        self.feed.push(events, snap.sources.lost_events)
+
     def _apply_rows(self) -> None:
         listeners = self.tapp.visible_listeners()
         self.table.apply(listeners)
@@ -96,10 +100,11 @@ class MainScreen(Screen):
 
     def refresh_header(self) -> None:
         app = self.tapp
-        self.query_one(TopBar).show(app.snapshot, interval=float(app.source.interval), now=app.clock(),
-                                    paused=app.paused)
+        self.query_one(TopBar).show(
+            app.snapshot, interval=float(app.source.interval), now=app.clock(), paused=app.paused
+        )
 
-    def _refresh_status(self, shown: Optional[int] = None) -> None:
+    def _refresh_status(self, shown: int | None = None) -> None:
         app = self.tapp
         total = len(app.snapshot.listeners) if app.snapshot else 0
         shown = self.table.row_count if shown is None else shown
@@ -115,8 +120,9 @@ class MainScreen(Screen):
         if self.feed.follow_key is not None:
             text.append(f" │ feed: {self.feed.follow_key.label()}")
         if app.connections_time is not None:
-            text.append(f" │ children dump {max(0.0, app.clock() - app.connections_time):.0f}s ago",
-                        style="dim")
+            text.append(
+                f" │ children dump {max(0.0, app.clock() - app.connections_time):.0f}s ago", style="dim"
+            )
         if app.collector_error:
             text.append(f" │ {inert(app.collector_error)}", style="red")
         self.query_one("#status", Static).update(text)
@@ -132,7 +138,7 @@ class MainScreen(Screen):
     def action_pick_sort(self) -> None:
         from tcptop_q.screens.modals import SortPicker
 
-        def picked(key: Optional[str]) -> None:
+        def picked(key: str | None) -> None:
             if key:
                 self.tapp.sort_key = key
                 self.resort()
@@ -175,7 +181,7 @@ class MainScreen(Screen):
     def action_pick_netns(self) -> None:
         from tcptop_q.screens.modals import NetnsPicker
 
-        def picked(choice: Optional[int]) -> None:
+        def picked(choice: int | None) -> None:
             if choice is None:
                 return
             self.tapp.netns_filter = None if choice == 0 else choice

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
@@ -61,7 +59,7 @@ class HelpScreen(ModalScreen[None]):
         self.dismiss(None)
 
 
-class SortPicker(ModalScreen[Optional[str]]):
+class SortPicker(ModalScreen["str | None"]):
     BINDINGS = [Binding("escape", "cancel", "Cancel", id="picker.cancel")]
 
     def __init__(self, current: str) -> None:
@@ -90,12 +88,12 @@ class SortPicker(ModalScreen[Optional[str]]):
         self.dismiss(None)
 
 
-class NetnsPicker(ModalScreen[Optional[int]]):
+class NetnsPicker(ModalScreen["int | None"]):
     """Returns a netns inode, 0 for "all", None for cancel."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel", id="picker.cancel")]
 
-    def __init__(self, snap: Optional[Snapshot], current: Optional[int]) -> None:
+    def __init__(self, snap: Snapshot | None, current: int | None) -> None:
         super().__init__()
         self.snap = snap
         self.current = current
@@ -109,7 +107,8 @@ class NetnsPicker(ModalScreen[Optional[int]]):
                 counts[lst.key.netns] = counts.get(lst.key.netns, 0) + 1
         options = [Option(f"all namespaces ({sum(counts.values())} listeners)", id="0")]
         options += [
-            Option(f"{short_netns(ns)}  {ns}  ({n} listeners)", id=str(ns)) for ns, n in sorted(counts.items())
+            Option(f"{short_netns(ns)}  {ns}  ({n} listeners)", id=str(ns))
+            for ns, n in sorted(counts.items())
         ]
         with Vertical(id="picker-box"):
             yield Static("network namespace", id="picker-title")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 from rich.text import Text
 from textual import work
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from tcptop_q.app import SocketRef
 
 
-def _ms(ms: Optional[float]) -> str:
+def _ms(ms: float | None) -> str:
     if ms is None:
         return "-"
     if ms < 1000:
@@ -34,7 +34,7 @@ class SocketScreen(DetailScreen):
     def __init__(self, ref: SocketRef) -> None:
         super().__init__()
         self.ref = ref
-        self.timeline: Optional[list[Transition]] = None
+        self.timeline: list[Transition] | None = None
 
     def compose(self) -> ComposeResult:
         yield TopBar(id="topbar")
@@ -45,8 +45,12 @@ class SocketScreen(DetailScreen):
                 yield Static(id="process")
             yield Static(Text("lifecycle timeline", style="bold underline"), id="timeline-title")
             table = KeyedTable(id="timeline")
-            for label, width, key in (("TIME", 15, "time"), ("OLD → NEW", 26, "change"),
-                                      ("IN OLD", 9, "in_old"), ("ON CPU", 20, "proc")):
+            for label, width, key in (
+                ("TIME", 15, "time"),
+                ("OLD → NEW", 26, "change"),
+                ("IN OLD", 9, "in_old"),
+                ("ON CPU", 20, "proc"),
+            ):
                 table.add_column(label, width=width, key=key)
             yield table
         yield Footer()
@@ -88,10 +92,15 @@ class SocketScreen(DetailScreen):
             pid = r.pid
         else:
             state, recv_q, send_q, pid, comm, age = cur
-            for i, (name, value) in enumerate((("state", state), ("recv_q", str(recv_q)),
-                                               ("send_q", "-" if send_q is None else str(send_q)),
-                                               ("age", fmt_age(age)),
-                                               ("owner", "-" if pid is None else f"{pid} {inert(comm, '?')}"))):
+            for i, (name, value) in enumerate(
+                (
+                    ("state", state),
+                    ("recv_q", str(recv_q)),
+                    ("send_q", "-" if send_q is None else str(send_q)),
+                    ("age", fmt_age(age)),
+                    ("owner", "-" if pid is None else f"{pid} {inert(comm, '?')}"),
+                )
+            ):
                 q.append(f"{name:>7} ", style="dim")
                 q.append(value, style=STATE_STYLE.get(value, "bold") if name == "state" else "")
                 if i < 4:
@@ -127,11 +136,19 @@ class SocketScreen(DetailScreen):
             change = Text(e.old, style=STATE_STYLE.get(e.old, ""))
             change.append(" → ")
             change.append(e.new, style=STATE_STYLE.get(e.new, ""))
-            table.add_keyed_row(key, [Text(stamp), change, Text(_ms(e.ms_in_old), justify="right"),
-                                      Text(f"{e.pid} {inert(e.comm)}")])
+            table.add_keyed_row(
+                key,
+                [
+                    Text(stamp),
+                    change,
+                    Text(_ms(e.ms_in_old), justify="right"),
+                    Text(f"{e.pid} {inert(e.comm)}"),
+                ],
+            )
         table.set_order(list(want))
         title = Text("lifecycle timeline", style="bold underline")
         if not events:
-            title.append("  no transitions recorded (BPF off, or the socket predates the probes)",
-                         style="dim")
+            title.append(
+                "  no transitions recorded (BPF off, or the socket predates the probes)", style="dim"
+            )
         self.query_one("#timeline-title", Static).update(title)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from typing import Iterable, Optional
+from collections.abc import Iterable
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -32,7 +32,7 @@ SHORT_STATE = {
 STATE_STYLE = {"CLOSE_WAIT": "yellow", "CLOSE": "dim", "ESTABLISHED": "green", "SYN_RECV": "cyan"}
 
 
-def matches(ev: Transition, key: Optional[ListenerKey]) -> bool:
+def matches(ev: Transition, key: ListenerKey | None) -> bool:
     if key is None:
         return True
     if ev.netns != key.netns or ev.lport != key.lport:
@@ -67,7 +67,7 @@ class FeedPane(Vertical):
         self.received = 0
         self.lost = 0
         self.paused = False
-        self.follow_key: Optional[ListenerKey] = None
+        self.follow_key: ListenerKey | None = None
         self.flushes = 0
         self._dirty_title = True
 
@@ -97,7 +97,7 @@ class FeedPane(Vertical):
             self.lost = lost
             self._dirty_title = True
 
-    def set_follow(self, key: Optional[ListenerKey]) -> None:
+    def set_follow(self, key: ListenerKey | None) -> None:
         """Show only `key`'s events (None: all); re-filters what is kept."""
         self.follow_key = key
         self.table.clear_rows()
@@ -137,7 +137,7 @@ class FeedPane(Vertical):
             table.move_cursor(row=table.row_count - 1, animate=False)
         self._dirty_title = True
 
-    def selected(self) -> Optional[Transition]:
+    def selected(self) -> Transition | None:
         key = self.table.cursor_key()
         return self.by_key.get(key) if key else None
 

@@ -9,7 +9,8 @@ one place; tests/ui pin the behaviour against the installed Textual.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from textual._two_way_dict import TwoWayDict
 from textual.binding import Binding
@@ -107,7 +108,7 @@ class KeyedTable(DataTable):
                 self.scroll_to(y=max(0, index - keep_screen_offset), animate=False, immediate=True)
         return True
 
-    def clear(self, columns: bool = False) -> "KeyedTable":
+    def clear(self, columns: bool = False) -> KeyedTable:
         super().clear(columns)
         self.order = []
         self._rk = {}

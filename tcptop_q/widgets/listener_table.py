@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from rich.text import Text
-
 from textual.widgets.data_table import ColumnKey
 
 from tcptop_q.model import Listener, ListenerKey
@@ -20,7 +20,7 @@ class Col:
     label: str
     width: int
     priority: int  # lower is kept first when the table is narrow
-    sort_key: Optional[str]  # model.SORT_KEYS entry this column sorts by
+    sort_key: str | None  # model.SORT_KEYS entry this column sorts by
     right: bool = True
 
 
@@ -103,11 +103,11 @@ def accept_cell(depth: int, limit: int, bar: int) -> Text:
     return text
 
 
-def _rate(value: Optional[float], hot: str = "bold red") -> Text:
+def _rate(value: float | None, hot: str = "bold red") -> Text:
     return Text(fmt_num(value), style=hot if value else "", justify="right", no_wrap=True)
 
 
-def _count(value: Optional[int]) -> Text:
+def _count(value: int | None) -> Text:
     return Text("-" if value is None else str(value), justify="right", no_wrap=True)
 
 
@@ -168,7 +168,7 @@ class LazyCell:
 
     def __init__(self, col: str, raw: Any, bar: int) -> None:
         self.col, self.raw, self.bar = col, raw, bar
-        self._text: Optional[Text] = None
+        self._text: Text | None = None
 
     def __rich__(self) -> Text:
         if self._text is None:
@@ -189,7 +189,7 @@ class ListenerTable(KeyedTable):
         self.cols: list[Col] = []
         self.bar = 0
         self.term_width = 0
-        self.last: Optional[Sequence[Listener]] = None
+        self.last: Sequence[Listener] | None = None
         self.sort_mark: tuple[str, bool] = ("overflow_rate", False)
 
     def on_resize(self, event) -> None:
@@ -231,7 +231,7 @@ class ListenerTable(KeyedTable):
         self._clear_caches()
         self.refresh()
 
-    def listener_at_cursor(self) -> Optional[ListenerKey]:
+    def listener_at_cursor(self) -> ListenerKey | None:
         key = self.cursor_key()
         return self.keys.get(key) if key else None
 
@@ -255,17 +255,19 @@ class ListenerTable(KeyedTable):
         raw_map = self._raw
         changes: list[tuple[str, str, LazyCell]] = []
         added = False
-        for lst, key in zip(listeners, want):
+        for lst, key in zip(listeners, want, strict=False):
             raw = raw_values(lst)
             old = raw_map.get(key)
             if old is None:
                 self.keys[key] = lst.key
                 raw_map[key] = raw
-                self.add_keyed_row(key, [LazyCell(c.id, raw[i], bar) for c, i in zip(cols, idx)])
+                self.add_keyed_row(
+                    key, [LazyCell(c.id, raw[i], bar) for c, i in zip(cols, idx, strict=False)]
+                )
                 added = True
             elif old != raw:
                 raw_map[key] = raw
-                for c, i in zip(cols, idx):
+                for c, i in zip(cols, idx, strict=False):
                     if old[i] != raw[i]:
                         changes.append((key, c.id, LazyCell(c.id, raw[i], bar)))
         if added:

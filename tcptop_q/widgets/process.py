@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 from rich.text import Text
 
 from tcptop_q.widgets.text import fmt_age, inert
 
 
-def _size(n: Optional[float]) -> str:
+def _size(n: float | None) -> str:
     if n is None:
         return "-"
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -20,13 +21,15 @@ def _size(n: Optional[float]) -> str:
     return "-"
 
 
-def process_text(pid: Optional[int], info: Optional[Mapping[str, Any]], *, now: float,
-                 loading: bool = False) -> Text:
+def process_text(
+    pid: int | None, info: Mapping[str, Any] | None, *, now: float, loading: bool = False
+) -> Text:
     text = Text(no_wrap=False)
     text.append("owner process\n", style="bold underline")
     if pid is None:
-        text.append("unknown: no inode owner visible (no permission, another netns, or not accepted yet)",
-                    style="dim")
+        text.append(
+            "unknown: no inode owner visible (no permission, another netns, or not accepted yet)", style="dim"
+        )
         return text
     if loading:
         text.append(f"pid {pid}: reading…", style="dim")
@@ -43,8 +46,12 @@ def process_text(pid: Optional[int], info: Optional[Mapping[str, Any]], *, now: 
         ("ppid", str(info.get("ppid", "-"))),
         ("user", inert(info.get("user"))),
         ("cmdline", inert(cmd)),
-        ("started", "-" if started is None else
-         f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(started))} ({fmt_age(now - started)} ago)"),
+        (
+            "started",
+            "-"
+            if started is None
+            else f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(started))} ({fmt_age(now - started)} ago)",
+        ),
         ("threads", str(info.get("threads", "-"))),
         ("fds", str(info.get("fds", "-"))),
         ("CPU", "-" if info.get("cpu_percent") is None else f"{info['cpu_percent']:.1f}%"),

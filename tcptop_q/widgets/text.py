@@ -8,14 +8,13 @@ and into a `rich.text.Text` (never a markup string).
 from __future__ import annotations
 
 import unicodedata
-from typing import Optional
 
 from rich.text import Text
 
 _SAFE_CACHE: dict[str, str] = {}
 
 
-def inert(value: Optional[str], unknown: str = "-") -> str:
+def inert(value: str | None, unknown: str = "-") -> str:
     """Control and format characters replaced by a visible escape; None -> unknown."""
     if value is None:
         return unknown
@@ -36,12 +35,12 @@ def inert(value: Optional[str], unknown: str = "-") -> str:
     return result
 
 
-def inert_text(value: Optional[str], style: str = "", unknown: str = "-") -> Text:
+def inert_text(value: str | None, style: str = "", unknown: str = "-") -> Text:
     """A Text that renders `value` literally (no markup, no escapes)."""
     return Text(inert(value, unknown), style=style, no_wrap=True, overflow="ellipsis")
 
 
-def fmt_num(value: Optional[float], digits: int = 1) -> str:
+def fmt_num(value: float | None, digits: int = 1) -> str:
     """None means unknown and shows as '-', never as 0."""
     if value is None:
         return "-"
@@ -54,7 +53,7 @@ def fmt_num(value: Optional[float], digits: int = 1) -> str:
     return f"{value:.{digits}f}"
 
 
-def fmt_age(seconds: Optional[float]) -> str:
+def fmt_age(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     s = int(seconds)

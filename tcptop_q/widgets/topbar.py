@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from typing import Optional
 
 from rich.text import Text
 from textual.widgets import Static
@@ -12,7 +11,7 @@ from tcptop_q.model import Snapshot
 from tcptop_q.widgets.text import fmt_num, inert, short_netns
 
 
-def bpf_badge(snap: Optional[Snapshot]) -> Text:
+def bpf_badge(snap: Snapshot | None) -> Text:
     if snap is None:
         return Text("BPF: loading", style="yellow")
     src = snap.sources
@@ -25,19 +24,21 @@ def bpf_badge(snap: Optional[Snapshot]) -> Text:
     return Text(f"BPF: off: {reason}", style="red")
 
 
-def header_text(snap: Optional[Snapshot], *, interval: float, now: float, paused: bool,
-                stale_after: float = 3.0) -> Text:
+def header_text(
+    snap: Snapshot | None, *, interval: float, now: float, paused: bool, stale_after: float = 3.0
+) -> Text:
     line = Text(no_wrap=True, overflow="ellipsis")
     line.append("tcpq-top", style="bold")
     sep = " │ "
     if snap is not None:
         line.append(sep)
         line.append(inert(snap.hostname), style="bold")
-        line.append(sep + inert(snap.kernel))
     line.append(sep + time.strftime("%H:%M:%S", time.localtime(now)))
     line.append(sep + f"every {interval:g}s")
     line.append(sep)
     line.append_text(bpf_badge(snap))
+    if snap is not None:  # least important: last, the first thing cut at 80 columns
+        line.append(sep + inert(snap.kernel), style="dim")
     if paused:
         line.append(sep)
         line.append("PAUSED", style="reverse bold")
@@ -68,5 +69,5 @@ def header_text(snap: Optional[Snapshot], *, interval: float, now: float, paused
 
 
 class TopBar(Static):
-    def show(self, snap: Optional[Snapshot], *, interval: float, now: float, paused: bool) -> None:
+    def show(self, snap: Snapshot | None, *, interval: float, now: float, paused: bool) -> None:
         self.update(header_text(snap, interval=interval, now=now, paused=paused))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 from dataclasses import replace
-from typing import Optional
 
 from tcptop_q.model import (
     CloseWait,
@@ -97,19 +96,48 @@ def close_waits(tick: int, now: float) -> list[CloseWait]:
 
 def timeline_for(rport: int, t: float = T0) -> list[Transition]:
     base = T0 - 40 - (CLIENT_PORTS.index(rport) * 5 if rport in CLIENT_PORTS else 0)
-    common = dict(netns=HOST_NS, skaddr=0xFFFF8880DEAD0000 + rport, family="ipv4", laddr="127.0.0.1",
-                  lport=8080, raddr="127.0.0.1", rport=rport)
+    common = dict(
+        netns=HOST_NS,
+        skaddr=0xFFFF8880DEAD0000 + rport,
+        family="ipv4",
+        laddr="127.0.0.1",
+        lport=8080,
+        raddr="127.0.0.1",
+        rport=rport,
+    )
     return [
-        Transition(time=base, old="LISTEN", new="SYN_RECV", ms_in_old=None, pid=0, comm="swapper/1", **common),
-        Transition(time=base + 0.0001, old="SYN_RECV", new="ESTABLISHED", ms_in_old=0.1, pid=0,
-                   comm="swapper/1", **common),
-        Transition(time=base + 5.0, old="ESTABLISHED", new="CLOSE_WAIT", ms_in_old=4999.9, pid=777,
-                   comm="client", **common),
+        Transition(
+            time=base, old="LISTEN", new="SYN_RECV", ms_in_old=None, pid=0, comm="swapper/1", **common
+        ),
+        Transition(
+            time=base + 0.0001,
+            old="SYN_RECV",
+            new="ESTABLISHED",
+            ms_in_old=0.1,
+            pid=0,
+            comm="swapper/1",
+            **common,
+        ),
+        Transition(
+            time=base + 5.0,
+            old="ESTABLISHED",
+            new="CLOSE_WAIT",
+            ms_in_old=4999.9,
+            pid=777,
+            comm="client",
+            **common,
+        ),
     ]
 
 
-def build_snapshot(tick: int, *, interval: float = 1.0, extra: Optional[list[Listener]] = None,
-                   bpf_state: str = "live", swap_order: bool = False) -> Snapshot:
+def build_snapshot(
+    tick: int,
+    *,
+    interval: float = 1.0,
+    extra: list[Listener] | None = None,
+    bpf_state: str = "live",
+    swap_order: bool = False,
+) -> Snapshot:
     """The scripted snapshot for one tick; deterministic in `tick`."""
     now = T0 + tick * interval
     drops = 120 + 10 * tick
@@ -133,87 +161,235 @@ def build_snapshot(tick: int, *, interval: float = 1.0, extra: Optional[list[Lis
             peak_accept_queue=6,
             children={"ESTABLISHED": 0, "CLOSE_WAIT": 6},
         ),
-        _listener(KEY_SSH, pid=812, comm="sshd", backlog=128, accepts=40 + tick, accept_rate=0.0,
-                  children={"ESTABLISHED": 2}),
-        _listener(KEY_HTTP, pid=900, comm="nginx", backlog=511, accept_queue=1, peak_accept_queue=3,
-                  accepts=5000 + 85 * tick, accept_rate=85.0, children={"ESTABLISHED": 17}),
-        _listener(KEY_HTTPS6, pid=900, comm="nginx", backlog=511, accepts=9000 + 120 * tick,
-                  accept_rate=120.0, children={"ESTABLISHED": 31}),
-        _listener(KEY_REDIS, pid=None, comm=None, backlog=511, overflows=None, overflow_rate=None,
-                  synack_retrans=None, synack_retrans_rate=None, accepts=None, accept_rate=None,
-                  peak_accept_queue=None),
-        _listener(KEY_PG, pid=4321, comm="postgres", backlog=244, syn_queue=2, drops=4,
-                  drop_rate=2.0 if swap_order else 0.0, overflow_rate=25.0 if swap_order else 0.0,
-                  overflows=30, accepts=12, children={"ESTABLISHED": 3, "CLOSE_WAIT": 1}),
+        _listener(
+            KEY_SSH,
+            pid=812,
+            comm="sshd",
+            backlog=128,
+            accepts=40 + tick,
+            accept_rate=0.0,
+            children={"ESTABLISHED": 2},
+        ),
+        _listener(
+            KEY_HTTP,
+            pid=900,
+            comm="nginx",
+            backlog=511,
+            accept_queue=1,
+            peak_accept_queue=3,
+            accepts=5000 + 85 * tick,
+            accept_rate=85.0,
+            children={"ESTABLISHED": 17},
+        ),
+        _listener(
+            KEY_HTTPS6,
+            pid=900,
+            comm="nginx",
+            backlog=511,
+            accepts=9000 + 120 * tick,
+            accept_rate=120.0,
+            children={"ESTABLISHED": 31},
+        ),
+        _listener(
+            KEY_REDIS,
+            pid=None,
+            comm=None,
+            backlog=511,
+            overflows=None,
+            overflow_rate=None,
+            synack_retrans=None,
+            synack_retrans_rate=None,
+            accepts=None,
+            accept_rate=None,
+            peak_accept_queue=None,
+        ),
+        _listener(
+            KEY_PG,
+            pid=4321,
+            comm="postgres",
+            backlog=244,
+            syn_queue=2,
+            drops=4,
+            drop_rate=2.0 if swap_order else 0.0,
+            overflow_rate=25.0 if swap_order else 0.0,
+            overflows=30,
+            accepts=12,
+            children={"ESTABLISHED": 3, "CLOSE_WAIT": 1},
+        ),
     ]
     listeners += extra or []
-    sources = Sources(netlink=True, bpf=bpf_state == "live", bpf_state=bpf_state,
-                      bpf_error="kprobes disabled; tracepoints only" if bpf_state == "off" else None,
-                      hooks={"accepts": "tracepoint:sock:sk_data_ready"}, lost_events=tick * 2)
+    sources = Sources(
+        netlink=True,
+        bpf=bpf_state == "live",
+        bpf_state=bpf_state,
+        bpf_error="kprobes disabled; tracepoints only" if bpf_state == "off" else None,
+        hooks={"accepts": "tracepoint:sock:sk_data_ready"},
+        lost_events=tick * 2,
+    )
     netns = [
-        NetnsCounters(HOST_NS, {"ListenOverflows": drops, "ListenDrops": drops},
-                      rates={"ListenOverflows": 10.0, "ListenDrops": 10.0},
-                      sysctls={"somaxconn": 4096, "tcp_max_syn_backlog": 512, "tcp_syncookies": 1,
-                               "tcp_abort_on_overflow": 0}),
-        NetnsCounters(CONTAINER_NS, {"ListenOverflows": 0, "ListenDrops": 4},
-                      rates={"ListenOverflows": 0.0, "ListenDrops": 0.0},
-                      sysctls={"somaxconn": 4096, "tcp_max_syn_backlog": 256, "tcp_syncookies": 1,
-                               "tcp_abort_on_overflow": 0}),
+        NetnsCounters(
+            HOST_NS,
+            {"ListenOverflows": drops, "ListenDrops": drops},
+            rates={"ListenOverflows": 10.0, "ListenDrops": 10.0},
+            sysctls={
+                "somaxconn": 4096,
+                "tcp_max_syn_backlog": 512,
+                "tcp_syncookies": 1,
+                "tcp_abort_on_overflow": 0,
+            },
+        ),
+        NetnsCounters(
+            CONTAINER_NS,
+            {"ListenOverflows": 0, "ListenDrops": 4},
+            rates={"ListenOverflows": 0.0, "ListenDrops": 0.0},
+            sysctls={
+                "somaxconn": 4096,
+                "tcp_max_syn_backlog": 256,
+                "tcp_syncookies": 1,
+                "tcp_abort_on_overflow": 0,
+            },
+        ),
     ]
     events = []
     for i, port in enumerate((42000 + tick * 3, 42001 + tick * 3)):
-        common = dict(netns=HOST_NS, skaddr=0xFFFF888000000000 + port, family="ipv4", laddr="127.0.0.1",
-                      lport=8080, raddr="127.0.0.1", rport=port, pid=0, comm="swapper/0")
-        events.append(Transition(time=now - 0.5 + i * 0.1, old="LISTEN", new="SYN_RECV", ms_in_old=None,
-                                 **common))
-        events.append(Transition(time=now - 0.5 + i * 0.1 + 0.0002, old="SYN_RECV", new="ESTABLISHED",
-                                 ms_in_old=0.2, **common))
-    events.append(Transition(time=now - 0.2, netns=HOST_NS, skaddr=0xFFFF888000001000, family="ipv4",
-                             laddr="127.0.0.1", lport=8080, raddr="127.0.0.1", rport=41000 + tick,
-                             old="ESTABLISHED", new="CLOSE_WAIT", ms_in_old=5000.0, pid=777, comm="client"))
+        common = dict(
+            netns=HOST_NS,
+            skaddr=0xFFFF888000000000 + port,
+            family="ipv4",
+            laddr="127.0.0.1",
+            lport=8080,
+            raddr="127.0.0.1",
+            rport=port,
+            pid=0,
+            comm="swapper/0",
+        )
+        events.append(
+            Transition(time=now - 0.5 + i * 0.1, old="LISTEN", new="SYN_RECV", ms_in_old=None, **common)
+        )
+        events.append(
+            Transition(
+                time=now - 0.5 + i * 0.1 + 0.0002, old="SYN_RECV", new="ESTABLISHED", ms_in_old=0.2, **common
+            )
+        )
+    events.append(
+        Transition(
+            time=now - 0.2,
+            netns=HOST_NS,
+            skaddr=0xFFFF888000001000,
+            family="ipv4",
+            laddr="127.0.0.1",
+            lport=8080,
+            raddr="127.0.0.1",
+            rport=41000 + tick,
+            old="ESTABLISHED",
+            new="CLOSE_WAIT",
+            ms_in_old=5000.0,
+            pid=777,
+            comm="client",
+        )
+    )
     connections = None
     if tick % 5 == 0:
         connections = {
             KEY_8080: [
-                Connection(netns=HOST_NS, family="ipv4", state="CLOSE_WAIT", laddr="127.0.0.1", lport=8080,
-                           raddr="127.0.0.1", rport=port, inode=200000 + i, cookie=5000 + i, recv_q=11,
-                           send_q=0, pid=SERVER_PID, comm="server", age_s=30.0 + 5 * i + tick)
+                Connection(
+                    netns=HOST_NS,
+                    family="ipv4",
+                    state="CLOSE_WAIT",
+                    laddr="127.0.0.1",
+                    lport=8080,
+                    raddr="127.0.0.1",
+                    rport=port,
+                    inode=200000 + i,
+                    cookie=5000 + i,
+                    recv_q=11,
+                    send_q=0,
+                    pid=SERVER_PID,
+                    comm="server",
+                    age_s=30.0 + 5 * i + tick,
+                )
                 for i, port in enumerate(CLIENT_PORTS)
             ],
             KEY_HTTP: [
-                Connection(netns=HOST_NS, family="ipv4", state="ESTABLISHED", laddr="10.0.0.5", lport=80,
-                           raddr=f"192.0.2.{10 + i}", rport=33000 + i, inode=210000 + i, cookie=7000 + i,
-                           recv_q=0, send_q=0, pid=900, comm="nginx", age_s=1.0 + i)
+                Connection(
+                    netns=HOST_NS,
+                    family="ipv4",
+                    state="ESTABLISHED",
+                    laddr="10.0.0.5",
+                    lport=80,
+                    raddr=f"192.0.2.{10 + i}",
+                    rport=33000 + i,
+                    inode=210000 + i,
+                    cookie=7000 + i,
+                    recv_q=0,
+                    send_q=0,
+                    pid=900,
+                    comm="nginx",
+                    age_s=1.0 + i,
+                )
                 for i in range(17)
             ],
         }
-    return Snapshot(time=now, interval=interval, kernel="6.18.0-test", hostname="testhost", sources=sources,
-                    netns=netns, listeners=listeners, close_wait=close_waits(tick, now), events=events,
-                    connections=connections, seq=tick)
+    return Snapshot(
+        time=now,
+        interval=interval,
+        kernel="6.18.0-test",
+        hostname="testhost",
+        sources=sources,
+        netns=netns,
+        listeners=listeners,
+        close_wait=close_waits(tick, now),
+        events=events,
+        connections=connections,
+        seq=tick,
+    )
 
 
 def many_listeners(n: int, tick: int, changing: float = 1.0) -> list[Listener]:
     """n synthetic listeners; a `changing` fraction of them change counters each tick."""
     out = []
     for i in range(n):
-        key = ListenerKey(HOST_NS + (i % 4), "ipv4", f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}",
-                          10000 + i % 50000, cookie=100000 + i)
+        key = ListenerKey(
+            HOST_NS + (i % 4),
+            "ipv4",
+            f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}",
+            10000 + i % 50000,
+            cookie=100000 + i,
+        )
         moving = (i % 1000) < changing * 1000
         t = tick if moving else 0
-        out.append(_listener(key, inode=500000 + i, pid=2000 + i % 300, comm=f"worker{i % 300}",
-                             accept_queue=(i + t) % 8, backlog=128, syn_queue=(i * 7 + t) % 3,
-                             drops=i + t * (i % 5), drop_rate=float((i + t) % 5),
-                             overflows=t, overflow_rate=float((i * 3 + t) % 7) if moving else 0.0,
-                             accepts=t * 10, accept_rate=float((i + t) % 13),
-                             children={"ESTABLISHED": (i + t) % 20, "CLOSE_WAIT": (i + t) % 3}))
+        out.append(
+            _listener(
+                key,
+                inode=500000 + i,
+                pid=2000 + i % 300,
+                comm=f"worker{i % 300}",
+                accept_queue=(i + t) % 8,
+                backlog=128,
+                syn_queue=(i * 7 + t) % 3,
+                drops=i + t * (i % 5),
+                drop_rate=float((i + t) % 5),
+                overflows=t,
+                overflow_rate=float((i * 3 + t) % 7) if moving else 0.0,
+                accepts=t * 10,
+                accept_rate=float((i + t) % 13),
+                children={"ESTABLISHED": (i + t) % 20, "CLOSE_WAIT": (i + t) % 3},
+            )
+        )
     return out
 
 
 class FakeSource:
     """Implements tcptop_q.app.SnapshotSource from build_snapshot()."""
 
-    def __init__(self, *, interval: float = 1.0, ticks: Optional[int] = None, bpf_state: str = "live",
-                 extra: Optional[list[Listener]] = None) -> None:
+    def __init__(
+        self,
+        *,
+        interval: float = 1.0,
+        ticks: int | None = None,
+        bpf_state: str = "live",
+        extra: list[Listener] | None = None,
+    ) -> None:
         self.interval = interval
         self.tick = 0
         self.ticks = ticks
@@ -241,19 +417,42 @@ class FakeSource:
             return [replace(e) for e in snap.events if e.rport == rport]
         return []
 
-    def process_info(self, pid: int) -> Optional[dict]:
+    def process_info(self, pid: int) -> dict | None:
         self.info_threads.add(threading.current_thread().name)
         self.process_info_calls.append(pid)
         if pid == SERVER_PID:
-            return {"pid": SERVER_PID, "ppid": 1000, "user": "app", "cmdline": ["./server", "--port", "8080"],
-                    "started": T0 - 3600, "threads": 1, "fds": 12, "cpu_percent": 0.0, "rss": 3 * 1024 * 1024}
+            return {
+                "pid": SERVER_PID,
+                "ppid": 1000,
+                "user": "app",
+                "cmdline": ["./server", "--port", "8080"],
+                "started": T0 - 3600,
+                "threads": 1,
+                "fds": 12,
+                "cpu_percent": 0.0,
+                "rss": 3 * 1024 * 1024,
+            }
         if pid == 900:
-            return {"pid": 900, "ppid": 1, "user": "www-data", "cmdline": ["nginx: worker process"],
-                    "started": T0 - 86400, "threads": 1, "fds": 60, "cpu_percent": 2.5, "rss": 12 << 20}
+            return {
+                "pid": 900,
+                "ppid": 1,
+                "user": "www-data",
+                "cmdline": ["nginx: worker process"],
+                "started": T0 - 86400,
+                "threads": 1,
+                "fds": 60,
+                "cpu_percent": 2.5,
+                "rss": 12 << 20,
+            }
         return None
 
     def netns_sysctls(self, netns: int) -> dict[str, int]:
-        return {"somaxconn": 4096, "tcp_max_syn_backlog": 512, "tcp_syncookies": 1, "tcp_abort_on_overflow": 0}
+        return {
+            "somaxconn": 4096,
+            "tcp_max_syn_backlog": 512,
+            "tcp_syncookies": 1,
+            "tcp_abort_on_overflow": 0,
+        }
 
     def close(self) -> None:
         self.closed = True

@@ -197,3 +197,26 @@ def test_history_is_bounded():
         hist.add(build_snapshot(tick))
     assert hist.get(KEY_8080, "drop_rate") == [10.0] * 4
     assert len(hist.get(KEY_8080, "peak")) == 4
+
+
+async def test_feed_keeps_collecting_while_drilled_in(make_app):
+    app = make_app()
+    async with app.run_test(size=(160, 48)) as pilot:
+        await feed_ticks(app, pilot)
+        await pilot.press("enter")
+        app.apply_snapshot(build_snapshot(CLOCK_TICK + 1))
+        await pilot.press("escape")
+        feed = app.screen.feed
+        await wait_for(pilot, lambda: feed.table.row_count == 5 * (CLOCK_TICK + 2), what="feed catch-up")
+
+
+async def test_process_info_is_reread_each_tick_off_thread(make_app):
+    source = FakeSource()
+    app = make_app(source)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await feed_ticks(app, pilot)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: app.screen.process_loaded, what="process info")
+        app.apply_snapshot(build_snapshot(CLOCK_TICK + 1))
+        await wait_for(pilot, lambda: len(source.process_info_calls) == 2, what="re-read")
+        assert threading.main_thread().name not in source.info_threads

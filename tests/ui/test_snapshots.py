@@ -39,8 +39,9 @@ def test_main_screen(snap_compare, size):
 
 @pytest.mark.parametrize("size", [(80, 24), (160, 48)], ids=["80x24", "160x48"])
 def test_listener_screen(snap_compare, size):
-    assert snap_compare(make(), terminal_size=size,
-                        run_before=loaded("enter", wait=lambda app: app.screen.process_loaded))
+    assert snap_compare(
+        make(), terminal_size=size, run_before=loaded("enter", wait=lambda app: app.screen.process_loaded)
+    )
 
 
 def test_close_wait_screen_80x24(snap_compare):
@@ -48,10 +49,13 @@ def test_close_wait_screen_80x24(snap_compare):
 
 
 def test_socket_screen_80x24(snap_compare):
-    assert snap_compare(make(), terminal_size=(80, 24),
-                        run_before=loaded("enter", "enter",
-                                          wait=lambda app: app.screen.timeline is not None
-                                          and app.screen.process_loaded))
+    assert snap_compare(
+        make(),
+        terminal_size=(80, 24),
+        run_before=loaded(
+            "enter", "enter", wait=lambda app: app.screen.timeline is not None and app.screen.process_loaded
+        ),
+    )
 
 
 def test_main_filtered_narrow_with_feed_80x24(snap_compare):
