@@ -394,3 +394,70 @@ def test_listener_close_forgets_it(netns: Netns, probes: BpfProbes) -> None:
     reading = settle(probes)
     assert [k for k in reading.listeners if k.netns == netns.inode and k.lport == port] == []
     assert Path("/sys/kernel/btf/vmlinux").exists()
+
+
+SIGTERM_CHILD = """
+import os, signal, sys, time
+from tcptop_q.probes.bpf import BpfProbes
+p = BpfProbes()
+def on_term(signum, frame):
+    p.close()
+    sys.exit(0)
+signal.signal(signal.SIGTERM, on_term)
+p.start()
+ok = p.wait_ready(60)
+print(ok, *p.prog_ids(), flush=True)
+while True:
+    p.read()
+    time.sleep(0.01)
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP-unhandled", "SIGKILL"])
+def test_every_exit_path_detaches(sig: str) -> None:
+    """close() from a SIGTERM handler mid-read; SIGHUP with default action (atexit does not run,
+    the kernel drops programs with the last fd); SIGKILL likewise."""
+    import signal
+    import sys
+
+    _need(os.geteuid() == 0 and _bcc_ok(), "needs root and bcc")
+    child = subprocess.Popen([sys.executable, "-c", SIGTERM_CHILD], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, cwd=Path(__file__).resolve().parent.parent)
+    try:
+        first = child.stdout.readline().split()
+        assert first and first[0] == "True", child.stderr.read() if child.poll() is not None else first
+        ids = [int(i) for i in first[1:]]
+        assert ids and all(i in loaded_programs() for i in ids)
+        signum = {"SIGTERM": signal.SIGTERM, "SIGHUP-unhandled": signal.SIGHUP, "SIGKILL": signal.SIGKILL}[sig]
+        child.send_signal(signum)
+        child.wait(timeout=20)
+        if sig == "SIGTERM":
+            assert child.returncode == 0
+            assert child.stderr.read() == ""
+        deadline = time.monotonic() + 5
+        while any(i in loaded_programs() for i in ids) and time.monotonic() < deadline:
+            time.sleep(0.1)  # program teardown after the last fd closes is asynchronous (RCU)
+        assert [i for i in ids if i in loaded_programs()] == []
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
+def test_ipv6_listener_key(netns: Netns, probes: BpfProbes) -> None:
+    port = 8086
+    srv = netns.socket(socket.AF_INET6)
+    srv.bind(("::1", port))
+    srv.listen(3)
+    c = netns.socket(socket.AF_INET6)
+    try:
+        c.connect(("::1", port))
+        reading = settle(probes)
+        key, counts = the_listener(reading, netns.inode, port)
+        assert (key.family, key.laddr, counts.accepts, counts.peak_accept_queue) == ("ipv6", "::1", 1, 1)
+        child = [e for e in reading.events if e.lport == port and e.new == "ESTABLISHED"]
+        assert len(child) == 1 and child[0].family == "ipv6" and child[0].raddr == "::1"
+        assert f"[::1]:{port}" in netns.exec("ss", "-ltnH").split()
+    finally:
+        c.close()
+        srv.close()

@@ -628,18 +628,15 @@ class BpfProbes:
 
     def _decode(self, raw: bytes) -> Transition:
         (ts, skaddr, ns_old, netns, pid, family, sport, dport, old, new, saddr, daddr, comm) = _EVENT.unpack(raw)
-        if family == 2:
-            fam, la, ra = "ipv4", ipaddress.IPv4Address(saddr[:4]), ipaddress.IPv4Address(daddr[:4])
-        else:
-            fam, la, ra = "ipv6", ipaddress.IPv6Address(saddr), ipaddress.IPv6Address(daddr)
+        fam = "ipv4" if family == 2 else "ipv6"
         return Transition(
             time=ts / 1e9 + self._mono_to_unix,
             netns=netns,
             skaddr=skaddr,
             family=fam,
-            laddr=la.compressed,
+            laddr=_addr(family, saddr),
             lport=sport,
-            raddr=ra.compressed,
+            raddr=_addr(family, daddr),
             rport=dport,
             old=state_name(old),
             new=state_name(new),
@@ -771,6 +768,22 @@ class BpfProbes:
             except Exception as exc:  # --ebpf must print something useful, never a traceback
                 return f"// tcpq-top: cannot generate the BPF program: {_one_line(exc)}\n" + BPF_C.read_text()
         return plan.text()
+
+
+_ADDRS: dict[tuple[int, bytes], str] = {}
+
+
+def _addr(family: int, raw: bytes) -> str:
+    """Compressed text of an address; cached, since a storm repeats the same few."""
+    key = (family, raw)
+    text = _ADDRS.get(key)
+    if text is None:
+        ip = ipaddress.IPv4Address(raw[:4]) if family == 2 else ipaddress.IPv6Address(raw)
+        text = ip.compressed
+        if len(_ADDRS) > 65536:
+            _ADDRS.clear()
+        _ADDRS[key] = text
+    return text
 
 
 def _int(x) -> int:
