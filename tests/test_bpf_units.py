@@ -176,3 +176,39 @@ def test_timelines_take_the_tuple_from_syn_recv_to_established() -> None:
     tl.add(tr(7.0, 0xB, "SYN_RECV", "ESTABLISHED", rport=7000))
     assert tl.by_tuple(1, "ipv4", "10.0.0.1", 80, "10.0.0.2", 5000) == []
     assert len(tl) == 2
+
+
+@needs_btf
+@pytest.mark.parametrize("variant", ["perf-buffer", "kprobe-accepts", "filters", "no-drop-reason"])
+def test_fallback_programs_pass_the_verifier(variant: str) -> None:
+    """Paths this kernel does not take by itself (older kernels): compile and load, not attached."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to load BPF programs")
+    try:
+        import bcc
+    except ImportError:
+        pytest.skip("needs bcc")
+    from tcptop_q.probes.kheaders import find_kernel_source
+
+    formats = _fake_formats()
+    kw: dict = {"kprobes": False}
+    if variant == "perf-buffer":
+        kw["ringbuf"] = False
+    elif variant == "kprobe-accepts":
+        formats = _fake_formats(sk_data_ready=None)
+        kw["kprobes"] = True
+    elif variant == "filters":
+        kw.update(port=8080, netns=4026531840)
+    else:
+        formats = _fake_formats(kfree_skb=tracefs.parse_format("skb", "kfree_skb", KFREE_SKB_FORMAT.replace(
+            "\tfield:enum skb_drop_reason reason;\toffset:36;\tsize:4;\tsigned:0;\n", "")))
+    plan = build_plan(formats=formats, **kw)
+    src, _ = find_kernel_source()
+    if src:
+        os.environ["BCC_KERNEL_SOURCE"] = src
+    b = bcc.BPF(text=plan.body, cflags=plan.cflags)
+    try:
+        for kind, _target, fn in plan.attach:
+            b.load_func(fn.encode(), bcc.BPF.KPROBE if kind == "kprobe" else bcc.BPF.TRACEPOINT)
+    finally:
+        b.cleanup()

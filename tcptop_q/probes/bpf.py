@@ -182,6 +182,7 @@ def build_plan(
     btf: Btf | None = None,
     formats: dict[str, tracefs.TpFormat | None] | None = None,
     kprobes: bool | None = None,
+    ringbuf: bool | None = None,
 ) -> Plan:
     """Decide hooks and generate the program. Raises ProbeError (one line) when impossible."""
     try:
@@ -208,7 +209,8 @@ def build_plan(
         defines["TQ_HAVE_NETNS"] = "0"
         defines["TQ_INIT_NETNS"] = str(_own_netns())
         notes.append("kernel without network namespaces: netns is the initial one")
-    ringbuf = btf.has_struct("bpf_ringbuf")
+    if ringbuf is None:
+        ringbuf = btf.has_struct("bpf_ringbuf")
     pages = _pages_for(feed_capacity)
     defines["TQ_RINGBUF"] = "1" if ringbuf else "0"
     defines["TQ_FEED_PAGES"] = str(pages)
