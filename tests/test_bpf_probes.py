@@ -461,3 +461,34 @@ def test_ipv6_listener_key(netns: Netns, probes: BpfProbes) -> None:
     finally:
         c.close()
         srv.close()
+
+
+def test_child_states_and_resets_charged_to_listener(netns: Netns, probes: BpfProbes) -> None:
+    port = 8087
+    srv = listen(netns, 8, port)
+    clients = []
+    try:
+        for _ in range(3):
+            c = netns.socket()
+            c.connect(("127.0.0.1", port))
+            c.sendall(b"unread")
+            clients.append(c)
+        settle(probes)
+        assert probes.child_deltas()[(netns.inode, port)] == {"ESTABLISHED": 3}
+        clients[0].close()  # -> one child in CLOSE_WAIT
+        conn, _ = srv.accept()
+        time.sleep(0.05)
+        conn.close()  # unread data: the kernel answers with a RST (resets_sent)
+        clients[2].setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        clients[2].close()  # RST to a queued child (resets_received)
+        reading = settle(probes)
+        deltas = probes.child_deltas()[(netns.inode, port)]
+        assert deltas.get("ESTABLISHED", 0) + deltas.get("CLOSE_WAIT", 0) == 1, deltas
+        counts = the_listener(reading, netns.inode, port)[1]
+        assert (counts.resets_sent, counts.resets_received) == (1, 1)
+        ss_states = netns.exec("ss", "-tanH", f"sport = :{port}").split("\n")
+        assert sum(1 for line in ss_states if line.startswith(("ESTAB", "CLOSE-WAIT"))) == 1
+    finally:
+        for c in clients:
+            c.close()
+        srv.close()

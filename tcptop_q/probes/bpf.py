@@ -244,7 +244,7 @@ def build_plan(
         if missing:
             notes.append(f"{cat}:{ev} has no {', '.join(missing)} field on this kernel")
             return None
-        structs.append(c_struct(f"tq_tp_{ev}", fmt, needed + ("protocol", "reason")))
+        structs.append(c_struct(f"tq_tp_{ev}", fmt, needed + ("protocol", "reason", "sport", "saddr")))
         attach.append(("tracepoint", f"{cat}:{ev}", fn))
         return fmt
 
@@ -297,6 +297,11 @@ def build_plan(
             defines[{"tq_synack": "TQ_HAVE_RETRANSMIT_SYNACK", "tq_send_reset": "TQ_HAVE_SEND_RESET",
                      "tq_recv_reset": "TQ_HAVE_RECEIVE_RESET"}[tp[2]]] = ""
             hooks[metric] = fmt.hook
+            prefix = {"tq_send_reset": "TQ_SEND_RESET", "tq_recv_reset": "TQ_RECEIVE_RESET"}.get(tp[2])
+            if prefix and "sport" in fmt.fields and fmt.fields["sport"].size == 2:
+                defines[f"{prefix}_HAS_SPORT"] = ""
+            elif prefix and "saddr" in fmt.fields and fmt.fields["saddr"].size >= 16:
+                defines[f"{prefix}_SOCKADDR"] = ""
         elif tp[1] not in formats or formats.get(tp[1]) is None:
             notes.append(f"no {tp[0]}:{tp[1]} tracepoint: {metric} unknown")
 
@@ -468,6 +473,7 @@ class BpfProbes:
         self.timelines = Timelines()
         self._atexit_registered = False
         self._cb: Callable | None = None
+        self._child_deltas: dict[tuple[int, int], dict[str, int]] = {}
 
     # ---- lifecycle
 
@@ -710,6 +716,12 @@ class BpfProbes:
             )
             prev = listeners.get(key)
             listeners[key] = counts if prev is None else _sum_counts(prev, counts)
+        if TRANSITIONS in self.hooks:
+            deltas: dict[tuple[int, int], dict[str, int]] = {}
+            for k, v in _items(b[b"tq_child_states"]):
+                per = {state_name(i): int(n) for i, n in enumerate(v.n) if n and i not in (7, 10)}
+                deltas[(k.netns, k.lport)] = per
+            self._child_deltas = deltas
         # Feed: bounded by the ring size and feed_capacity.
         if TRANSITIONS in self.hooks:
             if self._plan is not None and self._plan.ringbuf:
@@ -730,6 +742,12 @@ class BpfProbes:
             live_since=self.live_since,
             hooks=dict(self.hooks),
         )
+
+    def child_deltas(self) -> dict[tuple[int, int], dict[str, int]]:
+        """At the last read(): per (netns, listening port), children that entered minus left each
+        state since live (only children born after live are followed). Add to the per-state
+        counts of the last full dump minus this value as it was at that dump."""
+        return {k: dict(v) for k, v in self._child_deltas.items()}
 
     def prog_ids(self) -> list[int]:
         """Kernel ids of the programs this instance loaded (from /proc/self/fdinfo)."""

@@ -61,6 +61,13 @@ struct tq_port_key {
     u16 _pad;
 };
 
+// Children of the listener(s) on one (netns, port): how many entered minus left
+// each state since the probes went live. User space adds these to the counts of
+// its last full sock_diag dump (DESIGN.md: transition counts, reconciled by dumps).
+struct tq_child_states {
+    s64 n[16];  // indexed by TCP state
+};
+
 struct tq_event {
     u64 ts_ns;       // CLOCK_MONOTONIC (bpf_ktime_get_ns)
     u64 skaddr;
@@ -87,6 +94,9 @@ BPF_HASH(tq_by_port, struct tq_port_key, u64, TQ_MAX_LISTENERS);
 // socket -> time it entered its current state (for ns_in_old).
 // Per-CPU LRU lists: no global lock at storm rates.
 BPF_F_TABLE("lru_hash", u64, u64, tq_since, TQ_MAX_SOCKETS, BPF_F_NO_COMMON_LRU);
+// child socket -> its listener's (netns, port), from LISTEN->SYN_RECV to CLOSE.
+BPF_F_TABLE("lru_hash", u64, struct tq_port_key, tq_child, TQ_MAX_SOCKETS, BPF_F_NO_COMMON_LRU);
+BPF_HASH(tq_child_states, struct tq_port_key, struct tq_child_states, TQ_MAX_LISTENERS);
 BPF_ARRAY(tq_ctl, u64, 4);
 BPF_PERCPU_ARRAY(tq_lost, u64, 1);
 #if TQ_RINGBUF
@@ -219,6 +229,29 @@ int tq_set_state(struct tq_tp_inet_sock_set_state *args)
         if (owner && *owner == key)
             tq_by_port.delete(&pk);
         tq_listeners.delete(&key);
+    }
+
+    // Child -> listener: counted whatever the feed does.
+    if (oldstate == TQ_TCP_LISTEN && newstate == TQ_TCP_SYN_RECV) {
+        struct tq_port_key ck = {.netns = tq_netns(sk), .lport = sport};
+        tq_child.update(&key, &ck);
+        struct tq_child_states zero = {};
+        tq_child_states.insert(&ck, &zero);
+        struct tq_child_states *cs = tq_child_states.lookup(&ck);
+        if (cs)
+            __sync_fetch_and_add(&cs->n[TQ_TCP_SYN_RECV], 1);
+    } else {
+        struct tq_port_key *ck = tq_child.lookup(&key);
+        if (ck) {
+            struct tq_port_key ckv = *ck;
+            struct tq_child_states *cs = tq_child_states.lookup(&ckv);
+            if (cs) {
+                __sync_fetch_and_add(&cs->n[oldstate & 15], -1);
+                __sync_fetch_and_add(&cs->n[newstate & 15], 1);
+            }
+            if (newstate == TQ_TCP_CLOSE)
+                tq_child.delete(&key);
+        }
     }
 
     // Everything below serves the feed only: at storm rates with the feed off
@@ -391,13 +424,15 @@ int tq_synack(struct tq_tp_tcp_retransmit_synack *args)
 // ------------------------------------------------------------ resets
 
 // A listener's own resets, or a child's charged to the listener of its port.
-static __always_inline struct tq_listener *tq_listener_for_reset(const void *sk)
+// lport comes from the tracepoint when it has one: a socket that has just gone
+// to CLOSE (reset on close with unread data) has already released skc_num.
+static __always_inline struct tq_listener *tq_listener_for_reset(const void *sk, u16 lport)
 {
     if (!sk)
         return 0;
     if (tq_sk_state(sk) == TQ_TCP_LISTEN)
         return tq_listener_of(sk);
-    struct tq_port_key pk = {.netns = tq_netns(sk), .lport = tq_sk_lport(sk)};
+    struct tq_port_key pk = {.netns = tq_netns(sk), .lport = lport ? lport : tq_sk_lport(sk)};
     u64 *owner = tq_by_port.lookup(&pk);
     if (!owner)
         return 0;
@@ -408,7 +443,14 @@ static __always_inline struct tq_listener *tq_listener_for_reset(const void *sk)
 #ifdef TQ_HAVE_SEND_RESET
 int tq_send_reset(struct tq_tp_tcp_send_reset *args)
 {
-    struct tq_listener *l = tq_listener_for_reset((const void *)args->skaddr);
+#if defined(TQ_SEND_RESET_HAS_SPORT)
+    u16 lport = args->sport;
+#elif defined(TQ_SEND_RESET_SOCKADDR)
+    u16 lport = ((u16)args->saddr[2] << 8) | args->saddr[3];  // struct sockaddr_in{,6}: port at 2, big endian
+#else
+    u16 lport = 0;
+#endif
+    struct tq_listener *l = tq_listener_for_reset((const void *)args->skaddr, lport);
     if (l)
         __sync_fetch_and_add(&l->resets_sent, 1);
     return 0;
@@ -418,7 +460,12 @@ int tq_send_reset(struct tq_tp_tcp_send_reset *args)
 #ifdef TQ_HAVE_RECEIVE_RESET
 int tq_recv_reset(struct tq_tp_tcp_receive_reset *args)
 {
-    struct tq_listener *l = tq_listener_for_reset((const void *)args->skaddr);
+#ifdef TQ_RECEIVE_RESET_HAS_SPORT
+    u16 lport = args->sport;
+#else
+    u16 lport = 0;
+#endif
+    struct tq_listener *l = tq_listener_for_reset((const void *)args->skaddr, lport);
     if (l)
         __sync_fetch_and_add(&l->resets_received, 1);
     return 0;
