@@ -76,6 +76,30 @@ class LabNetns:
             raise LabError(f"lab server did not start in {self.name}")
         return proc
 
+    def worker(self, cmd: str, *, ready: bool = False, timeout: float = 10.0, **opts: object) -> subprocess.Popen:
+        """Start a lab worker in the background, in its own session (a terminal's Ctrl-C reaches
+        only the lab command, which then ends the workers itself); with ready=True, wait for it
+        to print "ready". Its output is discarded unless TCPQ_LAB_DEBUG is set."""
+        quiet = None if os.environ.get("TCPQ_LAB_DEBUG") else subprocess.DEVNULL
+        proc = self.spawn(
+            _worker_argv(cmd, opts), stdout=subprocess.PIPE if ready else quiet, stderr=quiet,
+            stdin=subprocess.DEVNULL, text=True, start_new_session=True,
+        )
+        if ready:
+            assert proc.stdout is not None
+            import selectors
+
+            sel = selectors.DefaultSelector()
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            if not sel.select(timeout) or proc.stdout.readline().strip() != "ready":
+                raise LabError(f"lab {cmd} did not start in {self.name}")
+        return proc
+
+    def pids(self) -> list[int]:
+        """Every process whose network namespace is this one (`ip netns pids`)."""
+        out = _ip("netns", "pids", self.name, check=False).stdout
+        return [int(p) for p in out.split() if p.isdigit()]
+
     def clients(self, timeout: float = 60.0, **opts: object) -> int:
         """Run lab clients to completion in the netns; return how many connected."""
         out = self.run(_worker_argv("clients", opts), timeout=timeout).stdout
