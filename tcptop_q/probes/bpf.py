@@ -752,8 +752,9 @@ class BpfProbes:
     def prog_ids(self) -> list[int]:
         """Kernel ids of the programs this instance loaded (from /proc/self/fdinfo)."""
         b = self._bpf
-        ids = []
-        for fn in list(getattr(b, "funcs", {}).values()) if b is not None else []:
+        ids: list[int] = []
+        funcs: list = list(getattr(b, "funcs", {}).values()) if b is not None else []
+        for fn in funcs:
             try:
                 for line in Path(f"/proc/self/fdinfo/{fn.fd}").read_text().splitlines():
                     if line.startswith("prog_id:"):
