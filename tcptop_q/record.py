@@ -579,10 +579,10 @@ def _scan(path: str) -> _Index:
     if idx.events_dropped:
         idx.notes.append(f"replay timelines hold the last {TIMELINE_EVENTS} feed events only")
     if not idx.snap_lines:
-        where = idx.lines + 1
         if reader.buf or not reader.complete:
+            where = idx.lines + 1
             raise RecordError(f"line {where}: the file ends inside the first snapshot (truncated): nothing to replay")
-        raise RecordError(f"line {where}: the recording holds no snapshots")
+        raise RecordError("line 2: the recording holds no snapshots")
     return idx
 
 
