@@ -181,6 +181,14 @@ def _signals_held() -> Iterator[None]:
             signal.signal(s, h)
 
 
+def _watch(ns: LabNetns, counters: tuple[str, ...]) -> list[str]:
+    return [
+        f"tcpq-top --netns {ns.inode}",
+        f"ip netns exec {ns.name} ss -tanm",
+        f"ip netns exec {ns.name} nstat -az " + " ".join(f"TcpExt{c}" for c in counters),
+    ]
+
+
 @contextlib.contextmanager
 def run_scenario(name: str, duration: float = 60.0) -> Iterator[tuple[LabNetns, dict[str, Any]]]:
     """Start scenario `name` in a fresh netns; yield (netns, info); remove everything on exit.
@@ -190,34 +198,51 @@ def run_scenario(name: str, duration: float = 60.0) -> Iterator[tuple[LabNetns, 
     Raises KeyError for an unknown name, ValueError for a bad duration, LabError when the
     netns cannot be built (not root, no iproute2).
     """
-    if name not in SCENARIOS:
-        raise KeyError(f"unknown lab scenario {name!r} (one of: {', '.join(SCENARIOS)})")
+    with run_scenarios([name], duration) as (ns, infos):
+        yield ns, infos[0]
+
+
+@contextlib.contextmanager
+def run_scenarios(names: list[str], duration: float = 60.0) -> Iterator[tuple[LabNetns, list[dict[str, Any]]]]:
+    """Several scenarios side by side in one netns (their ports never collide)."""
+    for name in names:
+        if name not in SCENARIOS:
+            raise KeyError(f"unknown lab scenario {name!r} (one of: {', '.join(SCENARIOS)})")
+    if len(set(names)) != len(names) or not names:
+        raise ValueError("each scenario at most once, at least one")
     check_duration(duration)
-    scenario = SCENARIOS[name]
     stack = contextlib.ExitStack()
     try:
         ns = LabNetns("lab")
         stack.callback(ns.close)
-        info = scenario.start(ns, duration, stack)
-        info.update(
-            scenario=name,
-            summary=scenario.summary,
-            expect=scenario.expect,
-            netns=ns.name,
-            inode=ns.inode,
-            duration=duration,
-            started=time.time(),
-            watch=[
-                f"tcpq-top --netns {ns.inode}",
-                f"ip netns exec {ns.name} ss -tanm",
-                f"ip netns exec {ns.name} nstat -az "
-                + " ".join(f"TcpExt{c}" for c in scenario.counters or ("ListenOverflows", "ListenDrops")),
-            ],
-        )
-        yield ns, info
+        infos = []
+        for name in names:
+            scenario = SCENARIOS[name]
+            info = scenario.start(ns, duration, stack)
+            info.update(
+                scenario=name,
+                summary=scenario.summary,
+                expect=scenario.expect,
+                netns=ns.name,
+                inode=ns.inode,
+                duration=duration,
+                started=time.time(),
+                watch=_watch(ns, scenario.counters or ("ListenOverflows", "ListenDrops")),
+            )
+            infos.append(info)
+        yield ns, infos
     finally:
         with _signals_held():
             stack.close()
+
+
+DEMO = ("no-accept", "slow-accept", "close-wait-leak", "ack-overflow", "syn-flood-cookies", "client-closes",
+        "server-closes")
+
+
+def run_demo(duration: float = 3600.0) -> contextlib.AbstractContextManager[tuple[LabNetns, list[dict[str, Any]]]]:
+    """Every scenario at once in one netns: what `tcpq-top --demo` watches."""
+    return run_scenarios(list(DEMO), duration)
 
 
 def describe(info: dict[str, Any]) -> list[str]:

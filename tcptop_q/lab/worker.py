@@ -204,6 +204,27 @@ def ack_overflow(args: argparse.Namespace) -> int:
     return 0
 
 
+def listeners(args: argparse.Namespace) -> int:
+    """--count idle listeners on consecutive ports (for size and load measurements)."""
+    import resource
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = args.count + 64
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
+    socks = []
+    for i in range(args.count):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((args.addr, args.base_port + i))
+        s.listen(args.backlog)
+        socks.append(s)
+    print("ready", flush=True)
+    time.sleep(args.duration)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="tcptop_q.lab.worker")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -240,8 +261,15 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--port", type=int, default=8080)
     a.add_argument("--round-gap", type=float, default=1.0)
     a.add_argument("--duration", type=float, default=60.0)
+    m = sub.add_parser("listeners")
+    m.add_argument("--addr", default="127.0.0.1")
+    m.add_argument("--base-port", type=int, default=20000)
+    m.add_argument("--count", type=int, default=100)
+    m.add_argument("--backlog", type=int, default=128)
+    m.add_argument("--duration", type=float, default=60.0)
     args = p.parse_args(argv)
-    run = {"serve": serve, "clients": clients, "stream": stream, "ack-overflow": ack_overflow}[args.cmd]
+    run = {"serve": serve, "clients": clients, "stream": stream, "ack-overflow": ack_overflow,
+           "listeners": listeners}[args.cmd]
     return run(args)
 
 

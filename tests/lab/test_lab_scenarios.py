@@ -240,3 +240,29 @@ def test_cli_run_cleans_up_on_signals(root, sig):
     assert "Traceback" not in err
     assert not {info["netns"], info["client_netns"]} & netns_names()
     assert [p for p in pids if alive(int(p))] == []
+
+
+def test_demo_runs_every_scenario_in_one_netns_and_tcpq_top_sees_them(root):
+    """What `--demo` shows: one netns, every scenario's listener, each with its symptom."""
+    from tcptop_q.lab.scenarios import DEMO, SCENARIOS, run_demo
+
+    assert set(DEMO) == set(SCENARIOS)
+    with run_demo(40) as (ns, infos):
+        assert {i["inode"] for i in infos} == {ns.inode}
+        assert len({i["port"] for i in infos}) == len(infos)
+        wait_for("syn queue full", lambda: len(ss_rows(ns, "state", "syn-recv")) == 17)
+        wait_for("no-accept queue full", lambda: listener(ns, 8080)["recvq"] == 6)
+        wait_for("slow-accept drops", lambda: listener(ns, 8083)["drops"] > 0)
+        proc = tcpq("--once", "--json", "--no-bpf", "--interval", "0.5", "--netns", str(ns.inode))
+        assert proc.returncode == 0, proc.stderr
+        snap = json.loads(proc.stdout)
+        by_port = {lst["lport"]: lst for lst in snap["listeners"]}
+        assert set(by_port) == {i["port"] for i in infos}
+        assert by_port[8080]["accept_queue"] == 6 and by_port[8080]["backlog"] == 5
+        assert by_port[8443]["syn_queue"] == 17 and by_port[8443]["laddr"] == "198.18.0.1"
+        assert by_port[8083]["drops"] > 0
+        assert any(cw["lport"] == 8082 for cw in snap["close_wait"])
+        (row,) = [n for n in snap["netns"] if n["inode"] == ns.inode]
+        assert row["TCPReqQFullDoCookies"] > 0 and row["ListenOverflows"] > 0
+        names = {ns.name, next(i["client_netns"] for i in infos if "client_netns" in i)}
+    assert ours() == set() and not names & netns_names()
