@@ -81,3 +81,48 @@ def test_record_lab_scenario_then_replay_unprivileged(root, tmp_path):
         assert [n["ListenOverflows"] for n in got["netns"]] == [n.counters["ListenOverflows"] for n in want.netns]
         assert len(got["close_wait"]) == len(want.close_wait)
     assert tail == {"timeline": []}  # no BPF in this recording: no feed, an empty timeline
+
+
+def _bcc_ok() -> bool:
+    try:
+        import bcc  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def test_recorded_feed_gives_the_same_timelines_as_live(root, tmp_path):
+    """With BPF live, the feed events go into the recording; replay rebuilds each connection's
+    timeline from them, equal to what the live probes answer."""
+    from tcptop_q.lab.scenarios import run_scenario
+    from tcptop_q.record import RecordingSource, ReplaySource
+    from tcptop_q.source import Filters, LiveSource
+
+    need(_bcc_ok(), "needs bcc (python3-bpfcc) in this interpreter")
+    path = tmp_path / "bpf.tcpq.gz"
+    with run_scenario("client-closes", 60) as (_ns, info):
+        live = LiveSource(interval=0.5, filters=Filters(netns=info["inode"]), use_bpf=True, blocking_owners=True)
+        source = RecordingSource(live, path)
+        try:
+            source.start_bpf()
+            need(source.wait_bpf(90), f"BPF probes did not go live: {live.bpf_error}")
+            snaps = []
+            deadline = time.monotonic() + 8
+            while time.monotonic() < deadline:
+                snaps.append(source.sample())
+                time.sleep(0.5)
+            events = [ev for s in snaps for ev in s.events]
+            done = [ev for ev in events if ev.lport == 8090 and ev.new == "CLOSE"]
+            assert done, "no complete server-side lifecycle recorded"
+            ev = done[0]
+            tuple_ = (ev.netns, ev.family, ev.laddr, ev.lport, ev.raddr, ev.rport)
+            live_tl = source.timeline(*tuple_)
+        finally:
+            source.close()
+    assert [(t.old, t.new) for t in live_tl][-3:] == [("ESTABLISHED", "CLOSE_WAIT"), ("CLOSE_WAIT", "LAST_ACK"),
+                                                      ("LAST_ACK", "CLOSE")]
+    replay = ReplaySource(path)
+    replayed = list(replay)
+    assert [s.events for s in replayed] == [s.events for s in snaps]
+    assert replay.timeline(*tuple_) == [t for t in live_tl if t.time <= snaps[-1].time]
+    assert all(s.sources.bpf for s in replayed)
