@@ -474,6 +474,7 @@ class BpfProbes:
         self._atexit_registered = False
         self._cb: Callable | None = None
         self._child_deltas: dict[tuple[int, int], dict[str, int]] = {}
+        self._reader: int | None = None  # thread inside read(), if any
 
     # ---- lifecycle
 
@@ -577,6 +578,12 @@ class BpfProbes:
     def close(self) -> None:
         """Detach everything. Idempotent; safe from atexit and signal handlers."""
         self._closed = True
+        if self._reader == threading.get_ident():
+            # A signal handler interrupted read() on this thread: tearing bcc down under it
+            # could crash; read() finishes the job on its way out (also when the handler exits).
+            self.state = "off"
+            self.error = "closed"
+            return
         got = self._lock.acquire(timeout=2.0)
         try:
             self._teardown()
@@ -665,6 +672,7 @@ class BpfProbes:
             b = self._bpf
             if b is None:
                 return self._empty()
+            self._reader = threading.get_ident()
             try:
                 return self._read(b)
             except Exception as exc:
@@ -672,6 +680,10 @@ class BpfProbes:
                 self._teardown()
                 self._fail(f"BPF read failed: {_one_line(exc)}")
                 return self._empty()
+            finally:
+                self._reader = None
+                if self._closed:  # close() came from a signal handler that interrupted us
+                    self._teardown()
 
     def _read(self, b) -> BpfReading:
         # Peaks: switch the kernel to a new interval first, then collect the finished ones.
