@@ -108,7 +108,7 @@ def test_fallback_programs_pass_the_verifier() -> None:
     src, _ = find_kernel_source()
     if src:
         os.environ["BCC_KERNEL_SOURCE"] = src
-    b = bcc.BPF(text=plan.body, cflags=plan.cflags)
+    b = bcc.BPF(text=plan.body.encode(), cflags=plan.cflags)
     try:
         for kind, _target, fn in plan.attach:
             b.load_func(fn.encode(), bcc.BPF.KPROBE if kind == "kprobe" else bcc.BPF.TRACEPOINT)
