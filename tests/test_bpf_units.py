@@ -118,9 +118,15 @@ def test_plan_follows_the_format_files_not_versions() -> None:
         assert metric not in old.hooks
     assert any("sk_data_ready" in n for n in old.notes) and any("rx_sk" in n for n in old.notes)
 
-    fallback = build_plan(formats=_fake_formats(sk_data_ready=None), kprobes=True)
-    assert fallback.hooks["accepts"] == "kprobe:inet_csk_reqsk_queue_add"
-    assert ("kprobe", "inet_csk_reqsk_queue_add", "tq_kp_queue_add") in fallback.attach
+    # Kprobes serve only what the tracepoints leave unserved (probes/kprobes.py chooses them).
+    fns = frozenset({"sock_def_readable", "tcp_v4_syn_recv_sock", "tcp_v6_syn_recv_sock", "tcp_conn_request"})
+    fallback = build_plan(formats=_fake_formats(sk_data_ready=None), kprobes=True, kallsyms=fns, blacklist=frozenset())
+    assert fallback.hooks["accepts"] == "kprobe:sock_def_readable"
+    assert fallback.hooks["listen_overflow_drops"] == "tracepoint:skb:kfree_skb"
+    assert [a for a in fallback.attach if a[0] == "kprobe"] == [("kprobe", "sock_def_readable", "tq_kp_def_readable")]
+    assert "int tq_kp_def_readable(struct pt_regs *ctx)" in fallback.body
+    none = build_plan(formats=_fake_formats(sk_data_ready=None), kprobes=False)
+    assert "accepts" not in none.hooks and not [a for a in none.attach if a[0] == "kprobe"]
 
     filtered = build_plan(port=8080, netns=4026531840, formats=_fake_formats(), kprobes=False)
     assert "-DTQ_FILTER_PORT=8080" in filtered.cflags and "-DTQ_FILTER_NETNS=4026531840" in filtered.cflags
@@ -203,7 +209,7 @@ def test_fallback_programs_pass_the_verifier(variant: str) -> None:
         kw["ringbuf"] = False
     elif variant == "kprobe-accepts":
         formats = _fake_formats(sk_data_ready=None)
-        kw["kprobes"] = True
+        kw.update(kprobes=True, kallsyms=frozenset({"sock_def_readable"}), blacklist=frozenset())
     elif variant == "filters":
         kw.update(port=8080, netns=4026531840)
     else:

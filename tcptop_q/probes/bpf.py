@@ -4,9 +4,11 @@ What each hook serves (chosen at start from the tracefs format files; see DESIGN
 
     sock:inet_sock_set_state   transitions (feed, timelines, connection ages)
     sock:sk_data_ready         accepts, peak_accept_queue (filtered to LISTEN in BPF)
-                               fallback: kprobe:inet_csk_reqsk_queue_add where kprobes exist
+                               fallback: kprobe:sock_def_readable where kprobes exist
     skb:kfree_skb (rx_sk)      listen_overflow_drops (reason TCP_LISTEN_OVERFLOW),
-                               other_rx_drops, drop_reasons; no fallback
+                               other_rx_drops, drop_reasons; fallback for the overflows
+                               only: kprobes on tcp_v{4,6}_syn_recv_sock (+ syn_overflows
+                               from tcp_conn_request); see probes/kprobes.py
     tcp:tcp_retransmit_synack  synack_retrans
     tcp:tcp_send_reset         resets_sent      (a child's resets go to its port's listener)
     tcp:tcp_receive_reset      resets_received
@@ -33,6 +35,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..model import BpfListenerCounts, BpfReading, ListenerKey, Transition, state_name
+from . import kprobes as kprobe_fallbacks
 from . import tracefs
 from .btf import Btf, BtfError
 
@@ -183,6 +186,8 @@ def build_plan(
     formats: dict[str, tracefs.TpFormat | None] | None = None,
     kprobes: bool | None = None,
     ringbuf: bool | None = None,
+    kallsyms: frozenset[str] | None = None,
+    blacklist: frozenset[str] | None = None,
 ) -> Plan:
     """Decide hooks and generate the program. Raises ProbeError (one line) when impossible."""
     try:
@@ -264,13 +269,8 @@ def build_plan(
             defines["TQ_TP_DATA_READY_HAS_PROTOCOL"] = ""
         for m in ACCEPT_METRICS:
             hooks[m] = fmt.hook
-    elif kprobes:
-        defines["TQ_ACCEPT_KPROBE"] = ""
-        attach.append(("kprobe", "inet_csk_reqsk_queue_add", "tq_kp_queue_add"))
-        for m in ACCEPT_METRICS:
-            hooks[m] = "kprobe:inet_csk_reqsk_queue_add"
     else:
-        notes.append("no sock:sk_data_ready tracepoint and no kprobes: accepts/peak queue unknown")
+        notes.append("no sock:sk_data_ready tracepoint on this kernel")
 
     fmt = usable(TP_KFREE_SKB)
     if fmt:
@@ -305,10 +305,23 @@ def build_plan(
         elif tp[1] not in formats or formats.get(tp[1]) is None:
             notes.append(f"no {tp[0]}:{tp[1]} tracepoint: {metric} unknown")
 
+    # Kprobes only for what the tracepoints leave unserved (probes/kprobes.py decides which).
+    fallback = kprobe_fallbacks.plan_fallbacks(
+        hooks, btf, bool(kprobes), functions=kallsyms,
+        blacklist=kprobe_fallbacks.kprobe_blacklist() if blacklist is None else blacklist,
+    )
+    if fallback.used:
+        defines.update(fallback.defines)
+        attach.extend(fallback.attach)
+        hooks.update(fallback.hooks)
+    notes.extend(fallback.notes)
+
     if layout_source == "btf":
         notes.append("tracepoint layouts from BTF trace_event_raw_* (tracefs unreadable)")
     body = "// ---- tracepoint argument layouts (from the format files)\n" + "\n".join(structs)
     body += "\n" + BPF_C.read_text()
+    if fallback.used:
+        body += "\n" + fallback.body()
     return Plan(body, defines, attach, hooks, notes, reasons, ringbuf, pages, layout_source)
 
 
@@ -724,6 +737,7 @@ class BpfProbes:
                 other_rx_drops=v.other_rx_drops,
                 resets_sent=v.resets_sent,
                 resets_received=v.resets_received,
+                syn_overflows=v.syn_overflows if "syn_overflows" in self.hooks else None,
                 drop_reasons=reasons.get(sk, {}),
             )
             prev = listeners.get(key)
@@ -800,6 +814,9 @@ class BpfProbes:
                 plan = build_plan(self.port, self.netns, self.feed_capacity)
             except Exception as exc:  # --ebpf must print something useful, never a traceback
                 return f"// tcpq-top: cannot generate the BPF program: {_one_line(exc)}\n" + BPF_C.read_text()
+            if self._thread is None:  # not started: `hooks` says what would serve each metric
+                self.hooks = dict(plan.hooks)
+                self.notes = list(plan.notes)
         return plan.text()
 
 
@@ -842,5 +859,6 @@ def _sum_counts(a: BpfListenerCounts, b: BpfListenerCounts) -> BpfListenerCounts
         other_rx_drops=a.other_rx_drops + b.other_rx_drops,
         resets_sent=a.resets_sent + b.resets_sent,
         resets_received=a.resets_received + b.resets_received,
+        syn_overflows=None if a.syn_overflows is None or b.syn_overflows is None else a.syn_overflows + b.syn_overflows,
         drop_reasons=reasons,
     )

@@ -11,9 +11,6 @@
 // Every program name starts with tq_ so `bpftool prog show` finds ours.
 
 #include <linux/types.h>
-#ifdef TQ_ACCEPT_KPROBE
-#include <uapi/linux/ptrace.h>
-#endif
 
 #define TQ_TCP_ESTABLISHED 1
 #define TQ_TCP_SYN_RECV 3
@@ -40,6 +37,7 @@ struct tq_listener {
     u64 other_rx_drops;
     u64 resets_sent;
     u64 resets_received;
+    u64 syn_overflows;  // kprobe fallback only (tcp_conn_request), see fallbacks.bpf.c
     u32 max_ack_backlog;
     u32 _pad;
 };
@@ -331,9 +329,6 @@ static __always_inline void tq_child_queued(const void *sk)
     __sync_fetch_and_add(&l->accepts, 1);
     u32 depth = 0;
     bpf_probe_read_kernel(&depth, sizeof(depth), (const char *)sk + TQ_OFF_SK_ACK_BACKLOG);
-#ifdef TQ_ACCEPT_KPROBE
-    depth += 1;  // kprobe at entry: the child is not counted yet
-#endif
     struct tq_peak_key pk = {.sk = (u64)sk, .epoch = tq_ctl_get(TQ_CTL_EPOCH)};
     u32 *peak = tq_peaks.lookup(&pk);
     if (peak) {
@@ -359,17 +354,8 @@ int tq_data_ready(struct tq_tp_sk_data_ready *args)
 }
 #endif
 
-#ifdef TQ_ACCEPT_KPROBE
-// Fallback where sock:sk_data_ready is missing: inet_csk_reqsk_queue_add(sk, req, child).
-int tq_kp_queue_add(struct pt_regs *ctx)
-{
-    const void *sk = (const void *)PT_REGS_PARM1(ctx);
-    if (tq_sk_state(sk) != TQ_TCP_LISTEN)
-        return 0;
-    tq_child_queued(sk);
-    return 0;
-}
-#endif
+// Where sock:sk_data_ready is missing, fallbacks.bpf.c (appended) calls
+// tq_child_queued from a kprobe on sock_def_readable.
 
 // ------------------------------------------------------------ drops charged to a listener
 
