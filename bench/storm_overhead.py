@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""Kernel overhead on a connection storm: loopback connect/accept/close cycles per second
+(bench/storm.c, fixed count, bounded time) in a private netns with
+  none                       nothing attached (the baseline of every ratio)
+  tcpq-top --batch --no-bpf  netlink polling only
+  tcpq-top --batch           BPF probes live (default feed), polling every second
+  tcpstates-bpfcc            bcc's tcpstates attached, output to a file
+tcpq-top and tcpstates run on the host (all netns, as an SRE would run them); each is started
+per run and the storm begins only once it has printed its first line (probes attached).
+Configurations are interleaved and rotated each repetition; medians of --reps.
+Writes bench/results/storm_overhead.json and prints markdown. Root only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+TCPQ = str(ROOT / ".venv" / "bin" / "tcpq-top")
+TCPSTATES = "/usr/sbin/tcpstates-bpfcc"
+
+
+def build(tmp: str) -> str:
+    exe = os.path.join(tmp, "storm")
+    subprocess.run(["gcc", "-O2", "-pthread", "-o", exe, str(ROOT / "bench" / "storm.c")], check=True)
+    return exe
+
+
+class Tracer:
+    """A tracer process we start, wait for (first output line), and stop by pid."""
+
+    def __init__(self, argv: list[str], log: str, ready_timeout: float = 120.0) -> None:
+        self.log = log
+        self.f = open(log, "wb")  # noqa: SIM115
+        self.t0 = time.monotonic()
+        self.p = subprocess.Popen(argv, stdout=self.f, stderr=subprocess.STDOUT, start_new_session=True)
+        while os.path.getsize(log) == 0:
+            if self.p.poll() is not None or time.monotonic() - self.t0 > ready_timeout:
+                self.stop()
+                raise RuntimeError(f"{argv[0]} not ready: {open(log, 'rb').read()[-300:]!r}")
+            time.sleep(0.05)
+        self.ready_s = time.monotonic() - self.t0
+
+    def stop(self) -> None:
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGINT)  # tcpstates: KeyboardInterrupt; tcpq-top: exits 130, detaching
+            try:
+                self.p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.p.kill()  # by its pid
+                self.p.wait()
+        self.f.close()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--count", type=int, default=100_000)
+    ap.add_argument("--max-seconds", type=float, default=15.0)
+    ap.add_argument("--reps", type=int, default=5)
+    args = ap.parse_args()
+    from scale_fixture import ScaleFixture, install_signal_cleanup, machine, python_exe
+
+    install_signal_cleanup()
+    tmp = tempfile.mkdtemp(prefix="tqbench-storm-")
+    exe = build(tmp)
+    configs = {
+        "none": None,
+        "tcpq-top --batch --no-bpf": [TCPQ, "--batch", "--no-bpf"],
+        "tcpq-top --batch (BPF)": [TCPQ, "--batch"],
+        "tcpstates-bpfcc": ["/usr/bin/python3", "-u", TCPSTATES],
+    }
+    runs: dict[str, list[float]] = {k: [] for k in configs}
+    ready: dict[str, list[float]] = {k: [] for k in configs}
+    names = list(configs)
+    try:
+        with ScaleFixture(listeners=0, sockets=0) as fx:
+            storm = fx.argv([exe, str(args.count), str(args.max_seconds), "9100"])
+            subprocess.run(fx.argv([exe, "2000", "5", "9100"]), check=True, capture_output=True)  # warm-up
+            for rep in range(args.reps):
+                order = names[rep % len(names):] + names[: rep % len(names)]
+                for name in order:
+                    argv = configs[name]
+                    tracer = Tracer(argv, os.path.join(tmp, "log")) if argv else None
+                    try:
+                        out = subprocess.run(storm, capture_output=True, text=True, check=True,
+                                             timeout=args.max_seconds + 30).stdout.split()
+                    finally:
+                        if tracer:
+                            tracer.stop()
+                            ready[name].append(tracer.ready_s)
+                            os.unlink(tracer.log)
+                    runs[name].append(float(out[2]))
+                    print(f"rep {rep} {name}: {out[2]} cycles/s ({out[0]} in {out[1]} s)", flush=True)
+    finally:
+        for f in os.listdir(tmp):
+            os.unlink(os.path.join(tmp, f))
+        os.rmdir(tmp)
+    base = statistics.median(runs["none"])
+    res = {k: {"median_cps": statistics.median(v), "ratio": statistics.median(v) / base, "all": v,
+               "ready_s": statistics.median(ready[k]) if ready[k] else None} for k, v in runs.items()}
+    out_dir = ROOT / "bench" / "results"
+    out_dir.mkdir(exist_ok=True)
+    (out_dir / "storm_overhead.json").write_text(json.dumps({"machine": machine(), "count": args.count,
+                                                             "reps": args.reps, "results": res}, indent=1) + "\n")
+    print("| attached | cycles/s (median) | vs none | ready after (s) |\n|---|---:|---:|---:|")
+    for k, v in res.items():
+        rd = f"{v['ready_s']:.1f}" if v["ready_s"] is not None else "-"
+        print(f"| {k} | {v['median_cps']:.0f} | {v['ratio']:.2f}x | {rd} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
