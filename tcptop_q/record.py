@@ -201,7 +201,8 @@ def snapshot_from_json(d: Mapping, events: Sequence[Mapping] = ()) -> Snapshot:
 
 
 def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogateescape") + b"\n"
+    # ASCII only: twice as fast to encode, and lone surrogates (undecodable names) survive as \udcXX escapes.
+    return json.dumps(obj, separators=(",", ":")).encode("ascii") + b"\n"
 
 
 # ---------------------------------------------------------------- writing
@@ -219,7 +220,7 @@ class Recorder:
         host: str | None = None,
         kernel: str | None = None,
         start: float | None = None,
-        compresslevel: int = 6,
+        compresslevel: int = 6,  # level 1: ~25% larger files at 10k listeners, no clear win per tick (docs/RECORD.md)
     ) -> None:
         self.path = os.fspath(path)
         self.count = 0
