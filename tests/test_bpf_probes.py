@@ -492,3 +492,23 @@ def test_child_states_and_resets_charged_to_listener(netns: Netns, probes: BpfPr
         for c in clients:
             c.close()
         srv.close()
+
+
+def test_closed_listeners_leave_no_map_entries(netns: Netns, probes: BpfProbes) -> None:
+    """Maps are bounded: a closed listener's counters, reasons and child counts are dropped."""
+    port = 8088
+    srv = listen(netns, 1, port, defer_accept=10)
+    c = netns.socket()
+    c.connect(("127.0.0.1", port))  # bare third ACK dropped by TCP_DEFER_ACCEPT: a drop reason
+    c.sendall(b"x")
+    settle(probes)
+    b = probes._bpf
+    reasons_of = lambda: [k for k, _v in b[b"tq_reasons"].items()]  # noqa: E731
+    assert reasons_of(), "expected a drop charged to the listener"
+    c.close()
+    srv.close()
+    settle(probes, 0.5)
+    probes.read()  # entries are swept on the read after the listener is gone
+    assert [k for k in probes.read().listeners if k.netns == netns.inode] == []
+    assert reasons_of() == []
+    assert (netns.inode, port) not in probes.child_deltas()

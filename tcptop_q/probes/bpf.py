@@ -710,17 +710,20 @@ class BpfProbes:
                 peaks[k.sk] = max(peaks.get(k.sk, 0), _int(v))
                 stale.append(k)
         for k in stale:
-            try:
-                del ptbl[k]
-            except KeyError:
-                pass
+            _delete(ptbl, k)
         reasons: dict[int, dict[str, int]] = {}
-        for k, v in _items(b[b"tq_reasons"]):
+        rtbl = b[b"tq_reasons"]
+        reason_items = _items(rtbl)  # read before the listeners: see the clean-up below
+        for k, v in reason_items:
             name = self._reasons.get(k.reason, f"REASON_{k.reason}")
             per = reasons.setdefault(k.sk, {})
             per[name] = per.get(name, 0) + _int(v)
         listeners: dict[ListenerKey, BpfListenerCounts] = {}
+        live_sks: set[int] = set()
+        live_ports: set[tuple[int, int]] = set()
         for k, v in _items(b[b"tq_listeners"]):
+            live_sks.add(_int(k))
+            live_ports.add((v.netns, v.lport))
             sk = _int(k)
             if v.family == 2:
                 laddr = ipaddress.IPv4Address(bytes(v.laddr[:4])).compressed
@@ -744,10 +747,19 @@ class BpfProbes:
             listeners[key] = counts if prev is None else _sum_counts(prev, counts)
         if TRANSITIONS in self.hooks:
             deltas: dict[tuple[int, int], dict[str, int]] = {}
-            for k, v in _items(b[b"tq_child_states"]):
+            ctbl = b[b"tq_child_states"]
+            for k, v in _items(ctbl):
                 per = {state_name(i): int(n) for i, n in enumerate(v.n) if n and i not in (7, 10)}
+                if not per and (k.netns, k.lport) not in live_ports:
+                    _delete(ctbl, k)  # no live child, no listener: a closed port (bounded map)
+                    continue
                 deltas[(k.netns, k.lport)] = per
             self._child_deltas = deltas
+        # Reasons of listeners that closed (each reason entry was created after its
+        # listener entry, and both were read in that order).
+        for k, _v in reason_items:
+            if k.sk not in live_sks:
+                _delete(rtbl, k)
         # Feed: bounded by the ring size and feed_capacity.
         if TRANSITIONS in self.hooks:
             if self._plan is not None and self._plan.ringbuf:
@@ -834,6 +846,13 @@ def _addr(family: int, raw: bytes) -> str:
             _ADDRS.clear()
         _ADDRS[key] = text
     return text
+
+
+def _delete(table, key) -> None:
+    try:
+        del table[key]
+    except KeyError:
+        pass
 
 
 def _int(x) -> int:
