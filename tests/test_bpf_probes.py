@@ -512,3 +512,23 @@ def test_closed_listeners_leave_no_map_entries(netns: Netns, probes: BpfProbes) 
     assert [k for k in probes.read().listeners if k.netns == netns.inode] == []
     assert reasons_of() == []
     assert (netns.inode, port) not in probes.child_deltas()
+
+
+def test_perf_buffer_feed(netns: Netns) -> None:
+    """Kernels without a BPF ring buffer (< 5.8) get the feed through a perf buffer."""
+    _need(_bcc_ok(), "needs bcc")
+    p = BpfProbes(netns=netns.inode, ringbuf=False)
+    p.start()
+    assert p.wait_ready(60), p.error
+    ids = p.prog_ids()
+    try:
+        assert "-DTQ_RINGBUF=0" in p._plan.cflags
+        port = 8089
+        cport = _one_connection(netns, port, server_first=False)
+        settle(p)
+        tl = p.timeline(netns.inode, "ipv4", "127.0.0.1", port, "127.0.0.1", cport)
+        assert [t.new for t in tl] == ["SYN_RECV", "ESTABLISHED", "CLOSE_WAIT", "LAST_ACK", "CLOSE"]
+        assert p.read().lost_events == 0
+    finally:
+        p.close()
+    assert_detached(ids)

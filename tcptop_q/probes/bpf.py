@@ -461,8 +461,11 @@ class _Cache:
 class BpfProbes:
     """Loads in a background thread; read() once per tick from the collector thread."""
 
-    def __init__(self, port: int | None = None, netns: int | None = None, feed_capacity: int = 4096) -> None:
+    def __init__(
+        self, port: int | None = None, netns: int | None = None, feed_capacity: int = 4096, ringbuf: bool | None = None
+    ) -> None:
         self.port = port
+        self.ringbuf = ringbuf  # None: BPF ring buffer where the kernel has one, else perf buffer
         self.netns = netns
         self.feed_capacity = max(16, int(feed_capacity))
         self.state = "off"
@@ -518,7 +521,7 @@ class BpfProbes:
             bcc = _import_bcc()
             preflight()
             t_plan = time.monotonic()
-            plan = build_plan(self.port, self.netns, self.feed_capacity)
+            plan = build_plan(self.port, self.netns, self.feed_capacity, ringbuf=self.ringbuf)
             self._plan = plan
             self.timings["plan"] = time.monotonic() - t_plan
             if not plan.attach:
@@ -823,7 +826,7 @@ class BpfProbes:
         plan = self._plan
         if plan is None:
             try:
-                plan = build_plan(self.port, self.netns, self.feed_capacity)
+                plan = build_plan(self.port, self.netns, self.feed_capacity, ringbuf=self.ringbuf)
             except Exception as exc:  # --ebpf must print something useful, never a traceback
                 return f"// tcpq-top: cannot generate the BPF program: {_one_line(exc)}\n" + BPF_C.read_text()
             if self._thread is None:  # not started: `hooks` says what would serve each metric
