@@ -42,7 +42,8 @@ def inner(ticks: int) -> None:
     print(json.dumps({"tick_cpu_ms": per}))
 
 
-def aggregate(collapsed: str, top: int) -> str:
+def aggregate(collapsed: str, top: int, lines: bool = False) -> str:
+    short = _short if lines else _func
     self_t: collections.Counter = collections.Counter()
     incl: collections.Counter = collections.Counter()
     total = 0
@@ -56,8 +57,8 @@ def aggregate(collapsed: str, top: int) -> str:
         count = int(n)
         total += count
         if frames:
-            self_t[_short(frames[-1])] += count
-        for f in {_short(f) for f in frames}:
+            self_t[short(frames[-1])] += count
+        for f in {short(f) for f in frames}:
             incl[f] += count
     out = [f"samples in warm ticks: {total}", "", "| self % | function |", "|---:|---|"]
     for f, c in self_t.most_common(top):
@@ -66,6 +67,11 @@ def aggregate(collapsed: str, top: int) -> str:
     for f, c in incl.most_common(top):
         out.append(f"| {100 * c / total:.1f} | `{f}` |")
     return "\n".join(out)
+
+
+def _func(frame: str) -> str:
+    name, _, where = _short(frame).partition(" (")
+    return f"{name} ({where.rpartition(':')[0]})"
 
 
 def _short(frame: str) -> str:
@@ -108,7 +114,10 @@ def main() -> int:
                        python_exe(), __file__, "--inner", "--ticks", str(args.ticks)], timeout=1800)
     last = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
     print(f"{tag}: {last[-1] if last else out.stdout[-300:]}")
+    print("By function:")
     print(aggregate(raw.read_text(), args.top))
+    print("\nBy line:")
+    print(aggregate(raw.read_text(), args.top, lines=True))
     return 0
 
 
