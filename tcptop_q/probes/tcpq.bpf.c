@@ -232,6 +232,8 @@ int tq_set_state(struct tq_tp_inet_sock_set_state *args)
     // Child -> listener: counted whatever the feed does.
     if (oldstate == TQ_TCP_LISTEN && newstate == TQ_TCP_SYN_RECV) {
         struct tq_port_key ck = {.netns = tq_netns(sk), .lport = sport};
+        if (!tq_wanted(ck.netns, sport))
+            return 0;
         tq_child.update(&key, &ck);
         struct tq_child_states zero = {};
         tq_child_states.insert(&ck, &zero);
