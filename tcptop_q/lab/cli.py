@@ -1,4 +1,4 @@
-"""`tcpq-top lab list` and `tcpq-top lab run NAME [--duration S] [--json]`.
+"""`tcpq-top lab list`, `tcpq-top lab run NAME [--duration S] [--json]`, `tcpq-top lab clean`.
 
 Usage errors print one line and exit 2; a lab that cannot be built (not root, no iproute2)
 exits 1 with one line. Ctrl-C, SIGTERM and SIGHUP end the run early: the netns and every
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from .netns import LabError
-from .scenarios import MAX_DURATION, SCENARIOS, describe, run_scenario
+from .scenarios import MAX_DURATION, SCENARIOS, clean_stale, describe, run_scenario
 
 PROG = "tcpq-top lab"
 DEFAULT_DURATION = 60.0
@@ -50,9 +50,10 @@ def _scenario(text: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Reproducible TCP listen-queue scenarios in a private network namespace.")
-    sub = p.add_subparsers(dest="cmd", metavar="{list,run}", parser_class=_Parser)
+    sub = p.add_subparsers(dest="cmd", metavar="{list,run,clean}", parser_class=_Parser)
     sub.required = True
     sub.add_parser("list", help="the scenarios and what each one shows")
+    sub.add_parser("clean", help="remove lab netns left by a lab run that was killed with SIGKILL")
     run = sub.add_parser("run", help="run one scenario in a private netns, then remove it")
     run.add_argument("name", type=_scenario, help="scenario name (see `tcpq-top lab list`)")
     run.add_argument("--duration", type=_duration, default=DEFAULT_DURATION,
@@ -122,4 +123,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.cmd == "list":
         return _list()
+    if args.cmd == "clean":
+        if os.geteuid() != 0:
+            print(f"{PROG}: needs root (ip netns delete)", file=sys.stderr)
+            return 1
+        done = clean_stale()
+        for name, procs in done:
+            print(f"removed {name} ({procs} processes ended)")
+        if not done:
+            print("no stale lab netns")
+        return 0
     return _run(args.name, args.duration, args.json)

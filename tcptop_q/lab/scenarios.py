@@ -245,6 +245,43 @@ def run_demo(duration: float = 3600.0) -> contextlib.AbstractContextManager[tupl
     return run_scenarios(list(DEMO), duration)
 
 
+def stale_netns() -> list[str]:
+    """Lab netns whose creating process is gone (it was SIGKILLed: nothing could clean up)."""
+    import os
+    import re
+
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    stale = []
+    for line in out.splitlines():
+        name = line.split()[0] if line.split() else ""
+        m = re.fullmatch(r"tq-labc?-(\d+)-\d+", name)
+        if m and not os.path.exists(f"/proc/{m.group(1)}"):
+            stale.append(name)
+    return stale
+
+
+def clean_stale() -> list[tuple[str, int]]:
+    """End the processes inside stale lab netns (only lab workers live there) and delete them."""
+    import os
+
+    done = []
+    for name in stale_netns():
+        out = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout
+        pids = [int(p) for p in out.split() if p.isdigit()]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and any(os.path.exists(f"/proc/{p}") for p in pids):
+            time.sleep(0.1)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
+        done.append((name, len(pids)))
+    return done
+
+
 def describe(info: dict[str, Any]) -> list[str]:
     """What `lab run` prints: where the scenario lives and what to look at."""
     lines = [

@@ -266,3 +266,24 @@ def test_demo_runs_every_scenario_in_one_netns_and_tcpq_top_sees_them(root):
         assert row["TCPReqQFullDoCookies"] > 0 and row["ListenOverflows"] > 0
         names = {ns.name, next(i["client_netns"] for i in infos if "client_netns" in i)}
     assert ours() == set() and not names & netns_names()
+
+
+def test_lab_clean_removes_what_a_sigkilled_run_left(root):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tcptop_q", "lab", "run", "syn-flood-cookies", "--duration", "60", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT, start_new_session=True,
+    )
+    assert proc.stdout is not None
+    info = json.loads(proc.stdout.readline())
+    names = {info["netns"], info["client_netns"]}
+    proc.kill()  # SIGKILL: no cleanup can run
+    proc.wait()
+    assert names <= netns_names()
+    pids = [int(p) for n in names for p in
+            subprocess.run(["ip", "netns", "pids", n], capture_output=True, text=True).stdout.split()]
+    assert pids  # the workers outlived their parent (they stop by themselves after --duration)
+    out = tcpq("lab", "clean", timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert all(f"removed {n}" in out.stdout for n in names)
+    assert not names & netns_names()
+    assert [p for p in pids if alive(p)] == []
