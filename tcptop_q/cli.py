@@ -66,7 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-r", "--reverse", action="store_true", help="reverse the sort")
     p.add_argument("--no-bpf", action="store_true", help="netlink and /proc only; do not load eBPF programs")
     p.add_argument("--wide", action="store_true", help="--batch: all columns, wider than 80")
-    p.add_argument("--children", action="store_true", help="--once: dump every child socket (children by state); default on for --once")
+    p.add_argument("--record", metavar="FILE", help="also write every snapshot and feed event to FILE (gzip JSON lines)")
+    p.add_argument("--replay", metavar="FILE", help="show a recording instead of the live kernel (no root needed)")
+    p.add_argument("--speed", type=_number(float, "--speed", 0.5, 10), default=1.0, help="--replay: playback speed, 0.5 to 10")
+    p.add_argument("--demo", action="store_true", help="run the lab scenarios in a private netns and watch them (root)")
     return p
 
 
@@ -182,15 +185,79 @@ def _sorted(snap: Snapshot, args: argparse.Namespace) -> Snapshot:
     return replace(snap, listeners=model.sort_listeners(snap.listeners, args.sort, args.reverse))
 
 
-def _make_source(args: argparse.Namespace, interval: float, blocking_owners: bool):
-    from .source import Filters, LiveSource
+def _filters(args: argparse.Namespace):
+    from .source import Filters
 
-    return LiveSource(
+    return Filters(port=args.port, pid=args.pid, netns=args.netns)
+
+
+def _make_source(args: argparse.Namespace, interval: float, blocking_owners: bool):
+    from .source import LiveSource
+
+    source = LiveSource(
         interval=interval,
-        filters=Filters(port=args.port, pid=args.pid, netns=args.netns),
+        filters=_filters(args),
         use_bpf=not args.no_bpf,
         blocking_owners=blocking_owners,
     )
+    if args.record:
+        from .record import RecordError, RecordingSource
+
+        try:
+            return RecordingSource(source, args.record, argv=sys.argv[1:])
+        except (RecordError, OSError) as exc:
+            source.close()
+            raise UsageError(f"--record {args.record}: {_one_line(exc)}") from None
+    return source
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _replay_source(args: argparse.Namespace):
+    from .record import RecordError, ReplaySource
+
+    try:
+        return ReplaySource(args.replay, speed=args.speed, filters=_filters(args))
+    except (RecordError, ValueError, OSError) as exc:
+        raise UsageError(_one_line(exc) if isinstance(exc, RecordError) else f"--replay {args.replay}: {_one_line(exc)}") from None
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    from .record import RecordError
+
+    source = _replay_source(args)
+    try:
+        if args.batch or args.once:
+            count = 0
+            try:
+                for snap in source:
+                    if args.iterations is not None and count >= args.iterations:
+                        break
+                    _emit(snap, args)
+                    count += 1
+            except RecordError as exc:
+                print(f"{PROG}: {_one_line(exc)}", file=sys.stderr)
+                return 2
+            return 0
+        return _run_app(source, args, clock=source.clock)
+    finally:
+        source.close()
+
+
+def run_demo(args: argparse.Namespace, interval: float) -> int:
+    from .lab.netns import LabError
+    from .lab.scenarios import run_demo as lab_demo
+
+    try:
+        with lab_demo(duration=3600) as (ns, _infos):
+            args.netns = ns.inode
+            return run_tui(args, interval)
+    except LabError as exc:
+        print(f"{PROG}: --demo: {_one_line(exc)}", file=sys.stderr)
+        return 1
 
 
 def run_once(args: argparse.Namespace, interval: float) -> int:
@@ -248,20 +315,24 @@ def run_ebpf(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_tui(args: argparse.Namespace, interval: float) -> int:
+def _run_app(source, args: argparse.Namespace, clock=None) -> int:
     try:
         from .app import TcpqTopApp
     except ImportError as exc:
         print(f"{PROG}: the terminal UI is not available ({exc}); use --batch or --once", file=sys.stderr)
         return 1
+    app = TcpqTopApp(source, sort=args.sort, reverse=args.reverse, clock=clock)
+    app.run()
+    return int(app.return_code or 0)
+
+
+def run_tui(args: argparse.Namespace, interval: float) -> int:
     source = _make_source(args, interval, blocking_owners=False)
     try:
         source.start_bpf()
-        app = TcpqTopApp(source, sort=args.sort)
-        app.run()
+        return _run_app(source, args)
     finally:
         source.close()
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -276,12 +347,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError("--json goes with --once or --batch")
         if args.iterations is not None and not args.batch:
             raise UsageError("-n goes with --batch")
+        if args.replay and (args.record or args.demo or args.ebpf):
+            raise UsageError("--replay goes with neither --record, --demo nor --ebpf")
+        if args.demo and (args.once or args.batch or args.ebpf):
+            raise UsageError("--demo runs the TUI: it goes with neither --once, --batch nor --ebpf")
+        if args.speed != 1.0 and not args.replay:
+            raise UsageError("--speed goes with --replay")
+        if args.record and (args.once or args.ebpf):
+            raise UsageError("--record goes with the TUI or --batch")
         interval = args.interval or args.delay or 1.0
     except UsageError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
     _install_signals()
     try:
+        if args.replay:
+            return run_replay(args)
+        if args.demo:
+            return run_demo(args, interval)
         if args.ebpf:
             return run_ebpf(args)
         if args.once:
@@ -289,6 +372,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.batch:
             return run_batch(args, interval)
         return run_tui(args, interval)
+    except UsageError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     except SystemExit as exc:

@@ -28,6 +28,19 @@ CASES = [
     (["--batch", "-n", "many"], "-n"),
     (["--frobnicate"], "--frobnicate"),
     (["extra-positional"], "extra-positional"),
+    (["--speed", "2"], "--speed"),
+    (["--replay", "x.gz", "--speed", "0.1"], "--speed"),
+    (["--replay", "x.gz", "--record", "y.gz"], "--replay"),
+    (["--replay", "x.gz", "--ebpf"], "--ebpf"),
+    (["--demo", "--batch"], "--batch"),
+    (["--demo", "--replay", "x.gz"], "--replay"),
+    (["--once", "--record", "y.gz"], "--record"),
+    (["--replay", "/nonexistent/rec.gz", "--batch"], "/nonexistent/rec.gz"),
+    (["--replay", "/", "--batch"], "/"),
+    (["--batch", "--record", "/nonexistent-dir/rec.gz", "-n", "1", "--no-bpf"], "/nonexistent-dir/rec.gz"),
+    (["lab", "run", "no-such-scenario"], "no-such-scenario"),
+    (["lab", "frobnicate"], "frobnicate"),
+    (["lab", "run", "no-accept", "--duration", "-3"], "--duration"),
 ]
 
 
@@ -37,5 +50,20 @@ def test_bad_flag_values(argv, names):
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("tcpq-top: ") and names in lines[0]
+    assert lines[0].startswith("tcpq-top") and names in lines[0]
     assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
+@pytest.mark.parametrize("content, names", [
+    (b"", "empty"),
+    (b"not gzip at all", "line 1"),
+    (b'{"schema": "tcpq-top.snapshot/1", "time": 1}\n', "line 1"),
+], ids=["empty", "foreign", "a --json snapshot"])
+def test_bad_recordings(tmp_path, content, names):
+    path = tmp_path / "rec.gz"
+    path.write_bytes(content)
+    proc = tcpq("--replay", str(path), "--batch", timeout=30)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and names in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
