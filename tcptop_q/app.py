@@ -264,6 +264,10 @@ class TcpqTopApp(App):
         not miss (the main screen's feed), and catch up on resume."""
         with self.batch_update():
             for screen in self.screen_stack:
+                # Pushed but not composed yet (its on_mount shows self.snapshot), or being torn
+                # down at exit (a SnapshotReady can still be queued behind the exit).
+                if not screen.is_mounted or screen._closing:
+                    continue
                 if screen is self.screen:
                     apply = getattr(screen, "apply_snapshot", None)
                 else:
