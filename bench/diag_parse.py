@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import socket
 import statistics
@@ -92,7 +91,7 @@ def inner(reps: int, skip_pyroute2: bool, skip_owners: bool) -> dict:
         methods["owners: psutil.net_connections('tcp')"] = lambda: timed(lambda: len(psutil.net_connections("tcp")))
 
     runs: dict[str, list[tuple[float, float, int]]] = {name: [] for name in methods}
-    for name, fn in methods.items():  # warm-up: imports, caches, page faults
+    for fn in methods.values():  # warm-up: imports, caches, page faults
         fn()
     for _ in range(reps):
         for name, fn in methods.items():

@@ -58,7 +58,7 @@ def measure(listeners: int, sockets: int, reps: int, with_bpf: bool) -> dict:
     with ScaleFixture(listeners, sockets) as fx:
         cmds = commands(fx.inode, with_bpf)
         runs: dict[str, list[tuple[float, float]]] = {k: [] for k in cmds}
-        for k, argv in cmds.items():  # warm the page cache once
+        for argv in cmds.values():  # warm the page cache once
             first_line(fx.argv(argv), 120)
         for _ in range(reps):
             for k, argv in cmds.items():

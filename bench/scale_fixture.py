@@ -131,11 +131,11 @@ class ScaleFixture:
         self.exec(["sysctl", "-q", "-w", "net.core.somaxconn=8192"])
         jobs: list[list[str]] = []
         base = LISTEN_BASE
-        for i, n in enumerate(split(self.plain_listeners, self.holders)):
+        for n in split(self.plain_listeners, self.holders):
             jobs.append(["--listen-base", str(base), "--listen-count", str(n)])
             base += n
         if self.conns:
-            for i, (n, cw) in enumerate(zip(split(self.conns, self.procs_n), split(self.close_wait, self.procs_n))):
+            for i, (n, cw) in enumerate(zip(split(self.conns, self.procs_n), split(self.close_wait, self.procs_n), strict=True)):
                 jobs[i] += ["--conn-port", str(CONN_BASE + i), "--conns", str(n), "--close-wait", str(cw)]
         if self.queued_close_wait:
             jobs[0] += ["--queued-port", str(QUEUED_PORT), "--queued", str(self.queued_close_wait)]

@@ -39,17 +39,29 @@ def build(tmp: str) -> str:
 class Tracer:
     """A tracer process we start, wait for (first output line), and stop by pid."""
 
-    def __init__(self, argv: list[str], log: str, ready_timeout: float = 120.0) -> None:
+    def __init__(self, argv: list[str], log: str, ready: bytes, env: dict | None = None,
+                 ready_timeout: float = 120.0) -> None:
         self.log = log
         self.f = open(log, "wb")  # noqa: SIM115
         self.t0 = time.monotonic()
-        self.p = subprocess.Popen(argv, stdout=self.f, stderr=subprocess.STDOUT, start_new_session=True)
-        while os.path.getsize(log) == 0:
+        self.p = subprocess.Popen(argv, stdout=self.f, stderr=subprocess.DEVNULL, start_new_session=True,
+                                  env={**os.environ, **(env or {})})
+        while True:
+            with open(log, "rb") as f:
+                if ready in f.read(4096):
+                    break
             if self.p.poll() is not None or time.monotonic() - self.t0 > ready_timeout:
                 self.stop()
-                raise RuntimeError(f"{argv[0]} not ready: {open(log, 'rb').read()[-300:]!r}")
+                raise RuntimeError(f"{argv[-1]} not ready: {open(log, 'rb').read()[-300:]!r}")
             time.sleep(0.05)
         self.ready_s = time.monotonic() - self.t0
+
+    def alive(self) -> bool:
+        return self.p.poll() is None
+
+    def lines(self) -> int:
+        with open(self.log, "rb") as f:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
 
     def stop(self) -> None:
         if self.p.poll() is None:
@@ -68,18 +80,26 @@ def main() -> int:
     ap.add_argument("--max-seconds", type=float, default=15.0)
     ap.add_argument("--reps", type=int, default=5)
     args = ap.parse_args()
-    from scale_fixture import ScaleFixture, install_signal_cleanup, machine, python_exe
+    from scale_fixture import ScaleFixture, install_signal_cleanup, machine
 
     install_signal_cleanup()
     tmp = tempfile.mkdtemp(prefix="tqbench-storm-")
     exe = build(tmp)
-    configs = {
+    sys.path.insert(0, str(ROOT))
+    from tcptop_q.probes.kheaders import find_kernel_source
+
+    ksrc, _why = find_kernel_source()  # bcc needs some headers; the project's merged tree works
+    tenv = {"BCC_KERNEL_SOURCE": ksrc} if ksrc else {}
+    # (argv, line that says the probes are attached)
+    configs: dict[str, tuple[list[str], bytes] | None] = {
         "none": None,
-        "tcpq-top --batch --no-bpf": [TCPQ, "--batch", "--no-bpf"],
-        "tcpq-top --batch (BPF)": [TCPQ, "--batch"],
-        "tcpstates-bpfcc": ["/usr/bin/python3", "-u", TCPSTATES],
+        "tcpq-top --batch --no-bpf": ([TCPQ, "--batch", "--no-bpf"], b"tcpq-top "),
+        "tcpq-top --batch (BPF)": ([TCPQ, "--batch"], b"bpf live"),
+        "tcpstates-bpfcc": (["/usr/bin/python3", "-u", TCPSTATES], b"SKADDR"),
     }
     runs: dict[str, list[float]] = {k: [] for k in configs}
+    paired: dict[str, list[float]] = {k: [] for k in configs}
+    traced_lines: list[float] = []
     ready: dict[str, list[float]] = {k: [] for k in configs}
     names = list(configs)
     try:
@@ -88,34 +108,49 @@ def main() -> int:
             subprocess.run(fx.argv([exe, "2000", "5", "9100"]), check=True, capture_output=True)  # warm-up
             for rep in range(args.reps):
                 order = names[rep % len(names):] + names[: rep % len(names)]
+                this: dict[str, float] = {}
                 for name in order:
-                    argv = configs[name]
-                    tracer = Tracer(argv, os.path.join(tmp, "log")) if argv else None
+                    cfg = configs[name]
+                    tracer = Tracer(cfg[0], os.path.join(tmp, "log"), cfg[1], tenv) if cfg else None
                     try:
                         out = subprocess.run(storm, capture_output=True, text=True, check=True,
                                              timeout=args.max_seconds + 30).stdout.split()
+                        if tracer and not tracer.alive():
+                            raise RuntimeError(f"{name} died during the storm: run invalid")
+                        if tracer and name == "tcpstates-bpfcc":
+                            time.sleep(1.0)  # let it drain what it can
+                            traced_lines.append(tracer.lines() / float(out[0]))
                     finally:
                         if tracer:
                             tracer.stop()
                             ready[name].append(tracer.ready_s)
                             os.unlink(tracer.log)
                     runs[name].append(float(out[2]))
+                    this[name] = float(out[2])
                     print(f"rep {rep} {name}: {out[2]} cycles/s ({out[0]} in {out[1]} s)", flush=True)
+                for name, v in this.items():
+                    paired[name].append(v / this["none"])
     finally:
         for f in os.listdir(tmp):
             os.unlink(os.path.join(tmp, f))
         os.rmdir(tmp)
     base = statistics.median(runs["none"])
     res = {k: {"median_cps": statistics.median(v), "ratio": statistics.median(v) / base, "all": v,
+               "paired_ratio": statistics.median(paired[k]), "paired_all": [round(x, 3) for x in paired[k]],
                "ready_s": statistics.median(ready[k]) if ready[k] else None} for k, v in runs.items()}
     out_dir = ROOT / "bench" / "results"
     out_dir.mkdir(exist_ok=True)
     (out_dir / "storm_overhead.json").write_text(json.dumps({"machine": machine(), "count": args.count,
-                                                             "reps": args.reps, "results": res}, indent=1) + "\n")
-    print("| attached | cycles/s (median) | vs none | ready after (s) |\n|---|---:|---:|---:|")
+                                                             "reps": args.reps, "results": res,
+                                                             "tcpstates_lines_per_cycle": traced_lines},
+                                                            indent=1) + "\n")
+    print("| attached | cycles/s (median) | median / median none | median of per-rep ratios | ready after (s) |")
+    print("|---|---:|---:|---:|---:|")
     for k, v in res.items():
         rd = f"{v['ready_s']:.1f}" if v["ready_s"] is not None else "-"
-        print(f"| {k} | {v['median_cps']:.0f} | {v['ratio']:.2f}x | {rd} |")
+        print(f"| {k} | {v['median_cps']:.0f} | {v['ratio']:.2f}x | {v['paired_ratio']:.2f}x | {rd} |")
+    if traced_lines:
+        print(f"tcpstates printed {statistics.median(traced_lines):.2f} lines per cycle (a cycle is ~8 transitions)")
     return 0
 
 
