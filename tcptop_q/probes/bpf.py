@@ -41,9 +41,11 @@ from .btf import Btf, BtfError
 
 BPF_C = Path(__file__).with_name("tcpq.bpf.c")
 
-MAX_LISTENERS = 65536
-MAX_REASON_KEYS = 16384
-MAX_SOCKETS = 262144  # tq_since LRU: sockets whose entry time we remember
+# Map sizes: all hash maps are preallocated (older kernels refuse anything else in
+# tracing programs), so these are kernel memory for as long as we run: ~20 MiB total.
+MAX_LISTENERS = 16384  # listeners; also (netns, port) pairs with children
+MAX_REASON_KEYS = 8192  # (listener, drop reason) pairs
+MAX_SOCKETS = 65536  # LRU: sockets whose state-entry time / listener we remember
 TIMELINE_SOCKETS = 20000
 TIMELINE_ENTRIES = 16
 
@@ -491,6 +493,7 @@ class BpfProbes:
         self._cb: Callable | None = None
         self._child_deltas: dict[tuple[int, int], dict[str, int]] = {}
         self._reader: int | None = None  # thread inside read(), if any
+        self._uncounted = 0
 
     # ---- lifecycle
 
@@ -775,7 +778,13 @@ class BpfProbes:
             self.timelines.add(tr)
             events.append(tr)
         lost = self._user_lost
-        lost += int(b[b"tq_lost"].sum(ctypes.c_int(0)).value)
+        ltbl = b[b"tq_lost"]
+        lost += int(ltbl.sum(ctypes.c_int(0)).value)
+        uncounted = int(ltbl.sum(ctypes.c_int(1)).value)
+        if uncounted and uncounted != self._uncounted:
+            self._uncounted = uncounted
+            note = f"BPF maps full: {uncounted} listener events not counted (more than {MAX_LISTENERS} listeners?)"
+            self.notes = [n for n in self.notes if not n.startswith("BPF maps full")] + [note]
         return BpfReading(
             listeners=listeners,
             events=tuple(events),

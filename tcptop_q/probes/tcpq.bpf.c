@@ -63,7 +63,7 @@ struct tq_port_key {
 // each state since the probes went live. User space adds these to the counts of
 // its last full sock_diag dump (DESIGN.md: transition counts, reconciled by dumps).
 struct tq_child_states {
-    s64 n[16];  // indexed by TCP state
+    s32 n[16];  // indexed by TCP state
 };
 
 struct tq_event {
@@ -85,7 +85,7 @@ struct tq_event {
 // Keyed by the listener's struct sock address: one map update per event, no
 // string work in the kernel. Identity fields travel in the value.
 BPF_HASH(tq_listeners, u64, struct tq_listener, TQ_MAX_LISTENERS);
-BPF_HASH(tq_peaks, struct tq_peak_key, u32, TQ_MAX_LISTENERS);
+BPF_HASH(tq_peaks, struct tq_peak_key, u32, 2 * TQ_MAX_LISTENERS);  // this read's and the next
 BPF_HASH(tq_reasons, struct tq_reason_key, u64, TQ_MAX_REASON_KEYS);
 // (netns, local port) -> listener, to charge a child's resets to its listener.
 BPF_HASH(tq_by_port, struct tq_port_key, u64, TQ_MAX_LISTENERS);
@@ -95,8 +95,9 @@ BPF_F_TABLE("lru_hash", u64, u64, tq_since, TQ_MAX_SOCKETS, BPF_F_NO_COMMON_LRU)
 // child socket -> its listener's (netns, port), from LISTEN->SYN_RECV to CLOSE.
 BPF_F_TABLE("lru_hash", u64, struct tq_port_key, tq_child, TQ_MAX_SOCKETS, BPF_F_NO_COMMON_LRU);
 BPF_HASH(tq_child_states, struct tq_port_key, struct tq_child_states, TQ_MAX_LISTENERS);
+// [0] feed events lost (ring full), [1] events not counted because a map was full.
 BPF_ARRAY(tq_ctl, u64, 4);
-BPF_PERCPU_ARRAY(tq_lost, u64, 1);
+BPF_PERCPU_ARRAY(tq_lost, u64, 2);
 #if TQ_RINGBUF
 BPF_RINGBUF_OUTPUT(tq_feed, TQ_FEED_PAGES);
 #else
@@ -107,6 +108,18 @@ static __always_inline u64 tq_ctl_get(int slot)
 {
     u64 *v = tq_ctl.lookup(&slot);
     return v ? *v : 0;
+}
+
+static __always_inline void tq_lost_slot(int slot)
+{
+    u64 *lost = tq_lost.lookup(&slot);
+    if (lost)
+        (*lost)++;
+}
+
+static __always_inline void tq_lost_one(void)
+{
+    tq_lost_slot(0);
 }
 
 static __always_inline u32 tq_netns(const void *sk)
@@ -189,16 +202,12 @@ static __always_inline struct tq_listener *tq_listener_of(const void *sk)
     tq_listeners.insert(&key, &init);  // BPF_NOEXIST: a racing CPU may have won
     struct tq_port_key pk = {.netns = netns, .lport = lport};
     tq_by_port.update(&pk, &key);
-    return tq_listeners.lookup(&key);
+    l = tq_listeners.lookup(&key);
+    if (!l)
+        tq_lost_slot(1);  // map full: said in the notes, never shown as a zero
+    return l;
 }
 
-static __always_inline void tq_lost_one(void)
-{
-    int zero = 0;
-    u64 *lost = tq_lost.lookup(&zero);
-    if (lost)
-        (*lost)++;
-}
 
 // ------------------------------------------------------------ sock:inet_sock_set_state
 
@@ -240,6 +249,8 @@ int tq_set_state(struct tq_tp_inet_sock_set_state *args)
         struct tq_child_states *cs = tq_child_states.lookup(&ck);
         if (cs)
             __sync_fetch_and_add(&cs->n[TQ_TCP_SYN_RECV], 1);
+        else
+            tq_lost_slot(1);
     } else {
         struct tq_port_key *ck = tq_child.lookup(&key);
         if (ck) {
