@@ -17,6 +17,7 @@ from functools import partial
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from textual import work
 from textual.app import App, SystemCommand
 from textual.message import Message
 from textual.screen import Screen
@@ -190,9 +191,24 @@ class TcpqTopApp(App):
         self._thread = threading.Thread(target=self._collect, name="tcpq-collector", daemon=True)
         self._thread.start()
 
+    @property
+    def replaying(self) -> bool:
+        """The source is a recording that can be stepped (ReplaySource)."""
+        return callable(getattr(self.source, "step", None))
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "replay_step":
+            return self.replaying
+        return True
+
     def _collect(self) -> None:
         while not self._stop.is_set():
             started = time.monotonic()
+            if self.replaying and (self.paused or getattr(self.source, "at_end", False)):
+                # A paused replay stands still: sampling would move it on.
+                self._wake.wait(0.2)
+                self._wake.clear()
+                continue
             try:
                 snap = self.source.sample()
             except Exception as exc:  # keep the UI up, say why
@@ -311,7 +327,34 @@ class TcpqTopApp(App):
         else:
             self._refresh_header()
 
+    def action_replay_step(self, n: int) -> None:
+        """Move a replay n ticks (clamped to the recording) and show that tick, paused or not."""
+        self._replay_worker(n)
+
+    @work(thread=True, exclusive=True, group="replay", exit_on_error=False)
+    def _replay_worker(self, n: int) -> None:
+        step = getattr(self.source, "step", None)
+        if step is None:
+            return
+        try:
+            snap = step(n)
+        except Exception as exc:
+            self.post_message(CollectorFailed(f"{type(exc).__name__}: {exc}"))
+            return
+        self.call_from_thread(self._show_stepped, snap)
+
+    def _show_stepped(self, snap: Snapshot) -> None:
+        self.apply_snapshot(snap)
+        if self.paused:
+            self._show(snap, snap.events)
+
     def action_interval(self, step: int) -> None:
+        if self.replaying and hasattr(self.source, "faster"):
+            speed = self.source.faster() if step < 0 else self.source.slower()
+            self._wake.set()
+            self._refresh_header()
+            self.notify(f"replay at {speed:g}x", timeout=1.5)
+            return
         current = float(self.source.interval)
         idx = min(range(len(INTERVALS)), key=lambda i: abs(INTERVALS[i] - current))
         new = INTERVALS[max(0, min(len(INTERVALS) - 1, idx + step))]

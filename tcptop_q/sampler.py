@@ -238,6 +238,8 @@ class Sampler:
         self._prev_overflows: dict[ListenerKey, int] = {}
         # Children by state between full dumps: the last dump's counts.
         self._last_children_counts: dict[ListenerKey, dict[str, int]] | None = None
+        # BPF per-(netns, port) child state deltas as they were at the last full dump.
+        self._deltas_at_dump: dict[tuple[int, int], dict[str, int]] = {}
         self.seq = 0
         self.kernel = os.uname().release
         self.hostname = socket.gethostname()
@@ -348,9 +350,15 @@ class Sampler:
                         row.inode, row.cookie, row.rqueue, row.wqueue, age_s=age,
                     )
                 )
-        if conns is None and self._last_children_counts is not None:
-            children = self._last_children_counts
-        self._last_children_counts = children
+        deltas_fn = getattr(self.bpf, "child_deltas", None) if bpf is not None else None
+        deltas_now = deltas_fn() if callable(deltas_fn) else None
+        if conns is not None:
+            self._last_children_counts = children
+            self._deltas_at_dump = deltas_now or {}
+        elif self._last_children_counts is not None:
+            children = children_between_dumps(
+                self._last_children_counts, self._deltas_at_dump, deltas_now, [k for k, _ in listen_rows]
+            )
 
         # BPF: join by key (cookie) or by tuple when the kernel had no cookie yet.
         bpf_by_key: dict[ListenerKey, BpfListenerCounts] = {}
@@ -432,7 +440,7 @@ class Sampler:
                 syn_queue=syn_queue.get(key, 0),
                 drops=max(row.drops, 0),
                 drop_rate=drop_rate,
-                children=dict(children.get(key, {})),
+                children=_with_main_states(children.get(key)) if self._last_children_counts is not None else {},
                 **fields,
             )
             listeners.append(listener)
@@ -499,6 +507,44 @@ class Sampler:
             seq=self.seq,
         )
 
+
+
+def _with_main_states(counts: Mapping[str, int] | None) -> dict[str, int]:
+    """Children by state, ESTABLISHED and CLOSE_WAIT always present once a dump has counted them."""
+    out = {"ESTABLISHED": 0, "CLOSE_WAIT": 0}
+    if counts:
+        out.update(counts)
+    return out
+
+
+def children_between_dumps(
+    at_dump: Mapping[ListenerKey, Mapping[str, int]],
+    deltas_at_dump: Mapping[tuple[int, int], Mapping[str, int]],
+    deltas_now: Mapping[tuple[int, int], Mapping[str, int]] | None,
+    listeners: Sequence[ListenerKey],
+) -> dict[ListenerKey, dict[str, int]]:
+    """Children by state between two full dumps: the last dump's counts moved on by the
+    transitions BPF counted per (netns, port) since then. Where a port has several
+    listeners in one netns the deltas cannot be split, and the dump's counts stand."""
+    if not deltas_now:
+        return {k: dict(v) for k, v in at_dump.items()}
+    per_port: dict[tuple[int, int], int] = {}
+    for key in listeners:
+        per_port[(key.netns, key.lport)] = per_port.get((key.netns, key.lport), 0) + 1
+    out: dict[ListenerKey, dict[str, int]] = {}
+    for key in listeners:
+        counts = dict(at_dump.get(key, {}))
+        port = (key.netns, key.lport)
+        if per_port[port] == 1:
+            now, then = deltas_now.get(port, {}), deltas_at_dump.get(port, {})
+            for state in set(now) | set(then):
+                value = counts.get(state, 0) + now.get(state, 0) - then.get(state, 0)
+                if value > 0:
+                    counts[state] = value
+                else:
+                    counts.pop(state, None)
+        out[key] = counts
+    return out
 
 
 def dataclass_replace_cookie(key: ListenerKey) -> ListenerKey:

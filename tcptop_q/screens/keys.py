@@ -18,6 +18,7 @@ class Key:
     show: bool = True
     key_display: str | None = None
     palette: bool = True  # offered in the command palette
+    priority: bool = False  # before the focused widget (replay's arrows over the table's)
 
 
 CATALOGUE: tuple[Key, ...] = (
@@ -27,6 +28,11 @@ CATALOGUE: tuple[Key, ...] = (
     Key("app.faster", "plus,equals_sign", "app.interval(-1)", "Faster", "app", show=False, key_display="+"),
     Key("app.slower", "minus", "app.interval(1)", "Slower", "app", show=False, key_display="-"),
     Key("app.close_wait", "c", "app.close_wait", "CLOSE_WAIT", "app"),
+    # Only while replaying a recording (TcpqTopApp.check_action hides them otherwise).
+    Key("replay.back", "left", "app.replay_step(-1)", "Tick back", "app", key_display="←", priority=True),
+    Key("replay.forward", "right", "app.replay_step(1)", "Tick forward", "app", key_display="→", priority=True),
+    Key("replay.start", "g", "app.replay_step(-1000000000)", "Start", "app", show=False, priority=True),
+    Key("replay.end", "G", "app.replay_step(1000000000)", "End", "app", show=False, priority=True),
     Key("main.sort", "s,f6", "pick_sort", "Sort", "main", key_display="s"),
     Key("main.reverse", "r", "reverse", "Reverse", "main"),
     Key("main.filter", "slash", "filter", "Filter", "main", key_display="/"),
@@ -54,7 +60,8 @@ NAVIGATION_HELP = (
 
 def bindings(scope: str) -> list[BindingType]:
     return [
-        Binding(k.keys, k.action, k.description, show=k.show, key_display=k.key_display, id=k.id)
+        Binding(k.keys, k.action, k.description, show=k.show, key_display=k.key_display, id=k.id,
+                priority=k.priority)
         for k in CATALOGUE
         if k.scope == scope
     ]

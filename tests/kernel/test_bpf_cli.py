@@ -147,3 +147,31 @@ def test_ebpf_flag_prints_program_without_root(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "inet_sock_set_state" in proc.stdout and "hooks on this kernel" in proc.stdout
+
+
+def test_children_counts_between_full_dumps_follow_bpf(labns, bpf):
+    """A full child dump, then six connections arrive: without another dump, the counts
+    (dump + BPF transition deltas) already equal what ss sees."""
+    from tcptop_q.sampler import Sampler
+    from tcptop_q.source import load_bpf
+
+    labns.serve(addr="0.0.0.0", port=8095, backlog=5, mode="no-accept")
+    probes, error = load_bpf(None, labns.inode)
+    assert probes is not None, error
+    probes.start()
+    assert probes.wait_ready(90), probes.error
+    sampler = Sampler(bpf=probes, netns=labns.inode, blocking_owners=True)
+    try:
+        first = sampler.sample(0.2, children=True)
+        assert next(x for x in first.listeners if x.lport == 8095).children == {"ESTABLISHED": 0, "CLOSE_WAIT": 0}
+        assert labns.clients(addr="127.0.0.1", port=8095, count=8, connect_timeout=0.2, gap=0.02) == 6
+        time.sleep(0.2)
+        snap = sampler.sample(0.2, children=False)
+        assert snap.connections is None  # no dump this tick
+        lst = next(x for x in snap.listeners if x.lport == 8095)
+        ss_cw = labns.run(["ss", "-tnH", "state", "close-wait"]).stdout.splitlines()
+        assert lst.children.get("CLOSE_WAIT") == len(ss_cw) == 6
+        assert lst.children.get("ESTABLISHED") == 0
+    finally:
+        sampler.close()
+        probes.close()

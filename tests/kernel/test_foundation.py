@@ -80,7 +80,7 @@ def test_seed_experiment_1_matches_ss_and_nstat(labns):
         assert cw["laddr"] == "127.0.0.1" and cw["raddr"] == "127.0.0.1"
         assert cw["pid"] == server.pid  # still queued: the listener's process will own it
         assert cw["age_s"] is None  # without BPF nobody saw the transition: unknown, not 0
-    assert lst["children"] == {"CLOSE_WAIT": 6}
+    assert lst["children"] == {"ESTABLISHED": 0, "CLOSE_WAIT": 6}
     assert lst["syn_queue"] == 0
     # No BPF asked for: the fields it would give are null, never 0.
     assert snap["sources"] == {**snap["sources"], "netlink": True, "bpf": False}
@@ -128,7 +128,7 @@ def test_ipv6_loopback_listener(labns):
     assert (lst["family"], lst["laddr"]) == ("ipv6", "::1")
     ss_l = ss_listeners(labns)[0]
     assert lst["accept_queue"] == ss_l["recvq"] == 2 and lst["backlog"] == ss_l["sendq"] == 3
-    assert lst["children"] == {"CLOSE_WAIT": 2}
+    assert lst["children"] == {"ESTABLISHED": 0, "CLOSE_WAIT": 2}
     assert all(cw["laddr"] == "::1" and cw["recv_q"] == 11 for cw in snap["close_wait"])
 
 

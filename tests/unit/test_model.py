@@ -86,3 +86,19 @@ def test_parse_netstat_reads_only_tcpext():
         "IpExt: 1 99\n"
     )
     assert parse_netstat(text) == {"SyncookiesSent": 3, "ListenOverflows": 17, "ListenDrops": 19}
+
+
+def test_children_between_dumps_moves_dump_counts_by_bpf_deltas():
+    from tcptop_q.sampler import children_between_dumps
+
+    a, b, b2 = key("0.0.0.0", 80), key("127.0.0.1", 81), key("127.0.0.2", 81)
+    at_dump = {a: {"ESTABLISHED": 3}, b: {"CLOSE_WAIT": 1}}
+    then = {(1, 80): {"ESTABLISHED": 2}, (1, 81): {"CLOSE_WAIT": 5}}
+    now = {(1, 80): {"ESTABLISHED": 1, "CLOSE_WAIT": 4}, (1, 81): {"CLOSE_WAIT": 9}}
+    out = children_between_dumps(at_dump, then, now, [a, b])
+    assert out[a] == {"ESTABLISHED": 2, "CLOSE_WAIT": 4}  # one moved ESTABLISHED -> CLOSE_WAIT x4
+    assert out[b] == {"CLOSE_WAIT": 5}
+    # two listeners on one port in one netns: deltas cannot be split, the dump stands
+    out = children_between_dumps(at_dump, then, now, [a, b, b2])
+    assert out[b] == {"CLOSE_WAIT": 1} and out[b2] == {}
+    assert children_between_dumps(at_dump, then, None, [a]) == {a: {"ESTABLISHED": 3}, b: {"CLOSE_WAIT": 1}}
