@@ -532,3 +532,29 @@ def test_perf_buffer_feed(netns: Netns) -> None:
     finally:
         p.close()
     assert_detached(ids)
+
+
+def test_port_filter_compiled_in(netns: Netns) -> None:
+    """--port is compiled into the programs: other ports cost one comparison and leave no trace."""
+    _need(_bcc_ok(), "needs bcc")
+    p = BpfProbes(port=8090, netns=netns.inode)
+    p.start()
+    assert p.wait_ready(60), p.error
+    ids = p.prog_ids()
+    socks = []
+    try:
+        assert "#define TQ_FILTER_PORT 8090" in p.program_text()
+        for port in (8090, 8091):
+            srv = listen(netns, 4, port)
+            c = netns.socket()
+            c.connect(("127.0.0.1", port))
+            socks += [srv, c]
+        reading = settle(p)
+        assert {k.lport for k in reading.listeners} == {8090}
+        assert reading.events
+        assert all(8090 in (e.lport, e.rport) for e in reading.events)
+    finally:
+        for s in socks:
+            s.close()
+        p.close()
+    assert_detached(ids)
