@@ -14,7 +14,13 @@ What each hook serves (chosen at start from the tracefs format files; see DESIGN
     tcp:tcp_receive_reset      resets_received
 
 A metric whose hook is missing is absent from `hooks` (the sampler reports null)
-and the reason is in `notes`. Kernel structs are read at offsets from BTF, passed
+and the reason is in `notes`.
+
+Beyond counters: the feed (ring buffer, perf buffer before 5.8) carries every
+transition unless limited with set_feed("off" | "port", port); timelines and
+state_since() are built from the feed, so they cover what the feed carried.
+child_deltas() gives per (netns, port) children entered-minus-left per state, in
+kernel, whatever the feed does (DESIGN.md: reconciled with sock_diag dumps). Kernel structs are read at offsets from BTF, passed
 as -D flags; tracepoint arguments through structs generated from the format files.
 Nothing here imports textual, and no method raises to the caller: failures end in
 state "off" with a one-line `error`.
@@ -772,6 +778,8 @@ class BpfProbes:
                 b.ring_buffer_consume()
             else:
                 b.perf_buffer_poll(timeout=0)
+        # bpf_ktime_get_ns() is CLOCK_MONOTONIC: re-anchor to the wall clock each read (NTP steps).
+        self._mono_to_unix = time.time() - time.monotonic()
         events = []
         while self._pending:
             tr = self._decode(self._pending.popleft())
