@@ -23,6 +23,8 @@ class Key:
 
 CATALOGUE: tuple[Key, ...] = (
     Key("app.quit", "q", "app.quit", "Quit", "app"),
+    # An SRE's reflex: Ctrl-C quits (Textual's default only tells you to press ctrl+q).
+    Key("app.interrupt", "ctrl+c", "app.quit", "Quit", "app", show=False, palette=False, priority=True),
     Key("app.help", "question_mark", "app.help", "Help", "app", key_display="?"),
     Key("app.pause", "p", "app.toggle_pause", "Pause", "app"),
     Key("app.faster", "plus,equals_sign", "app.interval(-1)", "Faster", "app", show=False, key_display="+"),
