@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import ROOT, need
 from tests.kernel.test_bpf_cli import loaded_programs, prog_ids_of
-from tests.kernel.test_tui_tmux import screen, tmux, wait_screen
+from tests.kernel.test_tui_tmux import tmux, wait_screen
 
 
 def start(session: str, tmp_path, *args: str) -> int:
