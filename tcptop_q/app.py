@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from textual import work
 from textual.app import App, SystemCommand
@@ -350,7 +350,8 @@ class TcpqTopApp(App):
 
     def action_interval(self, step: int) -> None:
         if self.replaying and hasattr(self.source, "faster"):
-            speed = self.source.faster() if step < 0 else self.source.slower()
+            src: Any = self.source
+            speed = src.faster() if step < 0 else src.slower()
             self._wake.set()
             self._refresh_header()
             self.notify(f"replay at {speed:g}x", timeout=1.5)

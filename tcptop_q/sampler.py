@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from . import model
@@ -35,7 +36,7 @@ from .probes.netns import NetnsEnterer, NetnsRef, discover
 from .probes.netstat import NetnsFiles
 from .probes.owners import OwnerMap
 
-FAMILY = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
+FAMILY: dict[int, str] = {int(socket.AF_INET): "ipv4", int(socket.AF_INET6): "ipv6"}
 WILDCARD = {"ipv4": "0.0.0.0", "ipv6": "::"}
 
 
@@ -111,7 +112,7 @@ class KernelReader:
             if ino in self.handles or ino in self.failed:
                 continue
             try:
-                self.handles[ino] = self.enterer.run_in(ref, lambda r=ref: _NetnsHandle(r))
+                self.handles[ino] = self.enterer.run_in(ref, partial(_NetnsHandle, ref))
             except OSError as exc:
                 self.failed[ino] = exc.strerror or str(exc)
         if self.failed:
@@ -310,9 +311,9 @@ class Sampler:
             for row in ns.rows:
                 fam = FAMILY[row.family]
                 if row.state in (diagmod.TCP_SYN_RECV, diagmod.TCP_NEW_SYN_RECV) and row.inode == 0:
-                    owner = owner_listener(index, ns.inode, fam, row.laddr, row.lport)
-                    if owner is not None:
-                        syn_queue[owner] = syn_queue.get(owner, 0) + 1
+                    parent = owner_listener(index, ns.inode, fam, row.laddr, row.lport)
+                    if parent is not None:
+                        syn_queue[parent] = syn_queue.get(parent, 0) + 1
                 elif row.state == diagmod.TCP_CLOSE_WAIT:
                     cw_rows.append((ns.inode, row))
 
@@ -333,18 +334,18 @@ class Sampler:
                 conns = {}
             for row in ns.children:
                 fam = FAMILY[row.family]
-                owner = owner_listener(index, ns.inode, fam, row.laddr, row.lport)
-                if owner is None:
+                parent = owner_listener(index, ns.inode, fam, row.laddr, row.lport)
+                if parent is None:
                     continue
                 state = model.state_name(row.state)
-                by_state = children.setdefault(owner, {})
+                by_state = children.setdefault(parent, {})
                 by_state[state] = by_state.get(state, 0) + 1
                 age = None
                 if bpf_live and self.bpf is not None:
                     since = self.bpf.state_since(ns.inode, fam, row.laddr, row.lport, row.raddr, row.rport)
                     if since is not None and since[0] == state:
                         age = max(0.0, raw.wall - since[1])
-                conns.setdefault(owner, []).append(
+                conns.setdefault(parent, []).append(
                     Connection(
                         ns.inode, fam, state, row.laddr, row.lport, row.raddr, row.rport,
                         row.inode, row.cookie, row.rqueue, row.wqueue, age_s=age,
@@ -451,13 +452,14 @@ class Sampler:
             del self._prev_overflows[key]
 
         close_wait = []
+        listen_row_of = dict(listen_rows)
         for ns_inode, row in cw_rows:
             fam = FAMILY[row.family]
             owner = owners.get(row.inode)
             if owner is None and row.inode == 0:
                 # Still in the accept queue: nobody has it yet, but its listener's process will.
                 lkey = owner_listener(index, ns_inode, fam, row.laddr, row.lport)
-                lrow = next((r for k, r in listen_rows if k == lkey), None) if lkey else None
+                lrow = listen_row_of.get(lkey) if lkey is not None else None
                 owner = owners.get(lrow.inode) if lrow is not None else None
             age = None
             if bpf is not None and self.bpf is not None:

@@ -64,11 +64,11 @@ def discover(proc: str = "/proc", run_netns: str = "/run/netns") -> dict[int, Ne
             ino = os.stat(path).st_ino
         except OSError:  # gone, or a kernel thread, or not ours to see
             continue
-        ref = found.get(ino)
-        if ref is None:
+        known = found.get(ino)
+        if known is None:
             found[ino] = NetnsRef(ino, path, int(entry.name))
-        elif ref.pid is None:
-            ref.pid = int(entry.name)
+        elif known.pid is None:
+            known.pid = int(entry.name)
     return found
 
 
