@@ -20,19 +20,21 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-TCPQ = str(ROOT / ".venv" / "bin" / "tcpq-top")
+from scale_fixture import tcpq_argv  # noqa: E402  (also puts the tree under test on sys.path)
+
+TCPQ = tcpq_argv()
 
 
-def first_line(argv: list[str], timeout: float) -> tuple[float, float]:
+def first_line(argv: list[str], timeout: float) -> tuple[float, float, bytes]:
     t0 = time.perf_counter()
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
         assert p.stdout is not None
-        p.stdout.readline()
+        line = p.stdout.readline()
         first = time.perf_counter() - t0
         p.stdout.read()
         p.wait(timeout=timeout)
-        return first * 1e3, (time.perf_counter() - t0) * 1e3
+        return first * 1e3, (time.perf_counter() - t0) * 1e3, line
     finally:
         if p.poll() is None:
             p.kill()  # our own child, by pid
@@ -43,12 +45,12 @@ def commands(ino: int, with_bpf: bool) -> dict[str, list[str]]:
     ns = ["--netns", str(ino)]
     cmds = {
         "ss -ltn (baseline)": ["ss", "-ltn"],
-        "tcpq-top --once --json --no-bpf --interval 0.05": [TCPQ, "--once", "--json", "--no-bpf", "--interval", "0.05", *ns],
-        "tcpq-top --batch -n 1 --no-bpf -d 0.05": [TCPQ, "--batch", "-n", "1", "--no-bpf", "-d", "0.05", *ns],
-        "tcpq-top --batch -n 1 --no-bpf (default 1 s)": [TCPQ, "--batch", "-n", "1", "--no-bpf", *ns],
+        "tcpq-top --once --json --no-bpf --interval 0.05": [*TCPQ, "--once", "--json", "--no-bpf", "--interval", "0.05", *ns],
+        "tcpq-top --batch -n 1 --no-bpf -d 0.05": [*TCPQ, "--batch", "-n", "1", "--no-bpf", "-d", "0.05", *ns],
+        "tcpq-top --batch -n 1 --no-bpf (default 1 s)": [*TCPQ, "--batch", "-n", "1", "--no-bpf", *ns],
     }
     if with_bpf:
-        cmds["tcpq-top --batch -n 1 -d 0.05 (BPF)"] = [TCPQ, "--batch", "-n", "1", "-d", "0.05", *ns]
+        cmds["tcpq-top --batch -n 1 -d 0.05 (BPF)"] = [*TCPQ, "--batch", "-n", "1", "-d", "0.05", *ns]
     return cmds
 
 
@@ -57,14 +59,15 @@ def measure(listeners: int, sockets: int, reps: int, with_bpf: bool) -> dict:
 
     with ScaleFixture(listeners, sockets) as fx:
         cmds = commands(fx.inode, with_bpf)
-        runs: dict[str, list[tuple[float, float]]] = {k: [] for k in cmds}
+        runs: dict[str, list[tuple[float, float, bytes]]] = {k: [] for k in cmds}
         for argv in cmds.values():  # warm the page cache once
             first_line(fx.argv(argv), 120)
         for _ in range(reps):
             for k, argv in cmds.items():
                 runs[k].append(first_line(fx.argv(argv), 120))
     return {k: {"first_ms": statistics.median(r[0] for r in v), "exit_ms": statistics.median(r[1] for r in v),
-                "first_all": [round(r[0]) for r in v]} for k, v in runs.items()}
+                "first_all": [round(r[0]) for r in v],
+                "bpf_live_runs": sum(1 for r in v if b"bpf live" in r[2])} for k, v in runs.items()}
 
 
 def main() -> int:

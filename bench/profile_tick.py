@@ -15,12 +15,13 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, os.environ.get("TQBENCH_TREE") or str(ROOT))  # see scale_fixture.TREE
 sys.path.insert(0, str(ROOT / "bench"))
 
 

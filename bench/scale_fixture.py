@@ -43,6 +43,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# The tcptop_q tree under test: the working tree, or (TQBENCH_TREE) an exported commit, so that
+# edits in progress elsewhere in the tree do not change a benchmark half-way (run_all.py --head).
+TREE = Path(os.environ.get("TQBENCH_TREE") or ROOT)
+if os.environ.get("TQBENCH_TREE"):
+    os.environ["PYTHONPATH"] = str(TREE)  # children (ip netns exec ..., python -m tcptop_q) too
+sys.path.insert(0, str(TREE))
 WORKER = ROOT / "bench" / "_scale_worker.py"
 VENV_PY = ROOT / ".venv" / "bin" / "python"
 LISTEN_BASE = 1024
@@ -56,6 +62,26 @@ _counter = 0
 
 def python_exe() -> str:
     return str(VENV_PY) if VENV_PY.exists() else sys.executable
+
+
+def tcpq_argv() -> list[str]:
+    """tcpq-top as the console script runs it, from TREE."""
+    return [python_exe(), "-m", "tcptop_q"]
+
+
+def export_head(dest_root: str = "/tmp") -> str:
+    """`git archive HEAD` into /tmp/tqbench-tree-<sha> (reused if there); returns its path."""
+    sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                         text=True, check=True).stdout.strip()
+    dest = Path(dest_root) / f"tqbench-tree-{sha}"
+    if not (dest / "tcptop_q").is_dir():
+        tmp = Path(f"{dest}.tmp{os.getpid()}")
+        tmp.mkdir(parents=True)
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", "HEAD", "tcptop_q"], capture_output=True,
+                                 check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive, check=True)
+        tmp.rename(dest)
+    return str(dest)
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:

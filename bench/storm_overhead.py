@@ -26,7 +26,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-TCPQ = str(ROOT / ".venv" / "bin" / "tcpq-top")
+from scale_fixture import tcpq_argv  # noqa: E402  (also puts the tree under test on sys.path)
+
+TCPQ = tcpq_argv()
 TCPSTATES = "/usr/sbin/tcpstates-bpfcc"
 
 
@@ -48,9 +50,12 @@ class Tracer:
                                   env={**os.environ, **(env or {})})
         while True:
             with open(log, "rb") as f:
-                if ready in f.read(4096):
-                    break
-            if self.p.poll() is not None or time.monotonic() - self.t0 > ready_timeout:
+                head = f.read(4096)
+            if ready in head:
+                break
+            # tcpq-top printed a frame without its probes (it says why): no point waiting.
+            failed = ready == b"bpf live" and b"bpf off" in head
+            if failed or self.p.poll() is not None or time.monotonic() - self.t0 > ready_timeout:
                 self.stop()
                 raise RuntimeError(f"{argv[-1]} not ready: {open(log, 'rb').read()[-300:]!r}")
             time.sleep(0.05)
@@ -85,7 +90,6 @@ def main() -> int:
     install_signal_cleanup()
     tmp = tempfile.mkdtemp(prefix="tqbench-storm-")
     exe = build(tmp)
-    sys.path.insert(0, str(ROOT))
     from tcptop_q.probes.kheaders import find_kernel_source
 
     ksrc, _why = find_kernel_source()  # bcc needs some headers; the project's merged tree works
@@ -93,13 +97,14 @@ def main() -> int:
     # (argv, line that says the probes are attached)
     configs: dict[str, tuple[list[str], bytes] | None] = {
         "none": None,
-        "tcpq-top --batch --no-bpf": ([TCPQ, "--batch", "--no-bpf"], b"tcpq-top "),
-        "tcpq-top --batch (BPF)": ([TCPQ, "--batch"], b"bpf live"),
+        "tcpq-top --batch --no-bpf": ([*TCPQ, "--batch", "--no-bpf"], b"tcpq-top "),
+        "tcpq-top --batch (BPF)": ([*TCPQ, "--batch"], b"bpf live"),
         "tcpstates-bpfcc": (["/usr/bin/python3", "-u", TCPSTATES], b"SKADDR"),
     }
     runs: dict[str, list[float]] = {k: [] for k in configs}
     paired: dict[str, list[float]] = {k: [] for k in configs}
     traced_lines: list[float] = []
+    failures: list[str] = []
     ready: dict[str, list[float]] = {k: [] for k in configs}
     names = list(configs)
     try:
@@ -111,7 +116,12 @@ def main() -> int:
                 this: dict[str, float] = {}
                 for name in order:
                     cfg = configs[name]
-                    tracer = Tracer(cfg[0], os.path.join(tmp, "log"), cfg[1], tenv) if cfg else None
+                    try:
+                        tracer = Tracer(cfg[0], os.path.join(tmp, "log"), cfg[1], tenv) if cfg else None
+                    except RuntimeError as exc:
+                        print(f"rep {rep} {name}: skipped, {exc}", flush=True)
+                        failures.append(f"{name}: {str(exc)[:200]}")
+                        continue
                     try:
                         out = subprocess.run(storm, capture_output=True, text=True, check=True,
                                              timeout=args.max_seconds + 30).stdout.split()
@@ -130,19 +140,22 @@ def main() -> int:
                     print(f"rep {rep} {name}: {out[2]} cycles/s ({out[0]} in {out[1]} s)", flush=True)
                 for name, v in this.items():
                     paired[name].append(v / this["none"])
+                if failures:
+                    print(f"{len(failures)} run(s) skipped so far", flush=True)
     finally:
         for f in os.listdir(tmp):
             os.unlink(os.path.join(tmp, f))
         os.rmdir(tmp)
     base = statistics.median(runs["none"])
-    res = {k: {"median_cps": statistics.median(v), "ratio": statistics.median(v) / base, "all": v,
+    res = {k: {"runs": len(v), "median_cps": statistics.median(v), "ratio": statistics.median(v) / base, "all": v,
                "paired_ratio": statistics.median(paired[k]), "paired_all": [round(x, 3) for x in paired[k]],
                "ready_s": statistics.median(ready[k]) if ready[k] else None} for k, v in runs.items()}
     out_dir = ROOT / "bench" / "results"
     out_dir.mkdir(exist_ok=True)
     (out_dir / "storm_overhead.json").write_text(json.dumps({"machine": machine(), "count": args.count,
                                                              "reps": args.reps, "results": res,
-                                                             "tcpstates_lines_per_cycle": traced_lines},
+                                                             "tcpstates_lines_per_cycle": traced_lines,
+                                                             "skipped": failures},
                                                             indent=1) + "\n")
     print("| attached | cycles/s (median) | median / median none | median of per-rep ratios | ready after (s) |")
     print("|---|---:|---:|---:|---:|")
