@@ -21,7 +21,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-TCPQ = str(ROOT / ".venv" / "bin" / "tcpq-top")
+from scale_fixture import tcpq_argv  # noqa: E402  (also puts the tree under test on sys.path)
+
+TCPQ = tcpq_argv()
 
 
 def status_kb(pid: int) -> dict[str, int]:
@@ -71,8 +73,8 @@ def measure(listeners: int, sockets: int, reps: int, ticks: int, delay: float) -
     with ScaleFixture(listeners, sockets) as fx:
         base = ["--batch", "-n", str(ticks), "-d", str(delay), "--netns", str(fx.inode)]
         cfg = {
-            "tcpq-top --batch --no-bpf": lambda: run_tcpq([TCPQ, *base, "--no-bpf"], 600),
-            "tcpq-top --batch (BPF)": lambda: run_tcpq([TCPQ, *base], 600),
+            "tcpq-top --batch --no-bpf": lambda: run_tcpq([*TCPQ, *base, "--no-bpf"], 600),
+            "tcpq-top --batch (BPF)": lambda: run_tcpq([*TCPQ, *base], 600),
             "ss -tanm (baseline)": lambda: (run_ss(fx.argv(["ss", "-tanm"])), 0.0),
         }
         runs: dict[str, list[tuple[float, float]]] = {k: [] for k in cfg}
