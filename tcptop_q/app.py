@@ -262,6 +262,10 @@ class TcpqTopApp(App):
                 gc.enable()
 
     def _apply_snapshot(self, snap: Snapshot) -> None:
+        if self.snapshot is not None and snap.sources.bpf_state != self.snapshot.sources.bpf_state:
+            # bcc/clang may have written diagnostics straight to the terminal while the
+            # probes compiled: redraw every cell once they are live (or have failed).
+            self.call_after_refresh(self.screen.refresh, repaint=True, layout=True)
         self.snapshot = snap
         if snap.connections is not None:
             self.connections = snap.connections

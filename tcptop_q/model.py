@@ -148,7 +148,7 @@ class NetnsCounters:
     sysctls: Mapping[str, int] = field(default_factory=dict)  # somaxconn, tcp_max_syn_backlog, ...
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Transition:
     """One sock:inet_sock_set_state event (the live feed / a timeline entry)."""
 

@@ -499,7 +499,7 @@ class Sampler:
                 bpf_state=bpf_state,
                 hooks=hooks,
                 lost_events=bpf.lost_events if bpf is not None else 0,
-                notes=tuple(raw.notes),
+                notes=(*raw.notes, *getattr(self.bpf, "notes", ())),
             ),
             netns=netns_out,
             listeners=listeners,

@@ -86,6 +86,9 @@ class LiveSource:
         self._last: Snapshot | None = None
         self._closed = False
         self._lock = threading.Lock()
+        self._focus: int | None = None
+        self._feed_off_until: float | None = None
+        self._lost_before = 0
 
     def start_bpf(self) -> None:
         if self.bpf is not None:
@@ -107,9 +110,53 @@ class LiveSource:
         snap = self.sampler.sample(self.interval, children=children)
         if self.bpf is None and self.bpf_error:
             snap = replace(snap, sources=replace(snap.sources, bpf_error=self.bpf_error))
+        notes = self._feed_policy(snap)
+        if notes:
+            snap = replace(snap, sources=replace(snap.sources, notes=(*snap.sources.notes, *notes)))
         snap = self.filters.apply(snap)
         self._last = snap
         return snap
+
+    # -- the feed: every transition while that is cheap, only what the user looks at when not.
+    FEED_MAX_RATE = 20000.0  # transitions/s the feed carries before it narrows itself
+    FEED_RETRY_S = 30.0
+
+    def focus_port(self, port: int | None) -> None:
+        """The listening port the user is looking at (None: none). While the feed is paused
+        for overload, that port's transitions still come through, so its timelines stay live."""
+        self._focus = port
+        self._apply_feed()
+
+    def _apply_feed(self) -> None:
+        set_feed = getattr(self.bpf, "set_feed", None)
+        if set_feed is None or getattr(self.bpf, "state", "off") != "live":
+            return
+        if self._feed_off_until is None:
+            set_feed("all")
+        elif self._focus is not None:  # overloaded: keep what the user is looking at
+            set_feed("port", self._focus)
+        else:
+            set_feed("off")
+
+    def _feed_policy(self, snap: Snapshot) -> list[str]:
+        if self.bpf is None or snap.sources.bpf_state != "live":
+            return []
+        lost = snap.sources.lost_events - self._lost_before
+        self._lost_before = snap.sources.lost_events
+        now = time.monotonic()
+        if self._feed_off_until is not None:
+            if now < self._feed_off_until:
+                return [f"feed paused: more than {self.FEED_MAX_RATE:.0f} transitions/s; counts stay exact; "
+                        "open a listener to follow its port"]
+            self._feed_off_until = None
+            self._apply_feed()
+            return []
+        rate = (len(snap.events) + max(0, lost)) / snap.interval if snap.interval else 0.0
+        if rate > self.FEED_MAX_RATE:
+            self._feed_off_until = now + self.FEED_RETRY_S
+            self._apply_feed()
+            return [f"feed paused at {rate:.0f} transitions/s; counts stay exact"]
+        return []
 
     def timeline(self, netns: int, family: str, laddr: str, lport: int, raddr: str, rport: int) -> list[Transition]:
         if self.bpf is None or getattr(self.bpf, "state", "off") != "live":

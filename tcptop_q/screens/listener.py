@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from functools import partial
 
 from rich.text import Text
 from textual import on, work
@@ -85,6 +86,16 @@ class ListenerScreen(DetailScreen):
         self.conns: dict[str, Connection] = {}
         self.diagnosis_text = ""
 
+    def _focus_feed(self, port: int | None) -> None:
+        # Off the UI thread (the probes' lock may be held by a read in the collector), and
+        # owned by the app: a worker of this screen would be cancelled as it unmounts.
+        focus = getattr(self.tapp.source, "focus_port", None)
+        if callable(focus):
+            self.tapp.run_worker(partial(focus, port), thread=True, group="feed-focus", exit_on_error=False)
+
+    def on_unmount(self) -> None:
+        self._focus_feed(None)
+
     def compose(self) -> ComposeResult:
         yield TopBar(id="topbar")
         yield Static(id="title")
@@ -117,6 +128,7 @@ class ListenerScreen(DetailScreen):
         yield Footer()
 
     def on_mount(self) -> None:
+        self._focus_feed(self.key.lport)
         self.refresh_header()
         self.refresh_data()
         self.query_one("#children", KeyedTable).focus(scroll_visible=False)
