@@ -134,24 +134,26 @@ def test_seed_experiment_1_exact(ns: Netns, batch: Batch) -> None:
         srv.close()
 
 
-@pytest.mark.parametrize("family", ["ipv4", "ipv6-dual-stack"])
+@pytest.mark.parametrize("family", ["ipv4", "ipv6", "ipv6-dual-stack"])
 def test_third_ack_overflow_exact(ns: Netns, batch: Batch, family: str) -> None:
     """TCP_DEFER_ACCEPT keeps C a request sock while A and B fill the queue (limit 1 holds 2);
     C's data then completes the handshake into a full queue: one third-ACK overflow, which
     adds 2 to sk_drops (and TCP_DEFER_ACCEPT's dropped bare ACKs add more): only a hook that
-    sees the overflow itself makes `overflows` exact. ipv6-dual-stack: the listener is [::]
-    and the clients IPv4, so the packets go through tcp_v6_syn_recv_sock into the v4 one."""
-    port = 8081 if family == "ipv4" else 8086
+    sees the overflow itself makes `overflows` exact. ipv6: [::] and ::1 clients
+    (tcp_v6_syn_recv_sock's own test); ipv6-dual-stack: [::] and IPv4 clients, whose
+    packets go through tcp_v6_syn_recv_sock into the v4 one (counted once)."""
+    port = {"ipv4": 8081, "ipv6": 8087, "ipv6-dual-stack": 8086}[family]
     srv = _listen(ns, port, 1, defer_accept=10, family=socket.AF_INET if family == "ipv4" else socket.AF_INET6)
+    cfam, dst = (socket.AF_INET6, "::1") if family == "ipv6" else (socket.AF_INET, "127.0.0.1")
     before = ns.netstat()
     socks = []
     try:
-        c = ns.socket()
-        c.connect(("127.0.0.1", port))
+        c = ns.socket(cfam)
+        c.connect((dst, port))
         socks.append(c)
         for _ in range(2):
-            s = ns.socket()
-            s.connect(("127.0.0.1", port))
+            s = ns.socket(cfam)
+            s.connect((dst, port))
             s.sendall(b"x")
             socks.append(s)
         time.sleep(0.05)
