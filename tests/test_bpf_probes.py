@@ -170,6 +170,17 @@ def settle(probes: BpfProbes, seconds: float = 0.3):
     return probes.read()
 
 
+def timeline_until_closed(probes: BpfProbes, *tuple_, timeout: float = 5.0):
+    """The socket's timeline once it reached CLOSE (a loaded machine can be slow to get there)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        probes.read()
+        tl = probes.timeline(*tuple_)
+        if (tl and tl[-1].new == "CLOSE") or time.monotonic() > deadline:
+            return tl
+        time.sleep(0.1)
+
+
 def server_sequences(events, netns: int, port: int) -> dict[int, list[tuple[str, str]]]:
     """Transitions of the server's children (not the listener itself), by socket."""
     seqs: dict[int, list[tuple[str, str]]] = {}
@@ -278,7 +289,8 @@ def test_third_ack_overflow_matches_listenoverflows(netns: Netns, probes: BpfPro
         key, counts = the_listener(reading, netns.inode, port)
         assert overflows == 1, "recipe should overflow exactly once"
         assert counts.listen_overflow_drops == overflows
-        assert counts.drop_reasons.get("TCP_LISTEN_OVERFLOW") == overflows
+        if "drop_reasons" in probes.hooks:  # kfree_skb with rx_sk (6.11+); a kprobe counts it elsewhere
+            assert counts.drop_reasons.get("TCP_LISTEN_OVERFLOW") == overflows
         assert counts.accepts == 2 and counts.peak_accept_queue == 2
     finally:
         for s in socks:
@@ -315,8 +327,7 @@ def _one_connection(netns: Netns, port: int, server_first: bool):
 def test_client_closes_first(netns: Netns, probes: BpfProbes) -> None:
     port = 8082
     cport = _one_connection(netns, port, server_first=False)
-    settle(probes)
-    tl = probes.timeline(netns.inode, "ipv4", "127.0.0.1", port, "127.0.0.1", cport)
+    tl = timeline_until_closed(probes, netns.inode, "ipv4", "127.0.0.1", port, "127.0.0.1", cport)
     assert [(t.old, t.new) for t in tl] == [
         ("LISTEN", "SYN_RECV"), ("SYN_RECV", "ESTABLISHED"), ("ESTABLISHED", "CLOSE_WAIT"),
         ("CLOSE_WAIT", "LAST_ACK"), ("LAST_ACK", "CLOSE"),
@@ -332,8 +343,7 @@ def test_client_closes_first(netns: Netns, probes: BpfProbes) -> None:
 def test_server_closes_first(netns: Netns, probes: BpfProbes) -> None:
     port = 8083
     cport = _one_connection(netns, port, server_first=True)
-    settle(probes)
-    tl = probes.timeline(netns.inode, "ipv4", "127.0.0.1", port, "127.0.0.1", cport)
+    tl = timeline_until_closed(probes, netns.inode, "ipv4", "127.0.0.1", port, "127.0.0.1", cport)
     assert [(t.old, t.new) for t in tl] == [
         ("LISTEN", "SYN_RECV"), ("SYN_RECV", "ESTABLISHED"), ("ESTABLISHED", "FIN_WAIT1"),
         ("FIN_WAIT1", "FIN_WAIT2"), ("FIN_WAIT2", "CLOSE"),
@@ -347,9 +357,13 @@ def test_close_detaches_and_is_idempotent(netns: Netns) -> None:
     p.start()
     assert p.wait_ready(60), p.error
     ids = p.prog_ids()
-    names = {loaded_programs().get(i) for i in ids}
-    assert names == {"tq_set_state", "tq_data_ready", "tq_kfree_skb", "tq_synack", "tq_send_reset", "tq_recv_reset"}
-    p.close()
+    try:
+        names = {loaded_programs().get(i) for i in ids}
+        # Exactly the planned programs: tracepoints, plus kprobe fallbacks on kernels that need them.
+        assert names == {fn[:15] for _kind, _target, fn in p._plan.attach}  # kernel names: 15 chars
+        assert {"tq_set_state", "tq_synack"} <= names
+    finally:
+        p.close()
     p.close()
     assert_detached(ids)
     assert p.state == "off"
