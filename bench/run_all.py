@@ -30,7 +30,7 @@ FULL: dict[str, list[str]] = {
                          "--reps", "5", "--out", "tick_cost_queued.json"],
     "profile_tick": ["profile_tick.py"],
     "first_output": ["first_output.py"],
-    "storm_overhead": ["storm_overhead.py", "--reps", "7"],
+    "storm_overhead": ["storm_overhead.py", "--reps", "5", "--count", "300000", "--max-seconds", "20"],
     "rss": ["rss.py"],
 }
 QUICK: dict[str, list[str]] = {
