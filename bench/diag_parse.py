@@ -148,7 +148,7 @@ def main() -> int:
         res = fx.python(__file__, "--inner", "--reps", str(args.reps), *flags, timeout=3600)
     doc = {"machine": machine(), "listeners": args.listeners, "sockets": args.sockets, "reps": args.reps,
            "ss_counts": counts, "results": res}
-    out = ROOT / "bench" / "results"
+    out = __import__("scale_fixture").results_dir()
     out.mkdir(exist_ok=True)
     (out / "diag_parse.json").write_text(json.dumps(doc, indent=1) + "\n")
     print(f"{args.listeners} listeners, {args.sockets} sockets; kernel counts {counts}")

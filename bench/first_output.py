@@ -86,7 +86,7 @@ def main() -> int:
         out[label] = measure(lis, socks, args.reps, not args.no_bpf_run)
         print(label, flush=True)
         print(table(out[label]), flush=True)
-    res = ROOT / "bench" / "results"
+    res = __import__("scale_fixture").results_dir()
     res.mkdir(exist_ok=True)
     (res / "first_output.json").write_text(json.dumps({"machine": machine(), "reps": args.reps, "scales": out}, indent=1) + "\n")
     return 0

@@ -105,7 +105,7 @@ def main() -> int:
 
     install_signal_cleanup()
     tag = f"{args.listeners}x{args.sockets}" + (f"_q{args.queued_close_wait}" if args.queued_close_wait else "")
-    res = ROOT / "bench" / "results"
+    res = __import__("scale_fixture").results_dir()
     res.mkdir(exist_ok=True)
     raw = res / f"profile_{tag}.txt"
     pyspy = str(ROOT / ".venv" / "bin" / "py-spy")

@@ -105,7 +105,7 @@ def main() -> int:
         ss = out[label]["ss -tanm (baseline)"]["rss_mb"]
         for k, v in out[label].items():
             print(f"| {k} | {v['rss_mb']:.0f} | {v['hwm_mb']:.0f} | {v['rss_mb'] / ss:.1f}x |", flush=True)
-    res = ROOT / "bench" / "results"
+    res = __import__("scale_fixture").results_dir()
     res.mkdir(exist_ok=True)
     (res / "rss.json").write_text(json.dumps({"machine": machine(), "reps": args.reps, "ticks": args.ticks,
                                               "scales": out}, indent=1) + "\n")

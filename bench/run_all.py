@@ -60,6 +60,12 @@ def main() -> int:
         os.environ["TQBENCH_TREE"] = export_head()
         print(f"tree under test: {os.environ['TQBENCH_TREE']}", flush=True)
     plan = QUICK if args.quick else FULL
+    if args.quick:
+        import os
+        import tempfile
+
+        os.environ["TQBENCH_RESULTS"] = tempfile.mkdtemp(prefix="tqbench-quick-")
+        print(f"smoke results in {os.environ['TQBENCH_RESULTS']}", flush=True)
     failed = []
     for name, argv in plan.items():
         if args.only and name not in args.only:

@@ -64,6 +64,13 @@ def python_exe() -> str:
     return str(VENV_PY) if VENV_PY.exists() else sys.executable
 
 
+def results_dir() -> Path:
+    """bench/results, or TQBENCH_RESULTS (run_all.py --quick writes its smoke results elsewhere)."""
+    d = Path(os.environ.get("TQBENCH_RESULTS") or ROOT / "bench" / "results")
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
 def tcpq_argv() -> list[str]:
     """tcpq-top as the console script runs it, from TREE."""
     return [python_exe(), "-m", "tcptop_q"]

@@ -150,7 +150,7 @@ def main() -> int:
     res = {k: {"runs": len(v), "median_cps": statistics.median(v), "ratio": statistics.median(v) / base, "all": v,
                "paired_ratio": statistics.median(paired[k]), "paired_all": [round(x, 3) for x in paired[k]],
                "ready_s": statistics.median(ready[k]) if ready[k] else None} for k, v in runs.items()}
-    out_dir = ROOT / "bench" / "results"
+    out_dir = __import__("scale_fixture").results_dir()
     out_dir.mkdir(exist_ok=True)
     (out_dir / "storm_overhead.json").write_text(json.dumps({"machine": machine(), "count": args.count,
                                                              "reps": args.reps, "results": res,

@@ -103,7 +103,7 @@ def main() -> int:
             res = fx.python(__file__, "--inner", "--reps", str(args.reps), timeout=3600)
         points.append({"listeners": lis, "sockets": socks, "queued_close_wait": args.queued_close_wait, **res})
         print(f"{lis}x{socks}: tick {res['tick']['cpu_ms']:.1f} ms CPU, ss -tanm {res['ss -tanm']['cpu_ms']:.1f}", flush=True)
-    out = ROOT / "bench" / "results"
+    out = __import__("scale_fixture").results_dir()
     out.mkdir(exist_ok=True)
     (out / args.out).write_text(json.dumps({"machine": machine(), "reps": args.reps, "points": points}, indent=1) + "\n")
     print(table(points))
