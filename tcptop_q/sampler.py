@@ -260,7 +260,9 @@ class Sampler:
     def sample(self, interval: float = 1.0, *, children: bool | None = None) -> Snapshot:
         now = time.monotonic()
         if children is None:
-            children = self._children_due(now, interval)
+            # The first tick of a live view shows listeners at once; the full child dump
+            # (hundreds of ms on a big host) comes with the second.
+            children = self.prev is not None and self._children_due(now, interval)
         start = time.perf_counter()
         raw = self.reader.read(children=children)
         if children:
