@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 SCHEMA = "tcpq-top.snapshot/1"
 
@@ -45,12 +46,13 @@ def state_name(num: int) -> str:
     return TCP_STATES.get(num, f"STATE_{num}")
 
 
-@dataclass(frozen=True)
-class ListenerKey:
+class ListenerKey(NamedTuple):
     """Identifies one listening socket across ticks.
 
     (netns, family, laddr, lport) is unique except for SO_REUSEPORT groups, where
     the socket cookie (never 0 for a dumped socket) tells the members apart.
+    A NamedTuple, not a dataclass: it is built and hashed for every listener on
+    every tick, and a tuple does both in C.
     """
 
     netns: int

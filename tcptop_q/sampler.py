@@ -8,6 +8,7 @@ bounded per-listener history for sparklines lives with the UI that draws it.
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import threading
@@ -237,6 +238,10 @@ class Sampler:
         self.last_children = float("-inf")
         self.children_cost = 0.0
         self._prev_overflows: dict[ListenerKey, int] = {}
+        self._prev_drops: dict[ListenerKey, int] = {}
+        # key -> (row, owner, syn_queue, children, BPF fields, Listener) of the last tick
+        self._prev_listeners: dict[ListenerKey, tuple] = {}
+        self._prev_cw: dict[tuple[int, int], tuple] = {}
         # Children by state between full dumps: the last dump's counts.
         self._last_children_counts: dict[ListenerKey, dict[str, int]] | None = None
         # BPF per-(netns, port) child state deltas as they were at the last full dump.
@@ -258,6 +263,19 @@ class Sampler:
         return now - self.last_children >= period
 
     def sample(self, interval: float = 1.0, *, children: bool | None = None) -> Snapshot:
+        """One tick. The cyclic GC is held off meanwhile: a tick allocates a short-lived
+        object per socket, which would set off collections that walk every long-lived
+        object of the process (the row caches, the UI's tables) several times per tick."""
+        was_enabled = gc.isenabled()
+        if was_enabled:
+            gc.disable()
+        try:
+            return self._sample(interval, children)
+        finally:
+            if was_enabled:
+                gc.enable()
+
+    def _sample(self, interval: float, children: bool | None) -> Snapshot:
         now = time.monotonic()
         if children is None:
             # The first tick of a live view shows listeners at once; the full child dump
@@ -289,14 +307,11 @@ class Sampler:
     ) -> Snapshot:
         prev = self.prev
         dt = (raw.mono - prev.mono) if prev else 0.0
-        prev_drops: dict[ListenerKey, int] = {}
+        prev_drops = self._prev_drops
         prev_counters: dict[int, dict[str, int]] = {}
         if prev:
             for ns in prev.netns.values():
                 prev_counters[ns.inode] = ns.counters
-                for row in ns.rows:
-                    if row.state == diagmod.TCP_LISTEN:
-                        prev_drops[_key(ns.inode, row)] = row.drops
 
         # Listeners first; then request socks, CLOSE_WAIT and children attributed to them.
         listen_rows: list[tuple[ListenerKey, DiagRow]] = []
@@ -398,6 +413,9 @@ class Sampler:
                     )
 
         listeners: list[Listener] = []
+        have_children = self._last_children_counts is not None
+        reuse = self._prev_listeners
+        built: dict[ListenerKey, tuple] = {}
         for key, row in listen_rows:
             drops_before = prev_drops.get(key)
             drop_rate = model.rate(row.drops, drops_before, dt) or 0.0
@@ -433,20 +451,40 @@ class Sampler:
                     resets_received=counts.resets_received if "resets_received" in bpf.hooks else None,
                 )
                 self._prev_overflows[key] = overflows
-            listener = Listener(
-                key=key,
-                inode=row.inode,
-                pid=owner[0] if owner else None,
-                comm=owner[1] if owner else None,
-                accept_queue=row.rqueue,
-                backlog=row.wqueue,
-                syn_queue=syn_queue.get(key, 0),
-                drops=max(row.drops, 0),
-                drop_rate=drop_rate,
-                children=_with_main_states(children.get(key)) if self._last_children_counts is not None else {},
-                **fields,
-            )
+            synq = syn_queue.get(key, 0)
+            kids = children.get(key) if have_children else None
+            values = tuple(fields.values())
+            # Most listeners are the same as a tick ago: keep the same object (and skip
+            # building a 20-field frozen record) when every input is unchanged.
+            last = reuse.get(key)
+            if (
+                last is not None
+                and last[0] is row
+                and last[1] == owner
+                and last[2] == synq
+                and (last[3] is kids or last[3] == kids)
+                and last[4] == values
+                and last[5].drop_rate == drop_rate
+            ):
+                listener = last[5]
+            else:
+                listener = Listener(
+                    key=key,
+                    inode=row.inode,
+                    pid=owner[0] if owner else None,
+                    comm=owner[1] if owner else None,
+                    accept_queue=row.rqueue,
+                    backlog=row.wqueue,
+                    syn_queue=synq,
+                    drops=max(row.drops, 0),
+                    drop_rate=drop_rate,
+                    children=_with_main_states(kids) if have_children else {},
+                    **fields,
+                )
+            built[key] = (row, owner, synq, kids, values, listener)
             listeners.append(listener)
+        self._prev_listeners = built
+        self._prev_drops = {key: row.drops for key, row in listen_rows}
         if bpf is not None:
             self.prev_bpf = dict(bpf_by_key)
         live_keys = {key for key, _ in listen_rows}
@@ -454,6 +492,7 @@ class Sampler:
             del self._prev_overflows[key]
 
         close_wait = []
+        prev_cw, cw_built = self._prev_cw, {}
         listen_row_of = dict(listen_rows)
         for ns_inode, row in cw_rows:
             fam = FAMILY[row.family]
@@ -468,13 +507,19 @@ class Sampler:
                 since = self.bpf.state_since(ns_inode, fam, row.laddr, row.lport, row.raddr, row.rport)
                 if since is not None and since[0] == "CLOSE_WAIT":
                     age = max(0.0, raw.wall - since[1])
-            close_wait.append(
-                CloseWait(
+            cw_id = (ns_inode, row.cookie)
+            last = prev_cw.get(cw_id)
+            if last is not None and last[0] is row and last[1] == owner and last[2].age_s == age:
+                cw = last[2]
+            else:
+                cw = CloseWait(
                     ns_inode, fam, row.laddr, row.lport, row.raddr, row.rport, row.inode, row.cookie,
                     owner[0] if owner else None, owner[1] if owner else None, row.rqueue, age,
                 )
-            )
+            cw_built[cw_id] = (row, owner, cw)
+            close_wait.append(cw)
 
+        self._prev_cw = cw_built
         netns_out = []
         for ns in raw.netns.values():
             before = prev_counters.get(ns.inode)

@@ -21,8 +21,8 @@ import os
 import socket
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
@@ -76,8 +76,9 @@ def format_addr(family: int, raw: bytes) -> str:
     return ipaddress.IPv6Address(raw).compressed
 
 
-@dataclass(frozen=True, slots=True)
-class DiagRow:
+class DiagRow(NamedTuple):
+    """One socket of a dump (a tuple: built for every row of every tick)."""
+
     family: int
     state: int
     laddr: str
@@ -106,6 +107,9 @@ class DiagSocket:
         self.sock.bind((0, 0))
         self._seq = 0
         self._buf = bytearray(1 << 18)
+        # Rows of the previous dump of each kind, by their message bytes: most sockets do
+        # not change between ticks, and a dict lookup is cheaper than parsing them again.
+        self._rows: dict[tuple[int, int, int], dict[bytes, DiagRow]] = {}
 
     def close(self) -> None:
         self.sock.close()
@@ -139,6 +143,9 @@ class DiagSocket:
         unpack_u32 = _U32.unpack_from
         fmt = format_addr
         addr_len = 4 if family == socket.AF_INET else 16
+        kind = (family, states, ext)
+        known = self._rows.get(kind, {})
+        seen: dict[bytes, DiagRow] = {}
         while True:
             n = self.sock.recv_into(buf)
             off = 0
@@ -150,6 +157,7 @@ class DiagSocket:
                     off += (length + 3) & ~3
                     continue
                 if mtype == NLMSG_DONE:
+                    self._rows[kind] = seen
                     return
                 if mtype == NLMSG_ERROR:
                     (err,) = struct.unpack_from("=i", buf, off + 16)
@@ -158,6 +166,13 @@ class DiagSocket:
                         continue
                     raise DiagError(-err, f"sock_diag: {os.strerror(-err)}")
                 p = off + 16
+                body = bytes(view[p : off + length])
+                row = known.get(body)
+                if row is not None:
+                    seen[body] = row
+                    yield row
+                    off += (length + 3) & ~3
+                    continue
                 fam, state, _timer, retrans = unpack_head(buf, p)
                 sport, dport = unpack_ports(buf, p + 4)
                 src = bytes(view[p + 8 : p + 8 + addr_len])
@@ -176,7 +191,7 @@ class DiagSocket:
                             (drops,) = unpack_u32(buf, a + 4 + 4 * SK_MEMINFO_DROPS)
                             break
                         a += (rlen + 3) & ~3
-                yield DiagRow(
+                row = DiagRow(
                     fam,
                     state,
                     fmt(fam, src),
@@ -191,6 +206,8 @@ class DiagSocket:
                     drops,
                     retrans,
                 )
+                seen[body] = row
+                yield row
                 off += (length + 3) & ~3
 
     def dump_both(self, states: int, *, meminfo: bool = False) -> list[DiagRow]:
