@@ -6,8 +6,10 @@ Data flows one way: SnapshotSource.sample() (collector thread) -> SnapshotReady 
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import math
+import signal
 import threading
 import time
 from array import array
@@ -186,6 +188,74 @@ class TcpqTopApp(App):
         self.push_screen(MainScreen())
         if self._start_collector:
             self.start_collector()
+        self._exit_on_signals()
+
+    def _exit_on_signals(self) -> None:
+        """SIGTERM, and SIGHUP when the ssh session drops, end the app the way q does: the
+        terminal is restored, the driver's threads stop, then the probes are detached.
+
+        Python-level handlers, not the event loop's: Textual's shutdown can block for good
+        when the terminal has gone (its writer thread dies on EIO and the queue to it fills),
+        and a handler queued on a blocked loop would never run. This one runs in the main
+        thread even then, and arms a watchdog that leaves cleanly after a grace period."""
+        if self.is_headless:
+            return  # tests: leave the test runner's signals alone
+        try:
+            loop = asyncio.get_running_loop()
+
+            def handler(signum: int, _frame: object) -> None:
+                self._arm_force_exit(128 + signum, 5.0)
+                loop.call_soon_threadsafe(partial(self.exit, None, 128 + signum))
+
+            for sig in (signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, handler)
+        except (RuntimeError, ValueError):
+            pass  # not the main thread
+        watch = threading.Thread(target=self._watch_terminal, name="tcpq-tty-watch", daemon=True)
+        watch.start()
+
+    def _watch_terminal(self) -> None:
+        """A dropped ssh session does not always reach us as SIGHUP before Textual blocks on
+        the dead terminal; the terminal itself tells: tcgetpgrp fails with EIO once hung up."""
+        import errno
+        import os
+        import sys
+
+        try:
+            fd = sys.__stdin__.fileno() if sys.__stdin__ is not None else 0
+            os.tcgetpgrp(fd)
+        except OSError as exc:
+            if exc.errno == errno.EIO:  # hung up before we even looked
+                self._arm_force_exit(128 + signal.SIGHUP, 0.0)
+            return  # otherwise: no terminal to watch
+        except ValueError:
+            return
+        while not self._stop.wait(0.5):
+            try:
+                os.tcgetpgrp(fd)
+            except OSError:
+                # Nothing left to restore on a terminal that is gone: detach and leave.
+                self._arm_force_exit(128 + signal.SIGHUP, 0.0)
+                return
+
+    def _arm_force_exit(self, code: int, delay: float) -> None:
+        if getattr(self, "_force_timer", None) is not None:
+            return
+        timer = threading.Timer(delay, self._force_exit, args=(code,))
+        timer.daemon = True
+        self._force_timer = timer
+        timer.start()
+
+    def _force_exit(self, code: int) -> None:
+        import os
+
+        try:
+            self.source.close()
+            from tcptop_q.lab.netns import cleanup_all
+
+            cleanup_all()
+        finally:
+            os._exit(code)
 
     def start_collector(self) -> None:
         self._thread = threading.Thread(target=self._collect, name="tcpq-collector", daemon=True)
@@ -230,6 +300,9 @@ class TcpqTopApp(App):
             thread.join(timeout=max(2.0, 2 * float(self.source.interval)))
 
     def on_unmount(self) -> None:
+        if not self.is_headless:
+            # Whatever ends the app, the process must not outlive it by long (see above).
+            self._arm_force_exit(1, 10.0)
         self.stop_collector()
         try:
             self.source.close()

@@ -150,10 +150,45 @@ def format_batch(snap: Snapshot, wide: bool = False) -> str:
 # ---------------------------------------------------------------------- running
 
 
+# What must be undone even if the process has to leave without unwinding (see _force_exit).
+_CLEANUPS: list = []
+_force_armed = False
+
+
+def _force_exit(code: int) -> None:
+    try:
+        for fn in list(_CLEANUPS):
+            try:
+                fn()
+            except Exception:
+                pass
+        from .lab.netns import cleanup_all
+
+        cleanup_all()
+        sys.stdout.flush()
+    finally:
+        os._exit(code)
+
+
+def _arm_force_exit(code: int, delay: float) -> None:
+    """A watchdog for exits that cannot unwind (the UI blocked on a terminal that is gone):
+    after `delay`, detach and clean up from another thread, then leave."""
+    global _force_armed
+    if _force_armed:
+        return
+    _force_armed = True
+    import threading
+
+    timer = threading.Timer(delay, _force_exit, args=(code,))
+    timer.daemon = True
+    timer.start()
+
+
 def _install_signals() -> None:
     """SIGTERM and SIGHUP (ssh dropped) unwind like an exception: finally blocks detach BPF."""
 
     def handler(signum: int, _frame: object) -> None:
+        _arm_force_exit(128 + signum, 5.0)
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, handler)
@@ -191,7 +226,7 @@ def _filters(args: argparse.Namespace):
     return Filters(port=args.port, pid=args.pid, netns=args.netns)
 
 
-def _make_source(args: argparse.Namespace, interval: float, blocking_owners: bool):
+def _make_source(args: argparse.Namespace, interval: float, blocking_owners: bool, feed: bool = True):
     from .source import LiveSource
 
     source = LiveSource(
@@ -199,7 +234,9 @@ def _make_source(args: argparse.Namespace, interval: float, blocking_owners: boo
         filters=_filters(args),
         use_bpf=not args.no_bpf,
         blocking_owners=blocking_owners,
+        feed=feed,
     )
+    _CLEANUPS.append(source.close)
     if args.record:
         from .record import RecordError, RecordingSource
 
@@ -275,7 +312,11 @@ def run_once(args: argparse.Namespace, interval: float) -> int:
 
 
 def run_batch(args: argparse.Namespace, interval: float) -> int:
-    source = _make_source(args, interval, blocking_owners=False)
+    # The text report shows no transitions: without --json (CLOSE_WAIT ages) or --record
+    # (the feed is recorded) the kernel is told not to send them, which is most of the
+    # probes' cost under a connection storm.
+    feed = bool(args.json or args.record)
+    source = _make_source(args, interval, blocking_owners=False, feed=feed)
     try:
         source.start_bpf()
         source.wait_bpf(timeout=90)
@@ -322,14 +363,39 @@ def _run_app(source, args: argparse.Namespace, clock=None) -> int:
         print(f"{PROG}: the terminal UI is not available ({exc}); use --batch or --once", file=sys.stderr)
         return 1
     app = TcpqTopApp(source, sort=args.sort, reverse=args.reverse, clock=clock)
-    app.run()
+    try:
+        app.run()
+    finally:
+        source.close()  # probes detached before anything else can go wrong
+        _reap_ui_threads()
     return int(app.return_code or 0)
+
+
+def _reap_ui_threads(timeout: float = 3.0) -> None:
+    """If the terminal vanished under the UI, its driver threads may not stop on their own
+    (and they are not daemons): once everything of ours is closed, do not wait on them."""
+    import threading
+
+    deadline = time.monotonic() + timeout
+    for thread in threading.enumerate():
+        if thread is threading.current_thread() or thread.daemon:
+            continue
+        thread.join(max(0.0, deadline - time.monotonic()))
+    if any(t.is_alive() and not t.daemon and t is not threading.current_thread() for t in threading.enumerate()):
+        from .lab.netns import cleanup_all
+
+        try:
+            cleanup_all()  # --demo's namespaces: os._exit skips atexit and finally blocks
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(1)
 
 
 def run_tui(args: argparse.Namespace, interval: float) -> int:
     source = _make_source(args, interval, blocking_owners=False)
     try:
-        source.start_bpf()
+        source.start_bpf_after_first_frame()
         return _run_app(source, args)
     finally:
         source.close()

@@ -66,7 +66,7 @@ class ListenerKey(NamedTuple):
         return f"{host}:{self.lport}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Listener:
     key: ListenerKey
     inode: int
@@ -106,7 +106,7 @@ class Listener:
         return self.key.lport
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Connection:
     """A child of a listener (or any non-LISTEN socket) seen in a dump."""
 
@@ -126,7 +126,7 @@ class Connection:
     age_s: float | None = None  # from BPF timeline; None before probes saw it
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CloseWait:
     netns: int
     family: str

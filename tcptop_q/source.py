@@ -71,6 +71,7 @@ class LiveSource:
         filters: Filters | None = None,
         use_bpf: bool = True,
         blocking_owners: bool = False,
+        feed: bool = True,
     ) -> None:
         self.interval = interval
         self.filters = filters or Filters()
@@ -86,18 +87,34 @@ class LiveSource:
         self._last: Snapshot | None = None
         self._closed = False
         self._lock = threading.Lock()
+        self.feed = feed  # False: nothing shows transitions; the kernel need not send them
+        self._bpf_started = False
+        self._bpf_deferred: float | None = None
         self._focus: int | None = None
         self._feed_off_until: float | None = None
         self._lost_before = 0
 
     def start_bpf(self) -> None:
-        if self.bpf is not None:
+        if self.bpf is not None and not self._bpf_started:
+            self._bpf_started = True
             self.bpf.start()
+
+    def start_bpf_after_first_frame(self, delay: float = 0.4) -> None:
+        """For the TUI: compiling the probes takes a core for a second or more; let the first
+        sample and the first frame go first, then load them in the background."""
+        self._bpf_deferred = delay
 
     def wait_bpf(self, timeout: float = 60.0) -> bool:
         if self.bpf is None:
             return False
-        return bool(self.bpf.wait_ready(timeout))
+        live = bool(self.bpf.wait_ready(timeout))
+        if live and not self.feed and callable(getattr(self.bpf, "set_feed", None)):
+            # Every counter stays exact without the feed; children by state then come
+            # from the sampler's own sock_diag dumps alone.
+            self.bpf.set_feed("off")
+            if callable(getattr(self.bpf, "set_children", None)):
+                self.bpf.set_children(False)
+        return live
 
     @property
     def sampler(self) -> Sampler:
@@ -108,6 +125,12 @@ class LiveSource:
 
     def sample(self, children: bool | None = None) -> Snapshot:
         snap = self.sampler.sample(self.interval, children=children)
+        if self.bpf is not None and not self._bpf_started and self._bpf_deferred is not None:
+            snap = replace(snap, sources=replace(snap.sources, bpf_state="loading"))
+            timer = threading.Timer(self._bpf_deferred, self.start_bpf)
+            timer.daemon = True
+            timer.start()
+            self._bpf_deferred = None
         if self.bpf is None and self.bpf_error:
             snap = replace(snap, sources=replace(snap.sources, bpf_error=self.bpf_error))
         notes = self._feed_policy(snap)
@@ -179,6 +202,7 @@ class LiveSource:
             if self._closed:
                 return
             self._closed = True
+            self._bpf_started = True  # a deferred start that fires now does nothing
         if self.bpf is not None:
             self.bpf.close()
         if self._sampler is not None:

@@ -637,6 +637,14 @@ class BpfProbes:
         tbl = b[b"tq_ctl"]
         tbl[ctypes.c_int(slot)] = ctypes.c_ulonglong(value)
 
+    def set_children(self, enabled: bool) -> None:
+        """Count children's state changes per listening port in the kernel (child_deltas), or
+        not: a view that only needs the periodic sock_diag dump saves two hash operations
+        per transition. Set once, before the first read: turning it back on mid-way would
+        make the deltas miss the changes made while it was off."""
+        with self._lock:
+            self._set_ctl(3, 0 if enabled else 1)
+
     def set_feed(self, mode: str = "all", port: int | None = None) -> None:
         """Limit the feed in the kernel: "off", "all", or "port" (events whose either port is `port`).
 

@@ -128,8 +128,11 @@ class DiagSocket:
         self.sock.sendto(header + body, (0, 0))
         return self._seq
 
-    def dump(self, family: int, states: int, *, meminfo: bool = False) -> Iterator[DiagRow]:
-        """Yield one DiagRow per socket of `family` in any of the `states` bits."""
+    def dump(self, family: int, states: int, *, meminfo: bool = False, reuse: bool = True) -> Iterator[DiagRow]:
+        """Yield one DiagRow per socket of `family` in any of the `states` bits.
+
+        reuse: keep this dump's rows (by message bytes) to reuse in the next one: right for
+        the per-tick dump, a waste of memory for the occasional dump of every child."""
         ext = (1 << (INET_DIAG_SKMEMINFO - 1)) if meminfo else 0
         seq = self._request(family, states, ext)
         buf = self._buf
@@ -157,7 +160,8 @@ class DiagSocket:
                     off += (length + 3) & ~3
                     continue
                 if mtype == NLMSG_DONE:
-                    self._rows[kind] = seen
+                    if reuse:
+                        self._rows[kind] = seen
                     return
                 if mtype == NLMSG_ERROR:
                     (err,) = struct.unpack_from("=i", buf, off + 16)
@@ -166,8 +170,8 @@ class DiagSocket:
                         continue
                     raise DiagError(-err, f"sock_diag: {os.strerror(-err)}")
                 p = off + 16
-                body = bytes(view[p : off + length])
-                row = known.get(body)
+                body = bytes(view[p : off + length]) if reuse else b""
+                row = known.get(body) if reuse else None
                 if row is not None:
                     seen[body] = row
                     yield row
@@ -206,14 +210,15 @@ class DiagSocket:
                     drops,
                     retrans,
                 )
-                seen[body] = row
+                if reuse:
+                    seen[body] = row
                 yield row
                 off += (length + 3) & ~3
 
-    def dump_both(self, states: int, *, meminfo: bool = False) -> list[DiagRow]:
-        rows = list(self.dump(socket.AF_INET, states, meminfo=meminfo))
+    def dump_both(self, states: int, *, meminfo: bool = False, reuse: bool = True) -> list[DiagRow]:
+        rows = list(self.dump(socket.AF_INET, states, meminfo=meminfo, reuse=reuse))
         try:
-            rows.extend(self.dump(socket.AF_INET6, states, meminfo=meminfo))
+            rows.extend(self.dump(socket.AF_INET6, states, meminfo=meminfo, reuse=reuse))
         except DiagError as exc:
             # A kernel without IPv6 answers ENOENT for the AF_INET6 table.
             if exc.errno not in (errno.ENOENT, errno.EAFNOSUPPORT):

@@ -24,6 +24,7 @@
 #define TQ_CTL_FEED_MODE 0  // 0 off, 1 every transition, 2 only TQ_CTL_FEED_PORT
 #define TQ_CTL_FEED_PORT 1
 #define TQ_CTL_EPOCH 2      // peak_accept_queue interval, bumped on every read
+#define TQ_CTL_CHILDREN_OFF 3  // 1: no per-port child state counts (a view that only dumps)
 
 struct tq_listener {
     u64 cookie;
@@ -238,8 +239,11 @@ int tq_set_state(struct tq_tp_inet_sock_set_state *args)
         tq_listeners.delete(&key);
     }
 
-    // Child -> listener: counted whatever the feed does.
-    if (oldstate == TQ_TCP_LISTEN && newstate == TQ_TCP_SYN_RECV) {
+    // Child -> listener: counted whatever the feed does, unless user space said it
+    // does not need them (two hash operations per transition at storm rates).
+    if (tq_ctl_get(TQ_CTL_CHILDREN_OFF)) {
+        // nothing
+    } else if (oldstate == TQ_TCP_LISTEN && newstate == TQ_TCP_SYN_RECV) {
         struct tq_port_key ck = {.netns = tq_netns(sk), .lport = sport};
         if (!tq_wanted(ck.netns, sport))
             return 0;

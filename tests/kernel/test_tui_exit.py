@@ -115,3 +115,23 @@ def test_demo_removes_its_namespaces_and_processes_on_exit(session, tmp_path, ho
     while inside() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert inside() == []
+
+
+@pytest.mark.parametrize("after", [0.3, 1.0, 2.5])
+def test_pty_dropped_at_any_moment_of_start_up(root, after):
+    """ssh drops while the UI is still starting (or the probes still loading): several at
+    once, at several moments. Every process leaves, and leaves nothing attached."""
+    need(shutil.which("tmux") is not None, "needs tmux")
+    names = [f"tqdrop{os.getpid()}{i}{int(after * 10)}" for i in range(4)]
+    pids = []
+    for name in names:
+        subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", "100", "-y", "30",
+                        f"cd {ROOT} && exec {sys.executable} -m tcptop_q"], check=True)
+        pids.append(int(tmux("list-panes", "-t", name, "-F", "#{pane_pid}").split()[0]))
+    time.sleep(after)
+    for name in names:
+        tmux("kill-session", "-t", name)
+    left = [pid for pid in pids if not gone(pid, 20)]
+    for pid in left:  # do not leave them behind even when failing
+        os.kill(pid, signal.SIGKILL)
+    assert left == [], f"{len(left)} of {len(pids)} still running after their pty closed"
