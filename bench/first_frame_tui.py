@@ -55,7 +55,7 @@ def main() -> int:
         rows["tcpq-top (BPF loading in the background)"].append(first_frame([], f":{marker}"))
         rows["tcpq-top --no-bpf"].append(first_frame(["--no-bpf"], f":{marker}"))
     base = statistics.median(rows["ss -ltn"])
-    print("| what | first frame, median of %d | / ss -ltn |" % args.reps)
+    print(f"| what | first frame, median of {args.reps} | / ss -ltn |")
     print("|---|---:|---:|")
     for name, values in rows.items():
         med = statistics.median(values)
