@@ -220,3 +220,21 @@ async def test_process_info_is_reread_each_tick_off_thread(make_app):
         app.apply_snapshot(build_snapshot(CLOCK_TICK + 1))
         await wait_for(pilot, lambda: len(source.process_info_calls) == 2, what="re-read")
         assert threading.main_thread().name not in source.info_threads
+
+
+async def test_listener_that_disappears_is_shown_gone_and_main_table_drops_it(make_app):
+    from dataclasses import replace
+
+    app = make_app(FakeSource())
+    async with app.run_test(size=(160, 48)) as pilot:
+        await feed_ticks(app, pilot)
+        await pilot.press("enter")
+        screen = app.screen
+        assert isinstance(screen, ListenerScreen) and screen.key == KEY_8080
+        snap = build_snapshot(CLOCK_TICK + 1)
+        app.apply_snapshot(replace(snap, listeners=[x for x in snap.listeners if x.key != KEY_8080]))
+        await wait_for(pilot, lambda: "gone" in screen_text(app), what="gone notice")
+        assert "no longer listening" in screen_text(app)
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: isinstance(app.screen, MainScreen), what="back to main")
+        assert "0.0.0.0:8080" not in screen_text(app)
