@@ -269,9 +269,10 @@ def run_replay(args: argparse.Namespace) -> int:
     try:
         if args.batch or args.once:
             count = 0
+            limit = 1 if args.once else args.iterations  # --once: the first recorded tick
             try:
                 for snap in source:
-                    if args.iterations is not None and count >= args.iterations:
+                    if limit is not None and count >= limit:
                         break
                     _emit(snap, args)
                     count += 1

@@ -42,6 +42,19 @@ NETNS_COUNTERS = (
 NETNS_EXTRA_COUNTERS = ("TCPDeferAcceptDrop", "EmbryonicRsts", "TCPAbortOnOverflow")
 
 
+def v4_of_mapped(addr: str) -> str | None:
+    """127.0.0.1 for ::ffff:7f00:1 (an IPv4 peer of a dual-stack socket); None otherwise."""
+    if not addr.startswith("::ffff:"):
+        return None
+    import ipaddress
+
+    try:
+        mapped = ipaddress.IPv6Address(addr).ipv4_mapped
+    except ValueError:
+        return None
+    return str(mapped) if mapped else None
+
+
 def state_name(num: int) -> str:
     return TCP_STATES.get(num, f"STATE_{num}")
 

@@ -116,6 +116,8 @@ class KernelReader:
                 self.handles[ino] = self.enterer.run_in(ref, partial(_NetnsHandle, ref))
             except OSError as exc:
                 self.failed[ino] = exc.strerror or str(exc)
+        if self.only_netns is not None and not self.refs:
+            notes.append(f"netns {self.only_netns} not found (no process and no /run/netns entry has it)")
         if self.failed:
             denied = sum(1 for v in self.failed.values() if "ermission" in v or "not permitted" in v)
             if denied:
@@ -130,7 +132,7 @@ class KernelReader:
         for ino, handle in list(self.handles.items()):
             try:
                 rows = handle.diag.dump_both(diagmod.TICK_STATES, meminfo=True)
-                kids = handle.diag.dump_both(diagmod.CHILD_STATES) if children else None
+                kids = handle.diag.dump_both(diagmod.CHILD_STATES, reuse=False) if children else None
                 counters = handle.files.tcpext() if handle.files else {}
                 sysctls = handle.files.sysctls() if handle.files else {}
             except OSError as exc:
@@ -172,22 +174,12 @@ def owner_listener(
     if key is not None:
         return key
     if family == "ipv6" and laddr.startswith("::ffff:"):
-        v4 = _mapped_v4(laddr)
+        v4 = model.v4_of_mapped(laddr)
         if v4 is not None:
             key = index.get((netns, lport, v4)) or index.get((netns, lport, "0.0.0.0"))
             if key is not None:
                 return key
     return index.get((netns, lport, WILDCARD[family]))
-
-
-def _mapped_v4(addr: str) -> str | None:
-    import ipaddress
-
-    try:
-        mapped = ipaddress.IPv6Address(addr).ipv4_mapped
-    except ValueError:
-        return None
-    return str(mapped) if mapped else None
 
 
 def overflows_since_live(
@@ -344,6 +336,13 @@ class Sampler:
                 "another user's /proc/PID/fd needs root (CAP_SYS_PTRACE)"
             )
         bpf_live = bpf is not None
+        # Every socket the last /proc walk saw; a child still queued (inode 0) will belong
+        # to its listener's process.
+        known_owners = self.owners.by_inode
+        listen_inode = {key: row.inode for key, row in listen_rows}
+
+        def parent_owner(parent: ListenerKey) -> tuple[int, str] | None:
+            return known_owners.get(listen_inode.get(parent, 0))
         for ns in raw.netns.values():
             if ns.children is None:
                 continue
@@ -362,10 +361,12 @@ class Sampler:
                     since = self.bpf.state_since(ns.inode, fam, row.laddr, row.lport, row.raddr, row.rport)
                     if since is not None and since[0] == state:
                         age = max(0.0, raw.wall - since[1])
+                owner = known_owners.get(row.inode) if row.inode else parent_owner(parent)
                 conns.setdefault(parent, []).append(
                     Connection(
                         ns.inode, fam, state, row.laddr, row.lport, row.raddr, row.rport,
-                        row.inode, row.cookie, row.rqueue, row.wqueue, age_s=age,
+                        row.inode, row.cookie, row.rqueue, row.wqueue,
+                        owner[0] if owner else None, owner[1] if owner else None, age_s=age,
                     )
                 )
         deltas_fn = getattr(self.bpf, "child_deltas", None) if bpf is not None else None
@@ -412,6 +413,16 @@ class Sampler:
                         f"netns {ns.inode}: {delta} SYN-queue-full drops cannot be told from overflows across {len(keys)} listeners"
                     )
 
+        # CLOSE_WAIT is in every tick's dump: count it from there, not from the last full one.
+        cw_now: dict[ListenerKey, int] = {}
+        for ns_inode, row in cw_rows:
+            parent = owner_listener(index, ns_inode, FAMILY[row.family], row.laddr, row.lport)
+            if parent is not None:
+                cw_now[parent] = cw_now.get(parent, 0) + 1
+        if self._last_children_counts is not None:
+            children = {
+                key: _with_close_wait(children.get(key), cw_now.get(key, 0)) for key, _ in listen_rows
+            }
         listeners: list[Listener] = []
         have_children = self._last_children_counts is not None
         reuse = self._prev_listeners
@@ -428,9 +439,13 @@ class Sampler:
                     # Born after the probes went live: sk_drops counts from its creation,
                     # so every drop it has is one the probes could also see.
                     self.drops_base[key] = base = 0
-                overflows = overflows_since_live(row.drops - base, counts, reqq_for.get(key, 0))
-                prev_counts = self.prev_bpf.get(key)
                 prev_over = self._prev_overflows.get(key)
+                overflows = overflows_since_live(row.drops - base, counts, reqq_for.get(key, 0))
+                if prev_over is not None and overflows < prev_over:
+                    # A count never goes back: the SYN-queue-full share moved between ticks
+                    # (or a third-ACK drop was seen before its second sk_drops increment).
+                    overflows = prev_over
+                prev_counts = self.prev_bpf.get(key)
                 fields = dict(
                     overflows=overflows,
                     overflow_rate=model.rate(overflows, prev_over, dt) if prev_over is not None else 0.0,
@@ -490,6 +505,8 @@ class Sampler:
         live_keys = {key for key, _ in listen_rows}
         for key in [k for k in self._prev_overflows if k not in live_keys]:
             del self._prev_overflows[key]
+        if self.drops_base is not None and len(self.drops_base) > len(live_keys):
+            self.drops_base = {k: v for k, v in self.drops_base.items() if k in live_keys}
 
         close_wait = []
         prev_cw, cw_built = self._prev_cw, {}
@@ -556,6 +573,15 @@ class Sampler:
             seq=self.seq,
         )
 
+
+
+def _with_close_wait(counts: Mapping[str, int] | None, close_wait: int) -> dict[str, int]:
+    out = dict(counts) if counts else {}
+    if close_wait:
+        out["CLOSE_WAIT"] = close_wait
+    else:
+        out.pop("CLOSE_WAIT", None)
+    return out
 
 
 def _with_main_states(counts: Mapping[str, int] | None) -> dict[str, int]:

@@ -10,7 +10,6 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from . import model
 from .model import Snapshot, Transition
 from .sampler import Sampler
 
@@ -87,6 +86,8 @@ class LiveSource:
         self._last: Snapshot | None = None
         self._closed = False
         self._lock = threading.Lock()
+        self._sampling = threading.Lock()  # close() waits for a sample in flight
+        self._procs: dict[int, Any] = {}  # psutil.Process per pid: cpu_percent needs the previous call
         self.feed = feed  # False: nothing shows transitions; the kernel need not send them
         self._bpf_started = False
         self._bpf_deferred: float | None = None
@@ -124,7 +125,13 @@ class LiveSource:
         return self._sampler
 
     def sample(self, children: bool | None = None) -> Snapshot:
-        snap = self.sampler.sample(self.interval, children=children)
+        with self._sampling:
+            if self._closed:
+                raise RuntimeError("source closed")
+            snap = self.sampler.sample(self.interval, children=children)
+        return self._finish(snap)
+
+    def _finish(self, snap: Snapshot) -> Snapshot:
         if self.bpf is not None and not self._bpf_started and self._bpf_deferred is not None:
             snap = replace(snap, sources=replace(snap.sources, bpf_state="loading"))
             timer = threading.Timer(self._bpf_deferred, self.start_bpf)
@@ -195,7 +202,17 @@ class LiveSource:
         return {}
 
     def process_info(self, pid: int) -> dict | None:
-        return process_info(pid)
+        import psutil
+
+        proc = self._procs.get(pid)
+        if proc is None:
+            try:
+                proc = self._procs[pid] = psutil.Process(pid)
+            except psutil.Error:
+                return process_info(pid)
+            if len(self._procs) > 64:
+                self._procs.pop(next(iter(self._procs)))
+        return process_info(pid, proc)
 
     def close(self) -> None:
         with self._lock:
@@ -204,17 +221,23 @@ class LiveSource:
             self._closed = True
             self._bpf_started = True  # a deferred start that fires now does nothing
         if self.bpf is not None:
-            self.bpf.close()
-        if self._sampler is not None:
-            self._sampler.close()
+            self.bpf.close()  # first, whatever else happens
+        # The sampler's fds may be in use by a sample in flight on the collector thread.
+        if self._sampling.acquire(timeout=5.0):
+            try:
+                if self._sampler is not None:
+                    self._sampler.close()
+            finally:
+                self._sampling.release()
 
 
-def process_info(pid: int) -> dict | None:
-    """psutil facts about one process; None when it is gone."""
+def process_info(pid: int, proc: Any = None) -> dict | None:
+    """psutil facts about one process; None when it is gone. Pass the same psutil.Process
+    each time for a meaningful CPU% (psutil measures it since the previous call)."""
     import psutil
 
     try:
-        proc = psutil.Process(pid)
+        proc = proc if proc is not None else psutil.Process(pid)
         with proc.oneshot():
             info: dict[str, Any] = {"pid": pid, "name": proc.name(), "ppid": proc.ppid(), "status": proc.status()}
             for field, getter in (
@@ -236,10 +259,3 @@ def process_info(pid: int) -> dict | None:
     except psutil.AccessDenied:
         return {"pid": pid, "error": "access denied"}
 
-
-def sorted_snapshot(snap: Snapshot, key: str, reverse: bool = False) -> Snapshot:
-    return replace(snap, listeners=model.sort_listeners(snap.listeners, key, reverse))
-
-
-def now() -> float:
-    return time.time()

@@ -24,6 +24,11 @@ def need(condition: bool, reason: str) -> None:
 
 
 @pytest.fixture
+def btf_required() -> None:
+    need(Path("/sys/kernel/btf/vmlinux").exists(), "kernel has no BTF at /sys/kernel/btf/vmlinux")
+
+
+@pytest.fixture
 def root() -> None:
     need(os.geteuid() == 0, "needs root (network namespaces, sock_diag in other netns)")
     need(shutil.which("ip") is not None, "needs iproute2 (ip, ss, nstat)")

@@ -8,9 +8,9 @@ if [ $rc -eq 5 ]; then
   echo "tests/run.sh: pytest collected no tests: that is a broken suite, not a pass" >&2
   rc=1
 fi
-left=$(ip netns list 2>/dev/null | grep -c '^tq-' || true)
+left=$(ip netns list 2>/dev/null | grep -c '^tq' || true)
 if [ "${left:-0}" -gt 0 ]; then
-  echo "tests/run.sh: $left tq-* network namespace(s) left behind:" >&2; ip netns list >&2; rc=1
+  echo "tests/run.sh: $left tq* network namespace(s) left behind:" >&2; ip netns list >&2; rc=1
 fi
 if command -v bpftool >/dev/null && [ "$(id -u)" -eq 0 ]; then
   progs=$(bpftool prog show 2>/dev/null | grep -cE ' name tq_' || true)

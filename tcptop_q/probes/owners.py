@@ -35,6 +35,9 @@ class OwnerMap:
         self.walk_seconds = 0.0
         self.permission_denied = 0  # processes whose fds we could not read
         self._walker: threading.Thread | None = None
+        self._pending: set[int] = set()  # inodes the walk under way was started for
+        self.unresolved: set[int] = set()  # wanted, but not found by the last walk
+        self.backoff = min_rescan
 
     def walk(self) -> None:
         start = time.monotonic()
@@ -73,6 +76,7 @@ class OwnerMap:
         for inode, (pid, _comm) in found.items():
             inodes_of.setdefault(pid, []).append(inode)
         self.by_inode, self.inodes_of = found, inodes_of
+        self.unresolved = {i for i in self._pending if i not in found}
         self.permission_denied = denied
         self.last_walk = time.monotonic()
         self.walk_seconds = self.last_walk - start
@@ -88,7 +92,18 @@ class OwnerMap:
             for inode in inodes_of.pop(pid, ()):
                 by_inode.pop(inode, None)
         missing = wanted - by_inode.keys()
-        if missing and (force or time.monotonic() - self.last_walk >= self.min_rescan):
+        if missing and missing <= self.unresolved and not force:
+            # The last walk could not find these (another user's process without
+            # CAP_SYS_PTRACE, or a socket in flight): look again, but less and less often.
+            due = time.monotonic() - self.last_walk >= self.backoff
+        else:
+            due = force or time.monotonic() - self.last_walk >= self.min_rescan
+        if missing and due:
+            if missing <= self.unresolved:
+                self.backoff = min(60.0, self.backoff * 2)
+            else:
+                self.backoff = self.min_rescan
+            self._pending = set(missing)
             if force:
                 self.walk()
                 by_inode = self.by_inode

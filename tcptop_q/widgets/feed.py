@@ -10,7 +10,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
 
-from tcptop_q.model import ListenerKey, Transition
+from tcptop_q.model import ListenerKey, Transition, v4_of_mapped
 from tcptop_q.widgets.keyed_table import KeyedTable
 from tcptop_q.widgets.text import inert
 
@@ -37,7 +37,7 @@ def matches(ev: Transition, key: ListenerKey | None) -> bool:
         return True
     if ev.netns != key.netns or ev.lport != key.lport:
         return False
-    return key.laddr in ("0.0.0.0", "::") or ev.laddr == key.laddr or ev.laddr.endswith(key.laddr)
+    return key.laddr in ("0.0.0.0", "::") or ev.laddr == key.laddr or v4_of_mapped(ev.laddr) == key.laddr
 
 
 def event_text(ev: Transition) -> Text:

@@ -3,7 +3,6 @@ and the fallback programs pass this kernel's verifier (root + bcc; loaded, not a
 
 from __future__ import annotations
 
-import inspect
 import os
 from pathlib import Path
 
@@ -11,9 +10,10 @@ import pytest
 
 from tcptop_q.probes import kprobes, tracefs
 from tcptop_q.probes.btf import Btf
+from tests.conftest import need
 
 HAVE_BTF = Path("/sys/kernel/btf/vmlinux").exists()
-needs_btf = pytest.mark.skipif(not HAVE_BTF, reason="kernel has no /sys/kernel/btf/vmlinux")
+needs_btf = pytest.mark.usefixtures("btf_required")  # fails, not skips, when CI=true
 
 ALL = frozenset({"sock_def_readable", "inet_csk_reqsk_queue_add", "tcp_v4_syn_recv_sock",
                  "tcp_v6_syn_recv_sock", "tcp_conn_request"})
@@ -24,8 +24,7 @@ TRACEPOINTS_6_1 = {"transitions": "tracepoint:sock:inet_sock_set_state", "synack
 
 @pytest.fixture(scope="module")
 def btf() -> Btf:
-    if not HAVE_BTF:
-        pytest.skip("no BTF")
+    need(HAVE_BTF, "no BTF at /sys/kernel/btf/vmlinux")
     return Btf.vmlinux()
 
 
@@ -88,17 +87,13 @@ def test_kallsyms_reader_takes_whole_names_only(tmp_path: Path) -> None:
 def test_fallback_programs_pass_the_verifier() -> None:
     """The whole 6.1-shaped program (no sk_data_ready, kfree_skb without rx_sk, kprobes)
     compiles and every program loads on this kernel (not attached: 6.18 here has no kprobes)."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to load BPF programs")
+    need(os.geteuid() == 0, "needs root to load BPF programs")
     try:
         import bcc
     except ImportError:
-        pytest.skip("needs bcc")
+        need(False, "needs bcc")
     from tcptop_q.probes import bpf
     from tcptop_q.probes.kheaders import find_kernel_source
-
-    if "kallsyms" not in inspect.signature(bpf.build_plan).parameters:
-        pytest.skip("kprobe fallbacks not wired into probes/bpf.py yet")
     from tests.test_bpf_units import OLD_KFREE_SKB, _fake_formats
 
     formats = _fake_formats(sk_data_ready=None, kfree_skb=tracefs.parse_format("skb", "kfree_skb", OLD_KFREE_SKB))

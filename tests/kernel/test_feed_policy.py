@@ -21,7 +21,7 @@ def test_feed_pauses_under_a_storm_and_counts_stay_exact(labns, bpf):  # noqa: F
 
     labns.serve(addr="127.0.0.1", port=8096, backlog=512, mode="echo-close")
     src = LiveSource(interval=0.5, filters=Filters(netns=labns.inode))
-    src.FEED_MAX_RATE = 300.0  # a storm a test can afford (the default is 20k/s)
+    src.FEED_MAX_RATE = 100.0  # a storm any CI box can exceed (the default is 20k/s)
     try:
         src.start_bpf()
         assert src.wait_bpf(90), src.bpf_error
