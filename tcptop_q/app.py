@@ -7,7 +7,6 @@ Data flows one way: SnapshotSource.sample() (collector thread) -> SnapshotReady 
 from __future__ import annotations
 
 import asyncio
-import gc
 import math
 import signal
 import threading
@@ -24,6 +23,7 @@ from textual.app import App, SystemCommand
 from textual.message import Message
 from textual.screen import Screen
 
+from tcptop_q import lifecycle
 from tcptop_q.model import (
     SORT_KEYS,
     Connection,
@@ -239,23 +239,8 @@ class TcpqTopApp(App):
                 return
 
     def _arm_force_exit(self, code: int, delay: float) -> None:
-        if getattr(self, "_force_timer", None) is not None:
-            return
-        timer = threading.Timer(delay, self._force_exit, args=(code,))
-        timer.daemon = True
-        self._force_timer = timer
-        timer.start()
-
-    def _force_exit(self, code: int) -> None:
-        import os
-
-        try:
-            self.source.close()
-            from tcptop_q.lab.netns import cleanup_all
-
-            cleanup_all()
-        finally:
-            os._exit(code)
+        lifecycle.on_forced_exit(self.source.close)
+        lifecycle.arm_force_exit(code, delay)
 
     def start_collector(self) -> None:
         self._thread = threading.Thread(target=self._collect, name="tcpq-collector", daemon=True)
@@ -325,14 +310,8 @@ class TcpqTopApp(App):
         (some of them full) in the middle of the update; one young collection
         after the tick costs far less (bench/ui_tick.py, docs/BENCHMARKS-ui.md).
         """
-        was_enabled = gc.isenabled()
-        if was_enabled:
-            gc.disable()
-        try:
+        with lifecycle.gc_held():
             self._apply_snapshot(snap)
-        finally:
-            if was_enabled:
-                gc.enable()
 
     def _apply_snapshot(self, snap: Snapshot) -> None:
         if self.snapshot is not None and snap.sources.bpf_state != self.snapshot.sources.bpf_state:

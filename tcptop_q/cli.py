@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from typing import NoReturn
 
-from . import model
+from . import lifecycle, model
 from .model import Snapshot, safe_text
 
 PROG = "tcpq-top"
@@ -150,45 +150,11 @@ def format_batch(snap: Snapshot, wide: bool = False) -> str:
 # ---------------------------------------------------------------------- running
 
 
-# What must be undone even if the process has to leave without unwinding (see _force_exit).
-_CLEANUPS: list = []
-_force_armed = False
-
-
-def _force_exit(code: int) -> None:
-    try:
-        for fn in list(_CLEANUPS):
-            try:
-                fn()
-            except Exception:
-                pass
-        from .lab.netns import cleanup_all
-
-        cleanup_all()
-        sys.stdout.flush()
-    finally:
-        os._exit(code)
-
-
-def _arm_force_exit(code: int, delay: float) -> None:
-    """A watchdog for exits that cannot unwind (the UI blocked on a terminal that is gone):
-    after `delay`, detach and clean up from another thread, then leave."""
-    global _force_armed
-    if _force_armed:
-        return
-    _force_armed = True
-    import threading
-
-    timer = threading.Timer(delay, _force_exit, args=(code,))
-    timer.daemon = True
-    timer.start()
-
-
 def _install_signals() -> None:
     """SIGTERM and SIGHUP (ssh dropped) unwind like an exception: finally blocks detach BPF."""
 
     def handler(signum: int, _frame: object) -> None:
-        _arm_force_exit(128 + signum, 5.0)
+        lifecycle.arm_force_exit(128 + signum, 5.0)
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, handler)
@@ -236,7 +202,7 @@ def _make_source(args: argparse.Namespace, interval: float, blocking_owners: boo
         blocking_owners=blocking_owners,
         feed=feed,
     )
-    _CLEANUPS.append(source.close)
+    lifecycle.on_forced_exit(source.close)
     if args.record:
         from .record import RecordError, RecordingSource
 
@@ -383,14 +349,8 @@ def _reap_ui_threads(timeout: float = 3.0) -> None:
             continue
         thread.join(max(0.0, deadline - time.monotonic()))
     if any(t.is_alive() and not t.daemon and t is not threading.current_thread() for t in threading.enumerate()):
-        from .lab.netns import cleanup_all
-
-        try:
-            cleanup_all()  # --demo's namespaces: os._exit skips atexit and finally blocks
-            sys.stdout.flush()
-            sys.stderr.flush()
-        finally:
-            os._exit(1)
+        lifecycle.arm_force_exit(1, 0.0)
+        time.sleep(10)  # the watchdog ends the process
 
 
 def run_tui(args: argparse.Namespace, interval: float) -> int:

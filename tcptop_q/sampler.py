@@ -8,17 +8,15 @@ bounded per-listener history for sparklines lives with the UI that draws it.
 
 from __future__ import annotations
 
-import gc
 import os
 import socket
-import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from . import model
+from . import lifecycle, model
 from .model import (
     BpfListenerCounts,
     BpfReading,
@@ -241,7 +239,6 @@ class Sampler:
         self.seq = 0
         self.kernel = os.uname().release
         self.hostname = socket.gethostname()
-        self.lock = threading.Lock()
 
     def close(self) -> None:
         self.reader.close()
@@ -258,14 +255,8 @@ class Sampler:
         """One tick. The cyclic GC is held off meanwhile: a tick allocates a short-lived
         object per socket, which would set off collections that walk every long-lived
         object of the process (the row caches, the UI's tables) several times per tick."""
-        was_enabled = gc.isenabled()
-        if was_enabled:
-            gc.disable()
-        try:
+        with lifecycle.gc_held():
             return self._sample(interval, children)
-        finally:
-            if was_enabled:
-                gc.enable()
 
     def _sample(self, interval: float, children: bool | None) -> Snapshot:
         now = time.monotonic()
