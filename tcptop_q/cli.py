@@ -406,6 +406,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except SystemExit as exc:
         return int(exc.code) if isinstance(exc.code, int) else 1
+    except Exception as exc:  # a bug or an unforeseen kernel answer: one line, details on request
+        if os.environ.get("TCPQ_DEBUG"):
+            raise
+        print(f"{PROG}: internal error: {type(exc).__name__}: {_one_line(exc)} (TCPQ_DEBUG=1 shows where)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -94,7 +94,10 @@ class NetnsEnterer:
         finally:
             # Coming home cannot fail for a thread that was there before; if it
             # did, this thread would read the wrong netns from now on: stop loudly.
-            setns(self.home_fd)
+            try:
+                setns(self.home_fd)
+            except OSError as exc:  # not an OSError to callers: they would take it for "cannot open"
+                raise RuntimeError(f"could not return to the original network namespace: {exc}") from exc
             if current_netns() != self.home:
                 raise RuntimeError("could not return to the original network namespace")
 
