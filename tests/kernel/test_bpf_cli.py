@@ -98,6 +98,9 @@ def test_seed_experiment_1_with_probes_live(labns, bpf):
         snap = run.next_after(time.time() + 0.1)
         lst = next(x for x in snap["listeners"] if x["lport"] == 8080)
         assert lst["accepts"] == 6  # six children queued (sock:sk_data_ready on the listener)
+        nstat = json.loads(labns.run(["nstat", "-a", "-s", "-z", "-j"]).stdout)
+        nstat = nstat.get("kernel", nstat)
+        assert lst["accepts"] == int(nstat["TcpPassiveOpens"])  # the kernel's count of children made
         assert lst["peak_accept_queue"] == 6
         assert lst["overflows"] == after["ListenOverflows"] - before["ListenOverflows"] > 0
         assert lst["pid"] == server.pid
@@ -174,4 +177,37 @@ def test_children_counts_between_full_dumps_follow_bpf(labns, bpf):
         assert lst.children.get("ESTABLISHED") == 0
     finally:
         sampler.close()
+        probes.close()
+
+
+def test_synack_retransmits_equal_the_netns_tcpsynretrans(root, bpf):
+    """SYN-ACKs that are never answered (syn-flood-cookies lab: they go to a MAC nobody has):
+    the listener's synack_retrans equals the netns' TcpExt TCPSynRetrans, which tcp_rtx_synack
+    counts next to the tracepoint."""
+    from tcptop_q.lab.scenarios import run_scenario
+    from tcptop_q.sampler import Sampler
+    from tcptop_q.source import load_bpf
+
+    probes, error = load_bpf(8443, None)
+    assert probes is not None, error
+    probes.start()
+    try:
+        assert probes.wait_ready(90), probes.error
+        with run_scenario("syn-flood-cookies", duration=2) as (ns, info):
+            ns.sysctl("net.ipv4.tcp_synack_retries", "1")  # per netns: a short, finite tail
+            sampler = Sampler(bpf=probes, netns=ns.inode, blocking_owners=True)
+            try:
+                last, stable, deadline = -1, 0, time.monotonic() + 40
+                while stable < 2 and time.monotonic() < deadline:
+                    time.sleep(1.5)
+                    now = ns.tcpext().get("TCPSynRetrans", 0)
+                    stable = stable + 1 if now == last else 0
+                    last = now
+                snap = sampler.sample(0.5)
+                lst = next(x for x in snap.listeners if x.lport == info["port"])
+                assert last > 0
+                assert lst.synack_retrans == last
+            finally:
+                sampler.close()
+    finally:
         probes.close()
