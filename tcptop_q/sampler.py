@@ -8,6 +8,7 @@ bounded per-listener history for sparklines lives with the UI that draws it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import time
@@ -180,6 +181,18 @@ def owner_listener(
     return index.get((netns, lport, WILDCARD[family]))
 
 
+def counts_since(now: BpfListenerCounts, base: BpfListenerCounts | None) -> BpfListenerCounts:
+    """The drop-related event counts of `now` minus those at `base` (None: nothing before)."""
+    if base is None:
+        return now
+    return dataclasses.replace(
+        now,
+        listen_overflow_drops=now.listen_overflow_drops - base.listen_overflow_drops,
+        other_rx_drops=now.other_rx_drops - base.other_rx_drops,
+        syn_overflows=(None if now.syn_overflows is None else now.syn_overflows - (base.syn_overflows or 0)),
+    )
+
+
 def overflows_since_live(
     sk_drops_delta: int, counts: BpfListenerCounts, reqq_full_drops: int = 0
 ) -> int:
@@ -224,6 +237,7 @@ class Sampler:
         self.prev: RawTick | None = None
         self.prev_bpf: dict[ListenerKey, BpfListenerCounts] = {}
         self.drops_base: dict[ListenerKey, int] | None = None  # sk_drops when BPF went live
+        self.counts_base: dict[ListenerKey, BpfListenerCounts] = {}  # BPF counts at that moment
         self.reqq_base: dict[int, int] = {}
         self.last_children = float("-inf")
         self.children_cost = 0.0
@@ -382,6 +396,9 @@ class Sampler:
                     bpf_by_key[key] = BpfListenerCounts()
             if self.drops_base is None:
                 self.drops_base = {key: row.drops for key, row in listen_rows}
+                # The probes counted from attach; sk_drops is read now: take both at this
+                # moment, so the sk_drops delta and the event counts cover the same time.
+                self.counts_base = dict(bpf_by_key)
                 self.reqq_base = {ns.inode: ns.counters.get("TCPReqQFullDrop", 0) for ns in raw.netns.values()}
 
         # SYN-queue-full drops have no per-listener event: give a netns' delta to
@@ -391,7 +408,7 @@ class Sampler:
             suspects: dict[int, list[ListenerKey]] = {}
             for key, row in listen_rows:
                 base = self.drops_base.get(key, 0)
-                counts = bpf_by_key[key]
+                counts = counts_since(bpf_by_key[key], self.counts_base.get(key))
                 if row.drops - base - 2 * counts.listen_overflow_drops - counts.other_rx_drops > 0:
                     suspects.setdefault(key.netns, []).append(key)
             for ns in raw.netns.values():
@@ -431,7 +448,10 @@ class Sampler:
                     # so every drop it has is one the probes could also see.
                     self.drops_base[key] = base = 0
                 prev_over = self._prev_overflows.get(key)
-                overflows = overflows_since_live(row.drops - base, counts, reqq_for.get(key, 0))
+                before = self.counts_base.get(key)
+                overflows = overflows_since_live(row.drops - base, counts_since(counts, before), reqq_for.get(key, 0))
+                if before is not None:  # overflows the probes saw between attach and the baseline
+                    overflows += before.listen_overflow_drops + (before.syn_overflows or 0)
                 if prev_over is not None and overflows < prev_over:
                     # A count never goes back: the SYN-queue-full share moved between ticks
                     # (or a third-ACK drop was seen before its second sk_drops increment).
@@ -498,6 +518,7 @@ class Sampler:
             del self._prev_overflows[key]
         if self.drops_base is not None and len(self.drops_base) > len(live_keys):
             self.drops_base = {k: v for k, v in self.drops_base.items() if k in live_keys}
+            self.counts_base = {k: v for k, v in self.counts_base.items() if k in live_keys}
 
         close_wait = []
         prev_cw, cw_built = self._prev_cw, {}
@@ -530,11 +551,11 @@ class Sampler:
         self._prev_cw = cw_built
         netns_out = []
         for ns in raw.netns.values():
-            before = prev_counters.get(ns.inode)
+            counters_before = prev_counters.get(ns.inode)
             rates = {}
-            if before is not None and dt > 0:
+            if counters_before is not None and dt > 0:
                 for name in model.NETNS_COUNTERS + model.NETNS_EXTRA_COUNTERS:
-                    r = model.rate(ns.counters.get(name), before.get(name), dt)
+                    r = model.rate(ns.counters.get(name), counters_before.get(name), dt)
                     if r is not None:
                         rates[name] = r
             netns_out.append(NetnsCounters(ns.inode, dict(ns.counters), rates, dict(ns.sysctls)))
