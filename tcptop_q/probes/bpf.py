@@ -548,57 +548,65 @@ class BpfProbes:
                 b = bcc.BPF(text=plan.body, cflags=plan.cflags)
             except Exception as exc:  # bcc raises bare Exception for compile/load errors
                 raise ProbeError(f"BPF compile failed: {_one_line(exc)}") from None
-            with self._lock:
-                if self._closed:
-                    b.cleanup()
-                    return
-                self._bpf = b
-            t_attach = time.monotonic()
-            self.timings["compile"] = t_attach - t_compile
-            hooks = dict(plan.hooks)
-            attached = 0
-            for kind, target, fn in plan.attach:
-                try:
-                    if kind == "tracepoint":
-                        b.attach_tracepoint(tp=target.encode(), fn_name=fn.encode())
-                    else:
-                        b.attach_kprobe(event=target.encode(), fn_name=fn.encode())
-                    attached += 1
-                except Exception as exc:
-                    hook = f"{kind}:{target}"
-                    for metric in [m for m, h in hooks.items() if h == hook]:
-                        del hooks[metric]
-                    self.notes.append(f"attach {hook} failed: {_one_line(exc)}")
-            if not attached:
-                raise ProbeError(self.notes[-1] if self.notes else "nothing attached")
-            self._reasons = dict(plan.reasons)
-            self._set_ctl(0, 1)  # feed: every transition
-            self._mono_to_unix = time.time() - time.monotonic()
-            if TRANSITIONS in hooks:
-                if plan.ringbuf:
-                    self._cb = self._on_ring_event
-                    b[b"tq_feed"].open_ring_buffer(self._cb)
-                else:
-                    self._cb = self._on_perf_event
-                    b[b"tq_feed"].open_perf_buffer(self._cb, page_cnt=plan.feed_pages, lost_cb=self._on_perf_lost)
-            with self._lock:
-                if self._closed:
-                    self._teardown()
-                    return
-                self.hooks = hooks
-                self.notes = plan.notes + self.notes
-                self.live_since = time.time()
-                self.load_seconds = time.monotonic() - t0
-                self.timings["attach"] = time.monotonic() - t_attach
-                self.state = "live"
-                self.error = None
-            self._ready.set()
+            # Held until the probes are attached and the feed is open: a close() meanwhile
+            # waits rather than cleaning bcc up under the attach calls.
+            self._lock.acquire()
+            try:
+                self._attach(b, plan, t0, t_compile)
+            finally:
+                self._lock.release()
         except ProbeError as exc:
             self._teardown()
             self._fail(str(exc))
         except Exception as exc:  # never a traceback to the UI
             self._teardown()
             self._fail(f"BPF: {_one_line(exc)}")
+
+    def _attach(self, b, plan, t0: float, t_compile: float) -> None:
+        """Attach every planned hook and open the feed; called with self._lock held."""
+        if self._closed:
+            b.cleanup()
+            return
+        self._bpf = b
+        t_attach = time.monotonic()
+        self.timings["compile"] = t_attach - t_compile
+        hooks = dict(plan.hooks)
+        attached = 0
+        for kind, target, fn in plan.attach:
+            try:
+                if kind == "tracepoint":
+                    b.attach_tracepoint(tp=target.encode(), fn_name=fn.encode())
+                else:
+                    b.attach_kprobe(event=target.encode(), fn_name=fn.encode())
+                attached += 1
+            except Exception as exc:
+                hook = f"{kind}:{target}"
+                for metric in [m for m, h in hooks.items() if h == hook]:
+                    del hooks[metric]
+                self.notes.append(f"attach {hook} failed: {_one_line(exc)}")
+        if not attached:
+            raise ProbeError(self.notes[-1] if self.notes else "nothing attached")
+        self._reasons = dict(plan.reasons)
+        self._set_ctl(0, 1)  # feed: every transition
+        self._mono_to_unix = time.time() - time.monotonic()
+        if TRANSITIONS in hooks:
+            if plan.ringbuf:
+                self._cb = self._on_ring_event
+                b[b"tq_feed"].open_ring_buffer(self._cb)
+            else:
+                self._cb = self._on_perf_event
+                b[b"tq_feed"].open_perf_buffer(self._cb, page_cnt=plan.feed_pages, lost_cb=self._on_perf_lost)
+        if self._closed:
+            self._teardown()
+            return
+        self.hooks = hooks
+        self.notes = plan.notes + self.notes
+        self.live_since = time.time()
+        self.load_seconds = time.monotonic() - t0
+        self.timings["attach"] = time.monotonic() - t_attach
+        self.state = "live"
+        self.error = None
+        self._ready.set()
 
     def close(self) -> None:
         """Detach everything. Idempotent; safe from atexit and signal handlers."""
@@ -609,12 +617,14 @@ class BpfProbes:
             self.state = "off"
             self.error = "closed"
             return
-        got = self._lock.acquire(timeout=2.0)
-        try:
-            self._teardown()
-        finally:
-            if got:
+        got = self._lock.acquire(timeout=5.0)
+        if got:
+            try:
+                self._teardown()
+            finally:
                 self._lock.release()
+        # else: the loader or a read() holds bcc right now; tearing it down under them could
+        # crash bcc. Both check _closed when they let go and tear down themselves.
         if self.state != "off":
             self.state = "off"
             self.error = "closed"
