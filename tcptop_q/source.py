@@ -115,6 +115,9 @@ class LiveSource:
             self.bpf.set_feed("off")
             if callable(getattr(self.bpf, "set_children", None)):
                 self.bpf.set_children(False)
+            if callable(getattr(self.bpf, "drop_metrics", None)):
+                # Nothing without the feed shows resets (the text report has no column).
+                self.bpf.drop_metrics({"resets_sent", "resets_received"})
         return live
 
     @property

@@ -647,6 +647,26 @@ class BpfProbes:
         tbl = b[b"tq_ctl"]
         tbl[ctypes.c_int(slot)] = ctypes.c_ulonglong(value)
 
+    def drop_metrics(self, metrics: set[str]) -> None:
+        """Detach the hooks that serve only `metrics` (a view that never shows them): at
+        storm rates every program run costs. Those metrics disappear from `hooks`, so they
+        read as unknown (null), never as zero."""
+        with self._lock:
+            b = self._bpf
+            if b is None or self._plan is None:
+                return
+            for kind, target, _fn in self._plan.attach:
+                hook = f"{kind}:{target}"
+                served = {m for m, h in self.hooks.items() if h == hook}
+                if kind != "tracepoint" or not served or not served <= metrics:
+                    continue
+                try:
+                    b.detach_tracepoint(tp=target.encode())
+                except Exception as exc:
+                    self.notes.append(f"detach {hook} failed: {_one_line(exc)}")
+                    continue
+                self.hooks = {m: h for m, h in self.hooks.items() if h != hook}
+
     def set_children(self, enabled: bool) -> None:
         """Count children's state changes per listening port in the kernel (child_deltas), or
         not: a view that only needs the periodic sock_diag dump saves two hash operations
