@@ -201,6 +201,8 @@ def _make_source(args: argparse.Namespace, interval: float, blocking_owners: boo
         use_bpf=not args.no_bpf,
         blocking_owners=blocking_owners,
         feed=feed,
+        # Only the TUI lists children one by one (and a recording keeps them for its replay).
+        keep_connections=not (args.once or args.batch) or bool(args.record),
     )
     lifecycle.on_forced_exit(source.close)
     if args.record:

@@ -228,8 +228,12 @@ class Sampler:
         owners: OwnerMap | None = None,
         children_every: float | None = None,
         blocking_owners: bool = False,
+        keep_connections: bool = True,
     ) -> None:
         self.reader = KernelReader(netns=netns, all_netns=all_netns)
+        # The per-child records (peer, queues, age) only a view that lists children needs;
+        # the counts by state are always kept. 100k records are ~40 MB at a dump.
+        self.keep_connections = keep_connections
         self.bpf = bpf
         self.owners = owners or OwnerMap()
         self.blocking_owners = blocking_owners
@@ -361,6 +365,8 @@ class Sampler:
                 state = model.state_name(row.state)
                 by_state = children.setdefault(parent, {})
                 by_state[state] = by_state.get(state, 0) + 1
+                if not self.keep_connections:
+                    continue
                 age = None
                 if bpf_live and self.bpf is not None:
                     since = self.bpf.state_since(ns.inode, fam, row.laddr, row.lport, row.raddr, row.rport)
@@ -581,7 +587,9 @@ class Sampler:
             listeners=listeners,
             close_wait=close_wait,
             events=tuple(events),
-            connections={k: tuple(v) for k, v in conns.items()} if conns is not None else None,
+            connections=(
+                {k: tuple(v) for k, v in conns.items()} if conns is not None and self.keep_connections else None
+            ),
             seq=self.seq,
         )
 

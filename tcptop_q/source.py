@@ -71,6 +71,7 @@ class LiveSource:
         use_bpf: bool = True,
         blocking_owners: bool = False,
         feed: bool = True,
+        keep_connections: bool = True,
     ) -> None:
         self.interval = interval
         self.filters = filters or Filters()
@@ -83,6 +84,7 @@ class LiveSource:
             self.bpf_error = "BPF off: --no-bpf"
         self._sampler: Sampler | None = None
         self._blocking_owners = blocking_owners
+        self._keep_connections = keep_connections
         self._last: Snapshot | None = None
         self._closed = False
         self._lock = threading.Lock()
@@ -124,7 +126,8 @@ class LiveSource:
     def sampler(self) -> Sampler:
         # Created on first use so that it lives on the thread that samples (setns is per thread).
         if self._sampler is None:
-            self._sampler = Sampler(bpf=self.bpf, netns=self.filters.netns, blocking_owners=self._blocking_owners)
+            self._sampler = Sampler(bpf=self.bpf, netns=self.filters.netns, blocking_owners=self._blocking_owners,
+                                    keep_connections=self._keep_connections)
         return self._sampler
 
     def sample(self, children: bool | None = None) -> Snapshot:
