@@ -247,7 +247,8 @@ def test_unprivileged_user_gets_netlink_view_and_a_reason(labns, tmp_path):
 
 def test_rates_are_the_kernels_counter_deltas_over_the_interval(labns):
     """Between two consecutive reports, drop_rate x interval is the listener's sk_drops delta,
-    and the netns rates are the TcpExt deltas; sk_drops equals ListenDrops in each report."""
+    and the netns rates are the TcpExt deltas (sk_drops == ListenDrops is checked at rest in
+    the seed test: here SYNs keep arriving between the sock_diag and the /proc read)."""
     import subprocess
     import sys
 
@@ -270,7 +271,6 @@ def test_rates_are_the_kernels_counter_deltas_over_the_interval(labns):
     for before, after in zip(snaps, snaps[1:], strict=False):
         lb, la = find(before["listeners"], 8097), find(after["listeners"], 8097)
         nb, na = before["netns"][0], after["netns"][0]
-        assert la["drops"] == na["ListenDrops"] and lb["drops"] == nb["ListenDrops"]
         dt = after["interval"]
         assert round(la["drop_rate"] * dt) == la["drops"] - lb["drops"]
         assert round(na["rates"]["ListenDrops"] * dt) == na["ListenDrops"] - nb["ListenDrops"]
