@@ -77,16 +77,14 @@ class CloseWaitScreen(DetailScreen):
     def compose(self) -> ComposeResult:
         yield TopBar(id="topbar")
         yield Static(id="title")
-        table = KeyedTable(id="groups")
-        for label, width, key in (
+        table = KeyedTable.with_columns((
             ("PID/COMM", 20, "proc"),
             ("NETNS", 5, "netns"),
             ("COUNT", 6, "count"),
             ("OLDEST", 8, "oldest"),
             ("RECV-Q", 7, "recv_q"),
             ("PORTS", 18, "ports"),
-        ):
-            table.add_column(label, width=width, key=key)
+        ), id="groups")
         yield table
         yield Footer()
 
@@ -167,15 +165,13 @@ class CloseWaitSocketsScreen(DetailScreen):
         yield TopBar(id="topbar")
         yield Static(id="title")
         yield Static(id="process")
-        table = KeyedTable(id="sockets")
-        for label, width, key in (
+        table = KeyedTable.with_columns((
             ("LOCAL", 21, "local"),
             ("PEER", 23, "peer"),
             ("RECV-Q", 7, "recv_q"),
             ("AGE", 8, "age"),
             ("INODE", 10, "inode"),
-        ):
-            table.add_column(label, width=width, key=key)
+        ), id="sockets")
         yield table
         yield Footer()
 

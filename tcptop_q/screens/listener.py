@@ -114,16 +114,14 @@ class ListenerScreen(DetailScreen):
                     yield Sparkline([], id="spark-accept")
                     yield Static(id="process")
             yield Static(id="children-summary")
-            table = KeyedTable(id="children")
-            for label, width, key in (
+            table = KeyedTable.with_columns((
                 ("PEER", 23, "peer"),
                 ("STATE", 11, "state"),
                 ("AGE", 7, "age"),
                 ("RECV-Q", 6, "recv_q"),
                 ("SEND-Q", 6, "send_q"),
                 ("PID/COMM", 16, "proc"),
-            ):
-                table.add_column(label, width=width, key=key)
+            ), id="children")
             yield table
         yield Footer()
 

@@ -44,14 +44,12 @@ class SocketScreen(DetailScreen):
                 yield Static(id="queues")
                 yield Static(id="process")
             yield Static(Text("lifecycle timeline", style="bold underline"), id="timeline-title")
-            table = KeyedTable(id="timeline")
-            for label, width, key in (
+            table = KeyedTable.with_columns((
                 ("TIME", 15, "time"),
                 ("OLD → NEW", 26, "change"),
                 ("IN OLD", 9, "in_old"),
                 ("ON CPU", 20, "proc"),
-            ):
-                table.add_column(label, width=width, key=key)
+            ), id="timeline")
             yield table
         yield Footer()
 

@@ -24,6 +24,14 @@ class KeyedTable(DataTable):
         Binding("k", "cursor_up", "Up", show=False, id="table.up"),
     ]
 
+    @classmethod
+    def with_columns(cls, columns: tuple[tuple[str, int, str], ...], **kwargs: Any) -> KeyedTable:
+        """A table with (label, width, key) columns, as every detail screen declares them."""
+        table = cls(**kwargs)
+        for label, width, key in columns:
+            table.add_column(label, width=width, key=key)
+        return table
+
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("cursor_type", "row")
         kwargs.setdefault("zebra_stripes", False)
