@@ -202,7 +202,3 @@ def diagnose(
         )
     findings.sort(key=lambda f: SEVERITY_ORDER[f.severity])
     return findings
-
-
-def headline(findings: Sequence[Finding]) -> Finding:
-    return findings[0]

@@ -28,7 +28,6 @@ TCP_STATES = {
     11: "CLOSING",
     12: "NEW_SYN_RECV",
 }
-STATE_NUM = {name: num for num, name in TCP_STATES.items()}
 
 # The netns counters the JSON contract names, in /proc/net/netstat TcpExt spelling.
 NETNS_COUNTERS = (

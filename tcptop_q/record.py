@@ -273,11 +273,6 @@ class Recorder:
         self._line({"kind": "proc", "time": when if when is not None else time.time(), "pid": pid,
                     "info": None if info is None else dict(info)})
 
-    def size(self) -> int:
-        """Compressed bytes written so far."""
-        with self._lock:
-            return self._raw.tell() if not self._raw.closed else os.path.getsize(self.path)
-
     def close(self) -> None:
         if self._gz is None:
             return
@@ -729,9 +724,6 @@ class ReplaySource:
         while not self.at_end:
             yield self.sample()
 
-    def snapshots(self) -> Iterator[Snapshot]:
-        return iter(self)
-
     def _line(self, line_no: int) -> bytes:
         r = self._reader
         if line_no < r.line:
@@ -817,7 +809,3 @@ class ReplaySource:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.time))
         return (f"replay {os.path.basename(self.path)}: {h.get('host', '?')} {h.get('kernel', '?')}, "
                 f"{when} ({max(0, self._current_pos) + 1}/{self.count}, {span:.0f}s recorded) at {self._speed:g}x")
-
-
-def open_replay(path: str | os.PathLike, *, speed: float = 1.0, filters: Any = None) -> ReplaySource:
-    return ReplaySource(path, speed=speed, filters=filters)

@@ -55,6 +55,7 @@ class RawTick:
     wall: float
     netns: dict[int, NetnsRaw]
     notes: list[str] = field(default_factory=list)
+    netlink_ok: bool = True  # sock_diag answered in our own netns this tick
 
 
 class _NetnsHandle:
@@ -128,6 +129,7 @@ class KernelReader:
     def read(self, children: bool = False) -> RawTick:
         notes = self._refresh()
         out: dict[int, NetnsRaw] = {}
+        home_ok = True  # another netns vanishing mid-read is ordinary; our own failing is not
         for ino, handle in list(self.handles.items()):
             try:
                 rows = handle.diag.dump_both(diagmod.TICK_STATES, meminfo=True)
@@ -139,9 +141,10 @@ class KernelReader:
                 handle.close()
                 del self.handles[ino]
                 notes.append(f"netns {ino}: {exc.strerror or exc}")
+                home_ok = home_ok and ino != self.home
                 continue
             out[ino] = NetnsRaw(ino, counters, sysctls, rows, kids)
-        return RawTick(time.monotonic(), time.time(), out, notes)
+        return RawTick(time.monotonic(), time.time(), out, notes, netlink_ok=home_ok)
 
     def close(self) -> None:
         for handle in self.handles.values():
@@ -575,7 +578,7 @@ class Sampler:
             kernel=self.kernel,
             hostname=self.hostname,
             sources=Sources(
-                netlink=True,
+                netlink=raw.netlink_ok,
                 bpf=bpf is not None,
                 bpf_error=bpf_error,
                 bpf_state=bpf_state,

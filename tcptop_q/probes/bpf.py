@@ -37,7 +37,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..model import BpfListenerCounts, BpfReading, ListenerKey, Transition, state_name
@@ -468,11 +468,6 @@ class Timelines:
 
 
 # ------------------------------------------------------------------ the probes
-
-
-@dataclass
-class _Cache:
-    reasons: dict[int, str] = field(default_factory=dict)
 
 
 class BpfProbes:
