@@ -211,3 +211,48 @@ def test_synack_retransmits_equal_the_netns_tcpsynretrans(root, bpf):
                 sampler.close()
     finally:
         probes.close()
+
+
+RESET_SCRIPT = r"""
+import socket, time
+srv = socket.socket(); srv.bind(("127.0.0.1", 8099)); srv.listen(8)
+for _ in range(3):
+    c = socket.create_connection(("127.0.0.1", 8099))
+    c.sendall(b"unread")
+    conn, _ = srv.accept()
+    time.sleep(0.05)
+    conn.close()  # data never read: the kernel aborts the connection with a RST
+    time.sleep(0.05)
+    c.close()
+time.sleep(3)  # the listener stays open while the test samples
+"""
+
+
+def test_resets_sent_equal_the_netns_tcpoutrsts(labns, bpf):
+    """A server that closes connections with unread data sends one RST each (tcp_send_reset,
+    charged to the listener of that port); the netns' TcpOutRsts counts the same RSTs."""
+    from tcptop_q.sampler import Sampler
+    from tcptop_q.source import load_bpf
+
+    probes, error = load_bpf(8099, labns.inode)
+    assert probes is not None, error
+    probes.start()
+    sampler = None
+    try:
+        assert probes.wait_ready(90), probes.error
+        if "resets_sent" not in probes.hooks:
+            need(False, "this kernel has no tcp:tcp_send_reset tracepoint")
+        sampler = Sampler(bpf=probes, netns=labns.inode, blocking_owners=True)
+        server = labns.spawn([sys.executable, "-c", RESET_SCRIPT])
+        time.sleep(1.5)  # the three aborts are done; the listener is still open
+        nstat = json.loads(labns.run(["nstat", "-a", "-s", "-z", "-j"]).stdout)
+        nstat = nstat.get("kernel", nstat)
+        snap = sampler.sample(0.2)
+        lst = next(x for x in snap.listeners if x.lport == 8099)
+        assert int(nstat["TcpOutRsts"]) == 3
+        assert lst.resets_sent == int(nstat["TcpOutRsts"])
+        server.wait(timeout=10)
+    finally:
+        if sampler is not None:
+            sampler.close()
+        probes.close()
