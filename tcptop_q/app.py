@@ -73,13 +73,13 @@ class CollectorFailed(Message):
 
 
 class History:
-    """Bounded per-listener series (peak depth, drops/s, accepts/s), stored as float32 triples.
+    """Bounded per-listener series (peak depth, drops/s, queued/s), stored as float32 triples.
 
     10k listeners x 120 samples costs ~15 MB this way (tuples of floats would be ~150 MB).
     NaN marks "unknown".
     """
 
-    FIELDS = ("peak", "drop_rate", "accept_rate")
+    FIELDS = ("peak", "drop_rate", "queued_rate")
 
     def __init__(self, length: int = HISTORY_LEN) -> None:
         self.length = length
@@ -95,7 +95,7 @@ class History:
             if a is None:
                 a = series[lst.key] = array("f")
             peak = lst.peak_accept_queue if lst.peak_accept_queue is not None else lst.accept_queue
-            a.extend((peak, lst.drop_rate, nan if lst.accept_rate is None else lst.accept_rate))
+            a.extend((peak, lst.drop_rate, nan if lst.queued_rate is None else lst.queued_rate))
             if len(a) > n:
                 del a[:3]
         if len(series) > 2 * len(snap.listeners) + 64:

@@ -104,7 +104,7 @@ BATCH_COLUMNS = (
     ("DROP/s", 6, lambda lst: _fmt_rate(lst.drop_rate), False),
     ("OVF/s", 6, lambda lst: _fmt_rate(lst.overflow_rate), False),
     ("RTX/s", 5, lambda lst: _fmt_rate(lst.synack_retrans_rate), True),
-    ("ACC/s", 6, lambda lst: _fmt_rate(lst.accept_rate), False),
+    ("QUE/s", 6, lambda lst: _fmt_rate(lst.queued_rate), False),
     ("PEAK", 5, lambda lst: _fmt_int(lst.peak_accept_queue), True),
     ("DROPS", 8, lambda lst: str(lst.drops), True),
     ("ESTAB", 5, lambda lst: str(lst.children.get("ESTABLISHED", 0)), True),

@@ -79,6 +79,23 @@ class ListenerKey(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True)
+class LatencySummary:
+    """A latency distribution kept in the kernel as a histogram, since the probes went live.
+
+    Quantiles are None when count is 0. `buckets` are the non-empty histogram buckets as
+    (upper bound in seconds, count), ascending: enough to draw it or to re-bucket it.
+    """
+
+    count: int
+    sum_s: float
+    max_s: float
+    p50_s: float | None
+    p90_s: float | None
+    p99_s: float | None
+    buckets: tuple[tuple[float, int], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Listener:
     key: ListenerKey
     inode: int
@@ -95,11 +112,21 @@ class Listener:
     overflow_rate: float | None = None
     synack_retrans: int | None = None
     synack_retrans_rate: float | None = None
-    accepts: int | None = None
-    accept_rate: float | None = None
+    # Children that completed the handshake and entered the accept queue (NOT accept() calls).
+    queued: int | None = None
+    queued_rate: float | None = None
+    # accept() calls that returned a child of this listener.
+    accepted: int | None = None
+    accepted_rate: float | None = None
     peak_accept_queue: int | None = None
     resets_sent: int | None = None
     resets_received: int | None = None
+    # Time from entering the accept queue to the accept() that returned it; handshake time
+    # (LISTEN -> SYN_RECV to SYN_RECV -> ESTABLISHED). Since the probes went live.
+    accept_wait: LatencySummary | None = None
+    handshake: LatencySummary | None = None
+    # kfree_skb drop reasons charged to this listener since live: reason name -> count.
+    drop_reasons: Mapping[str, int] | None = None
 
     @property
     def netns(self) -> int:
@@ -160,6 +187,10 @@ class NetnsCounters:
     counters: Mapping[str, int]  # TcpExt name -> value (absolute)
     rates: Mapping[str, float] = field(default_factory=dict)  # per second over interval
     sysctls: Mapping[str, int] = field(default_factory=dict)  # somaxconn, tcp_max_syn_backlog, ...
+    # The best name the host can tell ("host", an `ip netns` name, a container or pod) and where
+    # it came from ("init", "ip-netns", "podman", "docker", "containerd", "k8s", ...); None = inode only.
+    name: str | None = None
+    name_source: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,8 +264,10 @@ SORT_KEYS = (
     "overflows",
     "synack_retrans",
     "synack_retrans_rate",
-    "accepts",
-    "accept_rate",
+    "queued",
+    "queued_rate",
+    "accepted",
+    "accepted_rate",
     "peak_accept_queue",
     "lport",
     "pid",
@@ -279,6 +312,20 @@ def sort_listeners(
     return ordered
 
 
+def latency_to_json(lat: LatencySummary | None) -> dict | None:
+    if lat is None:
+        return None
+    return {
+        "count": lat.count,
+        "sum_s": lat.sum_s,
+        "p50_s": lat.p50_s,
+        "p90_s": lat.p90_s,
+        "p99_s": lat.p99_s,
+        "max_s": lat.max_s,
+        "buckets": [[le, n] for le, n in lat.buckets],
+    }
+
+
 def listener_to_json(listener: Listener) -> dict:
     return {
         "netns": listener.key.netns,
@@ -298,8 +345,16 @@ def listener_to_json(listener: Listener) -> dict:
         "overflow_rate": listener.overflow_rate,
         "synack_retrans": listener.synack_retrans,
         "synack_retrans_rate": listener.synack_retrans_rate,
-        "accepts": listener.accepts,
-        "accept_rate": listener.accept_rate,
+        "queued": listener.queued,
+        "queued_rate": listener.queued_rate,
+        # Deprecated aliases of queued/queued_rate, kept for schema tcpq-top.snapshot/1 only.
+        "accepts": listener.queued,
+        "accept_rate": listener.queued_rate,
+        "accepted": listener.accepted,
+        "accepted_rate": listener.accepted_rate,
+        "accept_wait": latency_to_json(listener.accept_wait),
+        "handshake": latency_to_json(listener.handshake),
+        "drop_reasons": None if listener.drop_reasons is None else dict(listener.drop_reasons),
         "peak_accept_queue": listener.peak_accept_queue,
         "resets_sent": listener.resets_sent,
         "resets_received": listener.resets_received,
@@ -326,6 +381,8 @@ def snapshot_to_json(snap: Snapshot) -> dict:
         "netns": [
             {
                 "inode": ns.inode,
+                "netns_name": ns.name,
+                "netns_source": ns.name_source,
                 **{name: int(ns.counters.get(name, 0)) for name in NETNS_COUNTERS},
                 **{name: int(ns.counters[name]) for name in NETNS_EXTRA_COUNTERS if name in ns.counters},
                 "rates": dict(ns.rates),

@@ -475,8 +475,8 @@ class Sampler:
                         if "synack_retrans" in bpf.hooks and dt > 0
                         else None
                     ),
-                    accepts=counts.accepts if "accepts" in bpf.hooks else None,
-                    accept_rate=(
+                    queued=counts.accepts if "accepts" in bpf.hooks else None,
+                    queued_rate=(
                         model.rate(counts.accepts, prev_counts.accepts if prev_counts else 0, dt)
                         if "accepts" in bpf.hooks and dt > 0
                         else None

@@ -36,7 +36,7 @@ def queues_text(lst: Listener) -> Text:
         ("drops", f"{lst.drops} total, {fmt_num(lst.drop_rate)}/s"),
         ("overflows", f"{fmt_num(lst.overflows)} total, {fmt_num(lst.overflow_rate)}/s"),
         ("SYN-ACK rtx", f"{fmt_num(lst.synack_retrans)} total, {fmt_num(lst.synack_retrans_rate)}/s"),
-        ("accepts", f"{fmt_num(lst.accepts)} total, {fmt_num(lst.accept_rate)}/s"),
+        ("queued", f"{fmt_num(lst.queued)} total, {fmt_num(lst.queued_rate)}/s"),
         ("resets", f"{fmt_num(lst.resets_sent)} sent, {fmt_num(lst.resets_received)} received"),
     ]
     for i, (name, value) in enumerate(rows):
@@ -206,7 +206,7 @@ class ListenerScreen(DetailScreen):
         for field, wid, label in (
             ("peak", "spark-peak", "peak accept queue"),
             ("drop_rate", "spark-drop", "drops/s"),
-            ("accept_rate", "spark-accept", "accepts/s"),
+            ("queued_rate", "spark-accept", "queued/s"),
         ):
             values = hist.get(self.key, field)
             known = [v for v in values if not math.isnan(v)]

@@ -33,7 +33,7 @@ COLUMNS: tuple[Col, ...] = (
     Col("drop_rate", "DROP/s", 6, 0, "drop_rate"),
     Col("overflow_rate", "OVF/s", 6, 0, "overflow_rate"),
     Col("rtx_rate", "RTX/s", 6, 6, "synack_retrans_rate"),
-    Col("accept_rate", "ACC/s", 6, 4, "accept_rate"),
+    Col("queued_rate", "QUE/s", 6, 4, "queued_rate"),
     Col("estab", "ESTAB", 5, 5, "established"),
     Col("close_wait", "CL-WT", 5, 1, "close_wait"),
 )
@@ -122,7 +122,7 @@ def raw_values(lst: Listener) -> tuple:
         lst.drop_rate,
         lst.overflow_rate,
         lst.synack_retrans_rate,
-        lst.accept_rate,
+        lst.queued_rate,
         # an empty children mapping means "not counted", a missing state in a counted one is 0
         lst.children.get("ESTABLISHED", 0 if lst.children else None),
         lst.children.get("CLOSE_WAIT", 0 if lst.children else None),
@@ -150,7 +150,7 @@ def render_cell(col_id: str, raw: Any, bar: int) -> Text:
         return _rate(raw)
     if col_id in ("rtx_rate",):
         return _rate(raw, hot="yellow")
-    if col_id == "accept_rate":
+    if col_id == "queued_rate":
         return _rate(raw, hot="")
     if col_id == "close_wait":
         return Text("-" if raw is None else str(raw), justify="right", style="yellow" if raw else "")

@@ -75,7 +75,7 @@ def snapshot(tick: int, *, children: bool = False, events: int = 2) -> Snapshot:
         listeners=[
             Listener(KEY, 90001, 1234, "serv\u00e9r\x07\udcff", 6, 5, 0, 10 * tick, 10.0, {"CLOSE_WAIT": 6},
                      overflows=10 * tick, overflow_rate=10.0, synack_retrans=None, synack_retrans_rate=None,
-                     accepts=6, accept_rate=0.0, peak_accept_queue=6, resets_sent=0, resets_received=None),
+                     queued=6, queued_rate=0.0, peak_accept_queue=6, resets_sent=0, resets_received=None),
             Listener(KEY6, 90002, None, None, 0, 511, 2, 0, 0.0, {}),
         ],
         close_wait=[CloseWait(NS, "ipv4", "127.0.0.1", 8080, "127.0.0.1", 41000 + i, 0, 9000 + i, 1234, "server",

@@ -51,8 +51,8 @@ def _listener(key: ListenerKey, **kw) -> Listener:
         overflow_rate=0.0,
         synack_retrans=0,
         synack_retrans_rate=0.0,
-        accepts=0,
-        accept_rate=0.0,
+        queued=0,
+        queued_rate=0.0,
         peak_accept_queue=0,
     )
     base.update(kw)
@@ -156,8 +156,8 @@ def build_snapshot(
             overflow_rate=10.0,
             synack_retrans=3 * tick,
             synack_retrans_rate=3.0,
-            accepts=0,
-            accept_rate=0.0,
+            queued=0,
+            queued_rate=0.0,
             peak_accept_queue=6,
             children={"ESTABLISHED": 0, "CLOSE_WAIT": 6},
         ),
@@ -166,8 +166,8 @@ def build_snapshot(
             pid=812,
             comm="sshd",
             backlog=128,
-            accepts=40 + tick,
-            accept_rate=0.0,
+            queued=40 + tick,
+            queued_rate=0.0,
             children={"ESTABLISHED": 2},
         ),
         _listener(
@@ -177,8 +177,8 @@ def build_snapshot(
             backlog=511,
             accept_queue=1,
             peak_accept_queue=3,
-            accepts=5000 + 85 * tick,
-            accept_rate=85.0,
+            queued=5000 + 85 * tick,
+            queued_rate=85.0,
             children={"ESTABLISHED": 17},
         ),
         _listener(
@@ -186,8 +186,8 @@ def build_snapshot(
             pid=900,
             comm="nginx",
             backlog=511,
-            accepts=9000 + 120 * tick,
-            accept_rate=120.0,
+            queued=9000 + 120 * tick,
+            queued_rate=120.0,
             children={"ESTABLISHED": 31},
         ),
         _listener(
@@ -199,8 +199,8 @@ def build_snapshot(
             overflow_rate=None,
             synack_retrans=None,
             synack_retrans_rate=None,
-            accepts=None,
-            accept_rate=None,
+            queued=None,
+            queued_rate=None,
             peak_accept_queue=None,
         ),
         _listener(
@@ -213,7 +213,7 @@ def build_snapshot(
             drop_rate=2.0 if swap_order else 0.0,
             overflow_rate=25.0 if swap_order else 0.0,
             overflows=30,
-            accepts=12,
+            queued=12,
             children={"ESTABLISHED": 3, "CLOSE_WAIT": 1},
         ),
     ]
@@ -371,8 +371,8 @@ def many_listeners(n: int, tick: int, changing: float = 1.0) -> list[Listener]:
                 drop_rate=float((i + t) % 5),
                 overflows=t,
                 overflow_rate=float((i * 3 + t) % 7) if moving else 0.0,
-                accepts=t * 10,
-                accept_rate=float((i + t) % 13),
+                queued=t * 10,
+                queued_rate=float((i + t) % 13),
                 children={"ESTABLISHED": (i + t) % 20, "CLOSE_WAIT": (i + t) % 3},
             )
         )

@@ -54,15 +54,15 @@ async def test_sort_picker_sorts_by_accepts(make_app):
         await pilot.press("s")
         picker = app.screen.query_one("#picker")
         ids = [picker.get_option_at_index(i).id for i in range(picker.option_count)]
-        moves = ids.index("accept_rate") - ids.index("overflow_rate")
+        moves = ids.index("queued_rate") - ids.index("overflow_rate")
         for _ in range(moves):
             await pilot.press("down")
         await pilot.press("enter")
         await pilot.pause()
         assert isinstance(app.screen, MainScreen)
-        assert app.sort_key == "accept_rate"
+        assert app.sort_key == "queued_rate"
         assert order(app)[0] == row_key(KEY_HTTPS6)  # 120 accepts/s
-        assert "ACC/s▼" in screen_text(app)
+        assert "QUE/s▼" in screen_text(app)
 
 
 async def test_f6_opens_the_sort_picker(make_app):
@@ -180,7 +180,7 @@ async def test_unknown_values_show_as_dash_not_zero(make_app):
         await feed_ticks(app, pilot)
         table = app.screen.table
         cell = lambda col: str(table.get_cell(row_key(KEY_REDIS), col)).strip()  # noqa: E731
-        for col in ("proc", "overflow_rate", "rtx_rate", "accept_rate", "estab", "close_wait"):
+        for col in ("proc", "overflow_rate", "rtx_rate", "queued_rate", "estab", "close_wait"):
             assert cell(col) == "-", col
         assert cell("drop_rate") == "0" and cell("synq") == "0"  # known zeros stay zeros
         assert cell("acceptq").startswith("0/511")
