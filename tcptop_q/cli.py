@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--once", action="store_true", help="sample twice, INTERVAL apart, print one report and exit")
     mode.add_argument("--batch", action="store_true", help="print a text report every DELAY seconds (like top -b)")
     mode.add_argument("--ebpf", action="store_true", help="print the BPF program and the hook serving each metric, then exit")
+    mode.add_argument("--serve", metavar="[ADDR:]PORT", help="no TUI: serve Prometheus metrics on /metrics (default address 127.0.0.1)")
     p.add_argument("--json", action="store_true", help="with --once/--batch: the JSON snapshot contract, one per line")
     p.add_argument("-i", "--interval", type=_number(float, "--interval", 0.05, 3600), default=None, help="seconds between samples (default 1)")
     p.add_argument("-d", "--delay", type=_number(float, "--delay", 0.05, 3600), default=None, help="alias of --interval for --batch")
@@ -70,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replay", metavar="FILE", help="show a recording instead of the live kernel (no root needed)")
     p.add_argument("--speed", type=_number(float, "--speed", 0.5, 10), default=1.0, help="--replay: playback speed, 0.5 to 10")
     p.add_argument("--demo", action="store_true", help="run the lab scenarios in a private netns and watch them (root)")
+    p.add_argument("--max-listeners", type=_number(int, "--max-listeners", 1, 10**6), default=None,
+                   help="--serve: export the N most active listeners (default 2000)")
+    p.add_argument("--web-config", metavar="FILE", help="--serve: TLS and basic auth (Prometheus exporter-toolkit format)")
     return p
 
 
@@ -384,6 +388,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError("--speed goes with --replay")
         if args.record and (args.once or args.ebpf):
             raise UsageError("--record goes with the TUI or --batch")
+        if args.serve is not None and (args.json or args.record or args.replay or args.demo):
+            raise UsageError("--serve goes with neither --json, --record, --replay nor --demo")
+        if args.serve is None and (args.max_listeners is not None or args.web_config):
+            raise UsageError("--max-listeners and --web-config go with --serve")
+        if args.max_listeners is None:
+            args.max_listeners = 2000
         interval = args.interval or args.delay or 1.0
     except UsageError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
@@ -396,6 +406,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_demo(args, interval)
         if args.ebpf:
             return run_ebpf(args)
+        if args.serve is not None:
+            from .export.server import run_serve
+
+            return run_serve(args, interval)
         if args.once:
             return run_once(args, interval)
         if args.batch:
