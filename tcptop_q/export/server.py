@@ -36,7 +36,7 @@ from .webconfig import WebConfig
 PROG = "tcpq-top"
 MAX_HEAD_BYTES = 16 * 1024  # request line + headers; Prometheus sends < 1 KiB
 MAX_CONNECTIONS = 64  # at once; more are closed at accept (a flood cannot use up threads)
-CONN_TIMEOUT_S = 10.0  # per socket operation: a client that stops sending is dropped
+CONN_TIMEOUT_S = 5.0  # per socket operation: a client that stops sending is dropped
 
 INDEX = b"""<html><head><title>tcpq-top exporter</title></head><body>
 <h1>tcpq-top exporter</h1><p><a href="/metrics">/metrics</a>: per-listener accept queues, overflows, drops.</p>
