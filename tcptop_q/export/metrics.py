@@ -13,7 +13,7 @@ What is exported and why (docs/EXPORTER.md):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from prometheus_client.core import (
@@ -150,7 +150,22 @@ class ExporterState:
 def families(
     snap: Snapshot | None, state: ExporterState, listeners: Sequence[Listener] | None = None
 ) -> Iterator[Metric]:
-    """Every family for one snapshot. `listeners`: the ones to export (select()); default all."""
+    """Every family for one snapshot, in the exported order. `listeners`: the ones to export
+    (select()); default all. The server splices the listener part per listener
+    (server.ListenerCache); this whole-snapshot form is its reference (tests)."""
+    yield from head_families(snap, state)
+    if snap is None:
+        return
+    yield from listener_families(snap.listeners if listeners is None else listeners, netns_names(snap))[0]
+    yield from netns_families(snap)
+
+
+def netns_names(snap: Snapshot) -> dict[int, str | None]:
+    return {ns.inode: ns.name for ns in snap.netns}
+
+
+def head_families(snap: Snapshot | None, state: ExporterState) -> Iterator[Metric]:
+    """About the exporter itself."""
     up = GaugeMetricFamily("tcpq_bpf_up", "1 while the eBPF probes are live, 0 otherwise (netlink metrics stay).")
     up.add_metric([], 1.0 if snap is not None and snap.sources.bpf else 0.0)
     yield up
@@ -182,56 +197,68 @@ def families(
         lost = CounterMetricFamily("tcpq_lost_events", "Feed events the kernel could not hand over (counts stay exact).")
         lost.add_metric([], float(snap.sources.lost_events))
         yield lost
-    if listeners is None:
-        listeners = snap.listeners
-    yield from listener_families(listeners, {ns.inode: ns.name for ns in snap.netns})
-    yield from netns_families(snap)
 
 
-def listener_families(listeners: Iterable[Listener], netns_names: dict[int, str | None]) -> Iterator[Metric]:
+def listener_families(
+    listeners: Iterable[Listener], netns_names: Mapping[int, str | None]
+) -> tuple[list[Metric], list[list[int]]]:
+    """The per-listener families (always all of them, in this order, empty or not), and
+    counts[f][i]: how many samples listener i has in family f (0 = absent, a histogram many)."""
     listeners = list(listeners)
     ids = [identity(lst) for lst in listeners]
+    fams: list[Metric] = []
+    counts: list[list[int]] = []
+
+    def fill(fam: Metric, add) -> None:
+        per: list[int] = []
+        for lst, ident in zip(listeners, ids, strict=True):
+            before = len(fam.samples)
+            add(fam, lst, ident)
+            per.append(len(fam.samples) - before)
+        fams.append(fam)
+        counts.append(per)
+
     info = GaugeMetricFamily(
         "tcpq_listener_info",
         "1 per listener; its owner and netns name as labels (join with group_left). Empty = unknown.",
         labels=[*IDENTITY, "family", "pid", "comm", "netns_name"],
     )
-    for lst, ident in zip(listeners, ids, strict=True):
-        info.add_metric(
-            [*ident, lst.key.family, "" if lst.pid is None else str(lst.pid), lst.comm or "",
-             netns_names.get(lst.key.netns) or ""],
-            1.0,
-        )
-    yield info
+    fill(info, lambda fam, lst, ident: fam.add_metric(
+        [*ident, lst.key.family, "" if lst.pid is None else str(lst.pid), lst.comm or "",
+         netns_names.get(lst.key.netns) or ""], 1.0))
     for name, doc, attr in LISTENER_GAUGES:
-        fam = GaugeMetricFamily(name, doc, labels=IDENTITY)
-        for lst, ident in zip(listeners, ids, strict=True):
-            fam.add_metric(ident, float(getattr(lst, attr)))
-        yield fam
-    cw = GaugeMetricFamily(
+        fill(GaugeMetricFamily(name, doc, labels=IDENTITY),
+             lambda fam, lst, ident, attr=attr: fam.add_metric(ident, float(getattr(lst, attr))))
+
+    def close_wait(fam, lst, ident) -> None:
+        value = lst.children.get("CLOSE_WAIT")
+        if value is not None:
+            fam.add_metric(ident, float(value))
+
+    fill(GaugeMetricFamily(
         "tcpq_listener_close_wait",
         "Children in CLOSE_WAIT now: the peer closed, the application has not (absent before the first children dump).",
         labels=IDENTITY,
-    )
-    for lst, ident in zip(listeners, ids, strict=True):
-        value = lst.children.get("CLOSE_WAIT")
+    ), close_wait)
+
+    def counter(fam, lst, ident, attr: str) -> None:
+        value = getattr(lst, attr)
         if value is not None:
-            cw.add_metric(ident, float(value))
-    yield cw
+            fam.add_metric(ident, float(value))
+
     for name, doc, attr in LISTENER_COUNTERS:
-        cfam = CounterMetricFamily(name, doc, labels=IDENTITY)
-        for lst, ident in zip(listeners, ids, strict=True):
-            value = getattr(lst, attr)
-            if value is not None:
-                cfam.add_metric(ident, float(value))
-        yield cfam
+        fill(CounterMetricFamily(name, doc, labels=IDENTITY),
+             lambda fam, lst, ident, attr=attr: counter(fam, lst, ident, attr))
+
+    def histogram(fam, lst, ident, attr: str) -> None:
+        summary: LatencySummary | None = getattr(lst, attr)
+        if summary is not None and math.isfinite(summary.sum_s):
+            fam.add_metric(ident, latency_buckets(summary), summary.sum_s)
+
     for name, doc, attr in LISTENER_HISTOGRAMS:
-        hfam = HistogramMetricFamily(name, doc, labels=IDENTITY)
-        for lst, ident in zip(listeners, ids, strict=True):
-            summary: LatencySummary | None = getattr(lst, attr)
-            if summary is not None and math.isfinite(summary.sum_s):
-                hfam.add_metric(ident, latency_buckets(summary), summary.sum_s)
-        yield hfam
+        fill(HistogramMetricFamily(name, doc, labels=IDENTITY),
+             lambda fam, lst, ident, attr=attr: histogram(fam, lst, ident, attr))
+    return fams, counts
 
 
 def netns_families(snap: Snapshot) -> Iterator[Metric]:

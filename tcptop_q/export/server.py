@@ -52,6 +52,87 @@ class Published:
     seq: int
 
 
+class ListenerCache:
+    """The per-listener part of one exposition format, kept per listener between scrapes.
+
+    prometheus_client renders every sample line (about 10 per listener); at 10k listeners that
+    is seconds of Python per scrape. Most listeners are the same from one sample to the next
+    (the sampler even hands over the same Listener object), so each listener's lines are
+    rendered by prometheus_client's encoder once, cut out of its output by family, and kept
+    until the listener (or its netns name) changes. The exposition is then the families'
+    headers with the kept lines in listener order: byte for byte what the encoder prints
+    for the whole set (tests/unit/test_exporter_metrics.py checks it).
+    """
+
+    def __init__(self, encoder: Callable[[CollectorRegistry], bytes]) -> None:
+        self.encoder = encoder
+        # key -> (listener, its netns name, one text chunk per listener family)
+        self.kept: dict[Any, tuple[Listener, str | None, list[str]]] = {}
+        self.headers, _ = self._blocks([], {})
+
+    def _blocks(self, listeners: list[Listener], names: dict[int, str | None]) -> tuple[list[str], list[list[str]]]:
+        fams, counts = metrics.listener_families(listeners, names)
+        text = self.encoder(_registry(fams)).decode()
+        headers: list[str] = []
+        lines: list[list[str]] = []
+        for line in text.splitlines(keepends=True):
+            if line.startswith("# HELP "):
+                headers.append(line)
+                lines.append([])
+            elif line.startswith("# EOF"):
+                continue
+            elif line.startswith("#"):
+                headers[-1] += line
+            else:
+                lines[-1].append(line)
+        if len(headers) != len(fams) or any(len(b) != sum(c) for b, c in zip(lines, counts, strict=True)):
+            raise RuntimeError("exposition does not split by family and sample")  # a prometheus_client change
+        # regroup: chunks[i][f] = the lines of listener i in family f
+        chunks: list[list[str]] = [[] for _ in listeners]
+        for f, block in enumerate(lines):
+            pos = 0
+            for i, n in enumerate(counts[f]):
+                chunks[i].append("".join(block[pos:pos + n]))
+                pos += n
+        return headers, chunks
+
+    def render(self, listeners: list[Listener], names: dict[int, str | None]) -> str:
+        kept = self.kept
+        changed = []
+        for lst in listeners:
+            have = kept.get(lst.key)
+            if have is None or have[1] != names.get(lst.key.netns) or (have[0] is not lst and have[0] != lst):
+                changed.append(lst)
+        if changed:
+            _, chunks = self._blocks(changed, names)
+            for lst, chunk in zip(changed, chunks, strict=True):
+                kept[lst.key] = (lst, names.get(lst.key.netns), chunk)
+        if len(kept) > len(listeners):
+            live = {lst.key for lst in listeners}
+            for key in [k for k in kept if k not in live]:
+                del kept[key]
+        per = [kept[lst.key][2] for lst in listeners]
+        out = []
+        for f, header in enumerate(self.headers):
+            out.append(header)
+            out.extend(chunk[f] for chunk in per)
+        return "".join(out)
+
+
+def _registry(fams: list[Metric]) -> CollectorRegistry:
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(_Fixed(fams))
+    return reg
+
+
+class _Fixed(Collector):
+    def __init__(self, fams: list[Metric]) -> None:
+        self.fams = fams
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.fams)
+
+
 class Exporter:
     """Holds the latest snapshot and renders it once per snapshot and format."""
 
@@ -61,11 +142,10 @@ class Exporter:
         self._render_lock = threading.Lock()
         self._pub = Published(None, metrics.ExporterState(), [], 0)
         self._cache: dict[tuple[int, str, bool], bytes] = {}
-        self._rendering: Published | None = None
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_Collector(self))
+        self._listener_caches: dict[str, ListenerCache] = {}
         # process_resident_memory_bytes & co: the exporter's own cost, as every exporter has.
-        ProcessCollector(namespace="", registry=self.registry)
+        self._process = CollectorRegistry(auto_describe=False)
+        ProcessCollector(namespace="", registry=self._process)
 
     def publish(self, snap: Snapshot | None, duration_s: float | None, error: bool = False) -> None:
         with self._lock:
@@ -99,26 +179,28 @@ class Exporter:
         with self._render_lock:  # concurrent scrapes of one new snapshot render it once
             body = self._cache.get(key)
             if body is None:
-                self._rendering = pub
-                try:
-                    body = encoder(self.registry)
-                finally:
-                    self._rendering = None
+                body = self._render(pub, encoder, content_type).encode()
                 if gzip_ok:
-                    body = gzip.compress(body, compresslevel=5)
+                    body = gzip.compress(body, compresslevel=1)
                 # Only the newest snapshot's renderings are kept.
                 self._cache = {k: v for k, v in self._cache.items() if k[0] == pub.seq}
                 self._cache[key] = body
         return body, content_type
 
-
-class _Collector(Collector):
-    def __init__(self, exporter: Exporter) -> None:
-        self.exporter = exporter
-
-    def collect(self) -> Iterator[Metric]:
-        pub = self.exporter._rendering or self.exporter.published
-        yield from metrics.families(pub.snap, pub.state, pub.listeners)
+    def _render(self, pub: Published, encoder: Callable[[CollectorRegistry], bytes], content_type: str) -> str:
+        """head (the exporter) + listeners (spliced) + netns + process: metrics.families()'
+        order, then the process collector."""
+        eof = "# EOF\n"
+        head = encoder(_registry(list(metrics.head_families(pub.snap, pub.state)))).decode()
+        parts = [head.removesuffix(eof)]
+        if pub.snap is not None:
+            cache = self._listener_caches.get(content_type)
+            if cache is None:
+                cache = self._listener_caches[content_type] = ListenerCache(encoder)
+            parts.append(cache.render(pub.listeners, metrics.netns_names(pub.snap)))
+            parts.append(encoder(_registry(list(metrics.netns_families(pub.snap)))).decode().removesuffix(eof))
+        parts.append(encoder(self._process).decode())
+        return "".join(parts)
 
 
 # ------------------------------------------------------------------------- HTTP

@@ -216,3 +216,45 @@ def test_serve_address_refused(text):
     with pytest.raises(ValueError) as exc:
         parse_listen_address(text)
     assert "\n" not in str(exc.value)
+
+
+# ------------------------------------------------------------------ spliced rendering
+
+
+def _without_process(text: str) -> str:
+    return "".join(line for line in text.splitlines(keepends=True)
+                   if "process_" not in line and not line.startswith("# EOF"))
+
+
+@pytest.mark.parametrize("accept", ["", "application/openmetrics-text; version=1.0.0"])
+def test_spliced_rendering_equals_prometheus_clients_own_rendering(accept):
+    """The per-listener cache (server.ListenerCache) gives byte for byte what prometheus_client
+    prints for the whole snapshot, as listeners change, appear and go between snapshots."""
+    from prometheus_client import exposition
+
+    from tcptop_q.export.metrics import families
+    from tcptop_q.export.server import _registry
+
+    encoder, _ = exposition.choose_encoder(accept)
+    aw = LatencySummary(count=3, sum_s=1.5, max_s=1.2, p50_s=0.2, p90_s=1.2, p99_s=1.2, buckets=((0.25, 2), (1.25, 1)))
+    listeners = [lst(port=1000 + i, cookie=i, pid=i if i % 3 else None, comm='we"ird\n' if i == 4 else "srv",
+                     overflows=i if i % 2 else None, accept_wait=aw if i % 4 == 0 else None,
+                     children={"CLOSE_WAIT": i} if i % 5 else {}) for i in range(12)]
+    netns = [NetnsCounters(4026531840, {"ListenOverflows": 7}, name="host", name_source="init")]
+    exp = Exporter(10)
+    from dataclasses import replace
+
+    for step in range(4):
+        s = snap(listeners, netns=netns)
+        exp.publish(s, 0.01)
+        body, _ = exp.render(accept, False)
+        pub = exp.published
+        want = encoder(_registry(list(families(pub.snap, pub.state, pub.listeners)))).decode()
+        assert _without_process(body.decode()) == _without_process(want), step
+        if accept:
+            assert body.endswith(b"# EOF\n") and body.count(b"# EOF") == 1
+        # next snapshot: one listener changes, one goes, one comes, the netns gets renamed once
+        listeners = [replace(listeners[1], accept_queue=step + 1), *listeners[2:], lst(port=2000 + step, cookie=100 + step)]
+        if step == 1:
+            netns = [NetnsCounters(4026531840, {"ListenOverflows": 8}, name="renamed", name_source="init")]
+    assert "renamed" in body.decode()
