@@ -80,7 +80,8 @@ def exporter_run(netns: int, max_listeners: int, scrapes: int, interval: float) 
         p.wait(timeout=30)
     return {"cold_median_ms": statistics.median(cold) * 1e3, "cold_p99_ms": pct(cold, 99) * 1e3,
             "cached_median_ms": statistics.median(cached) * 1e3, "cached_p99_ms": pct(cached, 99) * 1e3,
-            "rss_mb": rss, "gzip_bytes": size, "samples": samples, "scrapes": scrapes}
+            "rss_mb": rss, "gzip_bytes": size, "samples": samples, "scrapes": scrapes,
+            "cold_ms": [round(x * 1e3, 1) for x in cold]}
 
 
 def ss_run(fx, reps: int) -> dict:

@@ -64,6 +64,8 @@ class ListenerCache:
     for the whole set (tests/unit/test_exporter_metrics.py checks it).
     """
 
+    BATCH = 250  # listeners rendered per encoder call
+
     def __init__(self, encoder: Callable[[CollectorRegistry], bytes]) -> None:
         self.encoder = encoder
         # key -> (listener, its netns name, one text chunk per listener family)
@@ -103,10 +105,15 @@ class ListenerCache:
             have = kept.get(lst.key)
             if have is None or have[1] != names.get(lst.key.netns) or (have[0] is not lst and have[0] != lst):
                 changed.append(lst)
-        if changed:
-            _, chunks = self._blocks(changed, names)
-            for lst, chunk in zip(changed, chunks, strict=True):
+        # In batches: the encoder's intermediate objects (a Sample and a label dict per line)
+        # stay a few MB at a time, whatever the number of listeners that changed.
+        for start in range(0, len(changed), self.BATCH):
+            batch = changed[start:start + self.BATCH]
+            _, chunks = self._blocks(batch, names)
+            for lst, chunk in zip(batch, chunks, strict=True):
                 kept[lst.key] = (lst, names.get(lst.key.netns), chunk)
+        if len(changed) > 4 * self.BATCH:
+            _release_heap()
         if len(kept) > len(listeners):
             live = {lst.key for lst in listeners}
             for key in [k for k in kept if k not in live]:
@@ -117,6 +124,17 @@ class ListenerCache:
             out.append(header)
             out.extend(chunk[f] for chunk in per)
         return "".join(out)
+
+
+def _release_heap() -> None:
+    """After a big render glibc keeps the freed pages; hand them back (RSS is what the SRE
+    sees), as the probes do after bcc's compile (tcptop_q/probes/bpf.py)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc
 
 
 def _registry(fams: list[Metric]) -> CollectorRegistry:

@@ -227,14 +227,15 @@ def _without_process(text: str) -> str:
 
 
 @pytest.mark.parametrize("accept", ["", "application/openmetrics-text; version=1.0.0"])
-def test_spliced_rendering_equals_prometheus_clients_own_rendering(accept):
+def test_spliced_rendering_equals_prometheus_clients_own_rendering(accept, monkeypatch):
     """The per-listener cache (server.ListenerCache) gives byte for byte what prometheus_client
     prints for the whole snapshot, as listeners change, appear and go between snapshots."""
     from prometheus_client import exposition
 
     from tcptop_q.export.metrics import families
-    from tcptop_q.export.server import _registry
+    from tcptop_q.export.server import ListenerCache, _registry
 
+    monkeypatch.setattr(ListenerCache, "BATCH", 5)  # several encoder calls per render
     encoder, _ = exposition.choose_encoder(accept)
     aw = LatencySummary(count=3, sum_s=1.5, max_s=1.2, p50_s=0.2, p90_s=1.2, p99_s=1.2, buckets=((0.25, 2), (1.25, 1)))
     listeners = [lst(port=1000 + i, cookie=i, pid=i if i % 3 else None, comm='we"ird\n' if i == 4 else "srv",
