@@ -163,6 +163,8 @@ class Connection:
     pid: int | None = None
     comm: str | None = None
     age_s: float | None = None  # from BPF timeline; None before probes saw it
+    # The listener this socket belongs to, decided by the sampler (tcptop_q/attribution.py).
+    listener: ListenerKey | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +181,8 @@ class CloseWait:
     comm: str | None
     recv_q: int
     age_s: float | None
+    # The listener this socket belongs to (None: no listener on its port any more).
+    listener: ListenerKey | None = None
 
 
 @dataclass(frozen=True)
@@ -210,6 +214,8 @@ class Transition:
     ms_in_old: float | None
     pid: int
     comm: str
+    # The listener whose socket this is (or the listener itself), decided by the sampler.
+    listener: ListenerKey | None = None
 
 
 @dataclass(frozen=True)
@@ -391,8 +397,14 @@ def snapshot_to_json(snap: Snapshot) -> dict:
             for ns in snap.netns
         ],
         "listeners": [listener_to_json(lst) for lst in snap.listeners],
-        "close_wait": [dataclasses.asdict(cw) for cw in snap.close_wait],
+        "close_wait": [socket_to_json(cw) for cw in snap.close_wait],
     }
+
+
+def socket_to_json(sock: CloseWait | Connection | Transition) -> dict:
+    """A CLOSE_WAIT socket, a child or a feed event as JSON. `listener` stays out: it is the sampler's
+    attribution, which a reader re-derives from the listeners (tcptop_q/attribution.py)."""
+    return {f.name: getattr(sock, f.name) for f in dataclasses.fields(sock) if f.name != "listener"}
 
 
 # ------------------------------------------------------------- BPF raw readings
