@@ -200,7 +200,7 @@ def test_slow_and_huge_requests_do_not_stall_sampling(root):
                 pass  # the server closed on us: as good as a 431
             reply = huge.recv(200)
             assert reply == b"" or reply.split(b" ")[1] == b"431", reply
-        t1 = one(exp.scrape(), "tcpq_sample_timestamp_seconds")
+        t1 = wait_until(lambda: one(exp.scrape(), "tcpq_sample_timestamp_seconds"), 20, "a first sample")
         t2 = wait_until(lambda: (one(exp.scrape(), "tcpq_sample_timestamp_seconds") or 0) > t1 + 0.5 and True, 10,
                         "sampling goes on while slow clients hold connections")
         assert t2
