@@ -148,8 +148,9 @@ def test_tls_and_basic_auth_401_without_200_with_and_prometheus_scrapes_with_the
         assert code == 401 and headers.get("WWW-Authenticate", "").startswith("Basic")
         assert exp.get(headers=wrong, context=ctx)[0] == 401
         assert exp.get("/", context=ctx)[0] == 401  # every path is behind the credentials
-        code, body, _ = exp.get(headers=auth, context=ctx)
-        assert code == 200 and b"tcpq_listener_accept_queue_limit" in body
+        assert exp.get(headers=auth, context=ctx)[0] == 200
+        wait_until(lambda: b"tcpq_listener_accept_queue_limit{" in exp.get(headers=auth, context=ctx)[1], 20,
+                   "listener series over TLS")
         assert exp.get("/nope", headers=auth, context=ctx)[0] == 404
         with pytest.raises(ssl.SSLError):  # plain HTTP is not served on the TLS port
             ssl.create_default_context().wrap_socket(socket.create_connection(("127.0.0.1", exp.port), 5),
