@@ -161,6 +161,7 @@ class Exporter:
         self._pub = Published(None, metrics.ExporterState(), [], 0)
         self._cache: dict[tuple[int, str, bool], bytes] = {}
         self._listener_caches: dict[str, ListenerCache] = {}
+        self._wanted: dict[tuple[str, bool], float] = {}  # (content type, gzip) -> last asked
         # process_resident_memory_bytes & co: the exporter's own cost, as every exporter has.
         self._process = CollectorRegistry(auto_describe=False)
         ProcessCollector(namespace="", registry=self._process)
@@ -187,7 +188,25 @@ class Exporter:
         with self._lock:
             return self._pub
 
+    PRERENDER_S = 120.0  # a format scraped this recently is rendered right after each sample
+
+    def prerender(self) -> None:
+        """On the sampling thread, after publish(): render the new snapshot in every format a
+        client asked for in the last PRERENDER_S, so that a scrape finds the bytes ready and
+        never waits for a render. A format nobody scrapes costs nothing."""
+        now = time.monotonic()
+        for (accept, gz), when in list(self._wanted.items()):
+            if now - when < self.PRERENDER_S:
+                self._render_cached(accept, gz)
+            else:
+                self._wanted.pop((accept, gz), None)
+
     def render(self, accept: str, gzip_ok: bool) -> tuple[bytes, str]:
+        _, content_type = exposition.choose_encoder(accept)
+        self._wanted[(content_type, gzip_ok)] = time.monotonic()
+        return self._render_cached(content_type, gzip_ok)
+
+    def _render_cached(self, accept: str, gzip_ok: bool) -> tuple[bytes, str]:
         encoder, content_type = exposition.choose_encoder(accept)
         pub = self.published
         key = (pub.seq, content_type, gzip_ok)
@@ -387,6 +406,7 @@ class Sampling(threading.Thread):
         self.stop = threading.Event()
         self.log = log
         self._feed_off = False
+        self._said_dropped = False
         self._last_error = ""
 
     def run(self) -> None:
@@ -408,11 +428,23 @@ class Sampling(threading.Thread):
                 first = False
                 self.exporter.publish(snap, time.perf_counter() - t0)
                 self._quiet_feed()
+                self._say_dropped()
+                try:
+                    self.exporter.prerender()
+                except Exception as exc:  # a scrape renders again; never stop sampling for it
+                    self.log(f"{PROG}: render failed: {type(exc).__name__}: {exc}")
             next_at += self.interval
             now = time.monotonic()
             if next_at < now:  # a sample longer than the interval: start again from now
                 next_at = now
             self.stop.wait(next_at - now)
+
+    def _say_dropped(self) -> None:
+        dropped = self.exporter.published.state.listeners_dropped
+        if dropped and not self._said_dropped:
+            self.log(f"{PROG}: {dropped} of the least active listeners left out of the export "
+                     f"(--max-listeners {self.exporter.max_listeners}); tcpq_listeners_dropped_from_export has the count")
+        self._said_dropped = bool(dropped)
 
     def _quiet_feed(self) -> None:
         bpf = getattr(self.source, "bpf", None)

@@ -259,3 +259,24 @@ def test_spliced_rendering_equals_prometheus_clients_own_rendering(accept, monke
         if step == 1:
             netns = [NetnsCounters(4026531840, {"ListenOverflows": 8}, name="renamed", name_source="init")]
     assert "renamed" in body.decode()
+
+
+def test_a_scraped_format_is_rendered_after_each_sample_and_an_unscraped_one_is_not(monkeypatch):
+    exp = Exporter(10)
+    exp.publish(snap([lst(accept_queue=1)]), 0.01)
+    exp.render("application/openmetrics-text; version=1.0.0", True)  # a client asks for this one
+    exp.publish(snap([lst(accept_queue=2)]), 0.01)
+    exp.prerender()  # what the sampling thread does after publish()
+    calls = []
+    monkeypatch.setattr(exp, "_render", lambda *a: calls.append(a) or "")
+    import gzip as gz
+
+    body, _ = exp.render("application/openmetrics-text; version=1.0.0", True)
+    assert not calls  # served from the prerendered bytes
+    assert b"tcpq_listener_accept_queue_length{" in gz.decompress(body)
+    text = gz.decompress(body).decode()
+    assert [v for lab, v, _ in (
+        (s.labels, s.value, s.name) for f in text_string_to_metric_families(text.replace("# EOF\n", ""))
+        for s in f.samples if s.name == "tcpq_listener_accept_queue_length")] == [2.0]  # the new snapshot
+    exp.render("text/plain", False)  # never asked before: rendered on demand
+    assert len(calls) == 1
