@@ -326,9 +326,12 @@ def latency_to_json(lat: LatencySummary | None) -> dict | None:
     }
 
 
-def listener_to_json(listener: Listener) -> dict:
+def listener_to_json(listener: Listener, netns: NetnsCounters | None = None) -> dict:
+    """`netns` is the snapshot's entry for the listener's namespace: its name is kept there only."""
     return {
         "netns": listener.key.netns,
+        "netns_name": netns.name if netns is not None else None,
+        "netns_source": netns.name_source if netns is not None else None,
         "family": listener.key.family,
         "laddr": listener.key.laddr,
         "lport": listener.key.lport,
@@ -363,7 +366,8 @@ def listener_to_json(listener: Listener) -> dict:
 
 
 def snapshot_to_json(snap: Snapshot) -> dict:
-    """The `--once --json` contract (DESIGN.md); fields may be added, never renamed."""
+    """The `--once --json` contract (docs/JSON.md); fields may be added, never renamed."""
+    by_inode = {ns.inode: ns for ns in snap.netns}
     return {
         "schema": SCHEMA,
         "time": snap.time,
@@ -390,7 +394,7 @@ def snapshot_to_json(snap: Snapshot) -> dict:
             }
             for ns in snap.netns
         ],
-        "listeners": [listener_to_json(lst) for lst in snap.listeners],
+        "listeners": [listener_to_json(lst, by_inode.get(lst.key.netns)) for lst in snap.listeners],
         "close_wait": [dataclasses.asdict(cw) for cw in snap.close_wait],
     }
 
@@ -433,6 +437,8 @@ class BpfReading:
 
 _CTRL = {c: f"\\x{c:02x}" for c in list(range(0x20)) + [0x7F]}
 _CTRL.update({c: f"\\x{c:02x}" for c in range(0x80, 0xA0)})  # C1 controls (CSI = 0x9b)
+# Bidirectional controls reorder what follows them on screen (a name can hide its tail).
+_CTRL.update({c: f"\\u{c:04x}" for c in (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))})
 
 
 def safe_text(text: str | None, limit: int = 64) -> str:

@@ -44,6 +44,7 @@ from .model import (
     Snapshot,
     Sources,
     Transition,
+    safe_text,
 )
 
 SCHEMA = "tcpq-top.record/1"
@@ -161,6 +162,10 @@ def _netns_from_json(d: Mapping) -> NetnsCounters:
         counters=counters,
         rates={str(k): float(v) for k, v in d.get("rates", {}).items()},
         sysctls={str(k): int(v) for k, v in d.get("sysctls", {}).items()},
+        # Recorded names replay as recorded (recordings older than names have none). They were
+        # made inert when recorded; a hand-edited file is made inert again here.
+        name=None if d.get("netns_name") is None else safe_text(str(d["netns_name"]), 128),
+        name_source=None if d.get("netns_source") is None else safe_text(str(d["netns_source"]), 32),
     )
 
 

@@ -32,6 +32,7 @@ from .model import (
 )
 from .probes import diag as diagmod
 from .probes.diag import DiagRow, DiagSocket
+from .probes.names import NetnsName, NetnsNamer
 from .probes.netns import NetnsEnterer, NetnsRef, discover
 from .probes.netstat import NetnsFiles
 from .probes.owners import OwnerMap
@@ -258,6 +259,7 @@ class Sampler:
         # BPF per-(netns, port) child state deltas as they were at the last full dump.
         self._deltas_at_dump: dict[tuple[int, int], dict[str, int]] = {}
         self.seq = 0
+        self.namer: NetnsNamer | None = None
         self.kernel = os.uname().release
         self.hostname = socket.gethostname()
 
@@ -558,6 +560,7 @@ class Sampler:
             close_wait.append(cw)
 
         self._prev_cw = cw_built
+        names = self._netns_names(raw)
         netns_out = []
         for ns in raw.netns.values():
             counters_before = prev_counters.get(ns.inode)
@@ -567,7 +570,9 @@ class Sampler:
                     r = model.rate(ns.counters.get(name), counters_before.get(name), dt)
                     if r is not None:
                         rates[name] = r
-            netns_out.append(NetnsCounters(ns.inode, dict(ns.counters), rates, dict(ns.sysctls)))
+            named = names.get(ns.inode)
+            netns_out.append(NetnsCounters(ns.inode, dict(ns.counters), rates, dict(ns.sysctls),
+                                           named.name if named else None, named.source if named else None))
 
         events: Sequence[Transition] = bpf.events if bpf is not None else ()
         hooks = dict(bpf.hooks) if bpf is not None else (dict(self.bpf.hooks) if self.bpf is not None else {})
@@ -596,6 +601,15 @@ class Sampler:
             seq=self.seq,
         )
 
+
+    def _netns_names(self, raw: RawTick) -> dict[int, NetnsName]:
+        """Names of this tick's namespaces (probes/names.py, cached there); its notes join the tick's."""
+        if self.namer is None:
+            self.namer = NetnsNamer()
+        refs = self.reader.refs
+        names = self.namer.names({ino: refs[ino].pids if ino in refs else () for ino in raw.netns})
+        raw.notes.extend(self.namer.notes)
+        return names
 
 
 def _with_close_wait(counts: Mapping[str, int] | None, close_wait: int) -> dict[str, int]:
