@@ -107,7 +107,7 @@ def _cut(text: str, width: int) -> str:
 BATCH_COLUMNS = (
     # header, width, getter, wide-only
     ("LISTEN", 20, lambda lst: safe_text(lst.key.label(), 40), False),
-    ("NETNS", 18, lambda lst: str(lst.netns), True),  # format_batch puts the netns name here
+    ("NETNS", 24, lambda lst: str(lst.netns), True),  # format_batch puts the netns name here
     ("PID/COMM", 15, lambda lst: f"{_fmt_int(lst.pid)}/{safe_text(lst.comm, 32)}" if lst.pid else "-", False),
     ("ACCQ", 9, lambda lst: f"{lst.accept_queue}/{lst.backlog}", False),
     ("SYNQ", 5, lambda lst: str(lst.syn_queue), False),

@@ -44,6 +44,7 @@ _CGROUP_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("docker", re.compile(r"(?:^|/)docker/" + _HEX64 + r"(?:/|$)")),
     ("cri-o", re.compile(r"(?:^|/)crio-" + _HEX64 + r"\.scope(?:/|$)")),
     ("containerd", re.compile(r"(?:^|/)cri-containerd-" + _HEX64 + r"\.scope(?:/|$)")),
+    ("containerd", re.compile(r"(?:^|/)nerdctl-" + _HEX64 + r"\.scope(?:/|$)")),
     # cgroupfs driver under kubepods: /kubepods/<qos>/pod<uid>/<id> (containerd or CRI-O)
     ("kubepods", re.compile(r"(?:^|/)kubepods(?:/[a-z]+)?/pod[0-9a-f_-]+/" + _HEX64 + r"(?:/|$)")),
 )
@@ -328,13 +329,13 @@ def name_from_containers(hints: Sequence[CgroupHint], state: RuntimeState) -> Ne
     if named:
         c = named[0]
         return NetnsName(clean(f"{c.name} ({c.ident[:12]})"), c.runtime)
+    if pod_uid:  # a pod's containers the state does not explain: the pod UID still says which pod
+        return NetnsName(clean(f"pod {pod_uid}"), "cgroup", note="state")
     if id_only:
         h = id_only[0]
         runtime = {"kubepods": "k8s", "nspawn": "machine"}.get(h.runtime or "", h.runtime)
         label = str(h.ident) if h.runtime == "nspawn" else str(h.ident)[:12]
         return NetnsName(clean(f"{runtime}:{label}"), "cgroup", note="state")
-    if pod_uid:
-        return NetnsName(clean(f"pod {pod_uid}"), "cgroup", note="state")
     return None
 
 
