@@ -354,6 +354,7 @@ class NetnsNamer:
         self._ipnetns: tuple[tuple[int, int], dict[int, str]] | None = None  # (dir mtime_ns, ino) -> names
         self._ns_dev: int | None = None
         self._init: int | None = None
+        self._init_tried = False
         self._init_note: str | None = None
         self.notes: list[str] = []
 
@@ -368,8 +369,9 @@ class NetnsNamer:
 
     def init_inode(self) -> int | None:
         """The init netns: pid 1's, else kthreadd's (kernel threads all live in init_net)."""
-        if self._init is not None:
+        if self._init is not None or self._init_tried:
             return self._init
+        self._init_tried = True  # pid 1's netns does not change; a refusal will not either
         denied = False
         for pid in (1, 2):
             try:
@@ -384,7 +386,7 @@ class NetnsNamer:
             except OSError:
                 pass
         if denied:
-            self._init_note = "the host netns of pid 1 is not readable (needs root): shown by inode"
+            self._init_note = "netns names: which netns is the host's needs root (/proc/1/ns/net): it is shown by inode"
         return None
 
     def ip_netns(self) -> dict[int, str]:
@@ -463,12 +465,12 @@ class NetnsNamer:
         if len(cache) > len(members):
             for gone in [k for k in cache if k not in members]:
                 del cache[gone]
-        self.notes = self._notes(out)
+        self.notes = self._notes(out, host_known=init is not None or PROC_NET_INIT_INO in members)
         return out
 
-    def _notes(self, named: Mapping[int, NetnsName]) -> list[str]:
+    def _notes(self, named: Mapping[int, NetnsName], host_known: bool) -> list[str]:
         notes = []
-        if self._init_note and self._init is None:
+        if self._init_note and not host_known:
             notes.append(self._init_note)
         if self.state.denied:
             id_only = sum(1 for n in named.values() if n.note)
@@ -515,7 +517,7 @@ def match_netns(query: str, entries: Sequence[tuple[int, str | None, str | None]
             continue
         if s == src and prefix and (_base(n).startswith(prefix) or _detail(n).startswith(prefix)):
             out.append(ino)
-        elif s == "cgroup" and n.startswith(query):  # "docker:3f2a1b2c3d4e": an id without state
+        elif s == "cgroup" and prefix and n.startswith(query):  # "docker:3f2a1b2c3d4e": an id without state
             out.append(ino)
     return out
 

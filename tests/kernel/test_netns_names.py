@@ -443,3 +443,87 @@ def test_real_podman_container_listener_shown_under_its_name(root, tmp_path):
             _podman("rm", "-f", "-t", "0", cid or name)
         _podman("rmi", "-f", image)
     assert _podman("container", "exists", name).returncode != 0
+
+
+# ---------------------------------------------------------------- unprivileged, recordings
+
+NAMER_AS_USER = r"""
+import dataclasses, json, sys
+from tcptop_q.probes.names import NetnsNamer, StateRoots
+namer = NetnsNamer(dataclasses.replace(StateRoots.under(sys.argv[1]), run_netns="/run/netns"))
+got = namer.names({int(k): v for k, v in json.loads(sys.argv[2]).items()})
+print(json.dumps({"names": {k: [v.name, v.source] for k, v in got.items()}, "notes": namer.notes}))
+"""
+
+
+def test_unprivileged_names_what_it_can_read_and_says_why_not_the_rest(procs, labns):
+    import tempfile
+
+    from tests.conftest import ROOT
+
+    need(shutil.which("setpriv") is not None, "needs setpriv (util-linux)")
+    top = Path(tempfile.mkdtemp(prefix="tq-names-"))
+    try:
+        top.chmod(0o755)  # nobody may look in, except where dockerd would not let it
+        did = _hex()
+        p1 = procs.server(8600)
+        procs.into_cgroup(p1, f"system.slice/docker-{did}.scope")
+        _write(top / f"var/lib/docker/containers/{did}/config.v2.json", {"Name": "/secret-web"})
+        (top / "var/lib/docker/containers").chmod(0o700)  # as dockerd leaves it
+        p2 = procs.server(8600)
+        procs.into_cgroup(p2, "lxc.payload.tq-c2")
+        members = json.dumps({_netns(p1.pid): [p1.pid], _netns(p2.pid): [p2.pid], labns.inode: []})
+
+        def run(*prefix: str) -> dict:
+            res = subprocess.run([*prefix, sys.executable, "-c", NAMER_AS_USER, str(top), members],
+                                 capture_output=True, text=True, timeout=60, cwd=ROOT)
+            assert res.returncode == 0, res.stderr
+            return json.loads(res.stdout)
+
+        as_root = run()
+        assert as_root["names"][str(_netns(p1.pid))] == [f"secret-web ({did[:12]})", "docker"]
+        assert as_root["notes"] == []
+        user = run("setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups")
+        assert user["names"][str(_netns(p1.pid))] == [f"docker:{did[:12]}", "cgroup"]  # the id, not a name
+        assert user["names"][str(_netns(p2.pid))] == ["tq-c2", "lxc"]  # /proc/PID/cgroup is world-readable
+        assert user["names"][str(labns.inode)] == [labns.name, "ip-netns"]  # so is /run/netns
+        (note,) = [n for n in user["notes"] if "docker" in n]
+        assert f"{top}/var/lib/docker/containers not readable (needs root)" in note and "1 namespace" in note
+    finally:
+        shutil.rmtree(top)
+
+
+def test_recording_keeps_names_and_old_recordings_replay(labns, tmp_path):
+    import gzip
+
+    labns.serve(port=8098, backlog=5)
+    rec = tmp_path / "names.tcpq.gz"
+    res = tcpq("--batch", "-n", "2", "-d", "0.1", "--no-bpf", "--record", str(rec))
+    assert res.returncode == 0, res.stderr
+    name, inode = labns.name, labns.inode
+    labns.close()  # the netns is gone, as on another machine: the names come from the file
+    once = tcpq("--replay", str(rec), "--once", "--json", "--netns", name)
+    assert once.returncode == 0, once.stderr
+    out = json.loads(once.stdout)
+    assert [(ns["inode"], ns["netns_name"], ns["netns_source"]) for ns in out["netns"]] == [(inode, name, "ip-netns")]
+    (lst,) = [x for x in out["listeners"] if x["lport"] == 8098]
+    assert (lst["netns_name"], lst["netns_source"]) == (name, "ip-netns")
+
+    # A recording made before names existed: no netns_name / netns_source anywhere.
+    old = tmp_path / "old.tcpq.gz"
+    with gzip.open(rec, "rt") as src, gzip.open(old, "wt") as dst:
+        for line in src:
+            obj = json.loads(line)
+            snap = obj.get("snapshot")
+            if snap:
+                for entry in snap["netns"] + snap["listeners"]:
+                    entry.pop("netns_name", None)
+                    entry.pop("netns_source", None)
+            dst.write(json.dumps(obj, separators=(",", ":")) + "\n")
+    once = tcpq("--replay", str(old), "--once", "--json", "--netns", str(inode))
+    assert once.returncode == 0, once.stderr
+    out = json.loads(once.stdout)
+    assert [(ns["netns_name"], ns["netns_source"]) for ns in out["netns"]] == [(None, None)]
+    assert [x["lport"] for x in out["listeners"]] == [8098]
+    bad = tcpq("--replay", str(old), "--once", "--netns", name)
+    assert bad.returncode == 2 and "recording" in bad.stderr and bad.stderr.count("\n") == 1
