@@ -384,8 +384,16 @@ async def _tui_shows(snap: model.Snapshot, name: str) -> None:
         await pilot.press("n")
         await pilot.pause()
         assert isinstance(app.screen, NetnsPicker)
-        shown += screen_text(app)
-        assert "[docker]" in shown
+        picker = screen_text(app)
+        assert "[docker]" in picker and "[lxc]" in picker and "[k8s]" in picker
+        await pilot.press("escape")
+        await pilot.pause()
+        lst = next(x for x in snap.listeners if _entry(snap, x.netns).name == name)
+        app.open_listener(lst.key)
+        await pilot.pause()
+        title = screen_text(app)
+        assert f"[docker] {lst.netns}" in title and name[:8] in title  # the listener screen's netns line
+        shown += picker + title
     assert "\x1b" not in shown and "\u202e" not in shown
 
 
