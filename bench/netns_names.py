@@ -11,7 +11,7 @@ CRI annotations), a third `ip netns add` names. Then, interleaved per repetition
                 what a tick adds while no netns' processes change
   names-cold    a new NetnsNamer: every netns named from scratch (cgroups + state files read),
                 what the first tick (or a fleet of new containers) costs
-Medians of --reps, ms of CPU (process time) and wall. Everything made is removed at the end.
+Medians of --reps (the two sampler ticks alternate in order), ms of CPU (process time) and wall. Everything made is removed at the end.
 Usage: bench/netns_names.py [--netns 100] [--reps 15]
 """
 
@@ -130,9 +130,10 @@ def main() -> int:
         steady = NetnsNamer(roots)
         steady.names(members)
         res: dict[str, list[tuple[float, float]]] = {k: [] for k in ("tick", "tick-nonames", "names-steady", "names-cold")}
-        for _ in range(args.reps):
-            res["tick"].append(_timed(lambda: named.sample(0.0)))
-            res["tick-nonames"].append(_timed(lambda: plain.sample(0.0)))
+        for rep in range(args.reps):
+            order = (("tick", named), ("tick-nonames", plain))
+            for key, sampler in order if rep % 2 == 0 else order[::-1]:  # alternate: no order bias
+                res[key].append(_timed(lambda s=sampler: s.sample(0.0)))
             fresh = {ino: list(p) for ino, p in members.items()}  # as a new discovery hands them over
             res["names-steady"].append(_timed(lambda f=fresh: steady.names(f)))
             res["names-cold"].append(_timed(lambda: NetnsNamer(roots).names(members)))
@@ -144,6 +145,8 @@ def main() -> int:
             "netns_total": len(members), "netns_made": args.netns, "named_by_source": by_source,
             "reps": args.reps, "median_ms": {k: {"cpu": round(c, 3), "wall": round(w, 3)} for k, (c, w) in med.items()},
             "tick_added_cpu_ms": round(med["tick"][0] - med["tick-nonames"][0], 3),
+            "tick_added_cpu_ms_paired": round(statistics.median(
+                a[0] - b[0] for a, b in zip(res["tick"], res["tick-nonames"], strict=True)), 3),
             "tick_ratio": round(med["tick"][0] / med["tick-nonames"][0], 3),
             "load": os.getloadavg()[0],
         }
@@ -154,7 +157,8 @@ def main() -> int:
         print("|---|---:|---:|")
         for k, (c, w) in med.items():
             print(f"| {k} | {c:.3f} | {w:.3f} |")
-        print(f"tick with names / without: {out['tick_ratio']}x (+{out['tick_added_cpu_ms']} ms CPU)")
+        print(f"tick with names / without: {out['tick_ratio']}x (+{out['tick_added_cpu_ms']} ms CPU; "
+              f"median of per-rep differences {out['tick_added_cpu_ms_paired']} ms)")
         return 0
     finally:
         for p in procs:
