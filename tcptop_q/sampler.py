@@ -325,16 +325,19 @@ class Sampler:
                     listen_rows.append((_key(ns.inode, row), row))
         index = _listener_index(listen_rows)
         syn_queue: dict[ListenerKey, int] = {}
+        syn_recv_now: dict[ListenerKey, int] = {}  # every SYN_RECV row (request socks, Fast Open children)
         children: dict[ListenerKey, dict[str, int]] = {}
         conns: dict[ListenerKey, list[Connection]] | None = None
         cw_rows: list[tuple[int, DiagRow]] = []
         for ns in raw.netns.values():
             for row in ns.rows:
                 fam = FAMILY[row.family]
-                if row.state in (diagmod.TCP_SYN_RECV, diagmod.TCP_NEW_SYN_RECV) and row.inode == 0:
+                if row.state in (diagmod.TCP_SYN_RECV, diagmod.TCP_NEW_SYN_RECV):
                     parent = owner_listener(index, ns.inode, fam, row.laddr, row.lport)
                     if parent is not None:
-                        syn_queue[parent] = syn_queue.get(parent, 0) + 1
+                        syn_recv_now[parent] = syn_recv_now.get(parent, 0) + 1
+                        if row.inode == 0:
+                            syn_queue[parent] = syn_queue.get(parent, 0) + 1
                 elif row.state == diagmod.TCP_CLOSE_WAIT:
                     cw_rows.append((ns.inode, row))
 
@@ -440,6 +443,7 @@ class Sampler:
             children = {
                 key: _with_close_wait(children.get(key), cw_now.get(key, 0)) for key, _ in listen_rows
             }
+            children = with_tick_syn_recv(children, syn_recv_now)
         listeners: list[Listener] = []
         have_children = self._last_children_counts is not None
         reuse = self._prev_listeners
@@ -604,6 +608,27 @@ def _with_close_wait(counts: Mapping[str, int] | None, close_wait: int) -> dict[
         out["CLOSE_WAIT"] = close_wait
     else:
         out.pop("CLOSE_WAIT", None)
+    return out
+
+
+def with_tick_syn_recv(
+    children: Mapping[ListenerKey, Mapping[str, int]], syn_recv: Mapping[ListenerKey, int]
+) -> dict[ListenerKey, dict[str, int]]:
+    """Children in SYN_RECV from this tick's dump, never from the last full one.
+
+    Request sockets fire no state events (docs/JSON.md, children): a count carried from a
+    full dump would never go down (TCP_DEFER_ACCEPT keeps them until data arrives, then
+    the child appears as ESTABLISHED), and new ones would never show. The per-tick dump
+    has every SYN_RECV row already (the SYN queue is counted from it)."""
+    out: dict[ListenerKey, dict[str, int]] = {}
+    for key, counts in children.items():
+        by_state = dict(counts)
+        n = syn_recv.get(key, 0)
+        if n:
+            by_state["SYN_RECV"] = n
+        else:
+            by_state.pop("SYN_RECV", None)
+        out[key] = by_state
     return out
 
 
