@@ -99,7 +99,7 @@ class LatencySummary:
 class Listener:
     key: ListenerKey
     inode: int
-    pid: int | None
+    pid: int | None  # the primary owner: the lowest pid that holds the socket (docs/JSON.md)
     comm: str | None
     accept_queue: int  # sk_ack_backlog (idiag_rqueue)
     backlog: int  # sk_max_ack_backlog (idiag_wqueue)
@@ -127,6 +127,8 @@ class Listener:
     handshake: LatencySummary | None = None
     # kfree_skb drop reasons charged to this listener since live: reason name -> count.
     drop_reasons: Mapping[str, int] | None = None
+    # Every process holding the socket (an fd in /proc/PID/fd), ascending; None = none known.
+    holders: tuple[int, ...] | None = None
 
     @property
     def netns(self) -> int:
@@ -336,6 +338,7 @@ def listener_to_json(listener: Listener) -> dict:
         "inode": listener.inode,
         "pid": listener.pid,
         "comm": listener.comm,
+        "holders": None if listener.holders is None else list(listener.holders),
         "accept_queue": listener.accept_queue,
         "backlog": listener.backlog,
         "syn_queue": listener.syn_queue,

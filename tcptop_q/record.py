@@ -115,6 +115,7 @@ def _listener_from_json(d: Mapping) -> Listener:
         inode=int(d["inode"]),
         pid=_opt_int(d["pid"]),
         comm=_opt_str(d["comm"]),
+        holders=None if d.get("holders") is None else tuple(int(p) for p in d["holders"]),
         accept_queue=int(d["accept_queue"]),
         backlog=int(d["backlog"]),
         syn_queue=int(d["syn_queue"]),

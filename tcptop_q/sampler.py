@@ -452,6 +452,7 @@ class Sampler:
             drops_before = prev_drops.get(key)
             drop_rate = model.rate(row.drops, drops_before, dt) or 0.0
             owner = owners.get(row.inode)
+            holders = self.owners.holders_of(row.inode) if owner else None
             fields: dict[str, Any] = {}
             if bpf is not None:
                 counts = bpf_by_key[key]
@@ -499,7 +500,7 @@ class Sampler:
             if (
                 last is not None
                 and last[0] is row
-                and last[1] == owner
+                and last[1] == (owner, holders)
                 and last[2] == synq
                 and (last[3] is kids or last[3] == kids)
                 and last[4] == values
@@ -512,6 +513,7 @@ class Sampler:
                     inode=row.inode,
                     pid=owner[0] if owner else None,
                     comm=owner[1] if owner else None,
+                    holders=holders,
                     accept_queue=row.rqueue,
                     backlog=row.wqueue,
                     syn_queue=synq,
@@ -520,7 +522,7 @@ class Sampler:
                     children=_with_main_states(kids) if have_children else {},
                     **fields,
                 )
-            built[key] = (row, owner, synq, kids, values, listener)
+            built[key] = (row, (owner, holders), synq, kids, values, listener)
             listeners.append(listener)
         self._prev_listeners = built
         self._prev_drops = {key: row.drops for key, row in listen_rows}
