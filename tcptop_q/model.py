@@ -129,6 +129,8 @@ class Listener:
     drop_reasons: Mapping[str, int] | None = None
     # Every process holding the socket (an fd in /proc/PID/fd), ascending; None = none known.
     holders: tuple[int, ...] | None = None
+    # The SO_REUSEPORT group this listener is a member of (tcptop_q/reuseport.py); None = none.
+    reuseport_group: str | None = None
 
     @property
     def netns(self) -> int:
@@ -362,6 +364,7 @@ def listener_to_json(listener: Listener) -> dict:
         "resets_sent": listener.resets_sent,
         "resets_received": listener.resets_received,
         "children": dict(listener.children),
+        "reuseport_group": listener.reuseport_group,
     }
 
 
@@ -394,8 +397,15 @@ def snapshot_to_json(snap: Snapshot) -> dict:
             for ns in snap.netns
         ],
         "listeners": [listener_to_json(lst) for lst in snap.listeners],
+        "reuseport_groups": _reuseport_groups_json(snap.listeners),
         "close_wait": [dataclasses.asdict(cw) for cw in snap.close_wait],
     }
+
+
+def _reuseport_groups_json(listeners: Sequence[Listener]) -> list[dict]:
+    from .reuseport import group_to_json, groups  # reuseport imports this module
+
+    return [group_to_json(g) for g in groups(listeners)]
 
 
 # ------------------------------------------------------------- BPF raw readings

@@ -131,6 +131,7 @@ def _listener_from_json(d: Mapping) -> Listener:
         peak_accept_queue=_opt_int(d.get("peak_accept_queue")),
         resets_sent=_opt_int(d.get("resets_sent")),
         resets_received=_opt_int(d.get("resets_received")),
+        reuseport_group=_opt_str(d.get("reuseport_group")),
     )
 
 

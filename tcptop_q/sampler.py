@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from . import lifecycle, model
+from . import lifecycle, model, reuseport
 from .model import (
     BpfListenerCounts,
     BpfReading,
@@ -324,6 +324,7 @@ class Sampler:
                 if row.state == diagmod.TCP_LISTEN:
                     listen_rows.append((_key(ns.inode, row), row))
         index = _listener_index(listen_rows)
+        groups = reuseport.assign((key, row.bound_if, row.v6only) for key, row in listen_rows)
         syn_queue: dict[ListenerKey, int] = {}
         syn_recv_now: dict[ListenerKey, int] = {}  # every SYN_RECV row (request socks, Fast Open children)
         children: dict[ListenerKey, dict[str, int]] = {}
@@ -453,6 +454,7 @@ class Sampler:
             drop_rate = model.rate(row.drops, drops_before, dt) or 0.0
             owner = owners.get(row.inode)
             holders = self.owners.holders_of(row.inode) if owner else None
+            group = groups.get(key)
             fields: dict[str, Any] = {}
             if bpf is not None:
                 counts = bpf_by_key[key]
@@ -500,7 +502,7 @@ class Sampler:
             if (
                 last is not None
                 and last[0] is row
-                and last[1] == (owner, holders)
+                and last[1] == (owner, holders, group)
                 and last[2] == synq
                 and (last[3] is kids or last[3] == kids)
                 and last[4] == values
@@ -514,6 +516,7 @@ class Sampler:
                     pid=owner[0] if owner else None,
                     comm=owner[1] if owner else None,
                     holders=holders,
+                    reuseport_group=group,
                     accept_queue=row.rqueue,
                     backlog=row.wqueue,
                     syn_queue=synq,
@@ -522,7 +525,7 @@ class Sampler:
                     children=_with_main_states(kids) if have_children else {},
                     **fields,
                 )
-            built[key] = (row, (owner, holders), synq, kids, values, listener)
+            built[key] = (row, (owner, holders, group), synq, kids, values, listener)
             listeners.append(listener)
         self._prev_listeners = built
         self._prev_drops = {key: row.drops for key, row in listen_rows}
