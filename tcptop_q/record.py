@@ -45,6 +45,7 @@ from .model import (
     Sources,
     Transition,
 )
+from .timeline import socket_timeline
 
 SCHEMA = "tcpq-top.record/1"
 SCHEMA_PREFIX = "tcpq-top.record/"
@@ -767,15 +768,16 @@ class ReplaySource:
 
     # -- the rest of the source interface
     def timeline(self, netns: int, family: str, laddr: str, lport: int, raddr: str, rport: int) -> list[Transition]:
-        """Recorded feed transitions of one connection, up to the snapshot shown."""
+        """Recorded feed transitions of one connection, up to the snapshot shown, matched as the
+        live probes match them (tcptop_q/timeline.py): by socket, so a client's CLOSE -> SYN_SENT,
+        recorded before it had a local port, is part of it."""
         upto = self._idx.snap_lines[max(0, self._current_pos)]
-        out = []
+        shown = []
         for line_no, ev in self._idx.events:
             if line_no > upto:
                 break
-            if (ev.netns, ev.family, ev.laddr, ev.lport, ev.raddr, ev.rport) == (netns, family, laddr, lport, raddr, rport):
-                out.append(ev)
-        return out
+            shown.append(ev)
+        return socket_timeline(shown, netns, family, laddr, lport, raddr, rport)
 
     def process_info(self, pid: int) -> dict | None:
         """What was recorded about the process (never the live process that has the pid today)."""
