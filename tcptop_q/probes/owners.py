@@ -4,8 +4,8 @@ A full walk of /proc/*/fd costs seconds on a host with 100k sockets (docs/BENCHM
 the map is kept between ticks and brought up to date by three kinds of work, all in the
 background (never on the tick that asked) and each linear in what it looks at:
 
-- a *check* every `min_rescan` seconds: every holder of a socket we show (listeners,
-  CLOSE_WAIT) is verified with one readlink of the fd it was found at (a process that
+- a *check* every `check_every` seconds (20x its cost, at least `min_rescan`): every holder
+  of a socket we show (listeners, CLOSE_WAIT) is verified with one readlink of the fd it was found at (a process that
   closed its copy, exited, or is a zombie, whose fds are gone, stops being a holder), and
   only the processes that are new since the last listing of /proc have their fds read
   (workers forked from a listener's owner);
@@ -34,6 +34,7 @@ Holders = tuple[tuple[int, int], ...]  # ((pid, fd), ...) ascending by pid
 
 MAX_PERIOD = 30.0
 COST_FACTOR = 50  # a full walk every 50x its cost: ~2% of one core
+CHECK_FACTOR = 20  # a check every 20x its cost (at least min_rescan): ~5% of one core at most
 
 
 def read_comm(pid: int, proc: str = "/proc") -> str | None:
@@ -66,6 +67,7 @@ class _Scan:
         self.by_inode = by_inode
         self.wanted = wanted
         self.holders: dict[int, list[tuple[int, int]]] = {}
+        self.assigned: list[tuple[int, int]] = []  # (inode, pid) that became a primary owner
         self.denied = 0
 
     def pid(self, proc: str, pid: int) -> None:
@@ -98,6 +100,7 @@ class _Scan:
                 first = self.by_inode.get(inode)
                 if first is None or first[0] > pid:
                     self.by_inode[inode] = (pid, comm)
+                    self.assigned.append((inode, pid))
                 if inode in self.wanted:
                     self.holders.setdefault(inode, []).append((pid, int(fd.name)))
 
@@ -126,7 +129,12 @@ class OwnerMap:
     @property
     def period(self) -> float:
         """Seconds between full walks: the longest a change of holders can take to show."""
-        return min(MAX_PERIOD, max(self.min_rescan, COST_FACTOR * self.walk_seconds))
+        return min(MAX_PERIOD, max(self.min_rescan, COST_FACTOR * self.walk_seconds, self.check_every))
+
+    @property
+    def check_every(self) -> float:
+        """Seconds between checks (5 µs per holder verified: 150 ms at 15k shown sockets)."""
+        return min(MAX_PERIOD, max(self.min_rescan, CHECK_FACTOR * self.check_seconds))
 
     # ---- the work (on the background thread, or on the caller's with force)
 
@@ -150,10 +158,13 @@ class OwnerMap:
         wanted = self._wanted
         pids = _pids(self.proc)
         listed = set(pids)
-        by_inode = dict(self.by_inode)  # a copy: the collector reads the old one meanwhile
-        for pid, inodes in list(self.inodes_of.items()):
+        # Copies: the collector reads the old ones meanwhile. inodes_of is kept up to date
+        # incrementally (rebuilding it costs as much as the rest of the check at 100k sockets).
+        by_inode = dict(self.by_inode)
+        inodes_of = dict(self.inodes_of)
+        for pid in list(inodes_of):
             if pid not in listed or is_zombie(pid, self.proc):
-                for inode in inodes:
+                for inode in inodes_of.pop(pid):
                     if by_inode.get(inode, (0,))[0] == pid:
                         del by_inode[inode]
         holders: dict[int, list[tuple[int, int]]] = {}
@@ -184,16 +195,24 @@ class OwnerMap:
                     comm = self.comm.get(pid) or read_comm(pid, self.proc)
                     if comm is not None:
                         by_inode[inode] = (pid, comm)
+                        scan.assigned.append((inode, pid))
             else:
                 by_inode.pop(inode, None)
-        self._install(by_inode, {i: tuple(h) for i, h in holders.items()}, pids)
+        for inode, pid in scan.assigned:
+            if by_inode.get(inode, (0,))[0] == pid:
+                inodes_of[pid] = [*inodes_of.get(pid, ()), inode]  # a new list: the old map shares the rest
+        self._install(by_inode, {i: tuple(h) for i, h in holders.items()}, pids, inodes_of)
         self.last_check = time.monotonic()
         self.check_seconds = self.last_check - start
 
-    def _install(self, by_inode: dict[int, Owner], holders: dict[int, Holders], pids: list[int]) -> None:
-        inodes_of: dict[int, list[int]] = {}
-        for inode, (pid, _comm) in by_inode.items():
-            inodes_of.setdefault(pid, []).append(inode)
+    def _install(
+        self, by_inode: dict[int, Owner], holders: dict[int, Holders], pids: list[int],
+        inodes_of: dict[int, list[int]] | None = None,
+    ) -> None:
+        if inodes_of is None:
+            inodes_of = {}
+            for inode, (pid, _comm) in by_inode.items():
+                inodes_of.setdefault(pid, []).append(inode)
         comm: dict[int, str] = {}
         for held in holders.values():
             for pid, _fd in held:
@@ -218,7 +237,8 @@ class OwnerMap:
         dead = {pid for pid in inodes_of if not os.path.exists(f"{self.proc}/{pid}")}
         for pid in dead:
             for inode in inodes_of.pop(pid, ()):
-                by_inode.pop(inode, None)
+                if by_inode.get(inode, (0,))[0] == pid:  # a check may have named another holder since
+                    by_inode.pop(inode, None)
         now = time.monotonic()
         missing = wanted - self.holders.keys()
         if missing and missing <= self.unresolved and not force:
@@ -237,7 +257,7 @@ class OwnerMap:
         elif wanted and now - self.last_walk >= self.period:
             self._pending = set()
             self._run(self.walk, force)
-        elif wanted and now - self.last_check >= self.min_rescan and now - self.last_walk >= self.min_rescan:
+        elif wanted and now - self.last_check >= self.check_every and now - self.last_walk >= self.min_rescan:
             self._run(self.check, force)
         by_inode = self.by_inode
         return {i: by_inode[i] for i in wanted if i in by_inode}

@@ -116,15 +116,18 @@ def listener(snap):
 
 def until_holders(sampler, holders: tuple[int, ...], since: float):
     """Sample every 0.2 s until the listener's holders are `holders` and its pid the lowest;
-    fail when one owner-walk period (and the tick that shows its result) has passed."""
+    fail when one owner-walk period has passed, plus the time the walk or check itself takes
+    (on a loaded 2-core machine: measured, not guessed) and the tick that shows its result."""
     while True:
         snap = sampler.sample(0.2)
         lst = listener(snap)
         if lst is not None and lst.holders == holders and lst.pid == min(holders):
             return time.monotonic() - since
-        limit = sampler.owners.period + 1.0
+        om = sampler.owners
+        limit = om.period + 2 * max(om.walk_seconds, om.check_seconds) + 1.0
         assert time.monotonic() - since < limit, (
-            f"after {limit:.1f} s: holders {lst and lst.holders} pid {lst and lst.pid}, want {holders}")
+            f"after {limit:.1f} s (period {om.period:.1f}, walk {om.walk_seconds:.2f} s, check "
+            f"{om.check_seconds:.2f} s): holders {lst and lst.holders} pid {lst and lst.pid}, want {holders}")
         time.sleep(0.2)
 
 
