@@ -34,7 +34,7 @@ from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from typing import IO, Any
 
-from . import model
+from . import attribution, model
 from .model import (
     CloseWait,
     Connection,
@@ -82,7 +82,7 @@ def snapshot_record_json(snap: Snapshot) -> dict:
         None
         if snap.connections is None
         else [
-            {"key": _key_to_json(key), "children": [dataclasses.asdict(c) for c in conns]}
+            {"key": _key_to_json(key), "children": [model.socket_to_json(c) for c in conns]}
             for key, conns in snap.connections.items()
         ]
     )
@@ -176,7 +176,8 @@ def snapshot_from_json(d: Mapping, events: Sequence[Mapping] = ()) -> Snapshot:
         raise ValueError(f"snapshot schema {d.get('schema')!r}, expected {model.SCHEMA!r}")
     src = d["sources"]
     conns_json = d.get("connections")
-    return Snapshot(
+    # The JSON does not carry which listener a socket belongs to: decided again, as the sampler does.
+    return attribution.attribute_snapshot(Snapshot(
         time=float(d["time"]),
         interval=float(d["interval"]),
         kernel=str(d["kernel"]),
@@ -200,7 +201,7 @@ def snapshot_from_json(d: Mapping, events: Sequence[Mapping] = ()) -> Snapshot:
             else {_key_from_json(c["key"]): tuple(_connection_from_json(x) for x in c["children"]) for c in conns_json}
         ),
         seq=int(d.get("seq", 0)),
-    )
+    ))
 
 
 def _dumps(obj: Any) -> bytes:
@@ -263,7 +264,7 @@ class Recorder:
         # "kind", "time", "seq", "events" first and in this order: the reader indexes them cheaply.
         self._line({
             "kind": "snap", "time": snap.time, "seq": snap.seq,
-            "events": [dataclasses.asdict(ev) for ev in snap.events],
+            "events": [model.socket_to_json(ev) for ev in snap.events],
             "snapshot": body,
         })
         self.count += 1
@@ -777,6 +778,7 @@ class ReplaySource:
             if line_no > upto:
                 break
             shown.append(ev)
+        # One socket's history: no listener attribution, as the live BPF timeline.
         return socket_timeline(shown, netns, family, laddr, lport, raddr, rport)
 
     def process_info(self, pid: int) -> dict | None:
