@@ -114,9 +114,9 @@ def _count(value: int | None) -> Text:
 def raw_values(lst: Listener, netns_name: str | None = None) -> tuple:
     """Everything the row shows, as plain values: compared tick to tick to find changed cells."""
     return (
-        lst.key.label(),
+        (lst.key.label(), lst.reuseport_group is not None),
         (lst.key.netns, netns_name),
-        (lst.pid, lst.comm),
+        (lst.pid, lst.comm, len(lst.holders or ())),
         (lst.accept_queue, lst.backlog),
         lst.syn_queue,
         lst.drop_rate,
@@ -134,14 +134,21 @@ RAW_INDEX = {c.id: i for i, c in enumerate(COLUMNS)}
 
 def render_cell(col_id: str, raw: Any, bar: int) -> Text:
     if col_id == "addr":
-        return Text(inert(raw), no_wrap=True, overflow="ellipsis")
+        label, in_group = raw
+        text = Text(no_wrap=True, overflow="ellipsis")
+        if in_group:  # a SO_REUSEPORT member: the listener screen shows its group
+            text.append("⧉", style="cyan")
+        text.append(inert(label))
+        return text
     if col_id == "netns":
         return Text(netns_label(raw[0], raw[1], COLUMN_BY_ID["netns"].width), style="dim", no_wrap=True)
     if col_id == "proc":
-        pid, comm = raw
+        pid, comm, holders = raw
         if pid is None:
             return Text("-", style="dim")
         text = Text(str(pid), no_wrap=True, overflow="ellipsis")
+        if holders > 1:  # held by more processes than the one named (pre-fork workers, a hand-over)
+            text.append(f"+{holders - 1}", style="cyan")
         text.append(" " + inert(comm, "?"), style="bold")
         return text
     if col_id == "acceptq":
