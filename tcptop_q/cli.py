@@ -349,7 +349,11 @@ def run_batch(args: argparse.Namespace, interval: float) -> int:
     try:
         source.start_bpf()
         source.wait_bpf(timeout=90)
+        # The warm-up sample resolves owners on the spot, as --once does: like `top -b -n 1`,
+        # the first report names every owner; later ticks find new ones in the background.
+        source.sampler.blocking_owners = True
         source.sample(children=True)
+        source.sampler.blocking_owners = False
         count = 0
         next_at = time.monotonic() + interval
         while args.iterations is None or count < args.iterations:
