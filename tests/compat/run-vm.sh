@@ -17,7 +17,8 @@
 # Output of each guest is also kept in $TQ_COMPAT_LOGS (default /var/tmp/tq-compat),
 # one log per kernel, with the JSON lines of the scenarios at its end.
 # Env: KERNEL (6.1, 5.10 or "6.1 5.10"), TQ_COMPAT_TREE (tree to test, default this
-# checkout), TQ_VM_TIMEOUT (s per guest, default 2400).
+# checkout), TQ_COMPAT_COMMIT (commit to name in the log when that tree is an export),
+# TQ_VM_TIMEOUT (s per guest, default 2400).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 TREE=$(cd "${TQ_COMPAT_TREE:-$HERE/../..}" && pwd)
@@ -41,11 +42,13 @@ for k in $KERNELS; do
   KERNEL=$k TQ_VM_DIR=$vmdir bash "$HERE/vm/build.sh"
   log="$LOGS/$k.log"
   t0=$(date +%s)
-  krc=0
+  set +e   # the guest's exit status, not tee's
   TQ_VM_DIR=$vmdir bash "$HERE/vm/run.sh" --share "$TREE" --timeout "${TQ_VM_TIMEOUT:-2400}" \
-    "bash tests/compat/guest.sh $(printf '%q ' "${args[@]}")" 2>&1 | tee "$log" || true
+    "bash tests/compat/guest.sh $(printf '%q ' "${args[@]}")" 2>&1 | tee "$log"
   krc=${PIPESTATUS[0]}
-  echo "run-vm.sh: kernel $k: rc=$krc in $(( $(date +%s) - t0 )) s (commit $(git -C "$TREE" rev-parse --short HEAD 2>/dev/null || echo ?)), log $log" | tee -a "$log"
+  set -e
+  commit=${TQ_COMPAT_COMMIT:-$(git -C "$TREE" rev-parse --short HEAD 2>/dev/null || echo ?)}
+  echo "run-vm.sh: kernel $k: rc=$krc in $(( $(date +%s) - t0 )) s (commit $commit), log $log" | tee -a "$log"
   [ "$krc" = 0 ] || rc=$krc
 done
 exit $rc

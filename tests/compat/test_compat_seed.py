@@ -267,6 +267,50 @@ def test_seed_experiments_2_and_3_state_sequences(watch: Watch, experiment: str)
     assert collapsed == (SEED_EXP3 if server_first else SEED_EXP2)
 
 
+def test_resets_sent_equal_the_netns_tcpoutrsts(watch: Watch) -> None:
+    """A server closing accepted connections with unread data aborts each with one RST
+    (tcp:tcp_send_reset, charged to the listener of that port: 5.10, 6.1 and 6.18 each
+    have their own layout of that tracepoint); the netns' TcpOutRsts counts the same RSTs."""
+    port, n = 8099, 3
+    sock = lambda: _in_netns(watch.ns, socket.socket, socket.AF_INET, socket.SOCK_STREAM)  # noqa: E731
+    srv = sock()
+    clients = []
+    try:
+        srv.bind(("127.0.0.1", port))
+        srv.listen(8)
+        out_rsts = lambda: int(json.loads(watch.ns.run(["nstat", "-a", "-s", "-z", "-j"]).stdout)  # noqa: E731
+                               .get("kernel", {}).get("TcpOutRsts", 0))
+        rsts0 = out_rsts()
+        for _ in range(n):
+            c = sock()
+            clients.append(c)
+            c.connect(("127.0.0.1", port))
+            c.sendall(b"unread")
+            conn, _ = srv.accept()
+            conn.settimeout(10)
+            assert conn.recv(1, socket.MSG_PEEK) == b"u"  # the data is queued, unread, at close
+            conn.close()
+        deadline = time.monotonic() + 20
+        while out_rsts() - rsts0 < n:
+            assert time.monotonic() < deadline, "the kernel did not send the RSTs"
+            time.sleep(0.1)
+        sent = out_rsts() - rsts0
+        deadline = time.monotonic() + 20
+        while True:
+            snap = watch.snap_after(time.time())
+            lst = watch.listener(snap, port)
+            if lst["resets_sent"] == sent or time.monotonic() > deadline:
+                break
+        _record("resets", resets_sent=lst["resets_sent"], tcp_out_rsts_delta=sent,
+                hook=snap["sources"]["hooks"].get("resets_sent"))
+        assert sent == n
+        assert lst["resets_sent"] == sent
+    finally:
+        for c in clients:
+            c.close()
+        srv.close()
+
+
 def test_nothing_left_attached_after_exit(watch: Watch) -> None:
     """SIGTERM: the exit status of a clean stop, every program the process held gone from
     the kernel (ids from /proc/PID/fdinfo while it ran), no kprobe event of ours left."""

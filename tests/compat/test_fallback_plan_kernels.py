@@ -150,3 +150,13 @@ def test_ebpf_text_of_5_10_names_every_hook() -> None:
                  "tq_kp_conn_request -> kprobe:tcp_conn_request", "tq_set_state -> tracepoint:sock:inet_sock_set_state"):
         assert prog in text
     assert "// ---- note: " in text and "int tq_kp_def_readable(struct pt_regs *ctx)" in text
+
+
+def test_send_reset_port_from_each_layout() -> None:
+    """tcp_send_reset: `sport` on 5.10 and 6.1; on 6.18 a struct sockaddr_in6 `saddr[28]`
+    (port at bytes 2-3) and a `reason`, the layout of 6.10+ where sk may be NULL."""
+    assert "TQ_SEND_RESET_HAS_SPORT" in plan("6.1").defines
+    new = plan("6.18")
+    fmt = formats("6.18")["tcp_send_reset"]
+    assert fmt is not None and "sport" not in fmt.fields and fmt.fields["saddr"].size == 28
+    assert "TQ_SEND_RESET_SOCKADDR" in new.defines and "TQ_SEND_RESET_HAS_SPORT" not in new.defines
