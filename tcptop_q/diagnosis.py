@@ -162,7 +162,7 @@ def diagnose(
             )
         )
 
-    mine = [cw for cw in close_wait if cw.lport == listener.lport and cw.netns == listener.netns]
+    mine = [cw for cw in close_wait if cw.listener == listener.key]
     n_cw = len(mine) or int(listener.children.get("CLOSE_WAIT", 0))
     if n_cw:
         ages = [cw.age_s for cw in mine if cw.age_s is not None]
