@@ -618,13 +618,6 @@ class ReplaySource:
         self._speed = min(MAX_SPEED, max(MIN_SPEED, base / max(float(value), 1e-3)))
 
     # -- moving
-    def seek(self, when: float) -> int:
-        """Position on the last snapshot recorded at or before `when` (unix s); returns its index."""
-        with self._lock:
-            i = max(0, bisect.bisect_right(self._idx.times, when) - 1)
-            self._pos = i
-            return i
-
     def seek_index(self, index: int) -> int:
         with self._lock:
             self._pos = max(0, min(self.count - 1, index))

@@ -7,16 +7,7 @@ and into a `rich.text.Text` (never a markup string).
 
 from __future__ import annotations
 
-from rich.text import Text
-
-from tcptop_q.model import inert
-
-# One inert() for the TUI and --batch: tcptop_q/model.py.
-
-
-def inert_text(value: str | None, style: str = "", unknown: str = "-") -> Text:
-    """A Text that renders `value` literally (no markup, no escapes)."""
-    return Text(inert(value, unknown), style=style, no_wrap=True, overflow="ellipsis")
+from tcptop_q.model import inert as inert  # one inert() for the TUI and --batch (tcptop_q/model.py)
 
 
 def fmt_num(value: float | None, digits: int = 1) -> str:
