@@ -7,7 +7,7 @@ in the JSON and in recordings as soon as it is in the dataclass (docs/ARCHITECTU
 
 A field's JSON shape comes from its annotation:
 
-    int, float, str, bool        the value (float() applied: a float field is never written as an int)
+    int, float, str, bool        the value (float() applied to a float field, so it is never written as an int)
     X | None                     null, or X
     Mapping[K, V]                an object; keys and values decoded as K and V
     tuple[X, ...], Sequence[X]   an array (decoded as a tuple)
@@ -66,15 +66,40 @@ def _field_specs(cls: type) -> list[tuple[str, Any, Mapping[str, Any], Any]]:
     return out
 
 
+# The encoder and decoder of each class are generated once as Python source from its fields
+# (then cached): as fast as hand-written code, which matters at 10k listeners per tick.
+
+
+def _scalar(tp: Any) -> type | None:
+    """int/float/str/bool for those types and for `X | None` of them; None otherwise."""
+    if tp in (int, float, str, bool):
+        return tp  # type: ignore[no-any-return]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(inner) == 1 and inner[0] in (int, float, str, bool):
+            return inner[0]  # type: ignore[no-any-return]
+    return None
+
+
+def _optional(tp: Any) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
+
+
+def _compile(name: str, src: str, env: dict[str, Any]) -> Callable[..., Any]:
+    exec(compile(src, f"<tcptop_q.codec {name}>", "exec"), env)  # noqa: S102 (our own generated source)
+    return env[name]  # type: ignore[no-any-return]
+
+
 # ---------------------------------------------------------------- encoding
 
 
 def _encoder(tp: Any) -> Conv | None:
-    """How to turn a value of type `tp` into JSON; None = as it is (int, str, bool)."""
+    """How to turn a value of type `tp` into JSON; None = as it is (int, str, bool, and
+    `X | None` of a scalar: such a value is already what JSON writes)."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if tp is float:
         return float
-    if tp in (int, str, bool, type(None)):
+    if tp in (int, str, bool, type(None)) or (_optional(tp) and _scalar(tp) is not None):
         return None
     if origin in (typing.Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
@@ -105,36 +130,39 @@ def _encoder(tp: Any) -> Conv | None:
 _ENCODERS: dict[tuple[type, bool], Callable[[Any], dict]] = {}
 
 
+def _encode_items(cls: type, record: bool, base: str, env: dict[str, Any]) -> list[str]:
+    """`"json name": expression` entries of a dict display writing `base` (a cls) as JSON."""
+    items: list[str] = []
+    for name, tp, meta, _default in _field_specs(cls):
+        mode = meta.get("json", True)
+        if mode is False or (mode == "record" and not record):
+            continue
+        value = f"{base}.{name}"
+        if mode == "inline":
+            items += _encode_items(tp, record, value, env)
+            continue
+        conv = _encoder(tp)
+        if conv is None:
+            expr = value
+        elif conv in (float, dict, list):
+            expr = f"{conv.__name__}({value})"
+        else:
+            ref = f"c{len(env)}"
+            env[ref] = conv
+            expr = f"{ref}({value})"
+        for json_name in (meta.get("json_name", name), *meta.get("json_aliases", ())):
+            items.append(f"{json_name!r}: {expr}")
+    return items
+
+
 def encoder(cls: type, *, record: bool = False) -> Callable[[Any], dict]:
     """A function writing one `cls` as a JSON object (record=True: the recording's fuller form)."""
     cached = _ENCODERS.get((cls, record))
     if cached is not None:
         return cached
-    # (json names, field name, conv, inline encoder)
-    plan: list[tuple[tuple[str, ...], str, Conv | None, Callable[[Any], dict] | None]] = []
-    for name, tp, meta, _default in _field_specs(cls):
-        mode = meta.get("json", True)
-        if mode is False or (mode == "record" and not record):
-            continue
-        if mode == "inline":
-            plan.append(((), name, None, encoder(tp, record=record)))
-            continue
-        names = (meta.get("json_name", name), *meta.get("json_aliases", ()))
-        plan.append((names, name, _encoder(tp), None))
-
-    def encode(obj: Any) -> dict:
-        out: dict[str, Any] = {}
-        for names, name, conv, inline in plan:
-            value = getattr(obj, name)
-            if inline is not None:
-                out.update(inline(value))
-                continue
-            if conv is not None:
-                value = conv(value)
-            for json_name in names:
-                out[json_name] = value
-        return out
-
+    env: dict[str, Any] = {}
+    items = _encode_items(cls, record, "obj", env)
+    encode = _compile("encode", "def encode(obj):\n    return {" + ", ".join(items) + "}\n", env)
     _ENCODERS[(cls, record)] = encode
     return encode
 
@@ -174,13 +202,24 @@ def _decoder(tp: Any) -> Conv:
 _DECODERS: dict[type, Callable[[Mapping[str, Any]], Any]] = {}
 
 
+def _decode_expr(tp: Any, var: str, env: dict[str, Any]) -> str:
+    """An expression reading the JSON value in variable `var` as type `tp`."""
+    scalar = _scalar(tp)
+    if scalar is not None:
+        call = f"{scalar.__name__}({var})"
+        return f"(None if {var} is None else {call})" if _optional(tp) else call
+    ref = f"c{len(env)}"
+    env[ref] = _decoder(tp)
+    return f"{ref}({var})"
+
+
 def decoder(cls: type) -> Callable[[Mapping[str, Any]], Any]:
     """A function reading one `cls` from a JSON object (contract or recording form)."""
     cached = _DECODERS.get(cls)
     if cached is not None:
         return cached
-    # (field name, json names to try, conv, inline decoder, has default)
-    plan: list[tuple[str, tuple[str, ...], Conv | None, Callable[[Mapping[str, Any]], Any] | None, bool]] = []
+    env: dict[str, Any] = {"cls": cls, "MISSING": _MISSING}
+    lines = ["def decode(d):", "    get = d.get", "    kw = {}"]
     for name, tp, meta, default in _field_specs(cls):
         mode = meta.get("json", True)
         if mode is False:
@@ -188,26 +227,21 @@ def decoder(cls: type) -> Callable[[Mapping[str, Any]], Any]:
                 raise TypeError(f"{cls.__name__}.{name} is left out of JSON but has no default")
             continue
         if mode == "inline":
-            plan.append((name, (), None, decoder(tp), False))
+            ref = f"c{len(env)}"
+            env[ref] = decoder(tp)
+            lines.append(f"    kw[{name!r}] = {ref}(d)")
             continue
         names = (meta.get("json_name", name), *meta.get("json_aliases", ()))
-        plan.append((name, names, _decoder(tp), None, default is not _MISSING))
-
-    def decode(d: Mapping[str, Any]) -> Any:
-        kw: dict[str, Any] = {}
-        for name, names, conv, inline, optional in plan:
-            if inline is not None:
-                kw[name] = inline(d)
-                continue
-            for json_name in names:
-                if json_name in d:
-                    kw[name] = conv(d[json_name])  # type: ignore[misc]
-                    break
-            else:
-                if not optional:
-                    raise KeyError(names[0])
-        return cls(**kw)
-
+        lines.append(f"    v = get({names[0]!r}, MISSING)")
+        for alias in names[1:]:  # old names, read when the new one is missing
+            lines.append(f"    if v is MISSING: v = get({alias!r}, MISSING)")
+        if default is _MISSING:
+            lines.append(f"    if v is MISSING: raise KeyError({names[0]!r})")
+            lines.append(f"    kw[{name!r}] = {_decode_expr(tp, 'v', env)}")
+        else:  # missing: the field's default (a reading written before the field existed)
+            lines.append(f"    if v is not MISSING: kw[{name!r}] = {_decode_expr(tp, 'v', env)}")
+    lines.append("    return cls(**kw)")
+    decode = _compile("decode", "\n".join(lines) + "\n", env)
     _DECODERS[cls] = decode
     return decode
 
