@@ -328,10 +328,14 @@ def latency_to_json(lat: LatencySummary | None) -> dict | None:
     return None if lat is None else codec.to_json(lat)
 
 
-def listener_to_json(listener: Listener) -> dict:
+def listener_to_json(listener: Listener, netns: NetnsCounters | None = None) -> dict:
     """One listener as the contract writes it: every Listener field (the key's fields inline),
-    plus the deprecated `accepts`/`accept_rate` aliases; None stays null."""
-    return _LISTENER_JSON(listener)
+    plus the deprecated `accepts`/`accept_rate` aliases; None stays null. `netns` is the
+    snapshot's entry for the listener's namespace: its name is kept there only, and repeated here."""
+    out = _LISTENER_JSON(listener)
+    out["netns_name"] = netns.name if netns is not None else None
+    out["netns_source"] = netns.name_source if netns is not None else None
+    return out
 
 
 def netns_to_json(ns: NetnsCounters, *, record: bool = False) -> dict:
@@ -346,6 +350,7 @@ def netns_to_json(ns: NetnsCounters, *, record: bool = False) -> dict:
 def snapshot_to_json(snap: Snapshot, *, record: bool = False) -> dict:
     """The `--once --json` contract (docs/JSON.md); fields may be added, never renamed.
     record=True adds what only recordings carry (fields marked "record", tcptop_q/codec.py)."""
+    by_inode = {ns.inode: ns for ns in snap.netns}
     return {
         "schema": SCHEMA,
         "time": snap.time,
@@ -354,7 +359,7 @@ def snapshot_to_json(snap: Snapshot, *, record: bool = False) -> dict:
         "hostname": snap.hostname,
         "sources": codec.to_json(snap.sources, record=record),
         "netns": [netns_to_json(ns, record=record) for ns in snap.netns],
-        "listeners": [_LISTENER_JSON(lst) for lst in snap.listeners],
+        "listeners": [listener_to_json(lst, by_inode.get(lst.key.netns)) for lst in snap.listeners],
         "close_wait": [socket_to_json(cw) for cw in snap.close_wait],
     }
 

@@ -44,6 +44,7 @@ from .model import (
     Snapshot,
     Sources,
     Transition,
+    safe_text,
 )
 
 SCHEMA = "tcpq-top.record/1"
@@ -94,7 +95,16 @@ def _netns_from_json(d: Mapping) -> NetnsCounters:
     if "counters" not in d:  # plain contract JSON: only the named counters, as top-level fields
         names = model.NETNS_COUNTERS + model.NETNS_EXTRA_COUNTERS
         d = {**d, "counters": {name: d[name] for name in names if name in d}}
-    return _decode_netns(d)  # type: ignore[no-any-return]
+    ns: NetnsCounters = _decode_netns(d)
+    if ns.name is None and ns.name_source is None:
+        return ns
+    # Recorded names replay as recorded (recordings older than names have none). They were
+    # made inert when recorded; a hand-edited file is made inert again here.
+    return dataclasses.replace(
+        ns,
+        name=None if ns.name is None else safe_text(ns.name, 128),
+        name_source=None if ns.name_source is None else safe_text(ns.name_source, 32),
+    )
 
 
 def _sources_from_json(d: Mapping) -> Sources:

@@ -32,6 +32,7 @@ from .model import (
 )
 from .probes import diag as diagmod
 from .probes.diag import DiagRow, DiagSocket
+from .probes.names import NetnsName, NetnsNamer
 from .probes.netns import NetnsEnterer, NetnsRef, discover
 from .probes.netstat import NetnsFiles
 from .probes.owners import OwnerMap
@@ -509,8 +510,11 @@ def _same(a: tuple, b: tuple) -> bool:
     return len(a) == len(b) and all(x is y or x == y for x, y in zip(a, b, strict=True))
 
 
-def netns_counters(raw: RawTick, prev: RawTick | None, dt: float) -> list[NetnsCounters]:
-    """Each netns' TcpExt counters, per-second rates over the tick, sysctls."""
+def netns_counters(
+    raw: RawTick, prev: RawTick | None, dt: float, names: Mapping[int, NetnsName] | None = None
+) -> list[NetnsCounters]:
+    """Each netns' TcpExt counters, per-second rates over the tick, sysctls, name (probes/names.py)."""
+    names = names or {}
     before_of = {ns.inode: ns.counters for ns in prev.netns.values()} if prev else {}
     out = []
     for ns in raw.netns.values():
@@ -521,7 +525,9 @@ def netns_counters(raw: RawTick, prev: RawTick | None, dt: float) -> list[NetnsC
                 r = model.rate(ns.counters.get(name), before.get(name), dt)
                 if r is not None:
                     rates[name] = r
-        out.append(NetnsCounters(ns.inode, dict(ns.counters), rates, dict(ns.sysctls)))
+        named = names.get(ns.inode)
+        out.append(NetnsCounters(ns.inode, dict(ns.counters), rates, dict(ns.sysctls),
+                                 named.name if named else None, named.source if named else None))
     return out
 
 
@@ -562,6 +568,7 @@ class Sampler:
         self._listeners: ReuseCache[Listener] = ReuseCache()
         self._close_wait: ReuseCache[CloseWait] = ReuseCache()
         self.seq = 0
+        self.namer: NetnsNamer | None = None
         self.kernel = os.uname().release
         self.hostname = socket.gethostname()
 
@@ -624,6 +631,7 @@ class Sampler:
         fields = self._bpf_fields(att, bpf, dt, raw)
         listeners = self._listeners_of(att, owners, children, fields, dt)
         close_wait = self._close_waits(att, owners, raw.wall, bpf is not None)
+        names = self._netns_names(raw)  # before _sources: its notes join the tick's
         self.seq += 1
         return Snapshot(
             time=raw.wall,
@@ -631,13 +639,22 @@ class Sampler:
             kernel=self.kernel,
             hostname=self.hostname,
             sources=self._sources(raw, bpf, bpf_state, bpf_error),
-            netns=netns_counters(raw, self.prev, dt),
+            netns=netns_counters(raw, self.prev, dt, names),
             listeners=listeners,
             close_wait=close_wait,
             events=attribution.attribute_events(bpf.events, att.index) if bpf is not None else (),
             connections=conns,
             seq=self.seq,
         )
+
+    def _netns_names(self, raw: RawTick) -> dict[int, NetnsName]:
+        """Names of this tick's namespaces (probes/names.py, cached there); its notes join the tick's."""
+        if self.namer is None:
+            self.namer = NetnsNamer()
+        refs = self.reader.refs
+        names = self.namer.names({ino: refs[ino].pids if ino in refs else () for ino in raw.netns})
+        raw.notes.extend(self.namer.notes)
+        return names
 
     def _resolve_owners(self, att: Attributed, notes: list[str]) -> Mapping[int, tuple[int, str]]:
         owners = self.owners.resolve(

@@ -17,7 +17,7 @@ from tcptop_q.screens.base import DetailScreen
 from tcptop_q.source import FeedFocus
 from tcptop_q.widgets.keyed_table import KeyedTable
 from tcptop_q.widgets.listener_table import accept_cell
-from tcptop_q.widgets.text import fmt_age, fmt_num, inert, short_netns
+from tcptop_q.widgets.text import fmt_age, fmt_num, inert, netns_label, short_netns
 from tcptop_q.widgets.topbar import TopBar
 
 SEVERITY_CLASS = {"crit": "-crit", "warn": "-warn", "info": "-info", "ok": "-ok"}
@@ -160,7 +160,13 @@ class ListenerScreen(DetailScreen):
         lst = app.listener(self.key)
         title = Text(no_wrap=True, overflow="ellipsis")
         title.append(inert(self.key.label()), style="bold")
-        title.append(f"  {self.key.family}  netns {short_netns(self.key.netns)}", style="dim")
+        ns_entry = self._netns_counters()
+        if ns_entry is not None and ns_entry.name is not None:
+            title.append(f"  {self.key.family}  netns ", style="dim")
+            title.append(netns_label(self.key.netns, ns_entry.name, 48))
+            title.append(f" [{inert(ns_entry.name_source)}] {self.key.netns}", style="dim")
+        else:
+            title.append(f"  {self.key.family}  netns {short_netns(self.key.netns)}", style="dim")
         if lst is None:
             title.append("  (gone: the socket is no longer listening)", style="reverse")
             self.query_one("#title", Static).update(title)
