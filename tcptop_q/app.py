@@ -1,22 +1,20 @@
 """tcpq-top's Textual application: owns the collector thread, the UI state and the history.
 
-Data flows one way: SnapshotSource.sample() (collector thread) -> SnapshotReady message
--> apply_snapshot() on the UI thread inside batch_update() -> the visible screen.
+Data flows one way: SnapshotSource.sample() (collector thread) -> the LatestSnapshot slot
+(tcptop_q/uimodel.py: latest-only, one pending SnapshotPending message) -> apply_snapshot() on the
+UI thread inside batch_update() -> the visible screen (docs/ARCHITECTURE.md, "Threads").
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 import signal
 import threading
 import time
-from array import array
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from textual import work
 from textual.app import App, SystemCommand
@@ -34,30 +32,12 @@ from tcptop_q.model import (
     sort_listeners,
 )
 from tcptop_q.screens import keys as keycat
+from tcptop_q.source import ReplayControl, SnapshotSource
+from tcptop_q.uimodel import HISTORY_LEN, History, LatestSnapshot, SocketRef
+
+__all__ = ["HISTORY_LEN", "History", "SocketRef", "SnapshotSource", "TcpqTopApp"]  # History, SocketRef: uimodel
 
 INTERVALS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
-HISTORY_LEN = 120  # samples per listener kept for sparklines
-
-
-@runtime_checkable
-class SnapshotSource(Protocol):
-    interval: float  # seconds; the app may change it (+/- keys)
-
-    def sample(self) -> Snapshot:
-        """Blocking; called only from the App's collector thread, once per interval."""
-        ...
-
-    def timeline(
-        self, netns: int, family: str, laddr: str, lport: int, raddr: str, rport: int
-    ) -> list[Transition]: ...
-
-    def process_info(self, pid: int) -> dict | None:
-        """psutil oneshot data; called from a worker thread, never the UI thread."""
-        ...
-
-    def netns_sysctls(self, netns: int) -> dict[str, int]: ...
-
-    def close(self) -> None: ...
 
 
 class SnapshotReady(Message):
@@ -66,49 +46,14 @@ class SnapshotReady(Message):
         self.snapshot = snapshot
 
 
+class SnapshotPending(Message):
+    """The collector put a snapshot into the app's LatestSnapshot slot (at most one pending)."""
+
+
 class CollectorFailed(Message):
     def __init__(self, error: str) -> None:
         super().__init__()
         self.error = error
-
-
-class History:
-    """Bounded per-listener series (peak depth, drops/s, queued/s), stored as float32 triples.
-
-    10k listeners x 120 samples costs ~15 MB this way (tuples of floats would be ~150 MB).
-    NaN marks "unknown".
-    """
-
-    FIELDS = ("peak", "drop_rate", "queued_rate")
-
-    def __init__(self, length: int = HISTORY_LEN) -> None:
-        self.length = length
-        self.series: dict[ListenerKey, array] = {}
-        self.times: list[float] = []
-
-    def add(self, snap: Snapshot) -> None:
-        nan = math.nan
-        n = 3 * self.length
-        series = self.series
-        for lst in snap.listeners:
-            a = series.get(lst.key)
-            if a is None:
-                a = series[lst.key] = array("f")
-            peak = lst.peak_accept_queue if lst.peak_accept_queue is not None else lst.accept_queue
-            a.extend((peak, lst.drop_rate, nan if lst.queued_rate is None else lst.queued_rate))
-            if len(a) > n:
-                del a[:3]
-        if len(series) > 2 * len(snap.listeners) + 64:
-            alive = {lst.key for lst in snap.listeners}
-            for key in [k for k in series if k not in alive]:
-                del series[key]
-
-    def get(self, key: ListenerKey, field: str) -> list[float]:
-        a = self.series.get(key)
-        if a is None:
-            return []
-        i = self.FIELDS.index(field)
-        return list(a[i::3])
 
 
 def listener_matches(lst: Listener, terms: Sequence[str]) -> bool:
@@ -118,28 +63,6 @@ def listener_matches(lst: Listener, terms: Sequence[str]) -> bool:
     hay = f"{lst.key.label()} {lst.comm or ''} {lst.pid if lst.pid is not None else ''}".lower()
     port = str(lst.key.lport)
     return all(term == port or term in hay for term in terms)
-
-
-@dataclass(frozen=True)
-class SocketRef:
-    """What the socket screen needs to find one connection again."""
-
-    netns: int
-    family: str
-    laddr: str
-    lport: int
-    raddr: str
-    rport: int
-    cookie: int = 0
-    inode: int = 0
-    pid: int | None = None
-    comm: str | None = None
-
-    def label(self) -> str:
-        def host(a: str) -> str:
-            return f"[{a}]" if self.family == "ipv6" else a
-
-        return f"{host(self.laddr)}:{self.lport} ⇄ {host(self.raddr)}:{self.rport}"
 
 
 class TcpqTopApp(App):
@@ -180,6 +103,7 @@ class TcpqTopApp(App):
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._held_events: list[Transition] = []
+        self._latest = LatestSnapshot()  # collector -> UI, latest-only
 
     # ------------------------------------------------------------ lifecycle
     def on_mount(self) -> None:
@@ -202,15 +126,11 @@ class TcpqTopApp(App):
             return  # tests: leave the test runner's signals alone
         try:
             loop = asyncio.get_running_loop()
-
-            def handler(signum: int, _frame: object) -> None:
-                self._arm_force_exit(128 + signum, 5.0)
-                loop.call_soon_threadsafe(partial(self.exit, None, 128 + signum))
-
-            for sig in (signal.SIGTERM, signal.SIGHUP):
-                signal.signal(sig, handler)
-        except (RuntimeError, ValueError):
-            pass  # not the main thread
+        except RuntimeError:
+            loop = None
+        if loop is not None:
+            lifecycle.on_forced_exit(self.source.close)
+            lifecycle.on_exit_signals(lambda code: loop.call_soon_threadsafe(partial(self.exit, None, code)), grace=5.0)
         watch = threading.Thread(target=self._watch_terminal, name="tcpq-tty-watch", daemon=True)
         watch.start()
 
@@ -249,7 +169,7 @@ class TcpqTopApp(App):
     @property
     def replaying(self) -> bool:
         """The source is a recording that can be stepped (ReplaySource)."""
-        return callable(getattr(self.source, "step", None))
+        return isinstance(self.source, ReplayControl)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "replay_step":
@@ -259,7 +179,8 @@ class TcpqTopApp(App):
     def _collect(self) -> None:
         while not self._stop.is_set():
             started = time.monotonic()
-            if self.replaying and (self.paused or getattr(self.source, "at_end", False)):
+            src = self.source
+            if isinstance(src, ReplayControl) and (self.paused or src.at_end):
                 # A paused replay stands still: sampling would move it on.
                 self._wake.wait(0.2)
                 self._wake.clear()
@@ -271,8 +192,8 @@ class TcpqTopApp(App):
                 snap = None
             if self._stop.is_set():
                 break
-            if snap is not None:
-                self.post_message(SnapshotReady(snap))
+            if snap is not None and self._latest.put(snap):
+                self.post_message(SnapshotPending())  # a slow UI gets the newest tick, never a backlog
             wait = max(0.0, float(self.source.interval) - (time.monotonic() - started))
             self._wake.wait(wait)
             self._wake.clear()
@@ -297,6 +218,11 @@ class TcpqTopApp(App):
     # ------------------------------------------------------------ snapshots
     def on_snapshot_ready(self, message: SnapshotReady) -> None:
         self.apply_snapshot(message.snapshot)
+
+    def on_snapshot_pending(self, _message: SnapshotPending) -> None:
+        snap = self._latest.take()
+        if snap is not None:
+            self.apply_snapshot(snap)
 
     def on_collector_failed(self, message: CollectorFailed) -> None:
         self.collector_error = message.error
@@ -389,11 +315,11 @@ class TcpqTopApp(App):
 
     @work(thread=True, exclusive=True, group="replay", exit_on_error=False)
     def _replay_worker(self, n: int) -> None:
-        step = getattr(self.source, "step", None)
-        if step is None:
+        src = self.source
+        if not isinstance(src, ReplayControl):
             return
         try:
-            snap = step(n)
+            snap = src.step(n)
         except Exception as exc:
             self.post_message(CollectorFailed(f"{type(exc).__name__}: {exc}"))
             return

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -167,17 +166,6 @@ def format_batch(snap: Snapshot, wide: bool = False) -> str:
 
 
 # ---------------------------------------------------------------------- running
-
-
-def _install_signals() -> None:
-    """SIGTERM and SIGHUP (ssh dropped) unwind like an exception: finally blocks detach BPF."""
-
-    def handler(signum: int, _frame: object) -> None:
-        lifecycle.arm_force_exit(128 + signum, 5.0)
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGHUP, handler)
 
 
 def _write(line: str) -> None:
@@ -464,7 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
-    _install_signals()
+    lifecycle.on_exit_signals(grace=5.0)  # unwind like an exception: finally blocks detach BPF
     try:
         if args.replay:
             return run_replay(args)

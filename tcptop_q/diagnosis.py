@@ -1,6 +1,6 @@
 """Plain-language diagnosis of one listener: pure, no textual, unit-tested.
 
-Kernel facts this relies on (see DESIGN.md):
+Kernel facts this relies on (docs/ARCHITECTURE.md, "Where each number comes from"):
 - sk_acceptq_is_full() tests ack_backlog > max_ack_backlog, so the accept queue
   holds backlog+1 children: 6 queued against backlog 5 is "full".
 - the limit (idiag_wqueue) is min(listen() backlog, net.core.somaxconn).

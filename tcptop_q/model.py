@@ -6,11 +6,12 @@ the sampler merges them into one Snapshot per tick, the UI only reads them.
 
 from __future__ import annotations
 
-import dataclasses
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
+
+from . import codec
 
 SCHEMA = "tcpq-top.snapshot/1"
 
@@ -98,7 +99,8 @@ class LatencySummary:
 
 @dataclass(frozen=True, slots=True)
 class Listener:
-    key: ListenerKey
+    # Field order is the JSON order; every field is in the JSON and in recordings (tcptop_q/codec.py).
+    key: ListenerKey = field(metadata={"json": "inline"})  # netns, family, laddr, lport, cookie
     inode: int
     pid: int | None  # the primary owner: the lowest pid that holds the socket (docs/JSON.md)
     comm: str | None
@@ -114,8 +116,9 @@ class Listener:
     synack_retrans: int | None = None
     synack_retrans_rate: float | None = None
     # Children that completed the handshake and entered the accept queue (NOT accept() calls).
-    queued: int | None = None
-    queued_rate: float | None = None
+    # JSON also writes them as `accepts`/`accept_rate`: deprecated aliases, kept for schema tcpq-top.snapshot/1.
+    queued: int | None = field(default=None, metadata={"json_aliases": ("accepts",)})
+    queued_rate: float | None = field(default=None, metadata={"json_aliases": ("accept_rate",)})
     # accept() calls that returned a child of this listener.
     accepted: int | None = None
     accepted_rate: float | None = None
@@ -169,7 +172,7 @@ class Connection:
     comm: str | None = None
     age_s: float | None = None  # from BPF timeline; None before probes saw it
     # The listener this socket belongs to, decided by the sampler (tcptop_q/attribution.py).
-    listener: ListenerKey | None = None
+    listener: ListenerKey | None = field(default=None, metadata={"json": False})
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,19 +190,21 @@ class CloseWait:
     recv_q: int
     age_s: float | None
     # The listener this socket belongs to (None: no listener on its port any more).
-    listener: ListenerKey | None = None
+    listener: ListenerKey | None = field(default=None, metadata={"json": False})
 
 
 @dataclass(frozen=True)
 class NetnsCounters:
     inode: int
-    counters: Mapping[str, int]  # TcpExt name -> value (absolute)
+    # TcpExt name -> value (absolute). The contract writes the NETNS_COUNTERS (and the extras read)
+    # as top-level fields; a recording keeps them all.
+    counters: Mapping[str, int] = field(metadata={"json": "record"})
     rates: Mapping[str, float] = field(default_factory=dict)  # per second over interval
     sysctls: Mapping[str, int] = field(default_factory=dict)  # somaxconn, tcp_max_syn_backlog, ...
     # The best name the host can tell ("host", an `ip netns` name, a container or pod) and where
     # it came from ("init", "ip-netns", "podman", "docker", "containerd", "k8s", ...); None = inode only.
-    name: str | None = None
-    name_source: str | None = None
+    name: str | None = field(default=None, metadata={"json_name": "netns_name"})
+    name_source: str | None = field(default=None, metadata={"json_name": "netns_source"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,7 +225,7 @@ class Transition:
     pid: int
     comm: str
     # The listener whose socket this is (or the listener itself), decided by the sampler.
-    listener: ListenerKey | None = None
+    listener: ListenerKey | None = field(default=None, metadata={"json": False})
 
 
 @dataclass(frozen=True)
@@ -228,7 +233,7 @@ class Sources:
     netlink: bool
     bpf: bool
     bpf_error: str | None = None
-    bpf_state: str = "off"  # "loading" | "live" | "off"
+    bpf_state: str = field(default="off", metadata={"json": "record"})  # "loading" | "live" | "off"
     hooks: Mapping[str, str] = field(default_factory=dict)  # metric -> hook serving it
     lost_events: int = 0
     notes: Sequence[str] = ()  # other degradations, one line each
@@ -324,62 +329,31 @@ def sort_listeners(
 
 
 def latency_to_json(lat: LatencySummary | None) -> dict | None:
-    if lat is None:
-        return None
-    return {
-        "count": lat.count,
-        "sum_s": lat.sum_s,
-        "p50_s": lat.p50_s,
-        "p90_s": lat.p90_s,
-        "p99_s": lat.p99_s,
-        "max_s": lat.max_s,
-        "buckets": [[le, n] for le, n in lat.buckets],
-    }
+    return None if lat is None else codec.to_json(lat)
 
 
 def listener_to_json(listener: Listener, netns: NetnsCounters | None = None) -> dict:
-    """`netns` is the snapshot's entry for the listener's namespace: its name is kept there only."""
-    return {
-        "netns": listener.key.netns,
-        "netns_name": netns.name if netns is not None else None,
-        "netns_source": netns.name_source if netns is not None else None,
-        "family": listener.key.family,
-        "laddr": listener.key.laddr,
-        "lport": listener.key.lport,
-        "cookie": listener.key.cookie,
-        "inode": listener.inode,
-        "pid": listener.pid,
-        "comm": listener.comm,
-        "holders": None if listener.holders is None else list(listener.holders),
-        "accept_queue": listener.accept_queue,
-        "backlog": listener.backlog,
-        "syn_queue": listener.syn_queue,
-        "drops": listener.drops,
-        "drop_rate": float(listener.drop_rate),
-        "overflows": listener.overflows,
-        "overflow_rate": listener.overflow_rate,
-        "synack_retrans": listener.synack_retrans,
-        "synack_retrans_rate": listener.synack_retrans_rate,
-        "queued": listener.queued,
-        "queued_rate": listener.queued_rate,
-        # Deprecated aliases of queued/queued_rate, kept for schema tcpq-top.snapshot/1 only.
-        "accepts": listener.queued,
-        "accept_rate": listener.queued_rate,
-        "accepted": listener.accepted,
-        "accepted_rate": listener.accepted_rate,
-        "accept_wait": latency_to_json(listener.accept_wait),
-        "handshake": latency_to_json(listener.handshake),
-        "drop_reasons": None if listener.drop_reasons is None else dict(listener.drop_reasons),
-        "peak_accept_queue": listener.peak_accept_queue,
-        "resets_sent": listener.resets_sent,
-        "resets_received": listener.resets_received,
-        "children": dict(listener.children),
-        "reuseport_group": listener.reuseport_group,
+    """One listener as the contract writes it: every Listener field (the key's fields inline),
+    plus the deprecated `accepts`/`accept_rate` aliases; None stays null. `netns` is the
+    snapshot's entry for the listener's namespace: its name is kept there only, and repeated here."""
+    out = _LISTENER_JSON(listener)
+    out["netns_name"] = netns.name if netns is not None else None
+    out["netns_source"] = netns.name_source if netns is not None else None
+    return out
+
+
+def netns_to_json(ns: NetnsCounters, *, record: bool = False) -> dict:
+    out = {
+        **codec.to_json(ns, record=record),
+        **{name: int(ns.counters.get(name, 0)) for name in NETNS_COUNTERS},
+        **{name: int(ns.counters[name]) for name in NETNS_EXTRA_COUNTERS if name in ns.counters},
     }
+    return out
 
 
-def snapshot_to_json(snap: Snapshot) -> dict:
-    """The `--once --json` contract (docs/JSON.md); fields may be added, never renamed."""
+def snapshot_to_json(snap: Snapshot, *, record: bool = False) -> dict:
+    """The `--once --json` contract (docs/JSON.md); fields may be added, never renamed.
+    record=True adds what only recordings carry (fields marked "record", tcptop_q/codec.py)."""
     by_inode = {ns.inode: ns for ns in snap.netns}
     return {
         "schema": SCHEMA,
@@ -387,26 +361,8 @@ def snapshot_to_json(snap: Snapshot) -> dict:
         "interval": snap.interval,
         "kernel": snap.kernel,
         "hostname": snap.hostname,
-        "sources": {
-            "netlink": snap.sources.netlink,
-            "bpf": snap.sources.bpf,
-            "bpf_error": snap.sources.bpf_error,
-            "hooks": dict(snap.sources.hooks),
-            "lost_events": snap.sources.lost_events,
-            "notes": list(snap.sources.notes),
-        },
-        "netns": [
-            {
-                "inode": ns.inode,
-                "netns_name": ns.name,
-                "netns_source": ns.name_source,
-                **{name: int(ns.counters.get(name, 0)) for name in NETNS_COUNTERS},
-                **{name: int(ns.counters[name]) for name in NETNS_EXTRA_COUNTERS if name in ns.counters},
-                "rates": dict(ns.rates),
-                "sysctls": dict(ns.sysctls),
-            }
-            for ns in snap.netns
-        ],
+        "sources": codec.to_json(snap.sources, record=record),
+        "netns": [netns_to_json(ns, record=record) for ns in snap.netns],
         "listeners": [listener_to_json(lst, by_inode.get(lst.key.netns)) for lst in snap.listeners],
         "reuseport_groups": _reuseport_groups_json(snap.listeners),
         "close_wait": [socket_to_json(cw) for cw in snap.close_wait],
@@ -422,7 +378,7 @@ def _reuseport_groups_json(listeners: Sequence[Listener]) -> list[dict]:
 def socket_to_json(sock: CloseWait | Connection | Transition) -> dict:
     """A CLOSE_WAIT socket, a child or a feed event as JSON. `listener` stays out: it is the sampler's
     attribution, which a reader re-derives from the listeners (tcptop_q/attribution.py)."""
-    return {f.name: getattr(sock, f.name) for f in dataclasses.fields(sock) if f.name != "listener"}
+    return codec.to_json(sock)
 
 
 # ------------------------------------------------------------- BPF raw readings
@@ -496,3 +452,6 @@ def safe_text(text: str | None, limit: int = 64) -> str:
     if len(out) > limit:
         out = out[: max(0, limit - 1)] + "…"
     return out
+
+
+_LISTENER_JSON = codec.encoder(Listener)

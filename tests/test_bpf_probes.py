@@ -6,25 +6,22 @@ Every number is checked against the kernel's own accounting inside that netns
 
 from __future__ import annotations
 
-import ctypes
-import itertools
 import os
 import re
 import socket
 import struct
 import subprocess
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tcptop_q.lab.experiments import listen, seed_clients, third_ack_overflow
+from tcptop_q.lab.netns import LabNetns as Netns
 from tcptop_q.probes.bpf import BpfProbes
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-CLONE_NEWNET = 0x40000000
-_counter = itertools.count()
 
 
 def _need(ok: bool, reason: str) -> None:
@@ -65,66 +62,10 @@ def assert_detached(ids: list[int]) -> None:
     assert own_bpf_fds() == [], "BPF/perf fds left open after close()"
 
 
-class Netns:
-    """`ip netns add tqbpf-<pid>-<n>` with lo up; sockets are made in a thread that setns()'d into it."""
-
-    def __init__(self) -> None:
-        self.name = f"tqbpf-{os.getpid()}-{next(_counter)}"
-        subprocess.run(["ip", "netns", "add", self.name], check=True)
-        subprocess.run(["ip", "-n", self.name, "link", "set", "lo", "up"], check=True)
-        self.path = f"/run/netns/{self.name}"
-        self.inode = int(subprocess.run(["stat", "-L", "-c", "%i", self.path], capture_output=True, text=True,
-                                        check=True).stdout)
-
-    def run(self, fn: Callable, *args):
-        """fn(*args) in a thread inside the netns; network namespaces are per thread."""
-        result: list = []
-        error: list = []
-
-        def body() -> None:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = os.open(self.path, os.O_RDONLY)
-            try:
-                if libc.setns(fd, CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), "setns")
-            finally:
-                os.close(fd)
-            try:
-                result.append(fn(*args))
-            except BaseException as exc:  # re-raised in the caller
-                error.append(exc)
-
-        t = threading.Thread(target=body)
-        t.start()
-        t.join()
-        if error:
-            raise error[0]
-        return result[0]
-
-    def socket(self, family: int = socket.AF_INET) -> socket.socket:
-        return self.run(socket.socket, family, socket.SOCK_STREAM)
-
-    def exec(self, *cmd: str) -> str:
-        return subprocess.run(["ip", "netns", "exec", self.name, *cmd], capture_output=True, text=True,
-                              check=True).stdout
-
-    def netstat(self) -> dict[str, int]:
-        lines = self.exec("cat", "/proc/net/netstat").splitlines()
-        out: dict[str, int] = {}
-        for head, vals in zip(lines[::2], lines[1::2], strict=True):
-            prefix = head.split(":")[0]
-            for k, v in zip(head.split()[1:], vals.split()[1:], strict=True):
-                out[f"{prefix}{k}"] = int(v)
-        return out
-
-    def close(self) -> None:
-        subprocess.run(["ip", "netns", "del", self.name], check=False)
-
-
 @pytest.fixture
 def netns() -> Iterator[Netns]:
     _need(os.geteuid() == 0, "needs root (network namespaces, BPF)")
-    ns = Netns()
+    ns = Netns("bpf")
     try:
         yield ns
     finally:
@@ -145,16 +86,6 @@ def probes(netns: Netns) -> Iterator[BpfProbes]:
     finally:
         p.close()
         assert_detached(ids)
-
-
-def listen(ns: Netns, backlog: int, port: int = 8080, defer_accept: int = 0) -> socket.socket:
-    srv = ns.socket()
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if defer_accept:
-        srv.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, defer_accept)
-    srv.bind(("127.0.0.1", port))
-    srv.listen(backlog)
-    return srv
 
 
 def ss_cookie(ns: Netns, port: int) -> int:
@@ -201,21 +132,10 @@ def the_listener(reading, netns: int, port: int):
 
 def test_seed_experiment_backlog5_never_accept(netns: Netns, probes: BpfProbes) -> None:
     port = 8080
-    srv = listen(netns, 5, port)
+    srv = listen(netns, port, 5)
     cookie = ss_cookie(netns, port)
     before = netns.netstat()
-    established = 0
-    for _ in range(10):
-        c = netns.socket()
-        c.settimeout(1.0)
-        try:
-            c.connect(("127.0.0.1", port))
-            c.sendall(b"helloworld")
-            established += 1
-        except TimeoutError:
-            pass
-        finally:
-            c.close()
+    established = seed_clients(netns, port)
     reading = settle(probes)
     after = netns.netstat()
     try:
@@ -266,23 +186,11 @@ def test_third_ack_overflow_matches_listenoverflows(netns: Netns, probes: BpfPro
     overflow, dropped with reason TCP_LISTEN_OVERFLOW and rx_sk = the listener. C resets
     at once, before its retransmit timer (>= 200 ms) could overflow again."""
     port = 8081
-    srv = listen(netns, 1, port, defer_accept=10)
+    srv = listen(netns, port, 1, defer_accept=10)
     before = netns.netstat()
     socks = []
     try:
-        c = netns.socket()
-        c.connect(("127.0.0.1", port))
-        socks.append(c)
-        for _ in range(2):
-            s = netns.socket()
-            s.connect(("127.0.0.1", port))
-            s.sendall(b"x")
-            socks.append(s)
-        time.sleep(0.05)
-        c.sendall(b"x")
-        time.sleep(0.05)
-        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        c.close()
+        socks = third_ack_overflow(netns, port)
         reading = settle(probes)
         after = netns.netstat()
         overflows = after["TcpExtListenOverflows"] - before["TcpExtListenOverflows"]
@@ -302,7 +210,7 @@ def test_third_ack_overflow_matches_listenoverflows(netns: Netns, probes: BpfPro
 
 
 def _one_connection(netns: Netns, port: int, server_first: bool):
-    srv = listen(netns, 16, port)
+    srv = listen(netns, port, 16)
     cli = netns.socket()
     cli.connect(("127.0.0.1", port))
     conn, _peer = srv.accept()
@@ -373,7 +281,7 @@ def test_close_detaches_and_is_idempotent(netns: Netns) -> None:
 def test_feed_off_keeps_counts_exact(netns: Netns, probes: BpfProbes) -> None:
     port = 8084
     probes.set_feed("off")
-    srv = listen(netns, 64, port)
+    srv = listen(netns, port, 64)
     clients = []
     try:
         for _ in range(20):
@@ -399,7 +307,7 @@ def test_feed_off_keeps_counts_exact(netns: Netns, probes: BpfProbes) -> None:
 
 def test_listener_close_forgets_it(netns: Netns, probes: BpfProbes) -> None:
     port = 8085
-    srv = listen(netns, 4, port)
+    srv = listen(netns, port, 4)
     c = netns.socket()
     c.connect(("127.0.0.1", port))
     assert the_listener(settle(probes), netns.inode, port)[1].accepts == 1
@@ -412,6 +320,8 @@ def test_listener_close_forgets_it(netns: Netns, probes: BpfProbes) -> None:
 
 SIGTERM_CHILD = """
 import os, signal, sys, time
+from tcptop_q.lab.experiments import listen, seed_clients, third_ack_overflow
+from tcptop_q.lab.netns import LabNetns as Netns
 from tcptop_q.probes.bpf import BpfProbes
 p = BpfProbes()
 def on_term(signum, frame):
@@ -479,7 +389,7 @@ def test_ipv6_listener_key(netns: Netns, probes: BpfProbes) -> None:
 
 def test_child_states_and_resets_charged_to_listener(netns: Netns, probes: BpfProbes) -> None:
     port = 8087
-    srv = listen(netns, 8, port)
+    srv = listen(netns, port, 8)
     clients = []
     try:
         for _ in range(3):
@@ -511,7 +421,7 @@ def test_child_states_and_resets_charged_to_listener(netns: Netns, probes: BpfPr
 def test_closed_listeners_leave_no_map_entries(netns: Netns, probes: BpfProbes) -> None:
     """Maps are bounded: a closed listener's counters, reasons and child counts are dropped."""
     port = 8088
-    srv = listen(netns, 1, port, defer_accept=10)
+    srv = listen(netns, port, 1, defer_accept=10)
     c = netns.socket()
     c.connect(("127.0.0.1", port))  # bare third ACK dropped by TCP_DEFER_ACCEPT: a drop reason
     c.sendall(b"x")
@@ -559,7 +469,7 @@ def test_port_filter_compiled_in(netns: Netns) -> None:
     try:
         assert "#define TQ_FILTER_PORT 8090" in p.program_text()
         for port in (8090, 8091):
-            srv = listen(netns, 4, port)
+            srv = listen(netns, port, 4)
             c = netns.socket()
             c.connect(("127.0.0.1", port))
             socks += [srv, c]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections import Counter
 from functools import partial
 
 from rich.text import Text
@@ -16,6 +15,7 @@ from tcptop_q.diagnosis import diagnose
 from tcptop_q.model import Connection, Listener, ListenerKey, NetnsCounters
 from tcptop_q.reuseport import ReuseportGroup, members_of
 from tcptop_q.screens.base import DetailScreen
+from tcptop_q.source import FeedFocus
 from tcptop_q.widgets.keyed_table import KeyedTable
 from tcptop_q.widgets.listener_table import accept_cell
 from tcptop_q.widgets.text import fmt_age, fmt_num, inert, netns_label, short_netns
@@ -106,14 +106,13 @@ class ListenerScreen(DetailScreen):
         self.key = key
         self.sysctls: dict[str, int] | None = None
         self.conns: dict[str, Connection] = {}
-        self.diagnosis_text = ""
 
     def _focus_feed(self, port: int | None) -> None:
         # Off the UI thread (the probes' lock may be held by a read in the collector), and
         # owned by the app: a worker of this screen would be cancelled as it unmounts.
-        focus = getattr(self.tapp.source, "focus_port", None)
-        if callable(focus):
-            self.tapp.run_worker(partial(focus, port), thread=True, group="feed-focus", exit_on_error=False)
+        src = self.tapp.source
+        if isinstance(src, FeedFocus):  # queued; the collector thread applies it (tcptop_q/source.py)
+            self.tapp.run_worker(partial(src.focus_port, port), thread=True, group="feed-focus", exit_on_error=False)
 
     def on_unmount(self) -> None:
         self._focus_feed(None)
@@ -219,7 +218,6 @@ class ListenerScreen(DetailScreen):
                 diag.append("\n")
             diag.append({"crit": "✖ ", "warn": "▲ ", "info": "• ", "ok": "✔ "}[f.severity], style="bold")
             diag.append(f.text)
-        self.diagnosis_text = diag.plain
         panel = self.query_one("#diagnosis", Static)
         panel.update(diag)
         for cls in SEVERITY_CLASS.values():
@@ -315,7 +313,7 @@ class ListenerScreen(DetailScreen):
         self._open_child()
 
     def _open_child(self) -> None:
-        from tcptop_q.app import SocketRef
+        from tcptop_q.uimodel import SocketRef
 
         key = self.query_one("#children", KeyedTable).cursor_key()
         c = self.conns.get(key) if key else None
@@ -324,6 +322,3 @@ class ListenerScreen(DetailScreen):
         self.tapp.open_socket(
             SocketRef(c.netns, c.family, c.laddr, c.lport, c.raddr, c.rport, c.cookie, c.inode, c.pid, c.comm)
         )
-
-    def counts(self) -> Counter:
-        return Counter(c.state for c in self.conns.values())

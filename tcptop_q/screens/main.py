@@ -232,7 +232,7 @@ class MainScreen(Screen):
         self._open_feed_line()
 
     def _open_feed_line(self) -> None:
-        from tcptop_q.app import SocketRef
+        from tcptop_q.uimodel import SocketRef
 
         ev = self.feed.selected()
         if ev is None:

@@ -19,7 +19,7 @@ from tcptop_q.widgets.text import fmt_age, inert, short_netns
 from tcptop_q.widgets.topbar import TopBar
 
 if TYPE_CHECKING:
-    from tcptop_q.app import SocketRef
+    from tcptop_q.uimodel import SocketRef
 
 
 def _ms(ms: float | None) -> str:

@@ -9,16 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from rich.text import Text
-
-from tcptop_q.model import NetnsCounters, inert
-
-# One inert() for the TUI and --batch: tcptop_q/model.py.
-
-
-def inert_text(value: str | None, style: str = "", unknown: str = "-") -> Text:
-    """A Text that renders `value` literally (no markup, no escapes)."""
-    return Text(inert(value, unknown), style=style, no_wrap=True, overflow="ellipsis")
+from tcptop_q.model import NetnsCounters
+from tcptop_q.model import inert as inert  # one inert() for the TUI and --batch (tcptop_q/model.py)
 
 
 def fmt_num(value: float | None, digits: int = 1) -> str:
