@@ -125,6 +125,8 @@ class Listener:
     # (LISTEN -> SYN_RECV to SYN_RECV -> ESTABLISHED). Since the probes went live.
     accept_wait: LatencySummary | None = None
     handshake: LatencySummary | None = None
+    # accept wait over the last few ticks only (the histogram's recent delta): WAIT p99 column.
+    accept_wait_recent: LatencySummary | None = None
     # kfree_skb drop reasons charged to this listener since live: reason name -> count.
     drop_reasons: Mapping[str, int] | None = None
 
@@ -163,6 +165,8 @@ class Connection:
     pid: int | None = None
     comm: str | None = None
     age_s: float | None = None  # from BPF timeline; None before probes saw it
+    # Still in the accept queue (no process has it): seconds since it was queued (BPF link).
+    queued_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +183,8 @@ class CloseWait:
     comm: str | None
     recv_q: int
     age_s: float | None
+    # Still in the accept queue (never accepted): seconds since it was queued (BPF link).
+    queued_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -210,6 +216,17 @@ class Transition:
     ms_in_old: float | None
     pid: int
     comm: str
+    # "state" (old -> new), or "accept": accept() returned this socket to pid (fd, None where
+    # the kernel path has no descriptor) after ms_in_old milliseconds in the accept queue.
+    kind: str = "state"
+    fd: int | None = None
+
+    def describe(self) -> str:
+        if self.kind == "accept":
+            wait = "" if self.ms_in_old is None else f" after {self.ms_in_old:.1f} ms in the accept queue"
+            fd = "" if self.fd is None else f" (fd {self.fd})"
+            return f"accepted by pid {self.pid}{fd}{wait}"
+        return f"{self.old} -> {self.new}"
 
 
 @dataclass(frozen=True)
@@ -354,12 +371,20 @@ def listener_to_json(listener: Listener) -> dict:
         "accepted_rate": listener.accepted_rate,
         "accept_wait": latency_to_json(listener.accept_wait),
         "handshake": latency_to_json(listener.handshake),
+        "accept_wait_recent": latency_to_json(listener.accept_wait_recent),
         "drop_reasons": None if listener.drop_reasons is None else dict(listener.drop_reasons),
         "peak_accept_queue": listener.peak_accept_queue,
         "resets_sent": listener.resets_sent,
         "resets_received": listener.resets_received,
         "children": dict(listener.children),
     }
+
+
+def _hooks_json(hooks: Mapping[str, str]) -> dict[str, str]:
+    out = dict(hooks)
+    if "queued" in out:  # deprecated alias (docs/JSON.md), for schema tcpq-top.snapshot/1 only
+        out.setdefault("accepts", out["queued"])
+    return out
 
 
 def snapshot_to_json(snap: Snapshot) -> dict:
@@ -374,7 +399,7 @@ def snapshot_to_json(snap: Snapshot) -> dict:
             "netlink": snap.sources.netlink,
             "bpf": snap.sources.bpf,
             "bpf_error": snap.sources.bpf_error,
-            "hooks": dict(snap.sources.hooks),
+            "hooks": _hooks_json(snap.sources.hooks),
             "lost_events": snap.sources.lost_events,
             "notes": list(snap.sources.notes),
         },
@@ -406,7 +431,7 @@ class BpfListenerCounts:
     sk_ack_backlog seen at enqueue since the previous read (reset on read).
     """
 
-    accepts: int = 0  # children queued (sock:sk_data_ready on LISTEN, or kprobe fallback)
+    queued: int = 0  # children queued (sock:sk_data_ready on LISTEN, or kprobe fallback)
     peak_accept_queue: int = 0
     synack_retrans: int = 0
     listen_overflow_drops: int = 0  # third-ACK overflows (kfree_skb, rx_sk=listener, TCP_LISTEN_OVERFLOW)
@@ -415,6 +440,21 @@ class BpfListenerCounts:
     resets_sent: int = 0
     resets_received: int = 0
     drop_reasons: Mapping[str, int] = field(default_factory=dict)
+    # accept() calls that returned a child (accept.bpf.c), and two latency histograms
+    # (accept wait, handshake) as they are in the kernel: probes/layout.py bucket index -> count.
+    accepted: int = 0
+    accept_wait: HistCounts | None = None
+    handshake: HistCounts | None = None
+
+
+@dataclass(frozen=True)
+class HistCounts:
+    """A kernel latency histogram: samples, sum and exact max in ns, bucket index -> count."""
+
+    count: int = 0
+    sum_ns: int = 0
+    max_ns: int = 0
+    buckets: Mapping[int, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -426,7 +466,7 @@ class BpfReading:
     events: Sequence[Transition]  # feed events since the previous read (bounded)
     lost_events: int  # cumulative
     live_since: float  # unix time the probes attached
-    hooks: Mapping[str, str]  # metric -> hook, e.g. {"accepts": "tracepoint:sock:sk_data_ready"}
+    hooks: Mapping[str, str]  # metric -> hook, e.g. {"queued": "tracepoint:sock:sk_data_ready"}
 
 
 # ------------------------------------------------------------------ safe text

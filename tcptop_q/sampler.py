@@ -475,13 +475,13 @@ class Sampler:
                         if "synack_retrans" in bpf.hooks and dt > 0
                         else None
                     ),
-                    queued=counts.accepts if "accepts" in bpf.hooks else None,
+                    queued=counts.queued if "queued" in bpf.hooks else None,
                     queued_rate=(
-                        model.rate(counts.accepts, prev_counts.accepts if prev_counts else 0, dt)
-                        if "accepts" in bpf.hooks and dt > 0
+                        model.rate(counts.queued, prev_counts.queued if prev_counts else 0, dt)
+                        if "queued" in bpf.hooks and dt > 0
                         else None
                     ),
-                    peak_accept_queue=max(counts.peak_accept_queue, row.rqueue) if "accepts" in bpf.hooks else None,
+                    peak_accept_queue=max(counts.peak_accept_queue, row.rqueue) if "queued" in bpf.hooks else None,
                     resets_sent=counts.resets_sent if "resets_sent" in bpf.hooks else None,
                     resets_received=counts.resets_received if "resets_received" in bpf.hooks else None,
                 )
