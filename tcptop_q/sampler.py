@@ -18,6 +18,7 @@ from functools import partial
 from typing import Any
 
 from . import lifecycle, model
+from .accepts import AcceptTracker
 from .model import (
     BpfListenerCounts,
     BpfReading,
@@ -238,6 +239,7 @@ class Sampler:
         # the counts by state are always kept. 100k records are ~40 MB at a dump.
         self.keep_connections = keep_connections
         self.bpf = bpf
+        self.accepts = AcceptTracker()  # accepted, accept_wait, handshake (tcptop_q/accepts.py)
         self.owners = owners or OwnerMap()
         self.blocking_owners = blocking_owners
         self.children_every = children_every  # None: adapt to the cost of the dump
@@ -302,7 +304,7 @@ class Sampler:
                 except Exception as exc:  # a failed map read must not take the view down
                     bpf_error = f"BPF read failed: {exc}"
                     bpf_state = "off"
-        snap = self._build(raw, bpf_reading, bpf_state, bpf_error)
+        snap = self.accepts.apply(self._build(raw, bpf_reading, bpf_state, bpf_error), bpf_reading, self.bpf)
         self.prev = raw
         return snap
 
