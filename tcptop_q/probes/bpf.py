@@ -61,9 +61,11 @@ class BpfProbes:
     """Loads in a background thread; read() once per tick from the collector thread."""
 
     def __init__(
-        self, port: int | None = None, netns: int | None = None, feed_capacity: int = 4096, ringbuf: bool | None = None
+        self, port: int | None = None, netns: int | None = None, feed_capacity: int = 4096, ringbuf: bool | None = None,
+        accept_hook: str | None = None,
     ) -> None:
         self.port = port
+        self.accept_hook = accept_hook  # None: chosen from the kernel; "kretprobe" | "syscall" forces one
         self.ringbuf = ringbuf  # None: BPF ring buffer where the kernel has one, else perf buffer
         self.netns = netns
         self.feed_capacity = max(16, int(feed_capacity))
@@ -124,7 +126,8 @@ class BpfProbes:
             bcc = loader.import_bcc()
             loader.preflight()
             t_plan = time.monotonic()
-            plan = build_plan(self.port, self.netns, self.feed_capacity, ringbuf=self.ringbuf)
+            plan = build_plan(self.port, self.netns, self.feed_capacity, ringbuf=self.ringbuf,
+                              accept_hook=self.accept_hook)
             self._plan = plan
             self.timings["plan"] = time.monotonic() - t_plan
             if self._source_error:
@@ -389,7 +392,8 @@ class BpfProbes:
         plan = self._plan
         if plan is None:
             try:
-                plan = build_plan(self.port, self.netns, self.feed_capacity, ringbuf=self.ringbuf)
+                plan = build_plan(self.port, self.netns, self.feed_capacity, ringbuf=self.ringbuf,
+                              accept_hook=self.accept_hook)
             except Exception as exc:  # --ebpf must print something useful, never a traceback
                 return f"// tcpq-top: cannot generate the BPF program: {one_line(exc)}\n" + BPF_C.read_text()
             if self._thread is None:  # not started: `hooks` says what would serve each metric

@@ -335,10 +335,11 @@ def _plan_tcp_events(p: _Builder) -> None:
 
 
 def _plan_accept(p: _Builder, btf: Btf, kprobes: bool, functions: frozenset[str] | None,
-                 blacklist: frozenset[str]) -> None:
+                 blacklist: frozenset[str], choice: str | None = None) -> None:
     """The child -> listener link at enqueue, and the accept() side: a kretprobe on
     inet_csk_accept where kprobes exist (its return value only: its arguments changed in
-    6.10; it also sees io_uring accepts), else the accept/accept4 syscall exits."""
+    6.10; it also sees io_uring accepts), else the accept/accept4 syscall exits.
+    `choice` ("kretprobe" | "syscall") forces one path (tests compare the two)."""
     if "queued" not in p.hooks:
         p.notes.append("no enqueue hook: accepted/accept_wait/handshake unknown")
         return
@@ -354,7 +355,11 @@ def _plan_accept(p: _Builder, btf: Btf, kprobes: bool, functions: frozenset[str]
     except BtfError as exc:
         p.notes.append(f"handshake unknown: BTF: {exc}")
     fn, prog = KRETPROBE_ACCEPT
-    if kprobes and functions is not None and fn in functions and fn not in blacklist:
+    can_kretprobe = kprobes and functions is not None and fn in functions and fn not in blacklist
+    if choice == "kretprobe" and not can_kretprobe:
+        p.notes.append(f"no probe-able {fn} (kprobes {'on' if kprobes else 'off'}): accepted/accept_wait unknown")
+        return
+    if can_kretprobe and choice != "syscall":
         p.defines["TQ_KRP_CSK_ACCEPT"] = ""
         p.attach.append(("kretprobe", fn, prog))
         for m in ACCEPT_METRICS:
@@ -392,6 +397,7 @@ def build_plan(
     ringbuf: bool | None = None,
     kallsyms: frozenset[str] | None = None,
     blacklist: frozenset[str] | None = None,
+    accept_hook: str | None = None,
 ) -> Plan:
     """Decide hooks and generate the program. Raises ProbeError (one line) when impossible."""
     try:
@@ -430,7 +436,7 @@ def build_plan(
             functions = kprobe_fallbacks.kernel_functions(wanted=(KRETPROBE_ACCEPT[0],))
         except OSError:
             functions = frozenset()
-    _plan_accept(p, btf, bool(kprobes), functions, blacklist)
+    _plan_accept(p, btf, bool(kprobes), functions, blacklist, accept_hook)
 
     if layout_source == "btf":
         p.notes.append("tracepoint layouts from BTF trace_event_raw_* (tracefs unreadable)")

@@ -27,19 +27,34 @@ CLONE_NEWNET = 0x40000000
 BUCKET_ERROR = 1 / 16  # probes/layout.py: a bucket is at most 1/16 of its value wide
 
 
-@pytest.fixture(scope="module")
-def probes() -> Iterator[BpfProbes]:
+def _kretprobe_possible() -> bool:
+    from tcptop_q.probes import kprobes, tracefs
+
+    try:
+        return tracefs.kprobes_available() and "inet_csk_accept" in kprobes.kernel_functions(wanted=("inet_csk_accept",))
+    except (OSError, tracefs.TracefsError):
+        return False
+
+
+# Both accept paths where the kernel has both (the 6.1 VM: tests/compat/run-vm.sh); the same
+# scenarios and the same assertions against the same ground truth.
+@pytest.fixture(scope="module", params=["syscall", "kretprobe"])
+def probes(request) -> Iterator[BpfProbes]:
     need(os.geteuid() == 0, "needs root (network namespaces, BPF)")
     try:
         import bcc  # noqa: F401
     except ImportError:
         need(False, "needs bcc (python3-bpfcc) in this interpreter")
-    p = BpfProbes()  # no netns filter: one test uses two namespaces
+    if request.param == "kretprobe" and not _kretprobe_possible():
+        # A kernel property (CONFIG_KPROBES=n here), not a missing dependency: nothing to install.
+        pytest.skip("this kernel has no kprobes: the kretprobe path runs in the 6.1 VM")
+    p = BpfProbes(accept_hook=request.param)  # no netns filter: one test uses two namespaces
     p.start()
-    ok = p.wait_ready(90)
+    ok = p.wait_ready(180)
     try:
         need(ok, f"BPF probes did not go live: {p.error}")
         need("accept_wait" in p.hooks, f"no accept hook on this kernel: {p.notes}")
+        assert p.hooks["accepted"].startswith("kretprobe:" if request.param == "kretprobe" else "tracepoint:syscalls:")
         yield p
     finally:
         p.close()
@@ -392,3 +407,29 @@ def test_tracker_rates_and_recent_window_from_real_counts(labns, probes: BpfProb
     finally:
         srv.close()
 
+
+
+# ---------------------------------------------------------------------- kretprobe program
+
+
+def test_kretprobe_and_perf_buffer_programs_pass_this_verifier(root) -> None:
+    """The accept paths this kernel does not take by itself: compiled and loaded, not attached."""
+    try:
+        import bcc
+    except ImportError:
+        need(False, "needs bcc (python3-bpfcc)")
+    from tcptop_q.probes.loader import kernel_source_env
+    from tcptop_q.probes.plan import build_plan
+    from tests.unit.test_accept_plan import _formats
+
+    assert kernel_source_env() is None
+    for kw in ({"kprobes": True, "kallsyms": frozenset({"inet_csk_accept"}), "blacklist": frozenset()},
+               {"kprobes": False, "ringbuf": False}):
+        plan = build_plan(formats=_formats(), **kw)
+        assert "accepted" in plan.hooks
+        b = bcc.BPF(text=plan.body, cflags=plan.cflags)
+        try:
+            for kind, _target, fn in plan.attach:
+                b.load_func(fn.encode(), bcc.BPF.KPROBE if kind in ("kprobe", "kretprobe") else bcc.BPF.TRACEPOINT)
+        finally:
+            b.cleanup()
