@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from . import lifecycle, model
-from .model import Snapshot, safe_text
+from .model import LatencySummary, Snapshot, safe_text
 
 PROG = "tcpq-top"
 
@@ -90,6 +90,17 @@ def _fmt_int(value: int | None) -> str:
     return "-" if value is None else str(value)
 
 
+def _fmt_wait(lat: LatencySummary | None, field: str = "p99_s") -> str:
+    """A latency quantile in ms ('-' unknown; '.' nothing in the window)."""
+    if lat is None:
+        return "-"
+    value = getattr(lat, field)
+    if not lat.count or value is None:
+        return "."
+    ms = value * 1000
+    return f"{ms:.1f}ms" if ms < 10 else (f"{ms:.0f}ms" if ms < 1000 else f"{value:.1f}s")
+
+
 def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
@@ -105,6 +116,9 @@ BATCH_COLUMNS = (
     ("OVF/s", 6, lambda lst: _fmt_rate(lst.overflow_rate), False),
     ("RTX/s", 5, lambda lst: _fmt_rate(lst.synack_retrans_rate), True),
     ("QUE/s", 6, lambda lst: _fmt_rate(lst.queued_rate), False),
+    ("ACC/s", 6, lambda lst: _fmt_rate(lst.accepted_rate), True),
+    ("WAIT99", 7, lambda lst: _fmt_wait(lst.accept_wait_recent), True),
+    ("HS50", 6, lambda lst: _fmt_wait(lst.handshake, "p50_s"), True),
     ("PEAK", 5, lambda lst: _fmt_int(lst.peak_accept_queue), True),
     ("DROPS", 8, lambda lst: str(lst.drops), True),
     ("ESTAB", 5, lambda lst: str(lst.children.get("ESTABLISHED", 0)), True),

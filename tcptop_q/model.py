@@ -285,6 +285,7 @@ SORT_KEYS = (
     "queued_rate",
     "accepted",
     "accepted_rate",
+    "accept_wait_p99",
     "peak_accept_queue",
     "lport",
     "pid",
@@ -304,6 +305,9 @@ def sort_value(listener: Listener, key: str) -> float:
         return float(listener.children.get("CLOSE_WAIT", 0))
     if key in ("lport", "netns"):
         return float(getattr(listener.key, key))
+    if key == "accept_wait_p99":
+        recent = listener.accept_wait_recent
+        return float("-inf") if recent is None or recent.p99_s is None else recent.p99_s
     value = getattr(listener, key)
     return float("-inf") if value is None else float(value)
 

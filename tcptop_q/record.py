@@ -38,6 +38,7 @@ from . import model
 from .model import (
     CloseWait,
     Connection,
+    LatencySummary,
     Listener,
     ListenerKey,
     NetnsCounters,
@@ -105,8 +106,27 @@ def transition_from_json(d: Mapping) -> Transition:
         time=float(d["time"]), netns=int(d["netns"]), skaddr=int(d["skaddr"]), family=str(d["family"]),
         laddr=str(d["laddr"]), lport=int(d["lport"]), raddr=str(d["raddr"]), rport=int(d["rport"]),
         old=str(d["old"]), new=str(d["new"]), ms_in_old=_opt_float(d["ms_in_old"]), pid=int(d["pid"]),
-        comm=str(d["comm"]),
+        comm=str(d["comm"]), kind=str(d.get("kind", "state")), fd=_opt_int(d.get("fd")),
     )
+
+
+def _latency_from_json(d: Mapping | None) -> LatencySummary | None:
+    if d is None:
+        return None
+    return LatencySummary(
+        count=int(d["count"]), sum_s=float(d["sum_s"]), max_s=float(d["max_s"]), p50_s=_opt_float(d.get("p50_s")),
+        p90_s=_opt_float(d.get("p90_s")), p99_s=_opt_float(d.get("p99_s")),
+        buckets=tuple((float(le), int(n)) for le, n in d.get("buckets", ())),
+    )
+
+
+def _hooks_from_json(d: Mapping) -> dict[str, str]:
+    """`accepts` is the deprecated JSON alias of `queued` (older recordings have only it)."""
+    hooks = {str(k): str(v) for k, v in d.items()}
+    alias = hooks.pop("accepts", None)
+    if alias is not None:
+        hooks.setdefault("queued", alias)
+    return hooks
 
 
 def _listener_from_json(d: Mapping) -> Listener:
@@ -127,6 +147,11 @@ def _listener_from_json(d: Mapping) -> Listener:
         synack_retrans_rate=_opt_float(d.get("synack_retrans_rate")),
         queued=_opt_int(d.get("queued", d.get("accepts"))),
         queued_rate=_opt_float(d.get("queued_rate", d.get("accept_rate"))),
+        accepted=_opt_int(d.get("accepted")),
+        accepted_rate=_opt_float(d.get("accepted_rate")),
+        accept_wait=_latency_from_json(d.get("accept_wait")),
+        accept_wait_recent=_latency_from_json(d.get("accept_wait_recent")),
+        handshake=_latency_from_json(d.get("handshake")),
         peak_accept_queue=_opt_int(d.get("peak_accept_queue")),
         resets_sent=_opt_int(d.get("resets_sent")),
         resets_received=_opt_int(d.get("resets_received")),
@@ -138,6 +163,7 @@ def _close_wait_from_json(d: Mapping) -> CloseWait:
         netns=int(d["netns"]), family=str(d["family"]), laddr=str(d["laddr"]), lport=int(d["lport"]),
         raddr=str(d["raddr"]), rport=int(d["rport"]), inode=int(d["inode"]), cookie=int(d["cookie"]),
         pid=_opt_int(d["pid"]), comm=_opt_str(d["comm"]), recv_q=int(d["recv_q"]), age_s=_opt_float(d["age_s"]),
+        queued_s=_opt_float(d.get("queued_s")),
     )
 
 
@@ -146,7 +172,7 @@ def _connection_from_json(d: Mapping) -> Connection:
         netns=int(d["netns"]), family=str(d["family"]), state=str(d["state"]), laddr=str(d["laddr"]),
         lport=int(d["lport"]), raddr=str(d["raddr"]), rport=int(d["rport"]), inode=int(d["inode"]),
         cookie=int(d["cookie"]), recv_q=int(d["recv_q"]), send_q=int(d["send_q"]), pid=_opt_int(d.get("pid")),
-        comm=_opt_str(d.get("comm")), age_s=_opt_float(d.get("age_s")),
+        comm=_opt_str(d.get("comm")), age_s=_opt_float(d.get("age_s")), queued_s=_opt_float(d.get("queued_s")),
     )
 
 
@@ -183,7 +209,7 @@ def snapshot_from_json(d: Mapping, events: Sequence[Mapping] = ()) -> Snapshot:
             bpf=bool(src["bpf"]),
             bpf_error=_opt_str(src.get("bpf_error")),
             bpf_state=str(src.get("bpf_state", "live" if src["bpf"] else "off")),
-            hooks={str(k): str(v) for k, v in src.get("hooks", {}).items()},
+            hooks=_hooks_from_json(src.get("hooks", {})),
             lost_events=int(src.get("lost_events", 0)),
             notes=tuple(str(n) for n in src.get("notes", ())),
         ),

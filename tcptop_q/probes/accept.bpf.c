@@ -141,8 +141,7 @@ static __always_inline void tq_feed_accept(const void *child, struct tq_link *li
     u64 mode = tq_ctl_get(TQ_CTL_FEED_MODE);
     if (mode == 0)
         return;
-    struct tq_listener *l = tq_listeners.lookup(&link->listener);
-    u16 lport = l ? l->lport : 0;
+    u16 lport = tq_sk_lport(child);  // the child's own tuple, as its state events carry
     if (mode == 2 && lport != tq_ctl_get(TQ_CTL_FEED_PORT))
         return;
     struct tq_event *ev = tq_feed.ringbuf_reserve(sizeof(struct tq_event));
@@ -163,8 +162,10 @@ static __always_inline void tq_feed_accept(const void *child, struct tq_link *li
     ev->oldstate = tq_sk_state(child);
     ev->newstate = ev->oldstate;
     __builtin_memset(ev->saddr, 0, 16);
-    if (l)
-        __builtin_memcpy(ev->saddr, l->laddr, 16);
+    if (link->family == TQ_AF_INET)
+        bpf_probe_read_kernel(ev->saddr, 4, (const char *)child + TQ_OFF_SK_RCV_SADDR);
+    else
+        bpf_probe_read_kernel(ev->saddr, 16, (const char *)child + TQ_OFF_SK_V6_RCV_SADDR);
     __builtin_memcpy(ev->daddr, link->raddr, 16);
     bpf_get_current_comm(&ev->comm, sizeof(ev->comm));
     tq_feed.ringbuf_submit(ev, BPF_RB_NO_WAKEUP);

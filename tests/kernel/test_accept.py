@@ -433,3 +433,38 @@ def test_kretprobe_and_perf_buffer_programs_pass_this_verifier(root) -> None:
                 b.load_func(fn.encode(), bcc.BPF.KPROBE if kind in ("kprobe", "kretprobe") else bcc.BPF.TRACEPOINT)
         finally:
             b.cleanup()
+
+
+# ---------------------------------------------------------------------- end to end (CLI)
+
+
+def test_seed_experiment_json_queued_6_accepted_0_six_waiting(labns, root) -> None:
+    """`tcpq-top --batch --json`: the numbers a script reads, for the seed experiment."""
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        need(False, "needs bcc (python3-bpfcc)")
+    from tests.kernel.test_bpf_cli import Batch
+
+    server = labns.serve(addr="0.0.0.0", port=8080, backlog=5, mode="no-accept")
+    run = Batch("-d", "0.3", "--netns", str(labns.inode))
+    try:
+        first = run.wait_for(lambda s: s["sources"]["bpf"])
+        assert first["sources"]["hooks"]["accepted"].startswith(("tracepoint:syscalls:", "kretprobe:"))
+        t0 = time.time()
+        assert labns.clients(addr="127.0.0.1", port=8080, count=10, connect_timeout=0.3, gap=0.05) == 6
+        after = time.time()
+        snap = run.wait_for(lambda s: s["time"] > after and len(
+            [cw for cw in s["close_wait"] if cw["lport"] == 8080 and cw["queued_s"] is not None]) == 6)
+        lst = next(x for x in snap["listeners"] if x["lport"] == 8080)
+        assert (lst["queued"], lst["accepted"], lst["accepts"]) == (6, 0, 6)
+        assert lst["accept_wait"]["count"] == 0 and lst["accept_wait"]["p99_s"] is None
+        assert lst["pid"] == server.pid
+        waiting = [cw for cw in snap["close_wait"] if cw["lport"] == 8080]
+        assert len(waiting) == 6 and all(cw["inode"] == 0 for cw in waiting)
+        # Time in the queue: at most since the clients started, growing with the clock.
+        assert all(0 <= cw["queued_s"] <= snap["time"] - t0 + 0.5 for cw in waiting)
+        assert any("io_uring" in n for n in snap["sources"]["notes"]) == (
+            not snap["sources"]["hooks"]["accepted"].startswith("kretprobe:"))
+    finally:
+        run.stop()

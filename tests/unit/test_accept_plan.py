@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 
 from tcptop_q.probes import tracefs
