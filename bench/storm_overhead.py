@@ -4,6 +4,8 @@
   none                       nothing attached (the baseline of every ratio)
   tcpq-top --batch --no-bpf  netlink polling only
   tcpq-top --batch           BPF probes live (default feed), polling every second
+  tcpq-top --batch --accept-hook off   the same without accept tracking (accepted, accept
+                             wait, handshake: probes/accept.bpf.c), to price it
   tcpstates-bpfcc            bcc's tcpstates attached, output to a file
 tcpq-top and tcpstates run on the host (all netns, as an SRE would run them); each is started
 per run and the storm begins only once it has printed its first line (probes attached).
@@ -84,6 +86,7 @@ def main() -> int:
     ap.add_argument("--count", type=int, default=100_000)
     ap.add_argument("--max-seconds", type=float, default=15.0)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--only", nargs="*", help="configurations to run (besides none), by name prefix")
     args = ap.parse_args()
     from scale_fixture import ScaleFixture, install_signal_cleanup, machine
 
@@ -99,8 +102,11 @@ def main() -> int:
         "none": None,
         "tcpq-top --batch --no-bpf": ([*TCPQ, "--batch", "--no-bpf"], b"tcpq-top "),
         "tcpq-top --batch (BPF)": ([*TCPQ, "--batch"], b"bpf live"),
+        "tcpq-top --batch (BPF, --accept-hook off)": ([*TCPQ, "--batch", "--accept-hook", "off"], b"bpf live"),
         "tcpstates-bpfcc": (["/usr/bin/python3", "-u", TCPSTATES], b"SKADDR"),
     }
+    if args.only:
+        configs = {k: v for k, v in configs.items() if k == "none" or any(k.startswith(o) for o in args.only)}
     runs: dict[str, list[float]] = {k: [] for k in configs}
     paired: dict[str, list[float]] = {k: [] for k in configs}
     traced_lines: list[float] = []
@@ -162,6 +168,11 @@ def main() -> int:
     for k, v in res.items():
         rd = f"{v['ready_s']:.1f}" if v["ready_s"] is not None else "-"
         print(f"| {k} | {v['median_cps']:.0f} | {v['ratio']:.2f}x | {v['paired_ratio']:.2f}x | {rd} |")
+    on, off = "tcpq-top --batch (BPF)", "tcpq-top --batch (BPF, --accept-hook off)"
+    if paired[on] and paired[off]:
+        cost = [a / b for a, b in zip(paired[on], paired[off], strict=False)]
+        print(f"accept tracking: median per-rep throughput with / without = {statistics.median(cost):.3f} "
+              f"(per rep {[round(x, 3) for x in cost]})")
     if traced_lines:
         print(f"tcpstates printed {statistics.median(traced_lines):.2f} lines per cycle (a cycle is ~8 transitions)")
     return 0

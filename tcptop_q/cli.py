@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sort", type=_sort_key, default="overflow_rate", help="sort column (default overflow_rate, then drop_rate)")
     p.add_argument("-r", "--reverse", action="store_true", help="reverse the sort")
     p.add_argument("--no-bpf", action="store_true", help="netlink and /proc only; do not load eBPF programs")
+    p.add_argument("--accept-hook", choices=("auto", "syscall", "kretprobe", "off"), default="auto",
+                   help="how accept() is seen: auto (kretprobe where kprobes exist, else the accept "
+                        "syscalls), or off (no accepted/accept_wait/handshake)")
     p.add_argument("--wide", action="store_true", help="--batch: all columns, wider than 80")
     p.add_argument("--record", metavar="FILE", help="also write every snapshot and feed event to FILE (gzip JSON lines)")
     p.add_argument("--replay", metavar="FILE", help="show a recording instead of the live kernel (no root needed)")
@@ -213,6 +216,7 @@ def _make_source(args: argparse.Namespace, interval: float, blocking_owners: boo
         interval=interval,
         filters=_filters(args),
         use_bpf=not args.no_bpf,
+        accept_hook=None if args.accept_hook == "auto" else args.accept_hook,
         blocking_owners=blocking_owners,
         feed=feed,
         # Only the TUI lists children one by one (and a recording keeps them for its replay).
@@ -319,7 +323,7 @@ def run_batch(args: argparse.Namespace, interval: float) -> int:
 def run_ebpf(args: argparse.Namespace) -> int:
     from .source import load_bpf
 
-    probes, error = load_bpf(args.port, args.netns)
+    probes, error = load_bpf(args.port, args.netns, None if args.accept_hook == "auto" else args.accept_hook)
     if probes is None:
         print(f"{PROG}: {error}", file=sys.stderr)
         return 1

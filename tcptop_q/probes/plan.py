@@ -339,7 +339,10 @@ def _plan_accept(p: _Builder, btf: Btf, kprobes: bool, functions: frozenset[str]
     """The child -> listener link at enqueue, and the accept() side: a kretprobe on
     inet_csk_accept where kprobes exist (its return value only: its arguments changed in
     6.10; it also sees io_uring accepts), else the accept/accept4 syscall exits.
-    `choice` ("kretprobe" | "syscall") forces one path (tests compare the two)."""
+    `choice` ("kretprobe" | "syscall") forces one path (tests compare the two); "off" none."""
+    if choice == "off":
+        p.notes.append("accept tracking off (--accept-hook off): accepted/accept_wait/handshake unknown")
+        return
     if "queued" not in p.hooks:
         p.notes.append("no enqueue hook: accepted/accept_wait/handshake unknown")
         return
