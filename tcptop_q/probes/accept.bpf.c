@@ -34,9 +34,9 @@ static __always_inline u32 tq_hist_bucket(u64 us)
 // One sample into listener sk's histogram `hist`, plus count, sum and max.
 // Lookup-or-init then atomic adds: no increment is lost to a racing CPU. The max
 // is a compare-and-store: two CPUs racing on a new maximum can keep the smaller.
-static __always_inline void tq_hist_add(u64 sk, u32 hist, u64 ns, u64 *count, u64 *sum, u64 *max)
+static __always_inline void tq_hist_add(u64 sk, u64 born_ns, u32 hist, u64 ns, u64 *count, u64 *sum, u64 *max)
 {
-    struct tq_hist_key hk = {.sk = sk, .hist = hist, .bucket = tq_hist_bucket(ns / 1000)};
+    struct tq_hist_key hk = {.sk = sk, .born_ns = born_ns, .hist = hist, .bucket = tq_hist_bucket(ns / 1000)};
     u64 *n = tq_hist.lookup(&hk);
     if (!n) {
         u64 zero = 0;
@@ -86,7 +86,7 @@ static __always_inline void tq_link_child(const void *sk, struct tq_listener *l,
     u64 snt_us = 0;
     bpf_probe_read_kernel(&snt_us, sizeof(snt_us), (const char *)req + TQ_OFF_TREQ_SNT_SYNACK);
     if (snt_us && now / 1000 >= snt_us)
-        tq_hist_add((u64)sk, TQ_HIST_HANDSHAKE, now - snt_us * 1000, &l->hs_count, &l->hs_sum_ns, &l->hs_max_ns);
+        tq_hist_add((u64)sk, l->born_ns, TQ_HIST_HANDSHAKE, now - snt_us * 1000, &l->hs_count, &l->hs_sum_ns, &l->hs_max_ns);
 #endif
 }
 #endif
@@ -200,7 +200,7 @@ static __always_inline void tq_accepted(void *ctx, const void *child, u32 fd)
         return;
     u64 now = bpf_ktime_get_ns();
     __sync_fetch_and_add(&l->accepted, 1);
-    tq_hist_add(lv.listener, TQ_HIST_WAIT, now >= lv.queued_ns ? now - lv.queued_ns : 0,
+    tq_hist_add(lv.listener, l->born_ns, TQ_HIST_WAIT, now >= lv.queued_ns ? now - lv.queued_ns : 0,
                 &l->wait_count, &l->wait_sum_ns, &l->wait_max_ns);
 #if TQ_RINGBUF
     tq_feed_accept(child, &lv, now, fd);

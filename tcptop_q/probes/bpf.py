@@ -294,13 +294,16 @@ class BpfProbes:
         # (each was created after its listener's entry, and both were read in that order).
         reason_items = decode.items(rtbl)
         hist_items = decode.items(htbl) if "accept_wait" in self.hooks or "handshake" in self.hooks else []
-        listeners, live_sks, live_ports = self._read_listeners(b, peaks, reason_items, hist_items)
+        listeners, live, live_ports = self._read_listeners(b, peaks, reason_items, hist_items)
         if TRANSITIONS in self.hooks:
             self._child_deltas = decode.child_states(b[b"tq_child_states"], live_ports)
-        for table, entries in ((rtbl, reason_items), (htbl, hist_items)):
-            for k, _v in entries:
-                if k.sk not in live_sks:
-                    decode.delete(table, k)
+        live_sks = set(live)
+        for k, _v in reason_items:
+            if k.sk not in live_sks:
+                decode.delete(rtbl, k)
+        for k, _v in hist_items:  # a listener closed, or another one now at its address
+            if live.get(k.sk) != k.born_ns:
+                decode.delete(htbl, k)
         events = self._drain_feed(b)
         return BpfReading(
             listeners=listeners,
@@ -314,17 +317,17 @@ class BpfProbes:
         reasons = decode.reasons(reason_items, self._reasons)
         hists = decode.histograms(hist_items)
         listeners: dict[ListenerKey, BpfListenerCounts] = {}
-        live_sks: set[int] = set()
+        live: dict[int, int] = {}  # listener sk -> born_ns
         live_ports: set[tuple[int, int]] = set()
         for k, v in decode.items(b[b"tq_listeners"]):
             sk = decode.as_int(k)
-            live_sks.add(sk)
+            live[sk] = int(v.born_ns)
             live_ports.add((v.netns, v.lport))
             key = decode.listener_key(v)
             counts = decode.listener_counts(v, sk, self.hooks, peaks.get(sk, 0), reasons.get(sk, {}), hists)
             prev = listeners.get(key)
             listeners[key] = counts if prev is None else decode.sum_counts(prev, counts)
-        return listeners, live_sks, live_ports
+        return listeners, live, live_ports
 
     def _drain_feed(self, b) -> list[Transition]:
         """Feed events since the last read: bounded by the ring size and feed_capacity."""

@@ -94,11 +94,11 @@ def reasons(entries: Iterable, names: Mapping[int, str]) -> dict[int, dict[str, 
     return out
 
 
-def histograms(entries: Iterable) -> dict[tuple[int, int], dict[int, int]]:
-    """(listener sk, layout.HIST_*) -> bucket index -> count."""
-    out: dict[tuple[int, int], dict[int, int]] = {}
+def histograms(entries: Iterable) -> dict[tuple[int, int, int], dict[int, int]]:
+    """(listener sk, its born_ns, layout.HIST_*) -> bucket index -> count."""
+    out: dict[tuple[int, int, int], dict[int, int]] = {}
     for k, v in entries:
-        out.setdefault((k.sk, k.hist), {})[int(k.bucket)] = as_int(v)
+        out.setdefault((k.sk, k.born_ns, k.hist), {})[int(k.bucket)] = as_int(v)
     return out
 
 
@@ -109,13 +109,13 @@ def listener_key(v) -> ListenerKey:
 
 
 def listener_counts(v, sk: int, hooks: Mapping[str, str], peak: int, drop_reasons: dict[str, int],
-                    hists: Mapping[tuple[int, int], dict[int, int]]) -> BpfListenerCounts:
+                    hists: Mapping[tuple[int, int, int], dict[int, int]]) -> BpfListenerCounts:
     """One tq_listeners value; histograms only where their hook is attached."""
     wait = hs = None
     if "accept_wait" in hooks:
-        wait = HistCounts(v.wait_count, v.wait_sum_ns, v.wait_max_ns, hists.get((sk, layout.HIST_WAIT), {}))
+        wait = HistCounts(v.wait_count, v.wait_sum_ns, v.wait_max_ns, hists.get((sk, v.born_ns, layout.HIST_WAIT), {}))
     if "handshake" in hooks:
-        hs = HistCounts(v.hs_count, v.hs_sum_ns, v.hs_max_ns, hists.get((sk, layout.HIST_HANDSHAKE), {}))
+        hs = HistCounts(v.hs_count, v.hs_sum_ns, v.hs_max_ns, hists.get((sk, v.born_ns, layout.HIST_HANDSHAKE), {}))
     return BpfListenerCounts(
         queued=v.queued,
         peak_accept_queue=peak,

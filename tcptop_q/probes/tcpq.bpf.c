@@ -45,6 +45,8 @@ struct tq_listener {
     u64 syn_overflows;  // kprobe fallback only (tcp_conn_request), see fallbacks.bpf.c
     u32 max_ack_backlog;
     u32 _pad;
+    u64 born_ns;  // when the probes first saw it: with the address, an identity a recycled
+                  // struct sock cannot inherit (keys of tq_hist)
 };
 
 struct tq_peak_key {
@@ -84,6 +86,7 @@ struct tq_link {
 
 struct tq_hist_key {
     u64 sk;  // listener
+    u64 born_ns;  // its tq_listener.born_ns: entries of a closed listener at the same address do not match
     u32 hist;  // TQ_HIST_WAIT | TQ_HIST_HANDSHAKE
     u32 bucket;
 };
@@ -101,7 +104,7 @@ BPF_F_TABLE("lru_hash", u64, u64, tq_since, TQ_MAX_SOCKETS, BPF_F_NO_COMMON_LRU)
 // child socket -> its listener's (netns, port), from LISTEN->SYN_RECV to CLOSE.
 BPF_F_TABLE("lru_hash", u64, struct tq_port_key, tq_child, TQ_MAX_SOCKETS, BPF_F_NO_COMMON_LRU);
 BPF_HASH(tq_child_states, struct tq_port_key, struct tq_child_states, TQ_MAX_LISTENERS);
-BPF_F_TABLE("lru_hash", u64, struct tq_link, tq_link, TQ_MAX_SOCKETS, 0);
+BPF_F_TABLE("lru_hash", u64, struct tq_link, tq_link, TQ_MAX_SOCKETS, BPF_F_NO_COMMON_LRU);
 BPF_HASH(tq_hist, struct tq_hist_key, u64, TQ_MAX_HIST_KEYS);
 // [0] feed events lost (ring full), [1] events not counted because a map was full.
 BPF_ARRAY(tq_ctl, u64, TQ_CTL_SLOTS);
@@ -207,6 +210,7 @@ static __always_inline struct tq_listener *tq_listener_of(const void *sk)
     else
         bpf_probe_read_kernel(&init.laddr, 16, (const char *)sk + TQ_OFF_SK_V6_RCV_SADDR);
     bpf_probe_read_kernel(&init.max_ack_backlog, 4, (const char *)sk + TQ_OFF_SK_MAX_ACK_BACKLOG);
+    init.born_ns = bpf_ktime_get_ns();
     tq_listeners.insert(&key, &init);  // BPF_NOEXIST: a racing CPU may have won
     struct tq_port_key pk = {.netns = netns, .lport = lport};
     tq_by_port.update(&pk, &key);

@@ -8,8 +8,10 @@ Needs root and bcc: fails when CI=true, skips otherwise.
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import os
+import select
 import socket
 import threading
 import time
@@ -103,31 +105,36 @@ def listen(port: int, backlog: int = 16, defer_accept: int = 0) -> socket.socket
 
 
 def connect_all(ns, port: int, n: int, send_after: Callable[[int], float] | None = None) -> tuple[dict, dict, list]:
-    """n clients connect at once (a barrier); returns ({local port: monotonic time connect()
-    returned}, {local port: time the first byte was sent}, the sockets, left open)."""
-    barrier = threading.Barrier(n)
-    done: dict[int, float] = {}
-    sent: dict[int, float] = {}
-    socks: list[socket.socket] = []
-    lock = threading.Lock()
+    """n clients connect at once, from one thread with non-blocking connects (on loopback the
+    handshake completes inside connect(), so the time taken right after it returns is the
+    connect completion, without thread scheduling in between); with send_after, client i sends
+    its first byte send_after(i) s after that. Returns ({local port: connect completion},
+    {local port: first send}, the sockets, left open)."""
 
-    def one(i: int) -> None:
-        c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        barrier.wait(10)
-        c.connect(("127.0.0.1", port))
-        t = time.monotonic()
-        cport = c.getsockname()[1]
+    def body() -> tuple[dict, dict, list]:
+        socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
+        done: dict[int, float] = {}
+        for c in socks:
+            c.setblocking(False)
+            err = c.connect_ex(("127.0.0.1", port))
+            done[c.getsockname()[1]] = time.monotonic()
+            assert err in (0, errno.EINPROGRESS), os.strerror(err)
+        deadline = time.monotonic() + 10
+        for c in socks:
+            _r, w, _x = select.select([], [c], [], max(0.0, deadline - time.monotonic()))
+            assert w and c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0, "connect failed"
+            c.setblocking(True)
+        sent: dict[int, float] = {}
         if send_after is not None:
-            time.sleep(send_after(i))
-            sent[cport] = time.monotonic()
-            c.sendall(b"x")
-        with lock:
-            done[cport] = t
-            socks.append(c)
+            for i in sorted(range(n), key=send_after):
+                c = socks[i]
+                cport = c.getsockname()[1]
+                time.sleep(max(0.0, done[cport] + send_after(i) - time.monotonic()))
+                sent[cport] = time.monotonic()
+                c.sendall(b"x")
+        return done, sent, socks
 
-    threads = [start_in_ns(ns, one, i) for i in range(n)]
-    for t in threads:
-        t.join(30)
+    done, sent, socks = in_ns(ns, body)
     assert len(done) == n, f"{len(done)} of {n} clients connected"
     return done, sent, socks
 
@@ -218,9 +225,12 @@ def test_timeline_says_who_accepted(labns, probes: BpfProbes) -> None:
                 break
             time.sleep(0.05)
         assert len(acc) == 1, tl
-        assert (acc[0].pid, acc[0].fd) == (os.getpid(), fd)
+        # The kretprobe path sees the socket before its descriptor exists: no fd there.
+        want_fd = None if probes.hooks["accepted"].startswith("kretprobe:") else fd
+        assert (acc[0].pid, acc[0].fd) == (os.getpid(), want_fd)
         assert acc[0].ms_in_old is not None and 150 <= acc[0].ms_in_old < 150 + 1000
-        assert acc[0].describe().startswith(f"accepted by pid {os.getpid()} (fd {fd}) after ")
+        fd_text = "" if want_fd is None else f" (fd {fd})"
+        assert acc[0].describe().startswith(f"accepted by pid {os.getpid()}{fd_text} after ")
         # The timeline is in time order and the accept comes after the child was queued.
         assert [t.time for t in tl] == sorted(t.time for t in tl)
         assert [t.new for t in tl if t.kind == "state"][:2] == ["SYN_RECV", "ESTABLISHED"]
@@ -468,3 +478,28 @@ def test_seed_experiment_json_queued_6_accepted_0_six_waiting(labns, root) -> No
             not snap["sources"]["hooks"]["accepted"].startswith("kretprobe:"))
     finally:
         run.stop()
+
+
+def test_recycled_listener_address_starts_a_fresh_histogram(labns, probes: BpfProbes) -> None:
+    """Listeners closed and re-opened on one port: the slab hands the next one the same struct
+    sock address (seen in the 6.1 VM); its histogram must hold its own accepts only."""
+    port = 8097
+    addrs = set()
+    for i in range(12):
+        srv = in_ns(labns, listen, port)
+        try:
+            _d, _s, socks = connect_all(labns, port, 1)
+            time.sleep(0.01 * (i % 3))
+            conn, _peer = srv.accept()
+            counts = listener_of(probes, labns.inode, port, lambda c: c.accepted >= 1)
+            assert counts.accepted == 1 and counts.accept_wait is not None
+            assert counts.accept_wait.count == sum(counts.accept_wait.buckets.values()) == 1, (i, counts.accept_wait)
+            assert counts.handshake is not None and counts.handshake.count == sum(counts.handshake.buckets.values())
+            conn.close()
+            for s in socks:
+                s.close()
+        finally:
+            srv.close()
+        reading = probes.read()
+        addrs.add(len([k for k in reading.listeners if k.netns == labns.inode and k.lport == port]))
+    assert addrs == {0}  # each closed listener is gone from the kernel's map
