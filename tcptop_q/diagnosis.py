@@ -187,7 +187,7 @@ def diagnose(
             )
         )
 
-    mine = [cw for cw in close_wait if cw.lport == listener.lport and cw.netns == listener.netns]
+    mine = [cw for cw in close_wait if cw.listener == listener.key]
     findings.extend(_accept_findings(listener, owner, mine))
     # Children still in the accept queue are nobody's fd yet: "never calls close()" is not them.
     in_queue = [cw for cw in mine if cw.queued_s is not None]

@@ -278,10 +278,11 @@ class ListenerScreen(DetailScreen):
                     cw.pid,
                     cw.comm,
                     cw.age_s,
-                    cw.queued_s,
+                    listener=cw.listener,
+                    queued_s=cw.queued_s,
                 )
                 for cw in close_wait
-                if cw.netns == self.key.netns and cw.lport == self.key.lport
+                if cw.listener == self.key
             ]
         conns.sort(key=lambda c: (c.state != "CLOSE_WAIT", -(c.age_s or 0.0), c.rport))
         table = self.query_one("#children", KeyedTable)
