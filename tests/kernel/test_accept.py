@@ -464,7 +464,7 @@ def test_seed_experiment_json_queued_6_accepted_0_six_waiting(labns, root) -> No
         need(False, "needs bcc (python3-bpfcc)")
     from tests.kernel.test_bpf_cli import Batch
 
-    server = labns.serve(addr="0.0.0.0", port=8080, backlog=5, mode="no-accept")
+    server = labns.serve(timeout=60, addr="0.0.0.0", port=8080, backlog=5, mode="no-accept")  # 60: TCG VMs
     run = Batch("-d", "0.3", "--netns", str(labns.inode))
     try:
         first = run.wait_for(lambda s: s["sources"]["bpf"])
