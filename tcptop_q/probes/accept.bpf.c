@@ -57,20 +57,36 @@ static __always_inline void tq_hist_add(u64 sk, u64 born_ns, u32 hist, u64 ns, u
 // ------------------------------------------------------------ children queued / peak depth
 
 #ifdef TQ_HAVE_LINK
-// Called on the listener right after a child entered its accept queue: the child
-// is the queue's tail (inet_csk_reqsk_queue_add appends; sk_data_ready follows on
-// the same CPU). If another CPU appended or accepted in between, the link of this
-// child is missed: its accept() then counts by port without a wait sample.
+#define TQ_STASH_MAX_NS 10000000ULL  // 10 ms: microseconds natively, far more under emulation
+
+// The child just queued on listener sk: the one whose SYN_RECV -> ESTABLISHED ran on
+// this CPU right before (tcp_child_process: enqueue, the child's state change, then
+// the listener's sk_data_ready, all on one CPU), checked against the listener's netns
+// and port; else the accept queue's tail (fast open children, which are queued at the
+// SYN). The tail alone can be wrong: another CPU may accept() or append in between.
 static __always_inline void tq_link_child(const void *sk, struct tq_listener *l, u64 now)
 {
-    const void *req = 0, *child = 0;
+    const void *child = 0, *req = 0, *tail_child = 0;
+    u64 queued_ns = now;
+    int zero = 0;
+    struct tq_stash *st = tq_stash.lookup(&zero);
+    if (st && st->child && now >= st->ns && now - st->ns < TQ_STASH_MAX_NS) {
+        const void *c = (const void *)st->child;
+        if (tq_sk_lport(c) == l->lport && tq_netns(c) == l->netns) {
+            child = c;
+            queued_ns = st->ns;  // the child's SYN_RECV -> ESTABLISHED
+        }
+    }
+    if (st)
+        st->child = 0;
     bpf_probe_read_kernel(&req, sizeof(req), (const char *)sk + TQ_OFF_ICSK_ACCEPT_TAIL);
-    if (!req)
-        return;
-    bpf_probe_read_kernel(&child, sizeof(child), (const char *)req + TQ_OFF_REQ_SK);
+    if (req)
+        bpf_probe_read_kernel(&tail_child, sizeof(tail_child), (const char *)req + TQ_OFF_REQ_SK);
+    if (!child)
+        child = tail_child;
     if (!child)
         return;
-    struct tq_link link = {.listener = (u64)sk, .queued_ns = now, .netns = l->netns, .family = l->family};
+    struct tq_link link = {.listener = (u64)sk, .queued_ns = queued_ns, .netns = l->netns, .family = l->family};
     u16 rport = 0;
     bpf_probe_read_kernel(&rport, sizeof(rport), (const char *)child + TQ_OFF_SK_DPORT);
     link.rport = (rport >> 8) | (u16)(rport << 8);
@@ -82,11 +98,14 @@ static __always_inline void tq_link_child(const void *sk, struct tq_listener *l,
     tq_link.update(&ckey, &link);
 #ifdef TQ_OFF_TREQ_SNT_SYNACK
     // tcp_rsk(req)->snt_synack: when the first SYN-ACK left (tcp_clock_us, the same
-    // CLOCK_MONOTONIC as bpf_ktime_get_ns); 0 when unknown (e.g. syncookies).
+    // CLOCK_MONOTONIC as bpf_ktime_get_ns); 0 when unknown (e.g. syncookies). Only
+    // when the tail is this child: otherwise its request is not at hand (no sample).
     u64 snt_us = 0;
-    bpf_probe_read_kernel(&snt_us, sizeof(snt_us), (const char *)req + TQ_OFF_TREQ_SNT_SYNACK);
-    if (snt_us && now / 1000 >= snt_us)
-        tq_hist_add((u64)sk, l->born_ns, TQ_HIST_HANDSHAKE, now - snt_us * 1000, &l->hs_count, &l->hs_sum_ns, &l->hs_max_ns);
+    if (req && tail_child == child)
+        bpf_probe_read_kernel(&snt_us, sizeof(snt_us), (const char *)req + TQ_OFF_TREQ_SNT_SYNACK);
+    if (snt_us && queued_ns / 1000 >= snt_us)
+        tq_hist_add((u64)sk, l->born_ns, TQ_HIST_HANDSHAKE, queued_ns - snt_us * 1000, &l->hs_count, &l->hs_sum_ns,
+                    &l->hs_max_ns);
 #endif
 }
 #endif

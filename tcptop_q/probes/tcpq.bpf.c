@@ -106,6 +106,13 @@ BPF_F_TABLE("lru_hash", u64, struct tq_port_key, tq_child, TQ_MAX_SOCKETS, BPF_F
 BPF_HASH(tq_child_states, struct tq_port_key, struct tq_child_states, TQ_MAX_LISTENERS);
 BPF_F_TABLE("lru_hash", u64, struct tq_link, tq_link, TQ_MAX_SOCKETS, BPF_F_NO_COMMON_LRU);
 BPF_HASH(tq_hist, struct tq_hist_key, u64, TQ_MAX_HIST_KEYS);
+// The child whose SYN_RECV -> ESTABLISHED just ran on this CPU: its listener's
+// sk_data_ready follows on the same CPU (tcp_child_process), probes/accept.bpf.c.
+struct tq_stash {
+    u64 child;
+    u64 ns;
+};
+BPF_PERCPU_ARRAY(tq_stash, struct tq_stash, 1);
 // [0] feed events lost (ring full), [1] events not counted because a map was full.
 BPF_ARRAY(tq_ctl, u64, TQ_CTL_SLOTS);
 BPF_PERCPU_ARRAY(tq_lost, u64, 2);
@@ -253,6 +260,14 @@ int tq_set_state(struct tq_tp_inet_sock_set_state *args)
 #ifdef TQ_HAVE_LINK
     if (newstate == TQ_TCP_CLOSE && oldstate != TQ_TCP_LISTEN)
         tq_link.delete(&key);  // closed before accept(): the address may be reused
+    if (oldstate == TQ_TCP_SYN_RECV && newstate == TQ_TCP_ESTABLISHED) {
+        int zero = 0;
+        struct tq_stash *st = tq_stash.lookup(&zero);
+        if (st) {
+            st->child = key;
+            st->ns = bpf_ktime_get_ns();
+        }
+    }
 #endif
 
     // Child -> listener: counted whatever the feed does, unless user space said it
