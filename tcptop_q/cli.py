@@ -39,6 +39,14 @@ def _number(kind: type, name: str, lo: float, hi: float):
     return parse
 
 
+def _netns_arg(text: str) -> int | str:
+    if text.isdigit():
+        return _number(int, "--netns", 1, 2**32 - 1)(text)
+    if not text or len(text) > 256 or not text.isprintable():
+        raise argparse.ArgumentTypeError(f"--netns wants an inode or a name, not {safe_text(text, 40)!r}")
+    return text
+
+
 def _sort_key(text: str) -> str:
     if text not in model.SORT_KEYS:
         raise argparse.ArgumentTypeError(f"unknown sort column {text!r} (one of: {', '.join(model.SORT_KEYS)})")
@@ -61,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--iterations", type=_number(int, "-n", 1, 10**9), default=None, help="--batch: stop after N reports")
     p.add_argument("--port", type=_number(int, "--port", 1, 65535), help="only listeners on this local port")
     p.add_argument("--pid", type=_number(int, "--pid", 1, 2**22), help="only sockets of this process")
-    p.add_argument("--netns", type=_number(int, "--netns", 1, 2**32 - 1), help="only this network namespace (inode, as `stat -L -c %%i /proc/PID/ns/net`)")
+    p.add_argument("--netns", type=_netns_arg, metavar="NETNS",
+                   help="only this network namespace: its inode (`stat -L -c %%i /proc/PID/ns/net`), its name "
+                        "(an `ip netns` name, a container, a pod), or SOURCE:PREFIX (docker:3f2a, podman:web, k8s:default/)")
     p.add_argument("--sort", type=_sort_key, default="overflow_rate", help="sort column (default overflow_rate, then drop_rate)")
     p.add_argument("-r", "--reverse", action="store_true", help="reverse the sort")
     p.add_argument("--no-bpf", action="store_true", help="netlink and /proc only; do not load eBPF programs")
@@ -111,7 +121,7 @@ def _cut(text: str, width: int) -> str:
 BATCH_COLUMNS = (
     # header, width, getter, wide-only
     ("LISTEN", 20, lambda lst: safe_text(lst.key.label(), 40), False),
-    ("NETNS", 10, lambda lst: str(lst.netns), True),
+    ("NETNS", 24, lambda lst: str(lst.netns), True),  # format_batch puts the netns name here
     ("PID/COMM", 15, lambda lst: f"{_fmt_int(lst.pid)}/{safe_text(lst.comm, 32)}" if lst.pid else "-", False),
     ("ACCQ", 9, lambda lst: f"{lst.accept_queue}/{lst.backlog}", False),
     ("SYNQ", 5, lambda lst: str(lst.syn_queue), False),
@@ -153,13 +163,18 @@ def format_batch(snap: Snapshot, wide: bool = False) -> str:
         lines.append(_cut("note: " + safe_text(note, 200), 200 if wide else 80))
     head = []
     for name, width, _get, _w in cols:
-        head.append(name.ljust(width) if name in ("LISTEN", "PID/COMM") else name.rjust(width))
+        head.append(name.ljust(width) if name in ("LISTEN", "PID/COMM", "NETNS") else name.rjust(width))
     lines.append(" ".join(head).rstrip())
+    names = {ns.inode: ns.name for ns in snap.netns if ns.name is not None}
     for lst in snap.listeners:
         cells = []
         for name, width, get, _w in cols:
-            text = _cut(get(lst), width)
-            cells.append(text.ljust(width) if name in ("LISTEN", "PID/COMM") else text.rjust(width))
+            if name == "NETNS":
+                label = names.get(lst.netns)
+                text = _cut(str(lst.netns) if label is None else safe_text(label, 128), width)
+            else:
+                text = _cut(get(lst), width)
+            cells.append(text.ljust(width) if name in ("LISTEN", "PID/COMM", "NETNS") else text.rjust(width))
         lines.append(" ".join(cells).rstrip())
     return "\n".join(lines)
 
@@ -248,6 +263,51 @@ def _replay_source(args: argparse.Namespace):
         raise UsageError(_one_line(exc) if isinstance(exc, RecordError) else f"--replay {args.replay}: {_one_line(exc)}") from None
 
 
+def _pick_netns(query: int | str, entries: Sequence[tuple[int, str | None, str | None]], where: str) -> int:
+    from .probes.names import describe, match_netns
+
+    found = match_netns(str(query), entries)
+    shown = safe_text(str(query), 60)
+    if not found:
+        raise UsageError(f"--netns {shown}: no such network namespace {where} "
+                         "(give an inode, a name from the NETNS column, or SOURCE:PREFIX)")
+    if len(found) > 1:
+        named = {ino: (n, s) for ino, n, s in entries}
+        some = "; ".join(describe(ino, *named[ino]) for ino in sorted(found)[:3])
+        raise UsageError(f"--netns {shown} names {len(found)} network namespaces ({some}): give more of it, or the inode")
+    return found[0]
+
+
+def _resolve_netns(args: argparse.Namespace) -> int:
+    """--netns as an inode: a name looked up among the namespaces there are now (or in the recording)."""
+    if args.replay:
+        if isinstance(args.netns, int):
+            return args.netns  # it may appear later in the recording
+        from .record import RecordError, ReplaySource
+
+        try:
+            replay = ReplaySource(args.replay)
+            try:
+                first = replay.sample()
+            finally:
+                replay.close()
+        except (RecordError, ValueError, OSError):
+            return -1  # the replay itself will say what is wrong with the file
+        entries = [(ns.inode, ns.name, ns.name_source) for ns in first.netns]
+        return _pick_netns(args.netns, entries, "in the recording's first snapshot")
+    from .probes.names import NetnsNamer
+    from .probes.netns import NetnsRef, current_netns, discover
+
+    refs = discover()
+    home = current_netns()
+    refs.setdefault(home, NetnsRef(home, "/proc/thread-self/ns/net", os.getpid(), pids=[os.getpid()]))
+    names = NetnsNamer().names({ino: ref.pids for ino, ref in refs.items()})
+    entries = [(ino, names[ino].name if ino in names else None, names[ino].source if ino in names else None)
+               for ino in refs]
+    who = "that this user can see (other users' namespaces need root)" if os.geteuid() else "on this host"
+    return _pick_netns(args.netns, entries, who)
+
+
 def run_replay(args: argparse.Namespace) -> int:
     from .record import RecordError
 
@@ -307,7 +367,11 @@ def run_batch(args: argparse.Namespace, interval: float) -> int:
     try:
         source.start_bpf()
         source.wait_bpf(timeout=90)
+        # The warm-up sample resolves owners on the spot, as --once does: like `top -b -n 1`,
+        # the first report names every owner; later ticks find new ones in the background.
+        source.sampler.blocking_owners = True
         source.sample(children=True)
+        source.sampler.blocking_owners = False
         count = 0
         next_at = time.monotonic() + interval
         while args.iterations is None or count < args.iterations:
@@ -403,6 +467,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.record and (args.once or args.ebpf):
             raise UsageError("--record goes with the TUI or --batch")
         interval = args.interval or args.delay or 1.0
+        if args.netns is not None and not args.demo:
+            args.netns = _resolve_netns(args)
     except UsageError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2

@@ -73,10 +73,15 @@ def diagnose(
     sysctls: Mapping[str, int] | None = None,
     netns: NetnsCounters | None = None,
     close_wait: Sequence[CloseWait] = (),
+    group: Sequence[Listener] = (),
 ) -> list[Finding]:
-    """Findings, worst first; a healthy listener gets exactly one OK finding."""
+    """Findings, worst first; a healthy listener gets exactly one OK finding. `group`: the
+    members of its SO_REUSEPORT group (tcptop_q/reuseport.py), itself included."""
     sysctls = sysctls or {}
     findings: list[Finding] = []
+    imbalanced = reuseport_finding(group)
+    if imbalanced is not None:
+        findings.append(imbalanced)
     depth, limit = listener.accept_queue, listener.backlog
     somaxconn = sysctls.get("somaxconn")
     drops_rising = listener.drop_rate > 0 or bool(listener.overflow_rate)
@@ -231,3 +236,34 @@ def diagnose(
         )
     findings.sort(key=lambda f: SEVERITY_ORDER[f.severity])
     return findings
+
+
+REUSEPORT_IMBALANCE = 2.0  # one member queues twice the group's mean or more
+
+
+def reuseport_finding(members: Sequence[Listener]) -> Finding | None:
+    """An imbalanced SO_REUSEPORT group: the kernel spreads connections by hash, not by load,
+    so members that do not accept() fill up and drop their share while another takes the rest."""
+    from tcptop_q.reuseport import ReuseportGroup, is_full
+
+    if len(members) < 2 or members[0].reuseport_group is None:
+        return None
+    group = ReuseportGroup(members[0].reuseport_group, tuple(members))
+    full = group.full
+    busiest = group.busiest
+    ratio = group.queued_imbalance
+    if not full and (ratio is None or ratio < REUSEPORT_IMBALANCE):
+        return None
+    parts = []
+    if busiest is not None and ratio is not None and ratio >= REUSEPORT_IMBALANCE:
+        top, share = busiest
+        who = f"pid {top.pid}" if top.pid is not None else f"cookie {top.key.cookie}"
+        parts.append(f"member {who} takes {share * 100:.0f} % of connections")
+    if full:
+        parts.append(f"{full} members' queues are full" if full != 1 else "1 member's queue is full")
+    drops = any(m.drop_rate > 0 for m in members if is_full(m))
+    text = (
+        f"SO_REUSEPORT group of {len(members)} on {members[0].key.label()}: {', '.join(parts)}: the kernel "
+        "picks a member by hash, not by load; a member that does not accept() drops its share"
+    )
+    return Finding(CRIT if drops else WARN, text)

@@ -100,7 +100,7 @@ class LatencySummary:
 class Listener:
     key: ListenerKey
     inode: int
-    pid: int | None
+    pid: int | None  # the primary owner: the lowest pid that holds the socket (docs/JSON.md)
     comm: str | None
     accept_queue: int  # sk_ack_backlog (idiag_rqueue)
     backlog: int  # sk_max_ack_backlog (idiag_wqueue)
@@ -130,6 +130,10 @@ class Listener:
     accept_wait_recent: LatencySummary | None = None
     # kfree_skb drop reasons charged to this listener since live: reason name -> count.
     drop_reasons: Mapping[str, int] | None = None
+    # Every process holding the socket (an fd in /proc/PID/fd), ascending; None = none known.
+    holders: tuple[int, ...] | None = None
+    # The SO_REUSEPORT group this listener is a member of (tcptop_q/reuseport.py); None = none.
+    reuseport_group: str | None = None
 
     @property
     def netns(self) -> int:
@@ -354,9 +358,12 @@ def latency_to_json(lat: LatencySummary | None) -> dict | None:
     }
 
 
-def listener_to_json(listener: Listener) -> dict:
+def listener_to_json(listener: Listener, netns: NetnsCounters | None = None) -> dict:
+    """`netns` is the snapshot's entry for the listener's namespace: its name is kept there only."""
     return {
         "netns": listener.key.netns,
+        "netns_name": netns.name if netns is not None else None,
+        "netns_source": netns.name_source if netns is not None else None,
         "family": listener.key.family,
         "laddr": listener.key.laddr,
         "lport": listener.key.lport,
@@ -364,6 +371,7 @@ def listener_to_json(listener: Listener) -> dict:
         "inode": listener.inode,
         "pid": listener.pid,
         "comm": listener.comm,
+        "holders": None if listener.holders is None else list(listener.holders),
         "accept_queue": listener.accept_queue,
         "backlog": listener.backlog,
         "syn_queue": listener.syn_queue,
@@ -388,6 +396,7 @@ def listener_to_json(listener: Listener) -> dict:
         "resets_sent": listener.resets_sent,
         "resets_received": listener.resets_received,
         "children": dict(listener.children),
+        "reuseport_group": listener.reuseport_group,
     }
 
 
@@ -399,7 +408,8 @@ def _hooks_json(hooks: Mapping[str, str]) -> dict[str, str]:
 
 
 def snapshot_to_json(snap: Snapshot) -> dict:
-    """The `--once --json` contract (DESIGN.md); fields may be added, never renamed."""
+    """The `--once --json` contract (docs/JSON.md); fields may be added, never renamed."""
+    by_inode = {ns.inode: ns for ns in snap.netns}
     return {
         "schema": SCHEMA,
         "time": snap.time,
@@ -426,9 +436,16 @@ def snapshot_to_json(snap: Snapshot) -> dict:
             }
             for ns in snap.netns
         ],
-        "listeners": [listener_to_json(lst) for lst in snap.listeners],
+        "listeners": [listener_to_json(lst, by_inode.get(lst.key.netns)) for lst in snap.listeners],
+        "reuseport_groups": _reuseport_groups_json(snap.listeners),
         "close_wait": [socket_to_json(cw) for cw in snap.close_wait],
     }
+
+
+def _reuseport_groups_json(listeners: Sequence[Listener]) -> list[dict]:
+    from .reuseport import group_to_json, groups  # reuseport imports this module
+
+    return [group_to_json(g) for g in groups(listeners)]
 
 
 def socket_to_json(sock: CloseWait | Connection | Transition) -> dict:

@@ -45,7 +45,9 @@ from .model import (
     Snapshot,
     Sources,
     Transition,
+    safe_text,
 )
+from .timeline import socket_timeline
 
 SCHEMA = "tcpq-top.record/1"
 SCHEMA_PREFIX = "tcpq-top.record/"
@@ -135,6 +137,7 @@ def _listener_from_json(d: Mapping) -> Listener:
         inode=int(d["inode"]),
         pid=_opt_int(d["pid"]),
         comm=_opt_str(d["comm"]),
+        holders=None if d.get("holders") is None else tuple(int(p) for p in d["holders"]),
         accept_queue=int(d["accept_queue"]),
         backlog=int(d["backlog"]),
         syn_queue=int(d["syn_queue"]),
@@ -155,6 +158,7 @@ def _listener_from_json(d: Mapping) -> Listener:
         peak_accept_queue=_opt_int(d.get("peak_accept_queue")),
         resets_sent=_opt_int(d.get("resets_sent")),
         resets_received=_opt_int(d.get("resets_received")),
+        reuseport_group=_opt_str(d.get("reuseport_group")),
     )
 
 
@@ -187,6 +191,10 @@ def _netns_from_json(d: Mapping) -> NetnsCounters:
         counters=counters,
         rates={str(k): float(v) for k, v in d.get("rates", {}).items()},
         sysctls={str(k): int(v) for k, v in d.get("sysctls", {}).items()},
+        # Recorded names replay as recorded (recordings older than names have none). They were
+        # made inert when recorded; a hand-edited file is made inert again here.
+        name=None if d.get("netns_name") is None else safe_text(str(d["netns_name"]), 128),
+        name_source=None if d.get("netns_source") is None else safe_text(str(d["netns_source"]), 32),
     )
 
 
@@ -792,15 +800,17 @@ class ReplaySource:
 
     # -- the rest of the source interface
     def timeline(self, netns: int, family: str, laddr: str, lport: int, raddr: str, rport: int) -> list[Transition]:
-        """Recorded feed transitions of one connection, up to the snapshot shown."""
+        """Recorded feed transitions of one connection, up to the snapshot shown, matched as the
+        live probes match them (tcptop_q/timeline.py): by socket, so a client's CLOSE -> SYN_SENT,
+        recorded before it had a local port, is part of it."""
         upto = self._idx.snap_lines[max(0, self._current_pos)]
-        out = []
+        shown = []
         for line_no, ev in self._idx.events:
             if line_no > upto:
                 break
-            if (ev.netns, ev.family, ev.laddr, ev.lport, ev.raddr, ev.rport) == (netns, family, laddr, lport, raddr, rport):
-                out.append(ev)
-        return out  # one socket's history: no listener attribution, as the live BPF timeline
+            shown.append(ev)
+        # One socket's history: no listener attribution, as the live BPF timeline.
+        return socket_timeline(shown, netns, family, laddr, lport, raddr, rport)
 
     def process_info(self, pid: int) -> dict | None:
         """What was recorded about the process (never the live process that has the pid today)."""

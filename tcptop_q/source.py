@@ -43,7 +43,11 @@ class Filters:
                 and (self.netns is None or netns == self.netns)
             )
 
-        listeners = [lst for lst in snap.listeners if keep(lst.netns, lst.lport, lst.pid)]
+        # --pid: a listener any of whose holders is that process (a pre-fork worker's too).
+        listeners = [
+            lst for lst in snap.listeners
+            if keep(lst.netns, lst.lport, self.pid if self.pid in (lst.holders or ()) else lst.pid)
+        ]
         kept = {lst.key for lst in listeners}
         return replace(
             snap,

@@ -14,10 +14,11 @@ from textual.widgets import DataTable, Footer, Sparkline, Static
 
 from tcptop_q.diagnosis import diagnose
 from tcptop_q.model import Connection, LatencySummary, Listener, ListenerKey, NetnsCounters
+from tcptop_q.reuseport import ReuseportGroup, members_of
 from tcptop_q.screens.base import DetailScreen
 from tcptop_q.widgets.keyed_table import KeyedTable
 from tcptop_q.widgets.listener_table import accept_cell
-from tcptop_q.widgets.text import fmt_age, fmt_num, fmt_wait, inert, short_netns
+from tcptop_q.widgets.text import fmt_age, fmt_num, fmt_wait, inert, netns_label, short_netns
 from tcptop_q.widgets.topbar import TopBar
 
 SEVERITY_CLASS = {"crit": "-crit", "warn": "-warn", "info": "-info", "ok": "-ok"}
@@ -110,6 +111,27 @@ def children_summary(children: dict[str, int]) -> Text:
     return t
 
 
+def reuseport_text(lst: Listener, members: tuple[Listener, ...]) -> Text:
+    """The SO_REUSEPORT group's members side by side, this one marked."""
+    group = ReuseportGroup(members[0].reuseport_group or "", members)
+    t = Text()
+    t.append(f"SO_REUSEPORT group: {len(members)} members", style="bold underline")
+    t.append(f"  queued max/mean {fmt_num(group.queued_imbalance)}  fill max/mean {fmt_num(group.fill_imbalance)}\n",
+             style="dim")
+    t.append(f"  {'cookie':>10} {'pid':>8} {'accept queue':>12} {'drops/s':>8} {'queued/s':>9} {'queued':>8}\n",
+             style="dim")
+    for i, m in enumerate(members):
+        t.append("▶ " if m.key == lst.key else "  ", style="bold")
+        t.append(f"{m.key.cookie:>10} {fmt_num(m.pid):>8} ")
+        cell = accept_cell(m.accept_queue, m.backlog, 0)
+        cell.pad_left(max(0, 12 - len(cell)))
+        t.append_text(cell)
+        t.append(f" {fmt_num(m.drop_rate):>8} {fmt_num(m.queued_rate):>9} {fmt_num(m.queued):>8}")
+        if i < len(members) - 1:
+            t.append("\n")
+    return t
+
+
 def conn_key(c: Connection) -> str:
     return f"{c.raddr}|{c.rport}|{c.cookie}|{c.inode}"
 
@@ -150,6 +172,7 @@ class ListenerScreen(DetailScreen):
                     yield Static(id="spark-accept-label", classes="spark-label")
                     yield Sparkline([], id="spark-accept")
                     yield Static(id="process")
+            yield Static(id="reuseport")
             yield Static(id="children-summary")
             table = KeyedTable.with_columns((
                 ("PEER", 23, "peer"),
@@ -199,7 +222,13 @@ class ListenerScreen(DetailScreen):
         lst = app.listener(self.key)
         title = Text(no_wrap=True, overflow="ellipsis")
         title.append(inert(self.key.label()), style="bold")
-        title.append(f"  {self.key.family}  netns {short_netns(self.key.netns)}", style="dim")
+        ns_entry = self._netns_counters()
+        if ns_entry is not None and ns_entry.name is not None:
+            title.append(f"  {self.key.family}  netns ", style="dim")
+            title.append(netns_label(self.key.netns, ns_entry.name, 48))
+            title.append(f" [{inert(ns_entry.name_source)}] {self.key.netns}", style="dim")
+        else:
+            title.append(f"  {self.key.family}  netns {short_netns(self.key.netns)}", style="dim")
         if lst is None:
             title.append("  (gone: the socket is no longer listening)", style="reverse")
             self.query_one("#title", Static).update(title)
@@ -208,6 +237,10 @@ class ListenerScreen(DetailScreen):
         if lst.pid is not None:
             title.append(f"  pid {lst.pid} ")
             title.append(inert(lst.comm, "?"), style="bold")
+        if lst.holders and len(lst.holders) > 1:
+            others = [str(p) for p in lst.holders if p != lst.pid]
+            shown = ", ".join(others[:8]) + (f", +{len(others) - 8}" if len(others) > 8 else "")
+            title.append(f"  also held by pid {shown}", style="cyan")
         self.query_one("#title", Static).update(title)
 
         snap = app.snapshot
@@ -216,7 +249,8 @@ class ListenerScreen(DetailScreen):
         sysctls = (
             self.sysctls if self.sysctls is not None else (dict(ns.sysctls) if ns and ns.sysctls else None)
         )
-        findings = diagnose(lst, sysctls=sysctls or {}, netns=ns, close_wait=snap.close_wait)
+        members = members_of(lst, snap.listeners)
+        findings = diagnose(lst, sysctls=sysctls or {}, netns=ns, close_wait=snap.close_wait, group=members)
         diag = Text()
         for i, f in enumerate(findings):
             if i:
@@ -237,6 +271,10 @@ class ListenerScreen(DetailScreen):
         if lst.pid != self.process_pid:
             self.load_process(lst.pid)
 
+        group_panel = self.query_one("#reuseport", Static)
+        group_panel.display = bool(members)
+        if members:
+            group_panel.update(reuseport_text(lst, members))
         self.query_one("#children-summary", Static).update(children_summary(dict(lst.children)))
         self._children(snap.close_wait)
 

@@ -16,7 +16,7 @@ from tcptop_q.model import Snapshot, Transition
 from tcptop_q.screens import keys as keycat
 from tcptop_q.widgets.feed import FeedPane
 from tcptop_q.widgets.listener_table import COLUMN_BY_ID, COLUMNS, ListenerTable
-from tcptop_q.widgets.text import inert, short_netns
+from tcptop_q.widgets.text import inert, netns_label, netns_names
 from tcptop_q.widgets.topbar import TopBar
 
 if TYPE_CHECKING:
@@ -95,7 +95,8 @@ class MainScreen(Screen):
 
     def _apply_rows(self) -> None:
         listeners = self.tapp.visible_listeners()
-        self.table.apply(listeners)
+        snap = self.tapp.snapshot
+        self.table.apply(listeners, netns_names(snap.netns) if snap is not None else None)
         self._refresh_status(len(listeners))
 
     def refresh_header(self) -> None:
@@ -116,7 +117,8 @@ class MainScreen(Screen):
             text.append(" │ filter ")
             text.append(inert(app.filter_text), style="reverse")
         if app.netns_filter is not None:
-            text.append(f" │ netns {short_netns(app.netns_filter)}", style="reverse")
+            names = netns_names(app.snapshot.netns) if app.snapshot else {}
+            text.append(f" │ netns {netns_label(app.netns_filter, names.get(app.netns_filter))}", style="reverse")
         if self.feed.follow_key is not None:
             text.append(f" │ feed: {self.feed.follow_key.label()}")
         if app.connections_time is not None:

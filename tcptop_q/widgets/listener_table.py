@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +11,7 @@ from textual.widgets.data_table import ColumnKey
 
 from tcptop_q.model import Listener, ListenerKey
 from tcptop_q.widgets.keyed_table import KeyedTable
-from tcptop_q.widgets.text import fmt_num, fmt_wait, inert, short_netns
+from tcptop_q.widgets.text import fmt_num, fmt_wait, inert, netns_label
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class Col:
 
 COLUMNS: tuple[Col, ...] = (
     Col("addr", "LISTEN", 20, 0, "lport", right=False),
-    Col("netns", "NETNS", 5, 9, "netns"),
+    Col("netns", "NETNS", 12, 9, "netns"),
     Col("proc", "PID/COMM", 14, 0, "pid", right=False),
     Col("acceptq", "ACCEPT-Q", 9, 0, "fill", right=False),
     Col("synq", "SYN-Q", 5, 1, "syn_queue"),
@@ -113,12 +113,12 @@ def _count(value: int | None) -> Text:
     return Text("-" if value is None else str(value), justify="right", no_wrap=True)
 
 
-def raw_values(lst: Listener) -> tuple:
+def raw_values(lst: Listener, netns_name: str | None = None) -> tuple:
     """Everything the row shows, as plain values: compared tick to tick to find changed cells."""
     return (
-        lst.key.label(),
-        lst.key.netns,
-        (lst.pid, lst.comm),
+        (lst.key.label(), lst.reuseport_group is not None),
+        (lst.key.netns, netns_name),
+        (lst.pid, lst.comm, len(lst.holders or ())),
         (lst.accept_queue, lst.backlog),
         lst.syn_queue,
         lst.drop_rate,
@@ -138,14 +138,21 @@ RAW_INDEX = {c.id: i for i, c in enumerate(COLUMNS)}
 
 def render_cell(col_id: str, raw: Any, bar: int) -> Text:
     if col_id == "addr":
-        return Text(inert(raw), no_wrap=True, overflow="ellipsis")
+        label, in_group = raw
+        text = Text(no_wrap=True, overflow="ellipsis")
+        if in_group:  # a SO_REUSEPORT member: the listener screen shows its group
+            text.append("⧉", style="cyan")
+        text.append(inert(label))
+        return text
     if col_id == "netns":
-        return Text(short_netns(raw), style="dim", no_wrap=True)
+        return Text(netns_label(raw[0], raw[1], COLUMN_BY_ID["netns"].width), style="dim", no_wrap=True)
     if col_id == "proc":
-        pid, comm = raw
+        pid, comm, holders = raw
         if pid is None:
             return Text("-", style="dim")
         text = Text(str(pid), no_wrap=True, overflow="ellipsis")
+        if holders > 1:  # held by more processes than the one named (pre-fork workers, a hand-over)
+            text.append(f"+{holders - 1}", style="cyan")
         text.append(" " + inert(comm, "?"), style="bold")
         return text
     if col_id == "acceptq":
@@ -201,6 +208,7 @@ class ListenerTable(KeyedTable):
         self.bar = 0
         self.term_width = 0
         self.last: Sequence[Listener] | None = None
+        self.netns_names: Mapping[int, str] = {}
         self.sort_mark: tuple[str, bool] = ("overflow_rate", False)
 
     def on_resize(self, event) -> None:
@@ -246,9 +254,13 @@ class ListenerTable(KeyedTable):
         key = self.cursor_key()
         return self.keys.get(key) if key else None
 
-    def apply(self, listeners: Sequence[Listener]) -> None:
-        """Show exactly `listeners`, in this order, keeping the cursor on its listener."""
+    def apply(self, listeners: Sequence[Listener], netns_names: Mapping[int, str] | None = None) -> None:
+        """Show exactly `listeners`, in this order, keeping the cursor on its listener.
+        `netns_names`: inode -> name of the snapshot's named namespaces."""
         self.last = listeners
+        if netns_names is not None:
+            self.netns_names = netns_names
+        names = self.netns_names
         if not self.cols:
             return
         cursor = self.cursor_key()
@@ -267,7 +279,7 @@ class ListenerTable(KeyedTable):
         changes: list[tuple[str, str, LazyCell]] = []
         added = False
         for lst, key in zip(listeners, want, strict=False):
-            raw = raw_values(lst)
+            raw = raw_values(lst, names.get(lst.key.netns))
             old = raw_map.get(key)
             if old is None:
                 self.keys[key] = lst.key

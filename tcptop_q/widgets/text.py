@@ -7,9 +7,11 @@ and into a `rich.text.Text` (never a markup string).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from rich.text import Text
 
-from tcptop_q.model import inert
+from tcptop_q.model import NetnsCounters, inert
 
 # One inert() for the TUI and --batch: tcptop_q/model.py.
 
@@ -61,3 +63,16 @@ def fmt_age(seconds: float | None) -> str:
 def short_netns(inode: int) -> str:
     """Namespace inodes are 10 digits; the last 4 tell them apart on one host."""
     return f"…{inode % 10000:04d}"
+
+
+def netns_label(inode: int, name: str | None, width: int = 24) -> str:
+    """A netns as people know it (`ip netns` name, container, pod: probes/names.py), else its inode."""
+    if name is None:
+        return short_netns(inode)
+    text = inert(name)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def netns_names(netns: Iterable[NetnsCounters]) -> dict[int, str]:
+    """inode -> name for the named namespaces of a snapshot."""
+    return {ns.inode: ns.name for ns in netns if ns.name is not None}

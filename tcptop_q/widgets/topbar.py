@@ -8,7 +8,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from tcptop_q.model import Snapshot
-from tcptop_q.widgets.text import fmt_num, inert, short_netns
+from tcptop_q.widgets.text import fmt_num, inert, netns_label
 
 
 def bpf_badge(snap: Snapshot | None) -> Text:
@@ -61,7 +61,7 @@ def header_text(
         ovf = ns.rates.get("ListenOverflows")
         drop = ns.rates.get("ListenDrops")
         hot = bool(ovf) or bool(drop)
-        line.append(f"netns {short_netns(ns.inode)} ", style="dim")
+        line.append(f"netns {netns_label(ns.inode, ns.name, 20)} ", style="dim")
         line.append(f"ovf {fmt_num(ovf)}/s drop {fmt_num(drop)}/s", style="bold red" if hot else "")
     if not nss:
         line.append("no netns counters", style="dim")
