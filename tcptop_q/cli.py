@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from . import lifecycle, model
-from .model import Snapshot, safe_text
+from .model import LatencySummary, Snapshot, safe_text
 
 PROG = "tcpq-top"
 
@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sort", type=_sort_key, default="overflow_rate", help="sort column (default overflow_rate, then drop_rate)")
     p.add_argument("-r", "--reverse", action="store_true", help="reverse the sort")
     p.add_argument("--no-bpf", action="store_true", help="netlink and /proc only; do not load eBPF programs")
+    p.add_argument("--accept-hook", choices=("auto", "syscall", "kretprobe", "off"), default="auto",
+                   help="how accept() is seen: auto (kretprobe where kprobes exist, else the accept "
+                        "syscalls), or off (no accepted/accept_wait/handshake)")
     p.add_argument("--wide", action="store_true", help="--batch: all columns, wider than 80")
     p.add_argument("--record", metavar="FILE", help="also write every snapshot and feed event to FILE (gzip JSON lines)")
     p.add_argument("--replay", metavar="FILE", help="show a recording instead of the live kernel (no root needed)")
@@ -103,6 +106,17 @@ def _fmt_int(value: int | None) -> str:
     return "-" if value is None else str(value)
 
 
+def _fmt_wait(lat: LatencySummary | None, field: str = "p99_s") -> str:
+    """A latency quantile in ms ('-' unknown; '.' nothing in the window)."""
+    if lat is None:
+        return "-"
+    value = getattr(lat, field)
+    if not lat.count or value is None:
+        return "."
+    ms = value * 1000
+    return f"{ms:.1f}ms" if ms < 10 else (f"{ms:.0f}ms" if ms < 1000 else f"{value:.1f}s")
+
+
 def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
@@ -118,6 +132,9 @@ BATCH_COLUMNS = (
     ("OVF/s", 6, lambda lst: _fmt_rate(lst.overflow_rate), False),
     ("RTX/s", 5, lambda lst: _fmt_rate(lst.synack_retrans_rate), True),
     ("QUE/s", 6, lambda lst: _fmt_rate(lst.queued_rate), False),
+    ("ACC/s", 6, lambda lst: _fmt_rate(lst.accepted_rate), True),
+    ("WAIT99", 7, lambda lst: _fmt_wait(lst.accept_wait_recent), True),
+    ("HS50", 6, lambda lst: _fmt_wait(lst.handshake, "p50_s"), True),
     ("PEAK", 5, lambda lst: _fmt_int(lst.peak_accept_queue), True),
     ("DROPS", 8, lambda lst: str(lst.drops), True),
     ("ESTAB", 5, lambda lst: str(lst.children.get("ESTABLISHED", 0)), True),
@@ -206,6 +223,7 @@ def _make_source(args: argparse.Namespace, interval: float, blocking_owners: boo
         interval=interval,
         filters=_filters(args),
         use_bpf=not args.no_bpf,
+        accept_hook=None if args.accept_hook == "auto" else args.accept_hook,
         blocking_owners=blocking_owners,
         feed=feed,
         # Only the TUI lists children one by one (and a recording keeps them for its replay).
@@ -361,7 +379,7 @@ def run_batch(args: argparse.Namespace, interval: float) -> int:
 def run_ebpf(args: argparse.Namespace) -> int:
     from .source import load_bpf
 
-    probes, error = load_bpf(args.port, args.netns)
+    probes, error = load_bpf(args.port, args.netns, None if args.accept_hook == "auto" else args.accept_hook)
     if probes is None:
         print(f"{PROG}: {error}", file=sys.stderr)
         return 1

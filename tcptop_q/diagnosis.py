@@ -27,6 +27,9 @@ class Finding:
     text: str
 
 
+ACCEPT_WAIT_WARN_S = 0.1  # p99 time in the accept queue worth a warning
+
+
 def _owner(listener: Listener) -> str:
     if listener.pid is None:
         return "the owning process (unknown: no permission to read its fds, or another netns)"
@@ -40,6 +43,28 @@ def _rate(value: float | None) -> str:
 
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.1f} s" if value >= 1 else f"{value * 1000:.0f} ms"
+
+
+def _accept_findings(listener: Listener, owner: str, close_wait: Sequence[CloseWait]) -> list[Finding]:
+    """Time spent waiting for accept(): it climbs long before the queue overflows."""
+    out = []
+    recent = listener.accept_wait_recent
+    if recent is not None and recent.count and recent.p99_s is not None and recent.p99_s >= ACCEPT_WAIT_WARN_S:
+        out.append(Finding(WARN, (
+            f"connections wait {_seconds(recent.p99_s)} (p99) before {owner} accepts them "
+            f"(p50 {_seconds(recent.p50_s or 0.0)}, {_plural(recent.count, 'accept')} in the last few seconds)"
+        )))
+    waiting = [cw.queued_s for cw in close_wait if cw.queued_s is not None]
+    if waiting:
+        out.append(Finding(WARN, (
+            f"{_plural(len(waiting), 'connection')} closed by the peer while still in the accept queue: "
+            f"{owner} never accepted them (oldest {_seconds(max(waiting))} in the queue)"
+        )))
+    return out
 
 
 def diagnose(
@@ -168,7 +193,11 @@ def diagnose(
         )
 
     mine = [cw for cw in close_wait if cw.listener == listener.key]
-    n_cw = len(mine) or int(listener.children.get("CLOSE_WAIT", 0))
+    findings.extend(_accept_findings(listener, owner, mine))
+    # Children still in the accept queue are nobody's fd yet: "never calls close()" is not them.
+    in_queue = [cw for cw in mine if cw.queued_s is not None]
+    mine = [cw for cw in mine if cw.queued_s is None]
+    n_cw = len(mine) or max(0, int(listener.children.get("CLOSE_WAIT", 0)) - len(in_queue))
     if n_cw:
         ages = [cw.age_s for cw in mine if cw.age_s is not None]
         oldest = max(ages) if ages else None

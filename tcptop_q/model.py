@@ -129,6 +129,8 @@ class Listener:
     # (LISTEN -> SYN_RECV to SYN_RECV -> ESTABLISHED). Since the probes went live.
     accept_wait: LatencySummary | None = None
     handshake: LatencySummary | None = None
+    # accept wait over the last few ticks only (the histogram's recent delta): WAIT p99 column.
+    accept_wait_recent: LatencySummary | None = None
     # kfree_skb drop reasons charged to this listener since live: reason name -> count.
     drop_reasons: Mapping[str, int] | None = None
     # Every process holding the socket (an fd in /proc/PID/fd), ascending; None = none known.
@@ -173,6 +175,8 @@ class Connection:
     age_s: float | None = None  # from BPF timeline; None before probes saw it
     # The listener this socket belongs to, decided by the sampler (tcptop_q/attribution.py).
     listener: ListenerKey | None = field(default=None, metadata={"json": False})
+    # Still in the accept queue (no process has it): seconds since it was queued (BPF link).
+    queued_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +195,8 @@ class CloseWait:
     age_s: float | None
     # The listener this socket belongs to (None: no listener on its port any more).
     listener: ListenerKey | None = field(default=None, metadata={"json": False})
+    # Still in the accept queue (never accepted): seconds since it was queued (BPF link).
+    queued_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -226,6 +232,17 @@ class Transition:
     comm: str
     # The listener whose socket this is (or the listener itself), decided by the sampler.
     listener: ListenerKey | None = field(default=None, metadata={"json": False})
+    # "state" (old -> new), or "accept": accept() returned this socket to pid (fd, None where
+    # the kernel path has no descriptor) after ms_in_old milliseconds in the accept queue.
+    kind: str = "state"
+    fd: int | None = None
+
+    def describe(self) -> str:
+        if self.kind == "accept":
+            wait = "" if self.ms_in_old is None else f" after {self.ms_in_old:.1f} ms in the accept queue"
+            fd = "" if self.fd is None else f" (fd {self.fd})"
+            return f"accepted by pid {self.pid}{fd}{wait}"
+        return f"{self.old} -> {self.new}"
 
 
 @dataclass(frozen=True)
@@ -284,6 +301,7 @@ SORT_KEYS = (
     "queued_rate",
     "accepted",
     "accepted_rate",
+    "accept_wait_p99",
     "peak_accept_queue",
     "lport",
     "pid",
@@ -303,6 +321,9 @@ def sort_value(listener: Listener, key: str) -> float:
         return float(listener.children.get("CLOSE_WAIT", 0))
     if key in ("lport", "netns"):
         return float(getattr(listener.key, key))
+    if key == "accept_wait_p99":
+        recent = listener.accept_wait_recent
+        return float("-inf") if recent is None or recent.p99_s is None else recent.p99_s
     value = getattr(listener, key)
     return float("-inf") if value is None else float(value)
 
@@ -351,6 +372,13 @@ def netns_to_json(ns: NetnsCounters, *, record: bool = False) -> dict:
     return out
 
 
+def _hooks_json(hooks: Mapping[str, str]) -> dict[str, str]:
+    out = dict(hooks)
+    if "queued" in out:  # deprecated alias (docs/JSON.md), for schema tcpq-top.snapshot/1 only
+        out.setdefault("accepts", out["queued"])
+    return out
+
+
 def snapshot_to_json(snap: Snapshot, *, record: bool = False) -> dict:
     """The `--once --json` contract (docs/JSON.md); fields may be added, never renamed.
     record=True adds what only recordings carry (fields marked "record", tcptop_q/codec.py)."""
@@ -361,7 +389,7 @@ def snapshot_to_json(snap: Snapshot, *, record: bool = False) -> dict:
         "interval": snap.interval,
         "kernel": snap.kernel,
         "hostname": snap.hostname,
-        "sources": codec.to_json(snap.sources, record=record),
+        "sources": {**codec.to_json(snap.sources, record=record), "hooks": _hooks_json(snap.sources.hooks)},
         "netns": [netns_to_json(ns, record=record) for ns in snap.netns],
         "listeners": [listener_to_json(lst, by_inode.get(lst.key.netns)) for lst in snap.listeners],
         "reuseport_groups": _reuseport_groups_json(snap.listeners),
@@ -392,7 +420,7 @@ class BpfListenerCounts:
     sk_ack_backlog seen at enqueue since the previous read (reset on read).
     """
 
-    accepts: int = 0  # children queued (sock:sk_data_ready on LISTEN, or kprobe fallback)
+    queued: int = 0  # children queued (sock:sk_data_ready on LISTEN, or kprobe fallback)
     peak_accept_queue: int = 0
     synack_retrans: int = 0
     listen_overflow_drops: int = 0  # third-ACK overflows (kfree_skb, rx_sk=listener, TCP_LISTEN_OVERFLOW)
@@ -401,6 +429,21 @@ class BpfListenerCounts:
     resets_sent: int = 0
     resets_received: int = 0
     drop_reasons: Mapping[str, int] = field(default_factory=dict)
+    # accept() calls that returned a child (accept.bpf.c), and two latency histograms
+    # (accept wait, handshake) as they are in the kernel: probes/layout.py bucket index -> count.
+    accepted: int = 0
+    accept_wait: HistCounts | None = None
+    handshake: HistCounts | None = None
+
+
+@dataclass(frozen=True)
+class HistCounts:
+    """A kernel latency histogram: samples, sum and exact max in ns, bucket index -> count."""
+
+    count: int = 0
+    sum_ns: int = 0
+    max_ns: int = 0
+    buckets: Mapping[int, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -412,7 +455,7 @@ class BpfReading:
     events: Sequence[Transition]  # feed events since the previous read (bounded)
     lost_events: int  # cumulative
     live_since: float  # unix time the probes attached
-    hooks: Mapping[str, str]  # metric -> hook, e.g. {"accepts": "tracepoint:sock:sk_data_ready"}
+    hooks: Mapping[str, str]  # metric -> hook, e.g. {"queued": "tracepoint:sock:sk_data_ready"}
 
 
 # ------------------------------------------------------------------ safe text

@@ -111,6 +111,11 @@ def _netns_from_json(d: Mapping) -> NetnsCounters:
 def _sources_from_json(d: Mapping) -> Sources:
     if "bpf_state" not in d:  # plain contract JSON
         d = {**d, "bpf_state": "live" if d["bpf"] else "off"}
+    hooks = {str(k): str(v) for k, v in d.get("hooks", {}).items()}
+    alias = hooks.pop("accepts", None)  # the deprecated JSON alias of `queued` (older recordings: only it)
+    if alias is not None:
+        hooks.setdefault("queued", alias)
+    d = {**d, "hooks": hooks}
     return _decode_sources(d)  # type: ignore[no-any-return]
 
 

@@ -18,6 +18,7 @@ from functools import partial
 from typing import Any, Generic, TypeVar
 
 from . import attribution, lifecycle, model, reuseport
+from .accepts import AcceptTracker
 from .attribution import listener_index, owner_listener
 from .model import (
     BpfListenerCounts,
@@ -473,7 +474,7 @@ def counter_field(name: str, hook: str, attr: str | None = None) -> FieldFn:
 
 
 def _peak_accept_queue(inp: FieldInput) -> dict[str, Any]:
-    if "accepts" not in inp.hooks:
+    if "queued" not in inp.hooks:
         return {"peak_accept_queue": None}
     return {"peak_accept_queue": max(inp.counts.peak_accept_queue, inp.row.rqueue)}
 
@@ -489,7 +490,9 @@ def _resets(inp: FieldInput) -> dict[str, Any]:
 # model.Listener field, a BpfListenerCounts field and one function here.
 LISTENER_BPF_FIELDS: list[FieldFn] = [
     counter_field("synack_retrans", "synack_retrans"),
-    counter_field("queued", "accepts", "accepts"),
+    counter_field("queued", "queued"),
+    # accepted, accept_wait (+ recent window), handshake: AcceptTracker (tcptop_q/accepts.py),
+    # applied to the built snapshot: the recent window needs a few ticks of history.
     _peak_accept_queue,
     _resets,
 ]
@@ -580,6 +583,7 @@ class Sampler:
         # the counts by state are always kept. 100k records are ~40 MB at a dump.
         self.keep_connections = keep_connections
         self.bpf = bpf
+        self.accepts = AcceptTracker()  # accepted, accept_wait, handshake (tcptop_q/accepts.py)
         self.owners = owners or OwnerMap()
         self.blocking_owners = blocking_owners
         self.children_every = children_every  # None: adapt to the cost of the dump
@@ -638,7 +642,7 @@ class Sampler:
                 except Exception as exc:  # a failed map read must not take the view down
                     bpf_error = f"BPF read failed: {exc}"
                     bpf_state = "off"
-        snap = self._build(raw, bpf_reading, bpf_state, bpf_error)
+        snap = self.accepts.apply(self._build(raw, bpf_reading, bpf_state, bpf_error), bpf_reading, self.bpf)
         self.prev = raw
         return snap
 

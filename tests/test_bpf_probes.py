@@ -112,11 +112,19 @@ def timeline_until_closed(probes: BpfProbes, *tuple_, timeout: float = 5.0):
         time.sleep(0.1)
 
 
+def state_changes(tl):
+    """The state changes of a timeline, without its "accepted by pid N" entry (asserted on
+    its own: tests/kernel/test_accept.py); accept() in _one_connection adds exactly one."""
+    accepts = [t for t in tl if t.kind == "accept"]
+    assert len(accepts) <= 1 and all(t.pid == os.getpid() for t in accepts), accepts
+    return [t for t in tl if t.kind == "state"]
+
+
 def server_sequences(events, netns: int, port: int) -> dict[int, list[tuple[str, str]]]:
     """Transitions of the server's children (not the listener itself), by socket."""
     seqs: dict[int, list[tuple[str, str]]] = {}
     for ev in events:
-        if ev.netns == netns and ev.lport == port:
+        if ev.netns == netns and ev.lport == port and ev.kind == "state":
             seqs.setdefault(ev.skaddr, []).append((ev.old, ev.new))
     return {sk: seq for sk, seq in seqs.items() if seq[0] != ("CLOSE", "LISTEN")}
 
@@ -147,7 +155,7 @@ def test_seed_experiment_backlog5_never_accept(netns: Netns, probes: BpfProbes) 
         ss = netns.exec("ss", "-ltnH")
         assert f"{key.laddr}:{key.lport}" in ss.split()
         assert (key.family, key.laddr, key.cookie) == ("ipv4", "127.0.0.1", cookie)
-        assert counts.accepts == 6
+        assert counts.queued == 6
         assert counts.peak_accept_queue == 6
         # SYN-path overflows are freed with consume_skb: invisible to tracepoints.
         assert counts.listen_overflow_drops == 0
@@ -171,7 +179,7 @@ def test_seed_experiment_backlog5_never_accept(netns: Netns, probes: BpfProbes) 
         # Peak is per read interval: nothing queued since the last read.
         again = probes.read()
         assert the_listener(again, netns.inode, port)[1].peak_accept_queue == 0
-        assert the_listener(again, netns.inode, port)[1].accepts == 6
+        assert the_listener(again, netns.inode, port)[1].queued == 6
         assert reading.lost_events == 0
     finally:
         srv.close()
@@ -199,7 +207,7 @@ def test_third_ack_overflow_matches_listenoverflows(netns: Netns, probes: BpfPro
         assert counts.listen_overflow_drops == overflows
         if "drop_reasons" in probes.hooks:  # kfree_skb with rx_sk (6.11+); a kprobe counts it elsewhere
             assert counts.drop_reasons.get("TCP_LISTEN_OVERFLOW") == overflows
-        assert counts.accepts == 2 and counts.peak_accept_queue == 2
+        assert counts.queued == 2 and counts.peak_accept_queue == 2
     finally:
         for s in socks:
             s.close()
@@ -235,7 +243,7 @@ def _one_connection(netns: Netns, port: int, server_first: bool):
 def test_client_closes_first(netns: Netns, probes: BpfProbes) -> None:
     port = 8082
     cport = _one_connection(netns, port, server_first=False)
-    tl = timeline_until_closed(probes, netns.inode, "ipv4", "127.0.0.1", port, "127.0.0.1", cport)
+    tl = state_changes(timeline_until_closed(probes, netns.inode, "ipv4", "127.0.0.1", port, "127.0.0.1", cport))
     assert [(t.old, t.new) for t in tl] == [
         ("LISTEN", "SYN_RECV"), ("SYN_RECV", "ESTABLISHED"), ("ESTABLISHED", "CLOSE_WAIT"),
         ("CLOSE_WAIT", "LAST_ACK"), ("LAST_ACK", "CLOSE"),
@@ -251,7 +259,7 @@ def test_client_closes_first(netns: Netns, probes: BpfProbes) -> None:
 def test_server_closes_first(netns: Netns, probes: BpfProbes) -> None:
     port = 8083
     cport = _one_connection(netns, port, server_first=True)
-    tl = timeline_until_closed(probes, netns.inode, "ipv4", "127.0.0.1", port, "127.0.0.1", cport)
+    tl = state_changes(timeline_until_closed(probes, netns.inode, "ipv4", "127.0.0.1", port, "127.0.0.1", cport))
     assert [(t.old, t.new) for t in tl] == [
         ("LISTEN", "SYN_RECV"), ("SYN_RECV", "ESTABLISHED"), ("ESTABLISHED", "FIN_WAIT1"),
         ("FIN_WAIT1", "FIN_WAIT2"), ("FIN_WAIT2", "CLOSE"),
@@ -290,7 +298,7 @@ def test_feed_off_keeps_counts_exact(netns: Netns, probes: BpfProbes) -> None:
             clients.append(c)
         reading = settle(probes)
         assert [e for e in reading.events if e.lport == port or e.rport == port] == []
-        assert the_listener(reading, netns.inode, port)[1].accepts == 20
+        assert the_listener(reading, netns.inode, port)[1].queued == 20
         probes.set_feed("port", port)
         c = netns.socket()
         c.connect(("127.0.0.1", port))
@@ -298,7 +306,7 @@ def test_feed_off_keeps_counts_exact(netns: Netns, probes: BpfProbes) -> None:
         reading = settle(probes)
         assert {(e.old, e.new) for e in reading.events if e.lport == port} == {
             ("LISTEN", "SYN_RECV"), ("SYN_RECV", "ESTABLISHED")}
-        assert the_listener(reading, netns.inode, port)[1].accepts == 21
+        assert the_listener(reading, netns.inode, port)[1].queued == 21
     finally:
         for c in clients:
             c.close()
@@ -310,7 +318,7 @@ def test_listener_close_forgets_it(netns: Netns, probes: BpfProbes) -> None:
     srv = listen(netns, port, 4)
     c = netns.socket()
     c.connect(("127.0.0.1", port))
-    assert the_listener(settle(probes), netns.inode, port)[1].accepts == 1
+    assert the_listener(settle(probes), netns.inode, port)[1].queued == 1
     c.close()
     srv.close()
     reading = settle(probes)
@@ -378,7 +386,7 @@ def test_ipv6_listener_key(netns: Netns, probes: BpfProbes) -> None:
         c.connect(("::1", port))
         reading = settle(probes)
         key, counts = the_listener(reading, netns.inode, port)
-        assert (key.family, key.laddr, counts.accepts, counts.peak_accept_queue) == ("ipv6", "::1", 1, 1)
+        assert (key.family, key.laddr, counts.queued, counts.peak_accept_queue) == ("ipv6", "::1", 1, 1)
         child = [e for e in reading.events if e.lport == port and e.new == "ESTABLISHED"]
         assert len(child) == 1 and child[0].family == "ipv6" and child[0].raddr == "::1"
         assert f"[::1]:{port}" in netns.exec("ss", "-ltnH").split()

@@ -12,13 +12,13 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import DataTable, Footer, Sparkline, Static
 
 from tcptop_q.diagnosis import diagnose
-from tcptop_q.model import Connection, Listener, ListenerKey, NetnsCounters
+from tcptop_q.model import Connection, LatencySummary, Listener, ListenerKey, NetnsCounters
 from tcptop_q.reuseport import ReuseportGroup, members_of
 from tcptop_q.screens.base import DetailScreen
 from tcptop_q.source import FeedFocus
 from tcptop_q.widgets.keyed_table import KeyedTable
 from tcptop_q.widgets.listener_table import accept_cell
-from tcptop_q.widgets.text import fmt_age, fmt_num, inert, netns_label, short_netns
+from tcptop_q.widgets.text import fmt_age, fmt_num, fmt_wait, inert, netns_label, short_netns
 from tcptop_q.widgets.topbar import TopBar
 
 SEVERITY_CLASS = {"crit": "-crit", "warn": "-warn", "info": "-info", "ok": "-ok"}
@@ -38,6 +38,9 @@ def queues_text(lst: Listener) -> Text:
         ("overflows", f"{fmt_num(lst.overflows)} total, {fmt_num(lst.overflow_rate)}/s"),
         ("SYN-ACK rtx", f"{fmt_num(lst.synack_retrans)} total, {fmt_num(lst.synack_retrans_rate)}/s"),
         ("queued", f"{fmt_num(lst.queued)} total, {fmt_num(lst.queued_rate)}/s"),
+        ("accepted", f"{fmt_num(lst.accepted)} total, {fmt_num(lst.accepted_rate)}/s"),
+        ("accept wait", latency_line(lst.accept_wait)),
+        ("handshake", latency_line(lst.handshake)),
         ("resets", f"{fmt_num(lst.resets_sent)} sent, {fmt_num(lst.resets_received)} received"),
     ]
     for i, (name, value) in enumerate(rows):
@@ -45,6 +48,39 @@ def queues_text(lst: Listener) -> Text:
         t.append(value)
         if i < len(rows) - 1:
             t.append("\n")
+    return t
+
+
+def latency_line(lat: LatencySummary | None) -> str:
+    if lat is None:
+        return "- (unknown on this kernel)"
+    if not lat.count:
+        return "none yet"
+    return (f"p50 {fmt_wait(lat.p50_s)}  p90 {fmt_wait(lat.p90_s)}  p99 {fmt_wait(lat.p99_s)}  "
+            f"max {fmt_wait(lat.max_s)}  ({lat.count})")
+
+
+def wait_histogram(lat: LatencySummary | None, width: int = 24) -> Text:
+    """The accept-wait histogram since live, one row per power-of-two octave that has samples."""
+    t = Text()
+    t.append("accept wait (queued -> accept())\n", style="bold underline")
+    if lat is None:
+        t.append("unknown: no accept hook on this kernel", style="dim")
+        return t
+    if not lat.count:
+        t.append("nothing accepted since the probes went live", style="dim")
+        return t
+    octaves: dict[float, int] = {}
+    for upper, n in lat.buckets:
+        edge = 2.0 ** math.ceil(math.log2(max(upper, 1e-6) * 1e6)) / 1e6  # octave's upper edge, s
+        octaves[edge] = octaves.get(edge, 0) + n
+    top = max(octaves.values())
+    for i, (edge, n) in enumerate(sorted(octaves.items())):
+        if i:
+            t.append("\n")
+        t.append(f"{'<= ' + fmt_wait(edge):>10} ", style="dim")
+        t.append("█" * max(1, round(width * n / top)), style="yellow" if edge >= 0.1 else "green")
+        t.append(f" {n}")
     return t
 
 
@@ -125,6 +161,7 @@ class ListenerScreen(DetailScreen):
             with Horizontal(id="panels"):
                 with Vertical(id="left"):
                     yield Static(id="queues")
+                    yield Static(id="accept-wait")
                     yield Static(id="sysctls")
                 with Vertical(id="right"):
                     yield Static(id="spark-peak-label", classes="spark-label")
@@ -140,6 +177,7 @@ class ListenerScreen(DetailScreen):
                 ("PEER", 23, "peer"),
                 ("STATE", 11, "state"),
                 ("AGE", 7, "age"),
+                ("IN-QUEUE", 8, "in_queue"),
                 ("RECV-Q", 6, "recv_q"),
                 ("SEND-Q", 6, "send_q"),
                 ("PID/COMM", 16, "proc"),
@@ -225,6 +263,7 @@ class ListenerScreen(DetailScreen):
         panel.add_class(SEVERITY_CLASS[findings[0].severity])
 
         self.query_one("#queues", Static).update(queues_text(lst))
+        self.query_one("#accept-wait", Static).update(wait_histogram(lst.accept_wait))
         self.query_one("#sysctls", Static).update(sysctl_text(self.key.netns, sysctls))
         self._sparklines()
         if lst.pid != self.process_pid:
@@ -276,6 +315,7 @@ class ListenerScreen(DetailScreen):
                     cw.comm,
                     cw.age_s,
                     listener=cw.listener,
+                    queued_s=cw.queued_s,
                 )
                 for cw in close_wait
                 if cw.listener == self.key
@@ -290,6 +330,8 @@ class ListenerScreen(DetailScreen):
                 "peer": Text(inert(peer)),
                 "state": Text(c.state, style="yellow" if c.state == "CLOSE_WAIT" else ""),
                 "age": Text(fmt_age(c.age_s), justify="right"),
+                # Never accepted: how long it has waited in the accept queue.
+                "in_queue": Text(fmt_age(c.queued_s), justify="right", style="yellow" if c.queued_s else "dim"),
                 "recv_q": Text(str(c.recv_q), justify="right", style="bold" if c.recv_q else ""),
                 "send_q": Text(str(c.send_q), justify="right"),
                 "proc": Text("-" if c.pid is None else f"{c.pid} {inert(c.comm, '?')}"),

@@ -125,15 +125,18 @@ class SocketScreen(DetailScreen):
         self.timeline = events
         table = self.query_one("#timeline", KeyedTable)
         events = sorted(events, key=lambda e: e.time)
-        want = {f"{e.time!r}|{e.old}|{e.new}": e for e in events}
+        want = {f"{e.time!r}|{e.kind}|{e.old}|{e.new}": e for e in events}
         table.remove_keys([k for k in table.order if k not in want])
         for key, e in want.items():
             if table.has_key(key):
                 continue
             stamp = time.strftime("%H:%M:%S", time.localtime(e.time)) + f".{int(e.time * 1000) % 1000:03d}"
-            change = Text(e.old, style=STATE_STYLE.get(e.old, ""))
-            change.append(" → ")
-            change.append(e.new, style=STATE_STYLE.get(e.new, ""))
+            if e.kind == "accept":  # "accepted by pid N (fd M) after X ms in the accept queue"
+                change = Text(inert(e.describe()), style="bold", no_wrap=True, overflow="ellipsis")
+            else:
+                change = Text(e.old, style=STATE_STYLE.get(e.old, ""))
+                change.append(" → ")
+                change.append(e.new, style=STATE_STYLE.get(e.new, ""))
             table.add_keyed_row(
                 key,
                 [

@@ -11,7 +11,7 @@ from textual.widgets.data_table import ColumnKey
 
 from tcptop_q.model import Listener, ListenerKey
 from tcptop_q.widgets.keyed_table import KeyedTable
-from tcptop_q.widgets.text import fmt_num, inert, netns_label
+from tcptop_q.widgets.text import fmt_num, fmt_wait, inert, netns_label
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,8 @@ COLUMNS: tuple[Col, ...] = (
     Col("overflow_rate", "OVF/s", 6, 0, "overflow_rate"),
     Col("rtx_rate", "RTX/s", 6, 6, "synack_retrans_rate"),
     Col("queued_rate", "QUE/s", 6, 4, "queued_rate"),
+    Col("accepted_rate", "ACC/s", 6, 7, "accepted_rate"),
+    Col("wait_p99", "WAIT99", 6, 8, "accept_wait_p99"),
     Col("estab", "ESTAB", 5, 5, "established"),
     Col("close_wait", "CL-WT", 5, 1, "close_wait"),
 )
@@ -123,6 +125,8 @@ def raw_values(lst: Listener, netns_name: str | None = None) -> tuple:
         lst.overflow_rate,
         lst.synack_retrans_rate,
         lst.queued_rate,
+        lst.accepted_rate,
+        None if lst.accept_wait_recent is None else (lst.accept_wait_recent.count, lst.accept_wait_recent.p99_s),
         # an empty children mapping means "not counted", a missing state in a counted one is 0
         lst.children.get("ESTABLISHED", 0 if lst.children else None),
         lst.children.get("CLOSE_WAIT", 0 if lst.children else None),
@@ -157,8 +161,15 @@ def render_cell(col_id: str, raw: Any, bar: int) -> Text:
         return _rate(raw)
     if col_id in ("rtx_rate",):
         return _rate(raw, hot="yellow")
-    if col_id == "queued_rate":
+    if col_id in ("queued_rate", "accepted_rate"):
         return _rate(raw, hot="")
+    if col_id == "wait_p99":
+        if raw is None:
+            return Text("-", justify="right", no_wrap=True)
+        count, p99 = raw
+        if not count:  # nothing accepted in the window (a queue nobody drains shows in the diagnosis)
+            return Text("·", style="dim", justify="right", no_wrap=True)
+        return Text(fmt_wait(p99), style="yellow" if p99 and p99 >= 0.1 else "", justify="right", no_wrap=True)
     if col_id == "close_wait":
         return Text("-" if raw is None else str(raw), justify="right", style="yellow" if raw else "")
     return _count(raw)

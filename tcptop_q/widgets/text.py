@@ -26,6 +26,19 @@ def fmt_num(value: float | None, digits: int = 1) -> str:
     return f"{value:.{digits}f}"
 
 
+def fmt_wait(seconds: float | None) -> str:
+    """A latency: 40us, 3.2ms, 250ms, 1.2s; '-' when unknown."""
+    if seconds is None:
+        return "-"
+    if seconds < 0.001:
+        return f"{seconds * 1e6:.0f}us"
+    if seconds < 0.01:
+        return f"{seconds * 1000:.1f}ms"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    return f"{seconds:.1f}s" if seconds < 100 else f"{seconds:.0f}s"
+
+
 def fmt_age(seconds: float | None) -> str:
     if seconds is None:
         return "-"

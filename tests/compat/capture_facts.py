@@ -20,7 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tcptop_q.probes import bpf, kprobes  # noqa: E402
+from tcptop_q.probes import kprobes  # noqa: E402
+from tcptop_q.probes import plan as probe_plan  # noqa: E402
 from tcptop_q.probes.btf import Btf, BtfError  # noqa: E402
 
 TRACEFS = Path("/sys/kernel/tracing")
@@ -54,7 +55,7 @@ def main(out: Path) -> None:
     (out / "kallsyms.txt").write_text("".join(sorted(set(lines), key=lambda s: s.split()[2])))
     btf = Btf.vmlinux()
     fields: dict[str, object] = {}
-    wanted = (list(bpf.SK_FIELDS.values()) + list(bpf.NETNS_FIELDS.values()) + list(kprobes.FB_FIELDS.values())
+    wanted = (list(probe_plan.SK_FIELDS.values()) + list(probe_plan.NETNS_FIELDS.values()) + list(kprobes.FB_FIELDS.values())
               + list(kprobes.SYN_FIELDS.values()) + [kprobes.SKB_PROTOCOL, *kprobes.TW_ISN]
               + [("sock", "sk_ack_backlog"), ("sock", "sk_max_ack_backlog"), ("sock", "sk_drops"),
                  ("sock", "sk_rcvbuf"), ("sock", "sk_data_ready"), ("sock", "sk_wq")])

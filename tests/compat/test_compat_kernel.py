@@ -172,7 +172,7 @@ def test_ebpf_lists_the_hooks_of_this_kernel() -> None:
                           capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[2])
     assert proc.returncode == 0, proc.stderr
     listed = proc.stdout.split("/* hooks on this kernel:", 1)[1]
-    assert "accepts" in listed and "transitions" in listed, listed
+    assert "queued" in listed and "transitions" in listed, listed
     if not (TRACEFS / "events/sock/sk_data_ready").exists() and (TRACEFS / "kprobe_events").exists():
         assert "kprobe:sock_def_readable" in listed
         assert "int tq_kp_def_readable(struct pt_regs *ctx)" in proc.stdout

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tcptop_q.probes import bpf, kprobes, tracefs
+from tcptop_q.probes import kprobes, tracefs
+from tcptop_q.probes import plan as probe_plan
 from tcptop_q.probes.btf import BtfError, Field
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -42,16 +43,16 @@ class RecordedBtf:
 
 def formats(kernel: str) -> dict[str, tracefs.TpFormat | None]:
     out: dict[str, tracefs.TpFormat | None] = {}
-    for cat, ev, _fn, _f in (bpf.TP_SET_STATE, bpf.TP_DATA_READY, bpf.TP_KFREE_SKB, bpf.TP_SYNACK,
-                             bpf.TP_SEND_RESET, bpf.TP_RECV_RESET):
+    for cat, ev, _fn, _f in (probe_plan.TP_SET_STATE, probe_plan.TP_DATA_READY, probe_plan.TP_KFREE_SKB, probe_plan.TP_SYNACK,
+                             probe_plan.TP_SEND_RESET, probe_plan.TP_RECV_RESET):
         f = FIXTURES / kernel / f"{cat}_{ev}.format"
         out[ev] = tracefs.parse_format(cat, ev, f.read_text()) if f.exists() else None
     return out
 
 
-def plan(kernel: str) -> bpf.Plan:
+def plan(kernel: str) -> probe_plan.Plan:
     d = FIXTURES / kernel
-    return bpf.build_plan(
+    return probe_plan.build_plan(
         btf=RecordedBtf(kernel),  # type: ignore[arg-type]
         formats=formats(kernel),
         kprobes=(d / "kprobes").read_text().strip() == "yes",

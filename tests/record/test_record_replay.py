@@ -67,7 +67,7 @@ def snapshot(tick: int, *, children: bool = False, events: int = 2) -> Snapshot:
         hostname="host\x1b[31m",
         sources=Sources(netlink=True, bpf=tick % 2 == 0, bpf_error=None if tick % 2 == 0 else "BPF off: --no-bpf",
                         bpf_state="live" if tick % 2 == 0 else "off",
-                        hooks={"accepts": "tracepoint:sock:sk_data_ready"}, lost_events=tick,
+                        hooks={"queued": "tracepoint:sock:sk_data_ready"}, lost_events=tick,
                         notes=("owners unknown: \u202eevil",)),
         netns=[NetnsCounters(NS, {"ListenOverflows": 10 * tick, "ListenDrops": 10 * tick, "TCPReqQFullDrop": 0,
                                   "TCPReqQFullDoCookies": 0, "SyncookiesSent": 0, "TCPDeferAcceptDrop": 1,
