@@ -140,6 +140,18 @@ def kprobes_available(root: Path | None = None) -> bool:
         return False
 
 
+# Events declared with DEFINE_EVENT have no struct of their own: BTF holds their event
+# class's trace_event_raw_<class>. tcp_receive_reset is of class tcp_event_sk (the 6.18
+# format file and that struct agree field by field, tests/compat/fixtures/6.18);
+# tcp_send_reset was of class tcp_event_sk_skb before it got its own layout.
+BTF_EVENT_CLASSES = {"tcp_receive_reset": ("tcp_event_sk",), "tcp_send_reset": ("tcp_event_sk_skb",)}
+
+
+def btf_struct_names(event: str) -> tuple[str, ...]:
+    """BTF structs that may hold an event's layout: its own first, then its event class's."""
+    return (f"trace_event_raw_{event}",) + tuple(f"trace_event_raw_{c}" for c in BTF_EVENT_CLASSES.get(event, ()))
+
+
 def format_from_btf(btf, category: str, event: str, enum_fields: dict[str, tuple[str, str]] | None = None) -> TpFormat | None:
     """A tracepoint's layout from BTF's struct trace_event_raw_<event>, for when tracefs
     is unreadable (e.g. `tcpq-top --ebpf` without root). The kernel builds the format
@@ -148,9 +160,14 @@ def format_from_btf(btf, category: str, event: str, enum_fields: dict[str, tuple
     """
     from .btf import BtfError
 
-    try:
-        members = btf.layout(f"trace_event_raw_{event}")
-    except BtfError:
+    members = None
+    for struct_name in btf_struct_names(event):
+        try:
+            members = btf.layout(struct_name)
+            break
+        except BtfError:
+            continue
+    if members is None:
         return None
     fields: dict[str, TpField] = {}
     for name, offset, size, arr, is_ptr, signed in members:

@@ -11,7 +11,7 @@ and btf.json: the offset and size of every struct member the plan reads
 (probes/plan.py SK_FIELDS, NETNS_FIELDS, LINK_FIELDS, SNT_SYNACK, FD_FIELDS and the
 kprobe fallbacks' fields), from /sys/kernel/btf/vmlinux, whether struct bpf_ringbuf
 exists, the top-level layouts the plan reads when tracefs is unreadable
-(syscall_trace_exit, trace_event_raw_<event>) and enum skb_drop_reason.
+(syscall_trace_exit, trace_event_raw_<event or its event class>) and enum skb_drop_reason.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tcptop_q.probes import kprobes  # noqa: E402
 from tcptop_q.probes import plan as probe_plan  # noqa: E402
+from tcptop_q.probes import tracefs  # noqa: E402
 from tcptop_q.probes.btf import Btf, BtfError  # noqa: E402
 
 TRACEFS = Path("/sys/kernel/tracing")
@@ -79,8 +80,8 @@ def main(out: Path) -> None:
         except BtfError as exc:
             fields[f"{sname}.{path}"] = {"error": str(exc)}
     layouts: dict[str, object] = {}
-    for sname in ["syscall_trace_exit"] + [f"trace_event_raw_{ev}" for cat, ev, _fn, _f in probe_plan.TRACEPOINTS
-                                           if cat != "syscalls"]:
+    for sname in ["syscall_trace_exit"] + [name for cat, ev, _fn, _f in probe_plan.TRACEPOINTS if cat != "syscalls"
+                                           for name in tracefs.btf_struct_names(ev)]:
         try:
             layouts[sname] = [list(m) for m in btf.layout(sname)]
         except BtfError as exc:

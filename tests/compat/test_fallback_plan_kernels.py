@@ -5,7 +5,9 @@ the 6.18 host by tests/compat/capture_facts.py (tests/compat/fixtures/<kernel>/)
 What it pins: hooks follow the files (5.10 and 6.1 have the same tracepoints missing, so the
 same kprobes), struct offsets and sizes are BTF's (sk_ack_backlog moved by 24 bytes between
 5.10 and 6.1), the 5.10 reset tracepoint layouts (no `family`) still give the local port, and
-a compiler clone in kallsyms (`tcp_conn_request.cold`) is not the function.
+a compiler clone in kallsyms (`tcp_conn_request.cold`) is not the function, and the accept
+path follows what each kernel has: kretprobe inet_csk_accept where kprobes exist (5.10, 6.1),
+the accept/accept4 syscall exits elsewhere (6.18), with BTF's offsets for the fd walk.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ class RecordedBtf:
         facts = json.loads((FIXTURES / kernel / "btf.json").read_text())
         self.fields = facts["fields"]
         self.structs = facts["structs"]
+        self.layouts = facts["layouts"]
+        self.enums = facts["enums"]
 
     def field(self, struct_name: str, path: str) -> Field:
         f = self.fields.get(f"{struct_name}.{path}")
@@ -40,25 +44,52 @@ class RecordedBtf:
     def has_struct(self, name: str) -> bool:
         return bool(self.structs.get(name))
 
+    def layout(self, struct_name: str) -> list[tuple[str, int, int, int, bool, bool]]:
+        got = self.layouts.get(struct_name)
+        if not isinstance(got, list):
+            raise BtfError(f"no struct {struct_name} in BTF")
+        return [tuple(m) for m in got]  # type: ignore[misc]
+
+    def enum_values(self, name: str) -> dict[int, str]:
+        got = self.enums.get(name)
+        if got is None or "error" in got:
+            raise BtfError(f"no enum {name} in BTF")
+        return {int(v): n for v, n in got.items()}
+
 
 def formats(kernel: str) -> dict[str, tracefs.TpFormat | None]:
     out: dict[str, tracefs.TpFormat | None] = {}
-    for cat, ev, _fn, _f in (probe_plan.TP_SET_STATE, probe_plan.TP_DATA_READY, probe_plan.TP_KFREE_SKB, probe_plan.TP_SYNACK,
-                             probe_plan.TP_SEND_RESET, probe_plan.TP_RECV_RESET):
+    for cat, ev, _fn, _f in probe_plan.TRACEPOINTS:
         f = FIXTURES / kernel / f"{cat}_{ev}.format"
         out[ev] = tracefs.parse_format(cat, ev, f.read_text()) if f.exists() else None
     return out
 
 
-def plan(kernel: str) -> probe_plan.Plan:
+def formats_from_btf(kernel: str) -> dict[str, tracefs.TpFormat | None]:
+    """What the plan reads when tracefs is unreadable (`tcpq-top --ebpf` as non-root):
+    the same construction as probes/plan.py read_formats, from the recorded BTF."""
+    btf = RecordedBtf(kernel)
+    out: dict[str, tracefs.TpFormat | None] = {}
+    for cat, ev, _fn, _f in probe_plan.TRACEPOINTS:
+        if cat == "syscalls":
+            out[ev] = probe_plan._syscall_exit_from_btf(btf, ev)  # type: ignore[arg-type]
+        else:
+            out[ev] = tracefs.format_from_btf(btf, cat, ev, {"reason": ("skb_drop_reason", "SKB_DROP_REASON_")}
+                                              if ev == "kfree_skb" else None)
+    return out
+
+
+def plan(kernel: str, accept_hook: str | None = None, from_btf: bool = False) -> probe_plan.Plan:
     d = FIXTURES / kernel
     return probe_plan.build_plan(
         btf=RecordedBtf(kernel),  # type: ignore[arg-type]
-        formats=formats(kernel),
+        formats=formats_from_btf(kernel) if from_btf else formats(kernel),
         kprobes=(d / "kprobes").read_text().strip() == "yes",
-        kallsyms=kprobes.kernel_functions(d / "kallsyms.txt", wanted=kprobes.all_functions()),
-        blacklist=frozenset(),
+        kallsyms=kprobes.kernel_functions(d / "kallsyms.txt",
+                                          wanted=(*kprobes.all_functions(), probe_plan.KRETPROBE_ACCEPT[0])),
+        blacklist=frozenset((d / "blacklist.txt").read_text().split()),
         ringbuf=RecordedBtf(kernel).has_struct("bpf_ringbuf"),
+        accept_hook=accept_hook,
     )
 
 
@@ -83,10 +114,13 @@ def test_kernels_without_the_tracepoints_get_the_kprobes(kernel: str) -> None:
         "synack_retrans": "tracepoint:tcp:tcp_retransmit_synack",
         "resets_sent": "tracepoint:tcp:tcp_send_reset",
         "resets_received": "tracepoint:tcp:tcp_receive_reset",
-        "accepts": "kprobe:sock_def_readable",
+        "queued": "kprobe:sock_def_readable",
         "peak_accept_queue": "kprobe:sock_def_readable",
         "listen_overflow_drops": "kprobe:tcp_v4_syn_recv_sock+tcp_v6_syn_recv_sock",
         "syn_overflows": "kprobe:tcp_conn_request",
+        "handshake": "kprobe:sock_def_readable",
+        "accepted": "kretprobe:inet_csk_accept",
+        "accept_wait": "kretprobe:inet_csk_accept",
     }
     # other_rx_drops / drop_reasons: null, and the notes say why
     assert any("rx_sk" in n for n in p.notes)
@@ -99,7 +133,7 @@ def test_kernels_without_the_tracepoints_get_the_kprobes(kernel: str) -> None:
 def test_6_18_needs_no_kprobe() -> None:
     p = plan("6.18")
     assert not [a for a in p.attach if a[0] == "kprobe"]
-    assert p.hooks["accepts"] == "tracepoint:sock:sk_data_ready"
+    assert p.hooks["queued"] == "tracepoint:sock:sk_data_ready"
     assert p.hooks["listen_overflow_drops"] == p.hooks["drop_reasons"] == "tracepoint:skb:kfree_skb"
     assert "syn_overflows" not in p.hooks
 
@@ -161,3 +195,94 @@ def test_send_reset_port_from_each_layout() -> None:
     fmt = formats("6.18")["tcp_send_reset"]
     assert fmt is not None and "sport" not in fmt.fields and fmt.fields["saddr"].size == 28
     assert "TQ_SEND_RESET_SOCKADDR" in new.defines and "TQ_SEND_RESET_HAS_SPORT" not in new.defines
+
+
+def test_accept_facts_recorded_per_kernel() -> None:
+    """What the accept path is chosen from: kprobes and a whole-name, not blacklisted
+    inet_csk_accept on 5.10 and 6.1; no kprobes on 6.18; accept4/accept exits with a
+    `long ret` at 16 on all three (the tracefs files and BTF's syscall_trace_exit agree)."""
+    for kernel in KERNELS:
+        d = FIXTURES / kernel
+        syms = kprobes.kernel_functions(d / "kallsyms.txt")
+        assert "inet_csk_accept" in syms, kernel
+        assert "inet_csk_accept" not in (d / "blacklist.txt").read_text().split(), kernel
+        assert (d / "kprobes").read_text().strip() == ("no" if kernel == "6.18" else "yes"), kernel
+        tf, bf = formats(kernel), formats_from_btf(kernel)
+        for ev in ("sys_exit_accept4", "sys_exit_accept"):
+            a, b = tf[ev], bf[ev]
+            assert a is not None and b is not None, (kernel, ev)
+            assert (a.fields["ret"].offset, a.fields["ret"].size, a.fields["ret"].signed) == (16, 8, True)
+            assert (b.fields["ret"].offset, b.fields["ret"].size) == (16, 8), (kernel, ev)
+
+
+@pytest.mark.parametrize("kernel", ["5.10", "6.1"])
+def test_auto_accept_hook_is_the_kretprobe_where_kprobes_exist(kernel: str) -> None:
+    """`--accept-hook auto` on 5.10/6.1: kretprobe inet_csk_accept (return value only), no
+    syscall tracepoint attached, no fd-walk offsets needed; the link offsets are BTF's."""
+    btf = RecordedBtf(kernel)
+    p = plan(kernel)
+    assert ("kretprobe", "inet_csk_accept", "tq_krp_csk_accept") in p.attach
+    assert not [a for a in p.attach if a[1].startswith("syscalls:")]
+    assert "TQ_KRP_CSK_ACCEPT" in p.defines and "TQ_HAVE_ACCEPT_SYSCALL" not in p.defines
+    assert "TQ_OFF_TASK_FILES" not in p.defines
+    assert p.defines["TQ_OFF_ICSK_ACCEPT_TAIL"] == str(
+        btf.field("inet_connection_sock", "icsk_accept_queue.rskq_accept_tail").offset)
+    assert p.defines["TQ_OFF_REQ_SK"] == str(btf.field("request_sock", "sk").offset)
+    assert p.defines["TQ_OFF_TREQ_SNT_SYNACK"] == str(btf.field("tcp_request_sock", "snt_synack").offset)
+    assert probe_plan.IO_URING_NOTE not in p.notes  # the kretprobe sees io_uring accepts too
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_syscall_accept_path_uses_each_kernels_fd_walk(kernel: str) -> None:
+    """The syscall path (auto on 6.18, forced with --accept-hook syscall elsewhere): both
+    exits attached, the task->files->fdt->fd[]->private_data->sk offsets from that kernel."""
+    btf = RecordedBtf(kernel)
+    p = plan(kernel, accept_hook=None if kernel == "6.18" else "syscall")
+    hook = "tracepoint:syscalls:sys_exit_accept4+tracepoint:syscalls:sys_exit_accept"
+    assert p.hooks["accepted"] == p.hooks["accept_wait"] == hook
+    assert ("tracepoint", "syscalls:sys_exit_accept4", "tq_accept_exit") in p.attach
+    assert ("tracepoint", "syscalls:sys_exit_accept", "tq_accept_exit") in p.attach
+    assert not [a for a in p.attach if a[0] == "kretprobe"]
+    for macro, (sname, path) in probe_plan.FD_FIELDS.items():
+        assert p.defines[macro] == str(btf.field(sname, path).offset), (kernel, macro)
+    assert probe_plan.IO_URING_NOTE in p.notes
+    assert "offsetof(struct tq_tp_sys_exit_accept, ret) == 16" in p.body
+
+
+def test_accept_offsets_differ_between_kernels() -> None:
+    """task_struct.files and the accept queue's tail move between kernels (config, struct
+    growth): each plan takes them from its own BTF, never from another kernel's."""
+    files = {k: RecordedBtf(k).field("task_struct", "files").offset for k in KERNELS}
+    tail = {k: RecordedBtf(k).field("inet_connection_sock", "icsk_accept_queue.rskq_accept_tail").offset
+            for k in KERNELS}
+    assert files == {"5.10": 2808, "6.1": 3048, "6.18": 1824}
+    assert tail == {"5.10": 1000, "6.1": 1024, "6.18": 1040}
+    for k in KERNELS:
+        d = plan(k, accept_hook="syscall").defines
+        assert (d["TQ_OFF_TASK_FILES"], d["TQ_OFF_ICSK_ACCEPT_TAIL"]) == (str(files[k]), str(tail[k]))
+
+
+def test_kretprobe_forced_without_kprobes_says_why() -> None:
+    p = plan("6.18", accept_hook="kretprobe")
+    assert "accepted" not in p.hooks and "accept_wait" not in p.hooks
+    assert any("inet_csk_accept" in n and "kprobes off" in n for n in p.notes)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_plan_from_btf_alone_is_the_tracefs_plan(kernel: str) -> None:
+    """`tcpq-top --ebpf` without root reads layouts from BTF (trace_event_raw_*,
+    syscall_trace_exit, enum skb_drop_reason): the same hooks and offsets as from the
+    format files, on each kernel."""
+    a, b = plan(kernel), plan(kernel, from_btf=True)
+    tf, bf = formats(kernel), formats_from_btf(kernel)
+    for cat, ev, _fn, needed in probe_plan.TRACEPOINTS:
+        t, f = tf[ev], bf[ev]
+        if t is None:
+            continue
+        assert f is not None, (kernel, ev)  # tcp_receive_reset: only its class's struct in BTF
+        for name in needed:
+            if name in t.fields:
+                assert (f.fields[name].offset, f.fields[name].size) == (t.fields[name].offset, t.fields[name].size)
+    assert b.hooks == a.hooks
+    assert b.attach == a.attach
+    assert {k: v for k, v in b.defines.items()} == a.defines
