@@ -24,9 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tcptop_q.probes import kprobes  # noqa: E402
+from tcptop_q.probes import kprobes, tracefs  # noqa: E402
 from tcptop_q.probes import plan as probe_plan  # noqa: E402
-from tcptop_q.probes import tracefs  # noqa: E402
 from tcptop_q.probes.btf import Btf, BtfError  # noqa: E402
 
 TRACEFS = Path("/sys/kernel/tracing")

@@ -275,7 +275,7 @@ def test_plan_from_btf_alone_is_the_tracefs_plan(kernel: str) -> None:
     format files, on each kernel."""
     a, b = plan(kernel), plan(kernel, from_btf=True)
     tf, bf = formats(kernel), formats_from_btf(kernel)
-    for cat, ev, _fn, needed in probe_plan.TRACEPOINTS:
+    for _cat, ev, _fn, needed in probe_plan.TRACEPOINTS:
         t, f = tf[ev], bf[ev]
         if t is None:
             continue
