@@ -64,6 +64,33 @@ def group_close_wait(rows, sort: str = "oldest", reverse: bool = False) -> list[
     return out
 
 
+def group_cells(g: CloseWaitGroup) -> dict[str, Text]:
+    proc = Text("unknown owner", style="dim") if g.pid is None else Text(str(g.pid))
+    if g.pid is not None:
+        proc.append(" " + inert(g.comm, "?"), style="bold")
+    return {
+        "proc": proc,
+        "netns": Text(short_netns(g.netns), style="dim"),
+        "count": Text(str(g.count), justify="right", style="bold yellow"),
+        "oldest": Text(fmt_age(g.oldest), justify="right"),
+        "recv_q": Text(str(g.recv_q), justify="right"),
+        "ports": Text(",".join(str(p) for p in g.ports)),
+    }
+
+
+def socket_cells(cw: CloseWait) -> dict[str, Text]:
+    fam6 = cw.family == "ipv6"
+    local = f"[{cw.laddr}]:{cw.lport}" if fam6 else f"{cw.laddr}:{cw.lport}"
+    peer = f"[{cw.raddr}]:{cw.rport}" if fam6 else f"{cw.raddr}:{cw.rport}"
+    return {
+        "local": Text(inert(local)),
+        "peer": Text(inert(peer)),
+        "recv_q": Text(str(cw.recv_q), justify="right"),
+        "age": Text(fmt_age(cw.age_s), justify="right"),
+        "inode": Text(str(cw.inode), justify="right", style="dim"),
+    }
+
+
 class CloseWaitScreen(DetailScreen):
     BINDINGS = keycat.bindings("detail") + keycat.bindings("closewait")
     KEY_SCOPES = ("detail", "closewait")
@@ -105,31 +132,9 @@ class CloseWaitScreen(DetailScreen):
             style="dim",
         )
         self.query_one("#title", Static).update(title)
-        table = self.query_one("#groups", KeyedTable)
         want = {g.key: g for g in groups}
-        table.remove_keys([k for k in table.order if k not in want])
-        for key, g in want.items():
-            proc = Text("unknown owner", style="dim") if g.pid is None else Text(str(g.pid))
-            if g.pid is not None:
-                proc.append(" " + inert(g.comm, "?"), style="bold")
-            ports = ",".join(str(p) for p in g.ports)
-            cells = {
-                "proc": proc,
-                "netns": Text(short_netns(g.netns), style="dim"),
-                "count": Text(str(g.count), justify="right", style="bold yellow"),
-                "oldest": Text(fmt_age(g.oldest), justify="right"),
-                "recv_q": Text(str(g.recv_q), justify="right"),
-                "ports": Text(ports),
-            }
-            if not table.has_key(key):
-                table.add_keyed_row(key, list(cells.values()))
-            elif self.groups.get(key) != g:
-                table.update_row(key, cells)
+        self.query_one("#groups", KeyedTable).sync(want, group_cells)
         self.groups = want
-        cursor = table.cursor_key()
-        table.set_order(list(want))
-        if cursor is not None and cursor in want:
-            table.move_cursor_to_key(cursor)
 
     def action_cycle_sort(self) -> None:
         self.sort = GROUP_SORTS[(GROUP_SORTS.index(self.sort) + 1) % len(GROUP_SORTS)]
@@ -192,29 +197,9 @@ class CloseWaitSocketsScreen(DetailScreen):
         title.append(f"CLOSE_WAIT sockets of {who}: {len(mine)}", style="bold")
         title.append(f"  netns {short_netns(self.netns)}", style="dim")
         self.query_one("#title", Static).update(title)
-        table = self.query_one("#sockets", KeyedTable)
         want = {f"{cw.cookie}|{cw.inode}|{cw.rport}": cw for cw in mine}
-        table.remove_keys([k for k in table.order if k not in want])
-        for key, cw in want.items():
-            fam6 = cw.family == "ipv6"
-            local = f"[{cw.laddr}]:{cw.lport}" if fam6 else f"{cw.laddr}:{cw.lport}"
-            peer = f"[{cw.raddr}]:{cw.rport}" if fam6 else f"{cw.raddr}:{cw.rport}"
-            cells = {
-                "local": Text(inert(local)),
-                "peer": Text(inert(peer)),
-                "recv_q": Text(str(cw.recv_q), justify="right"),
-                "age": Text(fmt_age(cw.age_s), justify="right"),
-                "inode": Text(str(cw.inode), justify="right", style="dim"),
-            }
-            if not table.has_key(key):
-                table.add_keyed_row(key, list(cells.values()))
-            elif self.rows.get(key) != cw:
-                table.update_row(key, cells)
+        self.query_one("#sockets", KeyedTable).sync(want, socket_cells)
         self.rows = want
-        cursor = table.cursor_key()
-        table.set_order(list(want))
-        if cursor is not None and cursor in want:
-            table.move_cursor_to_key(cursor)
 
     def action_drill(self) -> None:
         self._open()

@@ -78,6 +78,18 @@ def conn_key(c: Connection) -> str:
     return f"{c.raddr}|{c.rport}|{c.cookie}|{c.inode}"
 
 
+def child_cells(c: Connection) -> dict[str, Text]:
+    peer = f"[{c.raddr}]:{c.rport}" if c.family == "ipv6" else f"{c.raddr}:{c.rport}"
+    return {
+        "peer": Text(inert(peer)),
+        "state": Text(c.state, style="yellow" if c.state == "CLOSE_WAIT" else ""),
+        "age": Text(fmt_age(c.age_s), justify="right"),
+        "recv_q": Text(str(c.recv_q), justify="right", style="bold" if c.recv_q else ""),
+        "send_q": Text(str(c.send_q), justify="right"),
+        "proc": Text("-" if c.pid is None else f"{c.pid} {inert(c.comm, '?')}"),
+    }
+
+
 class ListenerScreen(DetailScreen):
     def __init__(self, key: ListenerKey) -> None:
         super().__init__()
@@ -244,29 +256,9 @@ class ListenerScreen(DetailScreen):
                 if cw.netns == self.key.netns and cw.lport == self.key.lport
             ]
         conns.sort(key=lambda c: (c.state != "CLOSE_WAIT", -(c.age_s or 0.0), c.rport))
-        table = self.query_one("#children", KeyedTable)
         want = {conn_key(c): c for c in conns}
-        table.remove_keys([k for k in table.order if k not in want])
-        for key, c in want.items():
-            peer = f"[{c.raddr}]:{c.rport}" if c.family == "ipv6" else f"{c.raddr}:{c.rport}"
-            cells = {
-                "peer": Text(inert(peer)),
-                "state": Text(c.state, style="yellow" if c.state == "CLOSE_WAIT" else ""),
-                "age": Text(fmt_age(c.age_s), justify="right"),
-                "recv_q": Text(str(c.recv_q), justify="right", style="bold" if c.recv_q else ""),
-                "send_q": Text(str(c.send_q), justify="right"),
-                "proc": Text("-" if c.pid is None else f"{c.pid} {inert(c.comm, '?')}"),
-            }
-            old = self.conns.get(key)
-            if not table.has_key(key):
-                table.add_keyed_row(key, list(cells.values()))
-            elif old != c:
-                table.update_row(key, cells)
+        self.query_one("#children", KeyedTable).sync(want, child_cells)
         self.conns = want
-        cursor = table.cursor_key()
-        table.set_order(list(want))
-        if cursor is not None and cursor in want:
-            table.move_cursor_to_key(cursor)
 
     def action_drill(self) -> None:
         self._open_child()
