@@ -117,7 +117,10 @@ class MainScreen(Screen):
             text.append(inert(app.filter_text), style="reverse")
         if app.netns_filter is not None:
             text.append(f" │ netns {short_netns(app.netns_filter)}", style="reverse")
-        if self.feed.follow_key is not None:
+        if self.table.followed is not None:
+            text.append(" │ following ", style="bold")
+            text.append(inert(self.table.followed.label()), style="reverse")
+        elif self.feed.follow_key is not None:
             text.append(f" │ feed: {self.feed.follow_key.label()}")
         if app.connections_time is not None:
             text.append(
@@ -196,7 +199,10 @@ class MainScreen(Screen):
             self.table.focus()
 
     def action_feed_follow(self) -> None:
-        key = None if self.feed.follow_key is not None else self.table.listener_at_cursor()
+        """htop's F: the bar follows the selected listener through re-sorts, and the feed shows
+        only its events; F again lets go (the bar then stays on its line)."""
+        key = None if self.table.followed is not None else self.table.listener_at_cursor()
+        self.table.followed = key
         self.feed.set_follow(key)
         if key is not None and not self.feed.display:
             self.action_toggle_feed()

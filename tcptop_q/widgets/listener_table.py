@@ -191,6 +191,9 @@ class ListenerTable(KeyedTable):
         self.term_width = 0
         self.last: Sequence[Listener] | None = None
         self.sort_mark: tuple[str, bool] = ("overflow_rate", False)
+        # htop's rule: the bar stays on its screen line while rows re-sort under it; with a
+        # followed listener (F) the bar moves with that listener instead.
+        self.followed: ListenerKey | None = None
 
     def on_resize(self, event) -> None:
         self.setup_columns(event.size.width)
@@ -204,7 +207,7 @@ class ListenerTable(KeyedTable):
         self.term_width = width
         if [c.id for c in cols] == [c.id for c in self.cols] and bar == self.bar:
             return False
-        cursor = self.cursor_key()
+        cursor_row, scroll_y = self.cursor_row, self.scroll_y
         self.clear(columns=True)
         self.order = []
         self.keys.clear()
@@ -217,8 +220,8 @@ class ListenerTable(KeyedTable):
         self.mark_sort(*self.sort_mark)
         if self.last is not None:
             self.apply(self.last)
-            if cursor is not None:
-                self.move_cursor_to_key(cursor)
+            self.move_cursor(row=cursor_row, animate=False, scroll=False)
+            self.scroll_to(y=scroll_y, animate=False, immediate=True)
         return True
 
     def mark_sort(self, sort_key: str, reverse: bool) -> None:
@@ -240,8 +243,8 @@ class ListenerTable(KeyedTable):
         self.last = listeners
         if not self.cols:
             return
-        cursor = self.cursor_key()
-        screen_offset = self.cursor_row - int(self.scroll_y) if cursor else None
+        follow = row_key(self.followed) if self.followed is not None else None
+        screen_offset = self.cursor_row - int(self.scroll_y)
         want = [row_key(lst.key) for lst in listeners]
         want_set = set(want)
         gone = [k for k in self.order if k not in want_set]
@@ -276,5 +279,8 @@ class ListenerTable(KeyedTable):
             self._new_rows.clear()
         self.set_cells(changes)
         self.set_order(want)
-        if cursor is not None and cursor in want_set:
-            self.move_cursor_to_key(cursor, keep_screen_offset=screen_offset)
+        if follow is not None:
+            if follow in want_set:
+                self.move_cursor_to_key(follow, keep_screen_offset=screen_offset)
+            else:  # the followed listener is gone or filtered out: back to the line rule
+                self.followed = None

@@ -116,7 +116,34 @@ async def test_enter_drills_and_escape_returns_to_the_same_row(make_app):
         assert app.screen.table.listener_at_cursor() == key
 
 
-async def test_cursor_follows_its_listener_through_a_resort(make_app):
+async def test_first_frame_selects_the_top_row(make_app):
+    app = make_app()
+    async with app.run_test(size=(160, 48)) as pilot:
+        app.apply_snapshot(build_snapshot(0))
+        await pilot.pause()
+        table = app.screen.table
+        assert table.cursor_row == 0
+        assert table.listener_at_cursor() == app.visible_listeners()[0].key
+
+
+async def test_bar_stays_on_its_line_through_a_resort_and_enter_opens_what_is_under_it(make_app):
+    """htop's rule: rows re-sort under the bar; Enter opens the listener the bar is on now."""
+    app = make_app()
+    async with app.run_test(size=(160, 48)) as pilot:
+        await feed_ticks(app, pilot)
+        table = app.screen.table
+        assert table.cursor_row == 0
+        before = table.listener_at_cursor()
+        # postgres starts overflowing: it jumps to the top line, under the bar
+        app.apply_snapshot(build_snapshot(CLOCK_TICK + 1, swap_order=True))
+        await pilot.pause()
+        assert table.order[0] == row_key(KEY_PG) != row_key(before)
+        assert table.cursor_row == 0 and table.listener_at_cursor() == KEY_PG
+        await pilot.press("enter")
+        assert isinstance(app.screen, ListenerScreen) and app.screen.key == KEY_PG
+
+
+async def test_F_makes_the_bar_follow_its_listener_through_a_resort(make_app):
     app = make_app()
     async with app.run_test(size=(160, 48)) as pilot:
         await feed_ticks(app, pilot)
@@ -125,25 +152,32 @@ async def test_cursor_follows_its_listener_through_a_resort(make_app):
         while table.cursor_key() != target:
             await pilot.press("down")
         assert table.cursor_row == 4
-        # postgres starts overflowing: it jumps to the top, and the cursor goes with it
+        await pilot.press("F")
+        assert table.followed == KEY_PG and app.screen.feed.follow_key == KEY_PG
         app.apply_snapshot(build_snapshot(CLOCK_TICK + 1, swap_order=True))
         await pilot.pause()
         assert table.order[0] == target
         assert table.cursor_key() == target and table.cursor_row == 0
+        assert "following" in screen_text(app)
+        await pilot.press("F")  # let go: the bar stays on its line again
+        assert table.followed is None and app.screen.feed.follow_key is None
+        app.apply_snapshot(build_snapshot(CLOCK_TICK + 2))
+        await pilot.pause()
+        assert table.cursor_row == 0 and table.cursor_key() != target
 
 
-async def test_cursor_stays_when_a_listener_above_it_goes_away(make_app):
+async def test_bar_stays_on_its_line_when_a_listener_above_it_goes_away(make_app):
     app = make_app()
     async with app.run_test(size=(160, 48)) as pilot:
         await feed_ticks(app, pilot)
         table = app.screen.table
         await pilot.press("down", "down", "down")
-        key = table.cursor_key()
+        below = table.order[4]
         snap = build_snapshot(CLOCK_TICK + 1)
         app.apply_snapshot(replace(snap, listeners=[lst for lst in snap.listeners if lst.key != KEY_8080]))
         await pilot.pause()
         assert row_key(KEY_8080) not in table.order
-        assert table.cursor_key() == key
+        assert table.cursor_row == 3 and table.cursor_key() == below
 
 
 async def test_updates_by_key_touch_only_changed_cells(make_app, monkeypatch):
