@@ -73,13 +73,15 @@ class CollectorFailed(Message):
 
 
 class History:
-    """Bounded per-listener series (peak depth, drops/s, queued/s), stored as float32 triples.
+    """Bounded per-listener series, stored as float32 rows of len(FIELDS) values.
 
-    10k listeners x 120 samples costs ~15 MB this way (tuples of floats would be ~150 MB).
-    NaN marks "unknown".
+    10k listeners x 120 samples costs ~19 MB this way (tuples of floats would be ~190 MB).
+    NaN marks "unknown" (no eBPF: no peak, no queued/s), never drawn as 0.
+    `fill` is the accept-queue fill (peak when known, else the sampled depth) over what the
+    queue holds (backlog+1), 0..1+: the main table's sparkline column.
     """
 
-    FIELDS = ("peak", "drop_rate", "queued_rate")
+    FIELDS = ("peak", "depth", "fill", "drop_rate", "queued_rate")
 
     def __init__(self, length: int = HISTORY_LEN) -> None:
         self.length = length
@@ -88,16 +90,24 @@ class History:
 
     def add(self, snap: Snapshot) -> None:
         nan = math.nan
-        n = 3 * self.length
+        w = len(self.FIELDS)
+        n = w * self.length
         series = self.series
         for lst in snap.listeners:
             a = series.get(lst.key)
             if a is None:
                 a = series[lst.key] = array("f")
-            peak = lst.peak_accept_queue if lst.peak_accept_queue is not None else lst.accept_queue
-            a.extend((peak, lst.drop_rate, nan if lst.queued_rate is None else lst.queued_rate))
+            peak = lst.peak_accept_queue
+            top = lst.accept_queue if peak is None else max(peak, lst.accept_queue)
+            a.extend((
+                nan if peak is None else peak,
+                lst.accept_queue,
+                top / (lst.backlog + 1),
+                lst.drop_rate,
+                nan if lst.queued_rate is None else lst.queued_rate,
+            ))
             if len(a) > n:
-                del a[:3]
+                del a[:w]
         if len(series) > 2 * len(snap.listeners) + 64:
             alive = {lst.key for lst in snap.listeners}
             for key in [k for k in series if k not in alive]:
@@ -107,8 +117,18 @@ class History:
         a = self.series.get(key)
         if a is None:
             return []
+        w = len(self.FIELDS)
+        return list(a[self.FIELDS.index(field)::w])
+
+    def last(self, key: ListenerKey, field: str, n: int) -> list[float]:
+        """The newest n values of one field (cheap: only those are copied)."""
+        a = self.series.get(key)
+        if a is None:
+            return []
+        w = len(self.FIELDS)
         i = self.FIELDS.index(field)
-        return list(a[i::3])
+        start = max(0, len(a) - n * w)
+        return list(a[start + i::w])
 
 
 def listener_matches(lst: Listener, terms: Sequence[str]) -> bool:
@@ -175,6 +195,8 @@ class TcpqTopApp(App):
         self.history = History(history_len)
         self.collector_error: str | None = None
         self.ticks_applied = 0
+        # The first sample with the probes live: where every eBPF total starts ("since 14:02").
+        self.bpf_live_since: float | None = None
         self._start_collector = start_collector
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -319,6 +341,8 @@ class TcpqTopApp(App):
             # probes compiled: redraw every cell once they are live (or have failed).
             self.call_after_refresh(self.screen.refresh, repaint=True, layout=True)
         self.snapshot = snap
+        if self.bpf_live_since is None and snap.sources.bpf:
+            self.bpf_live_since = snap.time
         if snap.connections is not None:
             self.connections = snap.connections
             self.connections_time = snap.time
@@ -448,6 +472,8 @@ class TcpqTopApp(App):
         for k in keycat.CATALOGUE:
             if k.scope not in scopes or not k.palette or k.id == "app.quit":
                 continue
+            if keycat.replay_only(k) and not self.replaying:
+                continue  # live mode offers no replay keys
             target = self if k.action.startswith("app.") else screen
             action = k.action.removeprefix("app.")
             shown = k.key_display or k.keys.split(",")[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections import Counter
 from functools import partial
 
@@ -14,6 +15,7 @@ from textual.widgets import DataTable, Footer, Sparkline, Static
 
 from tcptop_q.diagnosis import diagnose
 from tcptop_q.model import Connection, Listener, ListenerKey, NetnsCounters
+from tcptop_q.screens import keys as keycat
 from tcptop_q.screens.base import DetailScreen
 from tcptop_q.widgets.keyed_table import KeyedTable
 from tcptop_q.widgets.listener_table import accept_cell
@@ -24,27 +26,87 @@ SEVERITY_CLASS = {"crit": "-crit", "warn": "-warn", "info": "-info", "ok": "-ok"
 SYSCTL_NAMES = ("somaxconn", "tcp_max_syn_backlog", "tcp_syncookies", "tcp_abort_on_overflow")
 
 
-def queues_text(lst: Listener) -> Text:
+def since_label(when: float | None) -> str:
+    return "since eBPF went live" if when is None else f"since {time.strftime('%H:%M', time.localtime(when))}"
+
+
+def queues_text(lst: Listener, bpf_since: float | None = None) -> Text:
+    """Every total says where it starts: sk_drops counts since the socket was created, the
+    eBPF totals since the probes went live; - where eBPF cannot tell."""
+    live = since_label(bpf_since)
+
+    def total(value: int | None, rate_value: float | None) -> str:
+        if value is None:
+            return "- (needs eBPF)"
+        return f"{value} {live}, {fmt_num(rate_value)}/s"
+
     t = Text()
     t.append("queues\n", style="bold underline")
     t.append("accept queue ", style="dim")
     t.append_text(accept_cell(lst.accept_queue, lst.backlog, 10))
     t.append(f"  (holds {lst.backlog + 1})\n", style="dim")
     rows = [
-        ("peak depth", fmt_num(lst.peak_accept_queue)),
+        ("peak depth", fmt_num(lst.peak_accept_queue) if lst.peak_accept_queue is not None else "- (needs eBPF)"),
         ("SYN queue", str(lst.syn_queue)),
-        ("drops", f"{lst.drops} total, {fmt_num(lst.drop_rate)}/s"),
-        ("overflows", f"{fmt_num(lst.overflows)} total, {fmt_num(lst.overflow_rate)}/s"),
-        ("SYN-ACK rtx", f"{fmt_num(lst.synack_retrans)} total, {fmt_num(lst.synack_retrans_rate)}/s"),
-        ("queued", f"{fmt_num(lst.queued)} total, {fmt_num(lst.queued_rate)}/s"),
-        ("resets", f"{fmt_num(lst.resets_sent)} sent, {fmt_num(lst.resets_received)} received"),
+        ("sk_drops", f"{lst.drops} since the socket was created, {fmt_num(lst.drop_rate)}/s"),
+        ("overflows", total(lst.overflows, lst.overflow_rate)),
+        ("SYN-ACK rtx", total(lst.synack_retrans, lst.synack_retrans_rate)),
+        ("queued", total(lst.queued, lst.queued_rate)),
+        (
+            "resets",
+            "- (needs eBPF)"
+            if lst.resets_sent is None
+            else f"{fmt_num(lst.resets_sent)} sent, {fmt_num(lst.resets_received)} received {live}",
+        ),
     ]
     for i, (name, value) in enumerate(rows):
         t.append(f"{name:>12} ", style="dim")
-        t.append(value)
+        t.append(value, style="dim" if value.startswith("-") else "")
         if i < len(rows) - 1:
             t.append("\n")
     return t
+
+
+def drop_reasons_text(lst: Listener, bpf_since: float | None = None) -> Text:
+    """kfree_skb reasons charged to this listener (eBPF), worst first."""
+    t = Text()
+    t.append("drop reasons", style="bold underline")
+    t.append(f" ({since_label(bpf_since)})\n", style="dim")
+    reasons = lst.drop_reasons
+    if reasons is None:
+        t.append("- (needs eBPF)", style="dim")
+        return t
+    if not reasons:
+        t.append("none seen", style="dim")
+        return t
+    items = sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))
+    for i, (name, n) in enumerate(items):
+        t.append(f"{n:>8} ", style="bold")
+        t.append(inert(name))
+        if i < len(items) - 1:
+            t.append("\n")
+    return t
+
+
+def title_text(key: ListenerKey, lst: Listener | None) -> Text:
+    """Owner and queue first: at 80 columns the end of the line is cut."""
+    title = Text(no_wrap=True, overflow="ellipsis")
+    title.append(inert(key.label()), style="bold")
+    if lst is None:
+        title.append("  (gone: the socket is no longer listening)", style="reverse")
+        title.append(f"  {key.family}  netns {short_netns(key.netns)}", style="dim")
+        return title
+    if lst.pid is not None:
+        title.append(f"  pid {lst.pid} ")
+        title.append(inert(lst.comm, "?"), style="bold")
+    else:
+        title.append("  pid -", style="dim")
+    title.append("  accept ")
+    title.append_text(accept_cell(lst.accept_queue, lst.backlog, 0))
+    title.append(f"  SYN {lst.syn_queue}")
+    title.append(f"  {key.family}  netns {short_netns(key.netns)}  inode {lst.inode}  cookie {key.cookie}",
+                 style="dim")
+    return title
 
 
 def sysctl_text(netns: int, sysctls: dict[str, int] | None) -> Text:
@@ -91,12 +153,16 @@ def child_cells(c: Connection) -> dict[str, Text]:
 
 
 class ListenerScreen(DetailScreen):
+    BINDINGS = keycat.bindings("detail") + keycat.bindings("listener")
+    KEY_SCOPES = ("detail", "listener")
     def __init__(self, key: ListenerKey) -> None:
         super().__init__()
         self.key = key
         self.sysctls: dict[str, int] | None = None
         self.conns: dict[str, Connection] = {}
         self.diagnosis_text = ""
+        self.details_wanted: bool | None = None  # None: shown when the terminal is tall enough
+        self.findings_open = False  # only the headline finding, unless opened (`D`)
 
     def _focus_feed(self, port: int | None) -> None:
         # Off the UI thread (the probes' lock may be held by a read in the collector), and
@@ -109,13 +175,26 @@ class ListenerScreen(DetailScreen):
         self._focus_feed(None)
 
     def compose(self) -> ComposeResult:
+        # Owner, diagnosis headline, queue and the first children always on screen (80x24);
+        # the details (queues, history, sysctls, process, drop reasons) scroll below, `d` folds them.
         yield TopBar(id="topbar")
         yield Static(id="title")
+        yield Static(id="diagnosis")
+        yield Static(id="children-summary")
+        table = KeyedTable.with_columns((
+            ("PEER", 23, "peer"),
+            ("STATE", 11, "state"),
+            ("AGE", 7, "age"),
+            ("RECV-Q", 6, "recv_q"),
+            ("SEND-Q", 6, "send_q"),
+            ("PID/COMM", 16, "proc"),
+        ), id="children")
+        yield table
         with VerticalScroll(id="detail"):
-            yield Static(id="diagnosis")
             with Horizontal(id="panels"):
                 with Vertical(id="left"):
                     yield Static(id="queues")
+                    yield Static(id="drop-reasons")
                     yield Static(id="sysctls")
                 with Vertical(id="right"):
                     yield Static(id="spark-peak-label", classes="spark-label")
@@ -125,17 +204,24 @@ class ListenerScreen(DetailScreen):
                     yield Static(id="spark-accept-label", classes="spark-label")
                     yield Sparkline([], id="spark-accept")
                     yield Static(id="process")
-            yield Static(id="children-summary")
-            table = KeyedTable.with_columns((
-                ("PEER", 23, "peer"),
-                ("STATE", 11, "state"),
-                ("AGE", 7, "age"),
-                ("RECV-Q", 6, "recv_q"),
-                ("SEND-Q", 6, "send_q"),
-                ("PID/COMM", 16, "proc"),
-            ), id="children")
-            yield table
         yield Footer()
+
+    def on_resize(self, event) -> None:
+        self.set_class(event.size.width < 120, "-narrow")
+        if self.details_wanted is None:
+            self._show_details(event.size.height >= 30)
+
+    def _show_details(self, show: bool) -> None:
+        self.query_one("#detail").display = show
+        self.set_class(not show, "-folded")
+
+    def action_toggle_details(self) -> None:
+        self.details_wanted = not self.query_one("#detail").display
+        self._show_details(self.details_wanted)
+
+    def action_toggle_findings(self) -> None:
+        self.findings_open = not self.findings_open
+        self.refresh_data()
 
     def on_mount(self) -> None:
         self._focus_feed(self.key.lport)
@@ -171,18 +257,9 @@ class ListenerScreen(DetailScreen):
     def refresh_data(self) -> None:
         app = self.tapp
         lst = app.listener(self.key)
-        title = Text(no_wrap=True, overflow="ellipsis")
-        title.append(inert(self.key.label()), style="bold")
-        title.append(f"  {self.key.family}  netns {short_netns(self.key.netns)}", style="dim")
+        self.query_one("#title", Static).update(title_text(self.key, lst))
         if lst is None:
-            title.append("  (gone: the socket is no longer listening)", style="reverse")
-            self.query_one("#title", Static).update(title)
             return
-        title.append(f"  inode {lst.inode}  cookie {self.key.cookie}", style="dim")
-        if lst.pid is not None:
-            title.append(f"  pid {lst.pid} ")
-            title.append(inert(lst.comm, "?"), style="bold")
-        self.query_one("#title", Static).update(title)
 
         snap = app.snapshot
         assert snap is not None
@@ -191,20 +268,26 @@ class ListenerScreen(DetailScreen):
             self.sysctls if self.sysctls is not None else (dict(ns.sysctls) if ns and ns.sysctls else None)
         )
         findings = diagnose(lst, sysctls=sysctls or {}, netns=ns, close_wait=snap.close_wait)
-        diag = Text()
+        full = Text()
         for i, f in enumerate(findings):
             if i:
-                diag.append("\n")
-            diag.append({"crit": "✖ ", "warn": "▲ ", "info": "• ", "ok": "✔ "}[f.severity], style="bold")
-            diag.append(f.text)
-        self.diagnosis_text = diag.plain
+                full.append("\n")
+            full.append({"crit": "✖ ", "warn": "▲ ", "info": "• ", "ok": "✔ "}[f.severity], style="bold")
+            full.append(f.text, style="bold" if i == 0 and f.severity in ("crit", "warn") else "")
+        self.diagnosis_text = full.plain
         panel = self.query_one("#diagnosis", Static)
-        panel.update(diag)
+        if self.findings_open or len(findings) == 1:
+            panel.update(full)
+        else:
+            head = full.split("\n")[0]
+            head.append(f"  (+{len(findings) - 1} more: D)", style="dim")
+            panel.update(head)
         for cls in SEVERITY_CLASS.values():
             panel.remove_class(cls)
         panel.add_class(SEVERITY_CLASS[findings[0].severity])
 
-        self.query_one("#queues", Static).update(queues_text(lst))
+        self.query_one("#queues", Static).update(queues_text(lst, app.bpf_live_since))
+        self.query_one("#drop-reasons", Static).update(drop_reasons_text(lst, app.bpf_live_since))
         self.query_one("#sysctls", Static).update(sysctl_text(self.key.netns, sysctls))
         self._sparklines()
         if lst.pid != self.process_pid:
@@ -214,10 +297,11 @@ class ListenerScreen(DetailScreen):
         self._children(snap.close_wait)
 
     def _sparklines(self) -> None:
+        """No graph for what cannot be known: a series of unknowns (NaN) hides its sparkline."""
         hist = self.tapp.history
         for field, wid, label in (
             ("peak", "spark-peak", "peak accept queue"),
-            ("drop_rate", "spark-drop", "drops/s"),
+            ("drop_rate", "spark-drop", "sk_drops/s"),
             ("queued_rate", "spark-accept", "queued/s"),
         ):
             values = hist.get(self.key, field)
@@ -225,11 +309,13 @@ class ListenerScreen(DetailScreen):
             text = Text(f"{label} ", style="dim")
             if known:
                 text.append(f"now {fmt_num(known[-1])}  max {fmt_num(max(known))}", style="bold")
-                text.append(f"  ({len(values)} samples)", style="dim")
+                text.append(f"  ({len(known)} samples)", style="dim")
             else:
-                text.append("unknown (needs BPF)" if values else "no samples yet", style="dim")
+                text.append("- unknown (needs eBPF)" if values else "no samples yet", style="dim")
             self.query_one(f"#{wid}-label", Static).update(text)
-            self.query_one(f"#{wid}", Sparkline).data = [0.0 if math.isnan(v) else v for v in values]
+            spark = self.query_one(f"#{wid}", Sparkline)
+            spark.display = bool(known)
+            spark.data = known
 
     def _children(self, close_wait) -> None:
         app = self.tapp

@@ -13,34 +13,37 @@ from textual.widgets.option_list import Option
 
 from tcptop_q.model import Snapshot
 from tcptop_q.screens import keys as keycat
-from tcptop_q.widgets.listener_table import COLUMNS
+from tcptop_q.widgets.listener_table import COLUMNS, LEGEND
 from tcptop_q.widgets.text import short_netns
 
 SCOPE_TITLES = {
     "app": "everywhere",
     "main": "listener table",
     "detail": "detail screens",
+    "listener": "listener screen",
     "closewait": "CLOSE_WAIT view",
 }
 
 
-def help_table() -> Table:
+def help_table(replaying: bool = False) -> Table:
+    """Keys (replay keys only while replaying), navigation, and the legend of every number."""
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold", no_wrap=True)
     table.add_column()
     for scope, title in SCOPE_TITLES.items():
         table.add_row(Text(title, style="underline"), "")
         for k in keycat.for_scopes(scope):
-            keys = k.key_display or k.keys
-            if k.key_display and "," in k.keys:
-                keys = ", ".join(
-                    k.key_display if i == 0 else name for i, name in enumerate(k.keys.split(","))
-                )
-            table.add_row(Text(keys), Text(k.description))
+            if keycat.replay_only(k) and not replaying:
+                continue
+            table.add_row(Text(keycat.key_names(k)), Text(k.description))
         table.add_row("", "")
     table.add_row(Text("navigation", style="underline"), "")
     for keys, what in keycat.NAVIGATION_HELP:
         table.add_row(Text(keys), Text(what))
+    table.add_row("", "")
+    table.add_row(Text("legend", style="underline"), "")
+    for name, what in LEGEND:
+        table.add_row(Text(name), Text(what))
     return table
 
 
@@ -51,9 +54,9 @@ class HelpScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="help-box"):
-            yield Static(Text("tcpq-top keys", style="bold"), id="help-title")
+            yield Static(Text("tcpq-top keys and legend", style="bold"), id="help-title")
             with VerticalScroll():
-                yield Static(help_table(), id="help-body")
+                yield Static(help_table(bool(getattr(self.app, "replaying", False))), id="help-body")
 
     def action_dismiss_help(self) -> None:
         self.dismiss(None)

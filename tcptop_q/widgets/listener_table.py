@@ -38,6 +38,24 @@ COLUMNS: tuple[Col, ...] = (
     Col("close_wait", "CL-WT", 5, 1, "close_wait"),
 )
 COLUMN_BY_ID = {c.id: c for c in COLUMNS}
+
+# What every number on screen means (the `?` screen shows it; docs/JSON.md has the details).
+LEGEND: tuple[tuple[str, str], ...] = (
+    ("LISTEN", "local address:port of the listening socket"),
+    ("NETNS", "network namespace (last 4 digits of its inode)"),
+    ("PID/COMM", "process holding the socket's fd (- : not visible)"),
+    ("ACCEPT-Q", "children waiting for accept() / limit; the kernel holds limit+1, ! = full"),
+    ("SYN-Q", "handshakes in progress (request socks) for this listener"),
+    ("DROP/s", "this socket's sk_drops per second (SYNs and ACKs it dropped)"),
+    ("OVF/s", "accept-queue overflows per second (eBPF; - without it)"),
+    ("RTX/s", "SYN-ACK retransmits per second (eBPF)"),
+    ("QUE/s", "children that entered the accept queue per second (not accept() calls)"),
+    ("ESTAB", "children in ESTABLISHED (queued or accepted)"),
+    ("CL-WT", "children in CLOSE_WAIT: the peer closed, this side has not"),
+    ("header ListenOverflows", "the netns' TcpExt counter, per second: every listener of the netns"),
+    ("header ListenDrops", "the netns' TcpExt counter, per second: counted with each listener's sk_drops"),
+    ("-", "cannot be known here (no eBPF, no permission): never shown as 0"),
+)
 BAR = 5  # fill-bar cells; shown when the table has room (priority 3)
 BAR_PRIORITY = 3
 PADDING = 2  # DataTable cell_padding 1 on each side

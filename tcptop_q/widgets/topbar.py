@@ -62,7 +62,10 @@ def header_text(
         drop = ns.rates.get("ListenDrops")
         hot = bool(ovf) or bool(drop)
         line.append(f"netns {short_netns(ns.inode)} ", style="dim")
-        line.append(f"ovf {fmt_num(ovf)}/s drop {fmt_num(drop)}/s", style="bold red" if hot else "")
+        # The netns' own TcpExt counters, named as the kernel names them: ListenDrops is the
+        # sum over the netns' listeners, not one row's DROP/s (sk_drops).
+        line.append(f"ListenOverflows {fmt_num(ovf)}/s ListenDrops {fmt_num(drop)}/s",
+                    style="bold red" if hot else "")
     if not nss:
         line.append("no netns counters", style="dim")
     return line

@@ -162,12 +162,18 @@ async def test_collector_error_is_shown_not_raised(make_app):
 
 async def test_help_screen_lists_the_whole_catalogue(make_app):
     app = make_app()
-    async with app.run_test(size=(100, 60)) as pilot:
+    async with app.run_test(size=(110, 110)) as pilot:
         await pilot.press("question_mark")
         assert type(app.screen).__name__ == "HelpScreen"
         text = screen_text(app)
         for k in keycat.CATALOGUE:
-            assert k.description in text, k.id
+            if keycat.replay_only(k):  # live: no replay keys offered
+                assert k.description not in text, k.id
+            else:
+                assert k.description in text, k.id
+        assert "equals_sign" not in text and "question_mark" not in text
+        assert "+ / =" in text
+        assert "ListenDrops" in text and "sk_drops" in text  # the legend tells the two drops apart
         await pilot.press("escape")
         assert isinstance(app.screen, MainScreen)
 
@@ -180,6 +186,9 @@ async def test_command_palette_offers_catalogue_actions(make_app):
         for k in keycat.for_scopes("main"):
             if k.palette:
                 assert k.description in titles
+        for k in keycat.for_scopes("app"):
+            if keycat.replay_only(k):  # live mode: no replay keys in the palette
+                assert k.description not in titles
         titles["Reverse"].callback()
         await pilot.pause()
         assert app.sort_reverse is True
@@ -238,3 +247,33 @@ async def test_listener_that_disappears_is_shown_gone_and_main_table_drops_it(ma
         await pilot.press("escape")
         await wait_for(pilot, lambda: isinstance(app.screen, MainScreen), what="back to main")
         assert "0.0.0.0:8080" not in screen_text(app)
+
+
+async def test_listener_screen_at_80x24_shows_owner_headline_queue_and_children(make_app):
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await feed_ticks(app, pilot)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, ListenerScreen), what="listener screen")
+        await pilot.pause()
+        text = screen_text(app)
+        assert "pid 1234 server" in text and "accept 6/5!" in text
+        assert "✖ accept queue full 6/5" in text and "more: D" in text
+        assert "127.0.0.1:41010" in text and "CLOSE_WAIT" in text  # a child row, no scrolling
+        await pilot.press("D")  # every finding
+        assert "never calls close()" in screen_text(app)
+        await pilot.press("D", "d")  # fold the findings, unfold the details (they scroll)
+        assert "accept queue 6/5 ██████████!" in screen_text(app)
+        assert app.screen.query_one("#detail").display
+
+
+async def test_listener_screen_at_120x40_shows_children_and_details(make_app):
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await feed_ticks(app, pilot)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, ListenerScreen), what="listener screen")
+        await pilot.pause()
+        text = screen_text(app)
+        assert "127.0.0.1:41000" in text  # all six children
+        assert "sk_drops 170 since the socket was created" in text and "overflows 170 since 22:13" in text
