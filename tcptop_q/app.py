@@ -35,6 +35,8 @@ from tcptop_q.model import (
 )
 from tcptop_q.screens import keys as keycat
 
+SEVERITY = "severity"  # the TUI's default order: what is wrong now first (diagnosis.severity_rank)
+UI_SORT_KEYS = (SEVERITY, *SORT_KEYS)
 INTERVALS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
 HISTORY_LEN = 120  # samples per listener kept for sparklines
 
@@ -82,11 +84,21 @@ class History:
     """
 
     FIELDS = ("peak", "depth", "fill", "drop_rate", "queued_rate")
+    SPARK_CELLS = 10  # the main table's fill sparkline: 10 cells of SPARK_SECONDS each (one minute)
+    SPARK_SECONDS = 6.0
 
     def __init__(self, length: int = HISTORY_LEN) -> None:
         self.length = length
         self.series: dict[ListenerKey, array] = {}
         self.times: list[float] = []
+        # "Is it still happening?": when each listener last overflowed / dropped / grew its
+        # CLOSE_WAIT pile, as seen by tcpq-top (since it started).
+        self.last_overflow: dict[ListenerKey, float] = {}
+        self.last_drop: dict[ListenerKey, float] = {}
+        self.close_wait_grew: dict[ListenerKey, float] = {}
+        self._close_wait: dict[ListenerKey, int] = {}
+        self._spark: dict[ListenerKey, tuple[int, list[float]]] = {}
+        self.started: float | None = None
 
     def add(self, snap: Snapshot) -> None:
         nan = math.nan
@@ -108,10 +120,53 @@ class History:
             ))
             if len(a) > n:
                 del a[:w]
+            self._track(lst, snap.time, top / (lst.backlog + 1))
+        if self.started is None:
+            self.started = snap.time
         if len(series) > 2 * len(snap.listeners) + 64:
             alive = {lst.key for lst in snap.listeners}
-            for key in [k for k in series if k not in alive]:
-                del series[key]
+            for table in (series, self.last_overflow, self.last_drop, self.close_wait_grew,
+                          self._close_wait, self._spark):
+                for key in [k for k in table if k not in alive]:
+                    del table[key]
+
+    def _track(self, lst: Listener, now: float, fill: float) -> None:
+        key = lst.key
+        if lst.overflow_rate:
+            self.last_overflow[key] = now
+        if lst.drop_rate:
+            self.last_drop[key] = now
+        if lst.children:
+            cw = lst.children.get("CLOSE_WAIT", 0)
+            if cw > self._close_wait.get(key, cw):
+                self.close_wait_grew[key] = now
+            self._close_wait[key] = cw
+        bucket = int(now // self.SPARK_SECONDS)
+        old = self._spark.get(key)
+        if old is None or old[0] != bucket:
+            cells = [] if old is None else old[1]
+            if old is not None:  # empty buckets for the ticks we did not see
+                cells.extend([0.0] * min(self.SPARK_CELLS, bucket - old[0] - 1))
+            cells.append(fill)
+            del cells[: -self.SPARK_CELLS]
+            self._spark[key] = (bucket, cells)
+        elif fill > old[1][-1]:
+            old[1][-1] = fill
+
+    def spark(self, key: ListenerKey) -> tuple[int, ...]:
+        """The last minute's accept-queue fill, one level 0..8 per 6 s cell (max in the cell)."""
+        got = self._spark.get(key)
+        if got is None:
+            return ()
+        return tuple(min(8, math.ceil(v * 8)) for v in got[1])
+
+    def last_event(self, key: ListenerKey) -> tuple[float | None, float | None]:
+        """(last overflow, last drop) times seen, None for none since tcpq-top started."""
+        return self.last_overflow.get(key), self.last_drop.get(key)
+
+    def close_wait_growing(self, key: ListenerKey, now: float, window: float = 30.0) -> bool:
+        grew = self.close_wait_grew.get(key)
+        return grew is not None and now - grew <= window
 
     def get(self, key: ListenerKey, field: str) -> list[float]:
         a = self.series.get(key)
@@ -172,7 +227,7 @@ class TcpqTopApp(App):
         self,
         source: SnapshotSource,
         *,
-        sort: str = "overflow_rate",
+        sort: str = SEVERITY,
         reverse: bool = False,
         filter_text: str = "",
         clock: Callable[[], float] | None = None,
@@ -180,8 +235,8 @@ class TcpqTopApp(App):
         history_len: int = HISTORY_LEN,
     ) -> None:
         super().__init__()
-        if sort not in SORT_KEYS:
-            raise ValueError(f"unknown sort key {sort!r}; one of {', '.join(SORT_KEYS)}")
+        if sort not in UI_SORT_KEYS:
+            raise ValueError(f"unknown sort key {sort!r}; one of {', '.join(UI_SORT_KEYS)}")
         self.source = source
         self.clock = clock or time.time
         self.sort_key = sort
@@ -388,7 +443,22 @@ class TcpqTopApp(App):
             for lst in snap.listeners
             if (ns is None or lst.key.netns == ns) and listener_matches(lst, terms)
         ]
+        if self.sort_key == SEVERITY:
+            return self._by_severity(picked, snap.time)
         return sort_listeners(picked, self.sort_key, self.sort_reverse)
+
+    def _by_severity(self, listeners: list[Listener], now: float) -> list[Listener]:
+        """What is wrong now first (diagnosis.severity_rank), then overflow rate, drop rate, fill."""
+        from tcptop_q.diagnosis import severity_rank
+
+        hist = self.history
+        base = sort_listeners(listeners, "overflow_rate")
+        ranked = sorted(
+            base, key=lambda lst: severity_rank(lst, hist.close_wait_growing(lst.key, now))
+        )
+        if self.sort_reverse:
+            ranked.reverse()
+        return ranked
 
     def listener(self, key: ListenerKey) -> Listener | None:
         if self.snapshot is None:

@@ -253,3 +253,19 @@ def diagnose(
         )
     findings.sort(key=lambda f: SEVERITY_ORDER[f.severity])
     return findings
+
+
+def severity_rank(listener: Listener, close_wait_growing: bool = False) -> int:
+    """What is wrong now, cheaply (every listener, every tick): 0 drops, overflows or a growing
+    CLOSE_WAIT pile; 1 a full or at-limit accept queue, a standing CLOSE_WAIT pile, SYN-ACK
+    retransmits; 2 the rest. The main table's default order (then overflow rate)."""
+    if listener.overflow_rate or listener.drop_rate > 0:
+        return 0
+    cw = int(listener.children.get("CLOSE_WAIT", 0))
+    if close_wait_growing and cw >= CLOSE_WAIT_PILE:
+        return 0
+    if listener.accept_queue and listener.accept_queue >= listener.backlog:
+        return 1
+    if cw >= CLOSE_WAIT_PILE or listener.synack_retrans_rate:
+        return 1
+    return 2

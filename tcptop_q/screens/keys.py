@@ -37,6 +37,8 @@ CATALOGUE: tuple[Key, ...] = (
     Key("replay.end", "G", "app.replay_step(1000000000)", "Replay: last tick", "app", show=False, priority=True),
     Key("main.sort", "s,f6", "pick_sort", "Sort", "main", key_display="s"),
     Key("main.reverse", "r", "reverse", "Reverse", "main"),
+    Key("main.totals", "t", "toggle_totals", "Totals/rates", "main"),
+    Key("main.columns", "f2", "choose_columns", "Columns", "main", key_display="F2"),
     Key("main.filter", "slash", "filter", "Filter", "main", key_display="/"),
     Key("main.netns", "n", "pick_netns", "Netns", "main"),
     Key("main.feed", "f", "toggle_feed", "Feed", "main"),

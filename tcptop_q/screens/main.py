@@ -15,8 +15,8 @@ from textual.widgets import DataTable, Footer, Input, Static
 from tcptop_q.model import Snapshot, Transition
 from tcptop_q.screens import keys as keycat
 from tcptop_q.widgets.feed import FeedPane
-from tcptop_q.widgets.listener_table import COLUMN_BY_ID, COLUMNS, ListenerTable
-from tcptop_q.widgets.text import inert, short_netns
+from tcptop_q.widgets.listener_table import COLUMN_BY_ID, COLUMNS, TOTALS, ListenerTable
+from tcptop_q.widgets.text import ascii_mode, inert, short_netns
 from tcptop_q.widgets.topbar import TopBar
 
 if TYPE_CHECKING:
@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 
 WIDE = 120  # below this the feed is hidden unless asked for, and columns drop out
 
-SORT_LABELS = {c.sort_key: c.label for c in COLUMNS if c.sort_key}
+SORT_LABELS = {c.sort_key: c.label for c in (*COLUMNS, *TOTALS.values()) if c.sort_key}
+SORT_LABELS["severity"] = "what is wrong now"
 
 
 class MainScreen(Screen):
@@ -57,7 +58,21 @@ class MainScreen(Screen):
     def feed(self) -> FeedPane:
         return self.query_one("#feed", FeedPane)
 
+    def _extras(self, key):
+        """(last overflow/drop as (kind, age bucket), fill sparkline) for the table's LAST and
+        FILL columns; ages in whole seconds under a minute, whole minutes after."""
+        hist = self.tapp.history
+        ovf, drop = hist.last_event(key)
+        event = None
+        if ovf is not None or drop is not None:
+            kind, when = ("ovf", ovf) if (ovf or 0) >= (drop or 0) else ("drp", drop)
+            age = max(0.0, self._now - (when or 0.0))
+            event = (kind, int(age) if age < 60 else int(age // 60) * 60)
+        return (event,), hist.spark(key)
+
     def on_mount(self) -> None:
+        self._now = 0.0
+        self.table.extras = self._extras
         self.query_one("#filter", Input).display = False
         self.query_one("#filter", Input).value = self.tapp.filter_text
         self._layout_for(self.app.size.width)
@@ -94,7 +109,11 @@ class MainScreen(Screen):
         self.feed.push(events, snap.sources.lost_events)
 
     def _apply_rows(self) -> None:
-        listeners = self.tapp.visible_listeners()
+        app = self.tapp
+        snap = app.snapshot
+        self._now = snap.time if snap is not None else 0.0
+        listeners = app.visible_listeners()
+        self.table.configure(required=self._required(listeners))
         self.table.apply(listeners)
         self._refresh_status(len(listeners))
 
@@ -110,7 +129,11 @@ class MainScreen(Screen):
         shown = self.table.row_count if shown is None else shown
         text = Text(no_wrap=True, overflow="ellipsis")
         text.append(f"{shown}/{total} listeners", style="bold")
-        arrow = "▲" if app.sort_reverse else "▼"
+        if self.table.hidden:
+            text.append(f" │ +{len(self.table.hidden)} cols hidden (F2)", style="reverse")
+        if self.table.totals:
+            text.append(" │ TOTALS (t)", style="reverse")
+        arrow = ("^" if app.sort_reverse else "v") if ascii_mode() else ("▲" if app.sort_reverse else "▼")
         text.append(f" │ sort {SORT_LABELS.get(app.sort_key, app.sort_key)} {arrow}")
         if app.filter_text:
             text.append(" │ filter ")
@@ -129,6 +152,36 @@ class MainScreen(Screen):
         if app.collector_error:
             text.append(f" │ {inert(app.collector_error)}", style="red")
         self.query_one("#status", Static).update(text)
+
+    def _required(self, listeners) -> frozenset[str]:
+        """Never hide the sort column, nor NETNS when the rows come from several netns."""
+        need = set()
+        for col in (*COLUMNS, *TOTALS.values()):
+            if col.sort_key == self.tapp.sort_key:
+                need.add(col.id)
+        if len({lst.key.netns for lst in listeners}) > 1:
+            need.add("netns")
+        return frozenset(need)
+
+    def action_toggle_totals(self) -> None:
+        self.table.configure(totals=not self.table.totals)
+        self._mark_sort()
+        self._apply_rows()
+        self.notify("totals since start (DROPS: since the socket was created)" if self.table.totals
+                    else "rates per second", timeout=2)
+
+    def action_choose_columns(self) -> None:
+        from tcptop_q.screens.modals import ColumnChooser
+
+        def picked(choice: frozenset[str] | None) -> None:
+            if choice is None:
+                return
+            self.table.configure(chosen=choice if choice else None)
+            self._mark_sort()
+            self._apply_rows()
+
+        shown = {c.id for c in self.table.cols}
+        self.app.push_screen(ColumnChooser(shown), picked)
 
     def _mark_sort(self) -> None:
         self.table.mark_sort(self.tapp.sort_key, self.tapp.sort_reverse)

@@ -8,7 +8,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import OptionList, Static
+from textual.widgets import OptionList, SelectionList, Static
 from textual.widgets.option_list import Option
 
 from tcptop_q.model import Snapshot
@@ -70,8 +70,8 @@ class SortPicker(ModalScreen["str | None"]):
         self.current = current
 
     def compose(self) -> ComposeResult:
-        options = [Option(f"{c.label:<10} {c.sort_key}", id=c.sort_key) for c in COLUMNS if c.sort_key]
-        options.append(Option(f"{'PEAK':<10} peak_accept_queue", id="peak_accept_queue"))
+        options = [Option(f"{'severity':<10} what is wrong now first, then OVF/s (default)", id="severity")]
+        options += [Option(f"{c.label:<10} {c.sort_key}", id=c.sort_key) for c in COLUMNS if c.sort_key]
         options.append(Option(f"{'DROPS':<10} drops (total)", id="drops"))
         with Vertical(id="picker-box"):
             yield Static("sort by", id="picker-title")
@@ -130,3 +130,37 @@ class NetnsPicker(ModalScreen["int | None"]):
 
     def action_cancel(self) -> None:
         self.dismiss(None)
+
+
+class ColumnChooser(ModalScreen["frozenset[str] | None"]):
+    """htop's F2 idea: pick the main table's columns (the essentials always stay); enter
+    applies, an empty choice goes back to fitting the width; escape cancels."""
+
+    BINDINGS = [
+        Binding("escape", "cancel", "Cancel", id="chooser.cancel"),
+        Binding("enter", "apply", "Apply", id="chooser.apply", priority=True),
+    ]
+
+    def __init__(self, shown: set[str]) -> None:
+        super().__init__()
+        self.shown = shown
+
+    def compose(self) -> ComposeResult:
+        items = [(f"{c.label:<9} {desc}", c.id, c.id in self.shown) for c, desc in _optional_columns()]
+        with Vertical(id="picker-box"):
+            yield Static("columns (space: toggle, enter: apply, esc: cancel)", id="picker-title")
+            yield SelectionList[str](*items, id="picker")
+
+    def on_mount(self) -> None:
+        self.query_one(SelectionList).focus()
+
+    def action_apply(self) -> None:
+        self.dismiss(frozenset(self.query_one(SelectionList).selected))
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+def _optional_columns():
+    legend = dict(LEGEND)
+    return [(c, legend.get(c.label, "")[:40]) for c in COLUMNS if c.priority != 0]

@@ -26,8 +26,32 @@ def order(app):
     return list(app.screen.table.order)
 
 
-async def test_default_sort_is_overflow_then_drop_rate(make_app):
+async def test_default_sort_puts_what_is_wrong_now_first(make_app):
     app = make_app()
+    async with app.run_test(size=(160, 48)) as pilot:
+        await feed_ticks(app, pilot)
+        assert app.sort_key == "severity"
+        assert order(app)[0] == row_key(KEY_8080)  # drops and overflows now
+        assert "sort what is wrong now" in screen_text(app)
+
+
+async def test_a_growing_close_wait_pile_ranks_with_overflows(make_app):
+    """A CLOSE_WAIT leak (no overflow, no drops) sorts above the idle listeners, next to the
+    overflowing one, while it grows."""
+    app = make_app()
+    async with app.run_test(size=(160, 48)) as pilot:
+        await feed_ticks(app, pilot)
+        for tick, cw in ((CLOCK_TICK + 1, 6), (CLOCK_TICK + 2, 9)):
+            snap = build_snapshot(tick)
+            app.apply_snapshot(replace(snap, listeners=[
+                replace(lst, children={"ESTABLISHED": 1, "CLOSE_WAIT": cw}) if lst.key == KEY_SSH else lst
+                for lst in snap.listeners]))
+        await pilot.pause()
+        assert order(app)[:2] == [row_key(KEY_8080), row_key(KEY_SSH)]
+
+
+async def test_overflow_sort_marks_its_column(make_app):
+    app = make_app(sort="overflow_rate")
     async with app.run_test(size=(160, 48)) as pilot:
         await feed_ticks(app, pilot)
         snap = build_snapshot(CLOCK_TICK)
@@ -38,7 +62,7 @@ async def test_default_sort_is_overflow_then_drop_rate(make_app):
 
 
 async def test_reverse_flips_the_order_and_the_arrow(make_app):
-    app = make_app()
+    app = make_app(sort="overflow_rate")
     async with app.run_test(size=(160, 48)) as pilot:
         await feed_ticks(app, pilot)
         before = order(app)
@@ -48,7 +72,7 @@ async def test_reverse_flips_the_order_and_the_arrow(make_app):
 
 
 async def test_sort_picker_sorts_by_accepts(make_app):
-    app = make_app()
+    app = make_app(sort="overflow_rate")
     async with app.run_test(size=(160, 48)) as pilot:
         await feed_ticks(app, pilot)
         await pilot.press("s")
@@ -72,7 +96,7 @@ async def test_f6_opens_the_sort_picker(make_app):
         await pilot.press("f6")
         assert type(app.screen).__name__ == "SortPicker"
         await pilot.press("escape")
-        assert isinstance(app.screen, MainScreen) and app.sort_key == "overflow_rate"
+        assert isinstance(app.screen, MainScreen) and app.sort_key == "severity"
 
 
 async def test_live_filter_by_port_comm_and_clear(make_app):
@@ -210,7 +234,7 @@ async def test_unknown_values_show_as_dash_not_zero(make_app):
     from .fake_source import KEY_REDIS
 
     app = make_app()
-    async with app.run_test(size=(160, 48)) as pilot:
+    async with app.run_test(size=(200, 50)) as pilot:
         await feed_ticks(app, pilot)
         table = app.screen.table
         cell = lambda col: str(table.get_cell(row_key(KEY_REDIS), col)).strip()  # noqa: E731
@@ -272,9 +296,10 @@ async def test_layout_80x24_fits_without_feed(make_app):
         assert len(lines) == 24 and all(len(line) <= 80 for line in lines)
         assert not app.screen.feed.display
         header = lines[2]
-        for col in ("LISTEN", "PID/COMM", "ACCEPT-Q", "SYN-Q", "DROP/s", "OVF/s", "CL-WT"):
+        # two netns: NETNS is never hidden; what does not fit is said to be hidden
+        for col in ("LISTEN", "NETNS", "PID/COMM", "ACCEPT-Q", "DROP/s", "OVF/s", "CL-WT"):
             assert col in header
-        assert "NETNS" not in header and "RTX/s" not in header
+        assert "RTX/s" not in header and "cols hidden (F2)" in text
         assert "6/5!" in text  # full queue marked in text, not only colour
         assert sum(1 for line in lines if line.lstrip().startswith(("0.0.0.0", "[::]", "10.", "127."))) == 6
         await pilot.press("f")
@@ -334,3 +359,60 @@ async def test_bpf_badge_states(make_app):
         app.apply_snapshot(build_snapshot(1))
         await pilot.pause()
         assert "BPF: live" in screen_text(app)
+
+
+async def test_the_sort_column_is_never_hidden(make_app):
+    app = make_app(sort="synack_retrans_rate")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await feed_ticks(app, pilot)
+        header = screen_text(app).splitlines()[2]
+        assert "RTX/s▼" in header and "NETNS" in header
+
+
+async def test_column_chooser_picks_the_columns(make_app):
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await feed_ticks(app, pilot)
+        assert "ESTAB" not in screen_text(app).splitlines()[2]
+        await pilot.press("f2")
+        assert type(app.screen).__name__ == "ColumnChooser"
+        chooser = app.screen.query_one("#picker")
+        ids = [chooser.get_option_at_index(i).value for i in range(chooser.option_count)]
+        chooser.deselect_all()
+        chooser.select("estab")
+        await pilot.press("enter")
+        await pilot.pause()
+        assert isinstance(app.screen, MainScreen) and "estab" in ids
+        header = screen_text(app).splitlines()[2]
+        assert "ESTAB" in header and "NETNS" in header  # chosen, plus the essentials
+        assert "SYN-Q" not in header
+
+
+async def test_t_toggles_totals_and_rates(make_app):
+    app = make_app()
+    async with app.run_test(size=(160, 48)) as pilot:
+        await feed_ticks(app, pilot)
+        table = app.screen.table
+        await pilot.press("t")
+        header = screen_text(app).splitlines()[2]
+        assert "DROPS" in header and "DROP/s" not in header and "TOTALS (t)" in screen_text(app)
+        snap = app.snapshot
+        lst = next(x for x in snap.listeners if x.key == KEY_8080)
+        assert str(table.get_cell(row_key(KEY_8080), "drops")).strip() == str(lst.drops)
+        await pilot.press("t")
+        assert "DROP/s" in screen_text(app).splitlines()[2]
+
+
+async def test_last_column_says_how_long_ago_it_last_happened(make_app):
+    app = make_app()
+    async with app.run_test(size=(200, 50)) as pilot:
+        await feed_ticks(app, pilot)
+        table = app.screen.table
+        assert str(table.get_cell(row_key(KEY_8080), "last")).strip() == "now ovf"
+        assert str(table.get_cell(row_key(KEY_SSH), "last")).strip() == "none"
+        snap = build_snapshot(CLOCK_TICK + 20)
+        app.apply_snapshot(replace(snap, listeners=[
+            replace(lst, drop_rate=0.0, overflow_rate=0.0) if lst.key == KEY_8080 else lst
+            for lst in snap.listeners]))
+        await pilot.pause()
+        assert str(table.get_cell(row_key(KEY_8080), "last")).strip() == "20s ovf"
