@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import signal
 import threading
 import time
@@ -18,6 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from rich.text import Text
 from textual import work
 from textual.app import App, SystemCommand
 from textual.message import Message
@@ -34,6 +36,7 @@ from tcptop_q.model import (
     sort_listeners,
 )
 from tcptop_q.screens import keys as keycat
+from tcptop_q.widgets.text import inert
 
 SEVERITY = "severity"  # the TUI's default order: what is wrong now first (diagnosis.severity_rank)
 UI_SORT_KEYS = (SEVERITY, *SORT_KEYS)
@@ -327,6 +330,30 @@ class TcpqTopApp(App):
     def replaying(self) -> bool:
         """The source is a recording that can be stepped (ReplaySource)."""
         return callable(getattr(self.source, "step", None))
+
+    def mode_badge(self) -> Text | None:
+        """REPLAY (file, recorded time, tick n/N, END) or REC (file): a replay never looks live."""
+        src: Any = self.source
+        if self.replaying:
+            badge = Text("REPLAY", style="bold reverse")
+            describe = getattr(src, "describe", None)
+            if callable(describe):
+                badge.append(" " + inert(describe().removeprefix("replay ")))
+            if getattr(src, "at_end", False):
+                badge.append(" ")
+                badge.append("END", style="bold reverse")
+            return badge
+        recorder = getattr(src, "recorder", None)
+        if recorder is not None:
+            error = getattr(src, "error", None)
+            badge = Text("REC", style="bold reverse")
+            path = getattr(recorder, "path", None)
+            if path:
+                badge.append(" " + inert(os.path.basename(os.fspath(path))))
+            if error:
+                badge.append(f" stopped: {inert(error)}", style="bold")
+            return badge
+        return None
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "replay_step":

@@ -289,7 +289,9 @@ def run_batch(args: argparse.Namespace, interval: float) -> int:
     try:
         source.start_bpf()
         source.wait_bpf(timeout=90)
-        source.sample(children=True)
+        # The baseline is not a report: it is not recorded either, so `--batch --replay` of
+        # a `--batch -n N --record` file prints the same N reports.
+        getattr(source, "inner", source).sample(children=True)
         count = 0
         next_at = time.monotonic() + interval
         while args.iterations is None or count < args.iterations:

@@ -120,7 +120,8 @@ class MainScreen(Screen):
     def refresh_header(self) -> None:
         app = self.tapp
         self.query_one(TopBar).show(
-            app.snapshot, interval=float(app.source.interval), now=app.clock(), paused=app.paused
+            app.snapshot, interval=float(app.source.interval), now=app.clock(), paused=app.paused,
+            mode=app.mode_badge(), replaying=app.replaying
         )
 
     def _refresh_status(self, shown: int | None = None) -> None:

@@ -109,3 +109,18 @@ async def test_netns_syncookies_blame_only_the_flooded_listener(root):
                            and "the kernel is answering with syncookies" in app.screen.diagnosis_text,
                            20, "flooded listener's diagnosis")
             assert "▲" in app.screen.diagnosis_text.split("\n")[0] or "✖" in app.screen.diagnosis_text
+
+
+def test_batch_replay_prints_as_many_reports_as_recorded(labns, tmp_path):
+    from tests.conftest import tcpq
+
+    labns.serve(addr="127.0.0.1", port=8090, backlog=8, mode="accept-hold")
+    path = tmp_path / "rec.gz"
+    live = tcpq("--batch", "-n", "3", "-d", "0.2", "--no-bpf", "--netns", str(labns.inode), "--record", str(path))
+    assert live.returncode == 0, live.stderr
+    printed = [line for line in live.stdout.splitlines() if line.startswith("tcpq-top ")]
+    assert len(printed) == 3
+    replay = tcpq("--batch", "--replay", str(path))
+    assert replay.returncode == 0, replay.stderr
+    assert len([line for line in replay.stdout.splitlines() if line.startswith("tcpq-top ")]) == 3
+    assert "127.0.0.1:8090" in replay.stdout
