@@ -124,3 +124,14 @@ def test_batch_replay_prints_as_many_reports_as_recorded(labns, tmp_path):
     assert replay.returncode == 0, replay.stderr
     assert len([line for line in replay.stdout.splitlines() if line.startswith("tcpq-top ")]) == 3
     assert "127.0.0.1:8090" in replay.stdout
+
+
+def test_missing_netns_is_one_line_and_exit_2(labns):
+    from tests.conftest import tcpq
+
+    missing = 12345
+    r = tcpq("--once", "--no-bpf", "--netns", str(missing))
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.strip() == f"tcpq-top: --netns {missing}: no such network namespace (see `lsns -t net`)"
+    ok = tcpq("--once", "--no-bpf", "-i", "0.1", "--netns", str(labns.inode))  # one that exists is fine
+    assert ok.returncode == 0, ok.stderr
