@@ -184,6 +184,14 @@ def owner_listener(
     return index.get((netns, lport, WILDCARD[family]))
 
 
+def drop_reasons_of(counts: BpfListenerCounts, hooks: Mapping[str, str]) -> dict[str, int] | None:
+    """kfree_skb drop reasons charged to a listener since the probes went live (reason name ->
+    count); None where no drop hook is attached (unknown, never "no drops")."""
+    if "drop_reasons" not in hooks:
+        return None
+    return {name: n for name, n in counts.drop_reasons.items() if n}
+
+
 def counts_since(now: BpfListenerCounts, base: BpfListenerCounts | None) -> BpfListenerCounts:
     """The drop-related event counts of `now` minus those at `base` (None: nothing before)."""
     if base is None:
@@ -484,6 +492,7 @@ class Sampler:
                     peak_accept_queue=max(counts.peak_accept_queue, row.rqueue) if "accepts" in bpf.hooks else None,
                     resets_sent=counts.resets_sent if "resets_sent" in bpf.hooks else None,
                     resets_received=counts.resets_received if "resets_received" in bpf.hooks else None,
+                    drop_reasons=drop_reasons_of(counts, bpf.hooks),
                 )
                 self._prev_overflows[key] = overflows
             synq = syn_queue.get(key, 0)

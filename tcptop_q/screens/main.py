@@ -47,6 +47,7 @@ class MainScreen(Screen):
             yield ListenerTable(id="listeners")
             yield FeedPane(id="feed")
         yield Static(id="status")
+        yield Static(id="notes")
         yield Input(id="filter", placeholder="filter: port, address, comm or pid (enter: keep, esc: clear)")
         yield Footer()
 
@@ -104,6 +105,18 @@ class MainScreen(Screen):
         self.refresh_header()
         self._apply_rows()
         self.feed.push(events, snap.sources.lost_events)
+        self.feed.explain(snap)
+        self._show_notes(snap)
+
+    def _show_notes(self, snap: Snapshot) -> None:
+        """sources.notes (netns it could not read, owners unknown, feed paused): one line."""
+        notes = self.query_one("#notes", Static)
+        notes.display = bool(snap.sources.notes)
+        if snap.sources.notes:
+            text = Text(no_wrap=True, overflow="ellipsis")
+            text.append("notes: ", style="bold")
+            text.append(" · ".join(inert(n) for n in snap.sources.notes))
+            notes.update(text)
 
     def background_snapshot(self, snap: Snapshot, events: Sequence[Transition]) -> None:
         self.feed.push(events, snap.sources.lost_events)

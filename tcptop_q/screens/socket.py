@@ -140,7 +140,9 @@ class SocketScreen(DetailScreen):
         self.query_one("#timeline", KeyedTable).sync(want, transition_cells)
         title = Text("lifecycle timeline", style="bold underline")
         if not events:
-            title.append(
-                "  no transitions recorded (BPF off, or the socket predates the probes)", style="dim"
-            )
+            snap = self.tapp.snapshot
+            live = snap is not None and snap.sources.bpf
+            why = ("none since eBPF went live (the socket predates the probes, or is a listener)" if live
+                   else "eBPF is off: no transitions are recorded")
+            title.append(f"  no transitions recorded: {why}", style="dim")
         self.query_one("#timeline-title", Static).update(title)

@@ -9,8 +9,9 @@ from collections.abc import Iterable
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
+from textual.widgets import Static
 
-from tcptop_q.model import ListenerKey, Transition, v4_of_mapped
+from tcptop_q.model import ListenerKey, Snapshot, Transition, v4_of_mapped
 from tcptop_q.widgets.keyed_table import KeyedTable
 from tcptop_q.widgets.text import inert
 
@@ -70,8 +71,10 @@ class FeedPane(Vertical):
         self.follow_key: ListenerKey | None = None
         self.flushes = 0
         self._dirty_title = True
+        self.empty_reason = "waiting for the first sample…"
 
     def compose(self) -> ComposeResult:
+        yield Static(self.empty_reason, id="feed-empty")
         table = KeyedTable(id="feed-table", show_header=False)
         table.add_column("time", width=8, key="time")
         table.add_column("event", width=64, key="event")
@@ -96,6 +99,30 @@ class FeedPane(Vertical):
         if lost != self.lost:
             self.lost = lost
             self._dirty_title = True
+
+    def explain(self, snap: Snapshot) -> None:
+        """Say why the feed is empty (or stopped): it needs eBPF, eBPF is loading, or the
+        source paused it over a transition rate."""
+        src = snap.sources
+        paused = next((n for n in src.notes if n.startswith("feed paused")), None)
+        if src.bpf_state == "loading":
+            reason = "no events yet: eBPF is loading (compiling the probes)"
+        elif not src.bpf:
+            reason = f"no events: the feed needs eBPF ({inert(src.bpf_error) if src.bpf_error else 'not loaded'})"
+        elif paused is not None:
+            reason = inert(paused)
+        elif self.follow_key is not None:
+            reason = f"no transitions of {self.follow_key.label()} yet"
+        else:
+            reason = "no transitions yet: eBPF is live, no socket changed state"
+        if reason != self.empty_reason:
+            self.empty_reason = reason
+            self.query_one("#feed-empty", Static).update(reason)
+        self._show_empty()
+
+    def _show_empty(self) -> None:
+        paused = self.empty_reason.startswith("feed paused")
+        self.query_one("#feed-empty", Static).display = paused or self.table.row_count == 0
 
     def set_follow(self, key: ListenerKey | None) -> None:
         """Show only `key`'s events (None: all); re-filters what is kept."""
@@ -136,6 +163,7 @@ class FeedPane(Vertical):
         if following and table.row_count:
             table.move_cursor(row=table.row_count - 1, animate=False)
         self._dirty_title = True
+        self._show_empty()
 
     def selected(self) -> Transition | None:
         key = self.table.cursor_key()

@@ -60,7 +60,9 @@ def header_text(
         line.append(sep)
         line.append(f"no sample for {now - snap.time:.0f}s", style="reverse bold")
     if snap is not None and snap.sources.notes:
-        line.append(sep + "; ".join(inert(n) for n in snap.sources.notes), style="yellow")
+        n = len(snap.sources.notes)
+        line.append(sep)
+        line.append(f"{n} note{'s' if n > 1 else ''}", style="bold reverse")
     line.append("\n")
     if snap is None:
         line.append("waiting for the first sample…", style="dim")

@@ -135,3 +135,33 @@ def test_missing_netns_is_one_line_and_exit_2(labns):
     assert r.stderr.strip() == f"tcpq-top: --netns {missing}: no such network namespace (see `lsns -t net`)"
     ok = tcpq("--once", "--no-bpf", "-i", "0.1", "--netns", str(labns.inode))  # one that exists is fine
     assert ok.returncode == 0, ok.stderr
+
+
+def test_drop_reasons_name_the_third_ack_overflow(root, btf_required):
+    """ack-overflow: third ACKs meet a full accept queue; the kernel frees them with reason
+    TCP_LISTEN_OVERFLOW, charged to the listener (JSON drop_reasons, since live)."""
+    import json
+
+    from tcptop_q.lab.scenarios import run_scenario
+    from tests.conftest import tcpq
+
+    with run_scenario("ack-overflow", 90) as (ns, info):
+        r = tcpq("--once", "--json", "-i", "3", "--netns", str(ns.inode), timeout=150)
+        assert r.returncode == 0, r.stderr
+        after = _nstat(ns, "TcpExtListenOverflows")
+    snap = json.loads(r.stdout)
+    lst = next(x for x in snap["listeners"] if x["lport"] == info["port"])
+    reasons = lst["drop_reasons"]
+    assert reasons is not None, snap["sources"]
+    assert reasons.get("TCP_LISTEN_OVERFLOW", 0) >= 1
+    # never more than the kernel's own count of overflows in this netns (since it was made)
+    assert reasons["TCP_LISTEN_OVERFLOW"] <= after
+
+
+def _nstat(ns, name: str) -> int:
+    out = ns.run(["nstat", "-az", name]).stdout
+    for line in out.splitlines():
+        parts = line.split()
+        if parts and parts[0] == name:
+            return int(parts[1])
+    raise AssertionError(out)

@@ -416,3 +416,19 @@ async def test_last_column_says_how_long_ago_it_last_happened(make_app):
             for lst in snap.listeners]))
         await pilot.pause()
         assert str(table.get_cell(row_key(KEY_8080), "last")).strip() == "20s ovf"
+
+
+async def test_notes_and_why_the_feed_is_empty(make_app):
+    app = make_app()
+    async with app.run_test(size=(160, 48)) as pilot:
+        snap = build_snapshot(0, bpf_state="off")
+        snap = replace(snap, events=(), sources=replace(snap.sources, notes=("netns 4026532999: cannot enter",)))
+        app.apply_snapshot(snap)
+        await pilot.pause()
+        text = screen_text(app)
+        assert "notes: netns 4026532999: cannot enter" in text and "1 note" in text.splitlines()[0]
+        assert "no events: the feed needs eBPF" in text
+        loading = build_snapshot(1, bpf_state="loading")
+        app.apply_snapshot(replace(loading, events=()))
+        await pilot.pause()
+        assert "eBPF is loading" in screen_text(app) and "notes:" not in screen_text(app)

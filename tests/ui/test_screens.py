@@ -277,3 +277,23 @@ async def test_listener_screen_at_120x40_shows_children_and_details(make_app):
         text = screen_text(app)
         assert "127.0.0.1:41000" in text  # all six children
         assert "sk_drops 170 since the socket was created" in text and "overflows 170 since 22:13" in text
+
+
+async def test_listener_screen_shows_drop_reasons(make_app):
+    from dataclasses import replace
+
+    app = make_app()
+    async with app.run_test(size=(160, 48)) as pilot:
+        await feed_ticks(app, pilot)
+        snap = build_snapshot(CLOCK_TICK + 1)
+        app.apply_snapshot(replace(snap, listeners=[
+            replace(x, drop_reasons={"TCP_LISTEN_OVERFLOW": 7, "SOCKET_FILTER": 1}) if x.key == KEY_8080 else x
+            for x in snap.listeners]))
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, ListenerScreen), what="listener screen")
+        await pilot.pause()
+        text = screen_text(app)
+        assert "drop reasons (since 22:13)" in text
+        lines = text.splitlines()
+        i = next(n for n, line in enumerate(lines) if "TCP_LISTEN_OVERFLOW" in line)
+        assert "7 TCP_LISTEN_OVERFLOW" in lines[i] and "1 SOCKET_FILTER" in lines[i + 1]
