@@ -105,7 +105,7 @@ def _close_wait_findings(
     """A CLOSE_WAIT child with inode 0 was never accept()ed: it closed while still in the accept
     queue (the peer gave up waiting), which is the accept-queue story, not a close() leak. Only
     accepted ones (an inode, held by an fd) can be leaked by the process."""
-    mine = [cw for cw in close_wait if cw.lport == listener.lport and cw.netns == listener.netns]
+    mine = [cw for cw in close_wait if cw.listener == listener.key]
     queued = [cw for cw in mine if cw.inode == 0]
     held = [cw for cw in mine if cw.inode != 0]
     findings: list[Finding] = []

@@ -7,6 +7,7 @@ the sampler merges them into one Snapshot per tick, the UI only reads them.
 from __future__ import annotations
 
 import dataclasses
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -163,6 +164,8 @@ class Connection:
     pid: int | None = None
     comm: str | None = None
     age_s: float | None = None  # from BPF timeline; None before probes saw it
+    # The listener this socket belongs to, decided by the sampler (tcptop_q/attribution.py).
+    listener: ListenerKey | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +182,8 @@ class CloseWait:
     comm: str | None
     recv_q: int
     age_s: float | None
+    # The listener this socket belongs to (None: no listener on its port any more).
+    listener: ListenerKey | None = None
 
 
 @dataclass(frozen=True)
@@ -210,6 +215,8 @@ class Transition:
     ms_in_old: float | None
     pid: int
     comm: str
+    # The listener whose socket this is (or the listener itself), decided by the sampler.
+    listener: ListenerKey | None = None
 
 
 @dataclass(frozen=True)
@@ -391,8 +398,14 @@ def snapshot_to_json(snap: Snapshot) -> dict:
             for ns in snap.netns
         ],
         "listeners": [listener_to_json(lst) for lst in snap.listeners],
-        "close_wait": [dataclasses.asdict(cw) for cw in snap.close_wait],
+        "close_wait": [socket_to_json(cw) for cw in snap.close_wait],
     }
+
+
+def socket_to_json(sock: CloseWait | Connection | Transition) -> dict:
+    """A CLOSE_WAIT socket, a child or a feed event as JSON. `listener` stays out: it is the sampler's
+    attribution, which a reader re-derives from the listeners (tcptop_q/attribution.py)."""
+    return {f.name: getattr(sock, f.name) for f in dataclasses.fields(sock) if f.name != "listener"}
 
 
 # ------------------------------------------------------------- BPF raw readings
@@ -431,16 +444,38 @@ class BpfReading:
 
 # ------------------------------------------------------------------ safe text
 
-_CTRL = {c: f"\\x{c:02x}" for c in list(range(0x20)) + [0x7F]}
-_CTRL.update({c: f"\\x{c:02x}" for c in range(0x80, 0xA0)})  # C1 controls (CSI = 0x9b)
+_INERT_CACHE: dict[str, str] = {}
+
+
+def inert(value: str | None, unknown: str = "-") -> str:
+    """Process- or peer-supplied text made inert for a terminal: every control and format
+    character (C0, C1, DEL, the bidi overrides U+202A-U+202E, U+2066-U+2069, U+200E/F,
+    U+061C, ...: Unicode category C*) replaced by a visible escape; None -> `unknown`.
+    The one function the TUI (widgets/text.py) and --batch (safe_text) both use."""
+    if value is None:
+        return unknown
+    cached = _INERT_CACHE.get(value)
+    if cached is not None:
+        return cached
+    out = []
+    for ch in value:
+        if ch.isprintable() and unicodedata.category(ch)[0] != "C":
+            out.append(ch)
+        elif ch == "\x00":
+            out.append(" ")  # cmdline argument separator
+        else:
+            out.append(f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
+    result = "".join(out)
+    if len(_INERT_CACHE) < 65536:
+        _INERT_CACHE[value] = result
+    return result
 
 
 def safe_text(text: str | None, limit: int = 64) -> str:
-    """Process- or peer-supplied text made inert for a terminal: control bytes
-    escaped, undecodable bytes already replaced, long text cut with an ellipsis."""
+    """`inert(text)`, long text cut with an ellipsis (undecodable bytes already replaced)."""
     if text is None:
         return "-"
-    out = text.translate(_CTRL)
+    out = inert(text)
     if len(out) > limit:
         out = out[: max(0, limit - 1)] + "…"
     return out

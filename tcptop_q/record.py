@@ -34,7 +34,7 @@ from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from typing import IO, Any
 
-from . import model
+from . import attribution, model
 from .model import (
     CloseWait,
     Connection,
@@ -81,7 +81,7 @@ def snapshot_record_json(snap: Snapshot) -> dict:
         None
         if snap.connections is None
         else [
-            {"key": _key_to_json(key), "children": [dataclasses.asdict(c) for c in conns]}
+            {"key": _key_to_json(key), "children": [model.socket_to_json(c) for c in conns]}
             for key, conns in snap.connections.items()
         ]
     )
@@ -173,7 +173,8 @@ def snapshot_from_json(d: Mapping, events: Sequence[Mapping] = ()) -> Snapshot:
         raise ValueError(f"snapshot schema {d.get('schema')!r}, expected {model.SCHEMA!r}")
     src = d["sources"]
     conns_json = d.get("connections")
-    return Snapshot(
+    # The JSON does not carry which listener a socket belongs to: decided again, as the sampler does.
+    return attribution.attribute_snapshot(Snapshot(
         time=float(d["time"]),
         interval=float(d["interval"]),
         kernel=str(d["kernel"]),
@@ -197,7 +198,7 @@ def snapshot_from_json(d: Mapping, events: Sequence[Mapping] = ()) -> Snapshot:
             else {_key_from_json(c["key"]): tuple(_connection_from_json(x) for x in c["children"]) for c in conns_json}
         ),
         seq=int(d.get("seq", 0)),
-    )
+    ))
 
 
 def _dumps(obj: Any) -> bytes:
@@ -260,7 +261,7 @@ class Recorder:
         # "kind", "time", "seq", "events" first and in this order: the reader indexes them cheaply.
         self._line({
             "kind": "snap", "time": snap.time, "seq": snap.seq,
-            "events": [dataclasses.asdict(ev) for ev in snap.events],
+            "events": [model.socket_to_json(ev) for ev in snap.events],
             "snapshot": body,
         })
         self.count += 1
@@ -773,7 +774,7 @@ class ReplaySource:
                 break
             if (ev.netns, ev.family, ev.laddr, ev.lport, ev.raddr, ev.rport) == (netns, family, laddr, lport, raddr, rport):
                 out.append(ev)
-        return out
+        return out  # one socket's history: no listener attribution, as the live BPF timeline
 
     def process_info(self, pid: int) -> dict | None:
         """What was recorded about the process (never the live process that has the pid today)."""

@@ -12,12 +12,13 @@ import dataclasses
 import os
 import socket
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-from . import lifecycle, model
+from . import attribution, lifecycle, model
+from .attribution import listener_index, owner_listener
 from .model import (
     BpfListenerCounts,
     BpfReading,
@@ -28,7 +29,6 @@ from .model import (
     NetnsCounters,
     Snapshot,
     Sources,
-    Transition,
 )
 from .probes import diag as diagmod
 from .probes.diag import DiagRow, DiagSocket
@@ -37,7 +37,6 @@ from .probes.netstat import NetnsFiles
 from .probes.owners import OwnerMap
 
 FAMILY: dict[int, str] = {int(socket.AF_INET): "ipv4", int(socket.AF_INET6): "ipv6"}
-WILDCARD = {"ipv4": "0.0.0.0", "ipv6": "::"}
 
 
 @dataclass
@@ -155,41 +154,69 @@ class KernelReader:
 
 # ----------------------------------------------------------------- attribution
 
-
-def _listener_index(listeners: Iterable[tuple[ListenerKey, Any]]) -> dict[tuple[int, int, str], ListenerKey]:
-    """(netns, lport, laddr) -> listener key; for SO_REUSEPORT groups the first socket stands for all."""
-    index: dict[tuple[int, int, str], ListenerKey] = {}
-    for key, _ in listeners:
-        index.setdefault((key.netns, key.lport, key.laddr), key)
-    return index
+# Kept under their old names: tests and callers import them from here.
+_listener_index = listener_index
 
 
-def owner_listener(
-    index: Mapping[tuple[int, int, str], ListenerKey], netns: int, family: str, laddr: str, lport: int
-) -> ListenerKey | None:
-    """The listener a child or request socket belongs to.
+@dataclass
+class Attributed:
+    """One tick's sockets, each given to the listener it belongs to. Decided here, once:
+    the screens, the diagnosis and the feed read `CloseWait.listener` / `Connection.listener`."""
 
-    Exact local address first; then the wildcard of its family; a v4-mapped
-    address on an IPv6 socket also matches an IPv4 listener on that address.
-    """
-    key = index.get((netns, lport, laddr))
-    if key is not None:
-        return key
-    if family == "ipv6" and laddr.startswith("::ffff:"):
-        v4 = model.v4_of_mapped(laddr)
-        if v4 is not None:
-            key = index.get((netns, lport, v4)) or index.get((netns, lport, "0.0.0.0"))
-            if key is not None:
-                return key
-    return index.get((netns, lport, WILDCARD[family]))
+    listen_rows: list[tuple[ListenerKey, DiagRow]]
+    index: dict[tuple[int, int, str], ListenerKey]
+    syn_queue: dict[ListenerKey, int]
+    close_wait: list[tuple[int, DiagRow, ListenerKey | None]]
+    children: list[tuple[int, DiagRow, ListenerKey]] | None  # None: no full dump this tick
+
+    def close_wait_counts(self) -> dict[ListenerKey, int]:
+        out: dict[ListenerKey, int] = {}
+        for _, _, parent in self.close_wait:
+            if parent is not None:
+                out[parent] = out.get(parent, 0) + 1
+        return out
+
+    def children_counts(self) -> dict[ListenerKey, dict[str, int]] | None:
+        """Children by state from this tick's full dump (None: no dump this tick)."""
+        if self.children is None:
+            return None
+        out: dict[ListenerKey, dict[str, int]] = {}
+        for _, row, parent in self.children:
+            by_state = out.setdefault(parent, {})
+            state = model.state_name(row.state)
+            by_state[state] = by_state.get(state, 0) + 1
+        return out
 
 
-def drop_reasons_of(counts: BpfListenerCounts, hooks: Mapping[str, str]) -> dict[str, int] | None:
-    """kfree_skb drop reasons charged to a listener since the probes went live (reason name ->
-    count); None where no drop hook is attached (unknown, never "no drops")."""
-    if "drop_reasons" not in hooks:
-        return None
-    return {name: n for name, n in counts.drop_reasons.items() if n}
+def attribute(raw: RawTick) -> Attributed:
+    """Listeners first; then request socks, CLOSE_WAIT and children given to them."""
+    listen_rows = [
+        (_key(ns.inode, row), row) for ns in raw.netns.values() for row in ns.rows if row.state == diagmod.TCP_LISTEN
+    ]
+    index = listener_index(listen_rows)
+    syn_queue: dict[ListenerKey, int] = {}
+    close_wait: list[tuple[int, DiagRow, ListenerKey | None]] = []
+    children: list[tuple[int, DiagRow, ListenerKey]] | None = None
+    for ns in raw.netns.values():
+        for row in ns.rows:
+            if row.state in (diagmod.TCP_SYN_RECV, diagmod.TCP_NEW_SYN_RECV) and row.inode == 0:
+                parent = owner_listener(index, ns.inode, FAMILY[row.family], row.laddr, row.lport)
+                if parent is not None:
+                    syn_queue[parent] = syn_queue.get(parent, 0) + 1
+            elif row.state == diagmod.TCP_CLOSE_WAIT:
+                close_wait.append((ns.inode, row, owner_listener(index, ns.inode, FAMILY[row.family], row.laddr, row.lport)))
+        if ns.children is None:
+            continue
+        if children is None:
+            children = []
+        for row in ns.children:
+            parent = owner_listener(index, ns.inode, FAMILY[row.family], row.laddr, row.lport)
+            if parent is not None:
+                children.append((ns.inode, row, parent))
+    return Attributed(listen_rows, index, syn_queue, close_wait, children)
+
+
+# ------------------------------------------------------------------ overflows
 
 
 def counts_since(now: BpfListenerCounts, base: BpfListenerCounts | None) -> BpfListenerCounts:
@@ -216,6 +243,7 @@ def overflows_since_live(
     socket filter). SYNs dropped because the SYN queue is full also count 1 and
     have no event of their own: the caller passes the netns TCPReqQFullDrop
     delta when this listener is the only one that can have caused it.
+    See docs/JSON.md, "How `overflows` is derived".
     """
     third = counts.listen_overflow_drops
     if counts.syn_overflows is not None:
@@ -224,7 +252,291 @@ def overflows_since_live(
     return max(0, syn_path) + third
 
 
+class OverflowTracker:
+    """Owns every overflow baseline: sk_drops, the BPF event counts and each netns'
+    TCPReqQFullDrop at the first sample after the probes went live, and the last
+    count shown per listener (it never goes back). docs/JSON.md, "How `overflows` is derived"."""
+
+    def __init__(self) -> None:
+        self.drops_base: dict[ListenerKey, int] | None = None  # sk_drops when BPF went live
+        self.counts_base: dict[ListenerKey, BpfListenerCounts] = {}  # BPF counts at that moment
+        self.reqq_base: dict[int, int] = {}
+        self.last: dict[ListenerKey, int] = {}  # the overflows of the previous tick
+
+    def update(
+        self,
+        listen_rows: Sequence[tuple[ListenerKey, DiagRow]],
+        counts: Mapping[ListenerKey, BpfListenerCounts],
+        reqq_now: Mapping[int, int],
+        dt: float,
+        notes: list[str],
+    ) -> dict[ListenerKey, tuple[int, float | None]]:
+        """(overflows, overflow_rate) per listener. `reqq_now`: netns -> TCPReqQFullDrop."""
+        if self.drops_base is None:
+            # The probes counted from attach; sk_drops is read now: take both at this
+            # moment, so the sk_drops delta and the event counts cover the same time.
+            self.drops_base = {key: row.drops for key, row in listen_rows}
+            self.counts_base = {key: counts[key] for key, _ in listen_rows}
+            self.reqq_base = dict(reqq_now)
+        for key, _ in listen_rows:
+            if key not in self.drops_base:
+                # Born after the probes went live: sk_drops counts from its creation,
+                # so every drop it has is one the probes could also see.
+                self.drops_base[key] = 0
+        reqq_for = self._reqq_shares(listen_rows, counts, reqq_now, notes)
+        out: dict[ListenerKey, tuple[int, float | None]] = {}
+        for key, row in listen_rows:
+            before = self.counts_base.get(key)
+            overflows = overflows_since_live(
+                row.drops - self.drops_base[key], counts_since(counts[key], before), reqq_for.get(key, 0)
+            )
+            if before is not None:  # overflows the probes saw between attach and the baseline
+                overflows += before.listen_overflow_drops + (before.syn_overflows or 0)
+            prev = self.last.get(key)
+            if prev is not None and overflows < prev:
+                # A count never goes back: the SYN-queue-full share moved between ticks
+                # (or a third-ACK drop was seen before its second sk_drops increment).
+                overflows = prev
+            out[key] = (overflows, model.rate(overflows, prev, dt) if prev is not None else 0.0)
+            self.last[key] = overflows
+        return out
+
+    def _reqq_shares(
+        self,
+        listen_rows: Sequence[tuple[ListenerKey, DiagRow]],
+        counts: Mapping[ListenerKey, BpfListenerCounts],
+        reqq_now: Mapping[int, int],
+        notes: list[str],
+    ) -> dict[ListenerKey, int]:
+        """SYN-queue-full drops have no per-listener event: give a netns' delta to its
+        listener only when exactly one listener there has SYN-path drops."""
+        assert self.drops_base is not None
+        suspects: dict[int, list[ListenerKey]] = {}
+        for key, row in listen_rows:
+            since = counts_since(counts[key], self.counts_base.get(key))
+            if row.drops - self.drops_base.get(key, 0) - 2 * since.listen_overflow_drops - since.other_rx_drops > 0:
+                suspects.setdefault(key.netns, []).append(key)
+        out: dict[ListenerKey, int] = {}
+        for netns, value in reqq_now.items():
+            delta = value - self.reqq_base.get(netns, 0)
+            keys = suspects.get(netns, [])
+            if delta > 0 and len(keys) == 1:
+                out[keys[0]] = delta
+            elif delta > 0 and len(keys) > 1:
+                notes.append(
+                    f"netns {netns}: {delta} SYN-queue-full drops cannot be told from overflows across {len(keys)} listeners"
+                )
+        return out
+
+    def prune(self, live: set[ListenerKey]) -> None:
+        """Forget listeners that are gone (a listener re-created under a key starts over)."""
+        for key in [k for k in self.last if k not in live]:
+            del self.last[key]
+        if self.drops_base is not None and len(self.drops_base) > len(live):
+            self.drops_base = {k: v for k, v in self.drops_base.items() if k in live}
+            self.counts_base = {k: v for k, v in self.counts_base.items() if k in live}
+
+
+# ------------------------------------------------------------------- children
+
+
+def _with_close_wait(counts: Mapping[str, int] | None, close_wait: int) -> dict[str, int]:
+    out = dict(counts) if counts else {}
+    if close_wait:
+        out["CLOSE_WAIT"] = close_wait
+    else:
+        out.pop("CLOSE_WAIT", None)
+    return out
+
+
+def _with_main_states(counts: Mapping[str, int] | None) -> dict[str, int]:
+    """Children by state, ESTABLISHED and CLOSE_WAIT always present once a dump has counted them."""
+    out = {"ESTABLISHED": 0, "CLOSE_WAIT": 0}
+    if counts:
+        out.update(counts)
+    return out
+
+
+def children_between_dumps(
+    at_dump: Mapping[ListenerKey, Mapping[str, int]],
+    deltas_at_dump: Mapping[tuple[int, int], Mapping[str, int]],
+    deltas_now: Mapping[tuple[int, int], Mapping[str, int]] | None,
+    listeners: Sequence[ListenerKey],
+) -> dict[ListenerKey, dict[str, int]]:
+    """Children by state between two full dumps: the last dump's counts moved on by the
+    transitions BPF counted per (netns, port) since then. Where a port has several
+    listeners in one netns the deltas cannot be split, and the dump's counts stand."""
+    if not deltas_now:
+        return {k: dict(v) for k, v in at_dump.items()}
+    per_port: dict[tuple[int, int], int] = {}
+    for key in listeners:
+        per_port[(key.netns, key.lport)] = per_port.get((key.netns, key.lport), 0) + 1
+    out: dict[ListenerKey, dict[str, int]] = {}
+    for key in listeners:
+        counts = dict(at_dump.get(key, {}))
+        port = (key.netns, key.lport)
+        if per_port[port] == 1:
+            now, then = deltas_now.get(port, {}), deltas_at_dump.get(port, {})
+            for state in set(now) | set(then):
+                value = counts.get(state, 0) + now.get(state, 0) - then.get(state, 0)
+                if value > 0:
+                    counts[state] = value
+                else:
+                    counts.pop(state, None)
+        out[key] = counts
+    return out
+
+
+class ChildrenTracker:
+    """Children by state per listener between full dumps: the last dump's counts, moved on
+    by BPF's per-port transition deltas; CLOSE_WAIT always from this tick's dump."""
+
+    def __init__(self) -> None:
+        self.at_dump: dict[ListenerKey, dict[str, int]] | None = None  # None: no dump yet
+        self.deltas_at_dump: Mapping[tuple[int, int], Mapping[str, int]] = {}
+
+    def update(
+        self,
+        dumped: dict[ListenerKey, dict[str, int]] | None,
+        deltas_now: Mapping[tuple[int, int], Mapping[str, int]] | None,
+        listeners: Sequence[ListenerKey],
+        close_wait: Mapping[ListenerKey, int],
+    ) -> dict[ListenerKey, dict[str, int]] | None:
+        """Counts per listener this tick; None until the first full dump."""
+        if dumped is not None:
+            self.at_dump = dumped
+            self.deltas_at_dump = deltas_now or {}
+            counts: Mapping[ListenerKey, Mapping[str, int]] = dumped
+        elif self.at_dump is None:
+            return None
+        else:
+            counts = children_between_dumps(self.at_dump, self.deltas_at_dump, deltas_now, listeners)
+        return {key: _with_close_wait(counts.get(key), close_wait.get(key, 0)) for key in listeners}
+
+
+# ---------------------------------------------------------------- BPF fields
+
+
+@dataclass(frozen=True, slots=True)
+class FieldInput:
+    """What a BPF-derived Listener field may read: this tick's and the last tick's counts."""
+
+    counts: BpfListenerCounts
+    prev: BpfListenerCounts | None  # None: first tick this listener had counts
+    hooks: Mapping[str, str]  # metric -> hook serving it (absent: not served, field None)
+    row: DiagRow
+    dt: float
+
+
+FieldFn = Callable[[FieldInput], dict[str, Any]]
+
+
+def counter_field(name: str, hook: str, attr: str | None = None) -> FieldFn:
+    """`name` (cumulative since live) and `name_rate` from BpfListenerCounts.`attr`;
+    both None when no hook serves `hook` (unknown is never 0)."""
+    attr = attr or name
+
+    def fields(inp: FieldInput) -> dict[str, Any]:
+        if hook not in inp.hooks:
+            return {name: None, f"{name}_rate": None}
+        now = getattr(inp.counts, attr)
+        before = getattr(inp.prev, attr) if inp.prev is not None else 0
+        return {name: now, f"{name}_rate": model.rate(now, before, inp.dt) if inp.dt > 0 else None}
+
+    return fields
+
+
+def _peak_accept_queue(inp: FieldInput) -> dict[str, Any]:
+    if "accepts" not in inp.hooks:
+        return {"peak_accept_queue": None}
+    return {"peak_accept_queue": max(inp.counts.peak_accept_queue, inp.row.rqueue)}
+
+
+def _resets(inp: FieldInput) -> dict[str, Any]:
+    return {
+        "resets_sent": inp.counts.resets_sent if "resets_sent" in inp.hooks else None,
+        "resets_received": inp.counts.resets_received if "resets_received" in inp.hooks else None,
+    }
+
+
+def _drop_reasons(inp: FieldInput) -> dict[str, Any]:
+    """kfree_skb drop reasons charged to the listener since the probes went live (reason name
+    -> count); None where no drop hook is attached (unknown, never "no drops")."""
+    if "drop_reasons" not in inp.hooks:
+        return {"drop_reasons": None}
+    return {"drop_reasons": {name: n for name, n in inp.counts.drop_reasons.items() if n}}
+
+
+# One function per group of Listener fields the probes fill: adding a BPF metric is a
+# model.Listener field, a BpfListenerCounts field and one function here.
+LISTENER_BPF_FIELDS: list[FieldFn] = [
+    counter_field("synack_retrans", "synack_retrans"),
+    counter_field("queued", "accepts", "accepts"),
+    _peak_accept_queue,
+    _resets,
+    _drop_reasons,
+]
+
+
+def join_bpf(bpf: BpfReading, listen_rows: Sequence[tuple[ListenerKey, DiagRow]]) -> dict[ListenerKey, BpfListenerCounts]:
+    """BPF counts per listener: by key (cookie), or by tuple when the kernel had no cookie yet."""
+    tuple_map = {dataclass_replace_cookie(k): v for k, v in bpf.listeners.items()}
+    out: dict[ListenerKey, BpfListenerCounts] = {}
+    for key, _row in listen_rows:
+        counts = bpf.listeners.get(key) or tuple_map.get(dataclass_replace_cookie(key))
+        out[key] = counts if counts is not None else BpfListenerCounts()
+    return out
+
+
+# --------------------------------------------------------------- reuse, netns
+
+V = TypeVar("V")
+
+
+class ReuseCache(Generic[V]):
+    """Last tick's objects by id: most sockets are the same as a tick ago, so keep the
+    same frozen object (and skip building it) when every input is unchanged."""
+
+    def __init__(self) -> None:
+        self.prev: dict[Any, tuple[tuple, V]] = {}
+        self.now: dict[Any, tuple[tuple, V]] = {}
+
+    def get(self, ident: Any, inputs: tuple, make: Callable[[], V]) -> V:
+        last = self.prev.get(ident)
+        if last is not None and _same(last[0], inputs):
+            obj = last[1]
+        else:
+            obj = make()
+        self.now[ident] = (inputs, obj)
+        return obj
+
+    def end_tick(self) -> None:
+        self.prev, self.now = self.now, {}
+
+
+def _same(a: tuple, b: tuple) -> bool:
+    return len(a) == len(b) and all(x is y or x == y for x, y in zip(a, b, strict=True))
+
+
+def netns_counters(raw: RawTick, prev: RawTick | None, dt: float) -> list[NetnsCounters]:
+    """Each netns' TcpExt counters, per-second rates over the tick, sysctls."""
+    before_of = {ns.inode: ns.counters for ns in prev.netns.values()} if prev else {}
+    out = []
+    for ns in raw.netns.values():
+        before = before_of.get(ns.inode)
+        rates = {}
+        if before is not None and dt > 0:
+            for name in model.NETNS_COUNTERS + model.NETNS_EXTRA_COUNTERS:
+                r = model.rate(ns.counters.get(name), before.get(name), dt)
+                if r is not None:
+                    rates[name] = r
+        out.append(NetnsCounters(ns.inode, dict(ns.counters), rates, dict(ns.sysctls)))
+    return out
+
+
 # ---------------------------------------------------------------------- sampler
+
+Owner = tuple[int, str] | None
 
 
 class Sampler:
@@ -251,20 +563,13 @@ class Sampler:
         self.children_every = children_every  # None: adapt to the cost of the dump
         self.prev: RawTick | None = None
         self.prev_bpf: dict[ListenerKey, BpfListenerCounts] = {}
-        self.drops_base: dict[ListenerKey, int] | None = None  # sk_drops when BPF went live
-        self.counts_base: dict[ListenerKey, BpfListenerCounts] = {}  # BPF counts at that moment
-        self.reqq_base: dict[int, int] = {}
+        self.overflows = OverflowTracker()
+        self.children = ChildrenTracker()
         self.last_children = float("-inf")
         self.children_cost = 0.0
-        self._prev_overflows: dict[ListenerKey, int] = {}
         self._prev_drops: dict[ListenerKey, int] = {}
-        # key -> (row, owner, syn_queue, children, BPF fields, Listener) of the last tick
-        self._prev_listeners: dict[ListenerKey, tuple] = {}
-        self._prev_cw: dict[tuple[int, int], tuple] = {}
-        # Children by state between full dumps: the last dump's counts.
-        self._last_children_counts: dict[ListenerKey, dict[str, int]] | None = None
-        # BPF per-(netns, port) child state deltas as they were at the last full dump.
-        self._deltas_at_dump: dict[tuple[int, int], dict[str, int]] = {}
+        self._listeners: ReuseCache[Listener] = ReuseCache()
+        self._close_wait: ReuseCache[CloseWait] = ReuseCache()
         self.seq = 0
         self.kernel = os.uname().release
         self.hostname = socket.gethostname()
@@ -317,341 +622,164 @@ class Sampler:
     def _build(
         self, raw: RawTick, bpf: BpfReading | None, bpf_state: str, bpf_error: str | None
     ) -> Snapshot:
-        prev = self.prev
-        dt = (raw.mono - prev.mono) if prev else 0.0
-        prev_drops = self._prev_drops
-        prev_counters: dict[int, dict[str, int]] = {}
-        if prev:
-            for ns in prev.netns.values():
-                prev_counters[ns.inode] = ns.counters
-
-        # Listeners first; then request socks, CLOSE_WAIT and children attributed to them.
-        listen_rows: list[tuple[ListenerKey, DiagRow]] = []
-        for ns in raw.netns.values():
-            for row in ns.rows:
-                if row.state == diagmod.TCP_LISTEN:
-                    listen_rows.append((_key(ns.inode, row), row))
-        index = _listener_index(listen_rows)
-        syn_queue: dict[ListenerKey, int] = {}
-        children: dict[ListenerKey, dict[str, int]] = {}
-        conns: dict[ListenerKey, list[Connection]] | None = None
-        cw_rows: list[tuple[int, DiagRow]] = []
-        for ns in raw.netns.values():
-            for row in ns.rows:
-                fam = FAMILY[row.family]
-                if row.state in (diagmod.TCP_SYN_RECV, diagmod.TCP_NEW_SYN_RECV) and row.inode == 0:
-                    parent = owner_listener(index, ns.inode, fam, row.laddr, row.lport)
-                    if parent is not None:
-                        syn_queue[parent] = syn_queue.get(parent, 0) + 1
-                elif row.state == diagmod.TCP_CLOSE_WAIT:
-                    cw_rows.append((ns.inode, row))
-
-        owners = self.owners.resolve(
-            [row.inode for _, row in listen_rows] + [row.inode for _, row in cw_rows],
-            force=self.blocking_owners,
-        )
-        if self.owners.permission_denied:
-            raw.notes.append(
-                f"owners of sockets in {self.owners.permission_denied} processes unknown: reading "
-                "another user's /proc/PID/fd needs root (CAP_SYS_PTRACE)"
-            )
-        bpf_live = bpf is not None
-        # Every socket the last /proc walk saw; a child still queued (inode 0) will belong
-        # to its listener's process.
-        known_owners = self.owners.by_inode
-        listen_inode = {key: row.inode for key, row in listen_rows}
-
-        def parent_owner(parent: ListenerKey) -> tuple[int, str] | None:
-            return known_owners.get(listen_inode.get(parent, 0))
-        for ns in raw.netns.values():
-            if ns.children is None:
-                continue
-            if conns is None:
-                conns = {}
-            for row in ns.children:
-                fam = FAMILY[row.family]
-                parent = owner_listener(index, ns.inode, fam, row.laddr, row.lport)
-                if parent is None:
-                    continue
-                state = model.state_name(row.state)
-                by_state = children.setdefault(parent, {})
-                by_state[state] = by_state.get(state, 0) + 1
-                if not self.keep_connections:
-                    continue
-                age = None
-                if bpf_live and self.bpf is not None:
-                    since = self.bpf.state_since(ns.inode, fam, row.laddr, row.lport, row.raddr, row.rport)
-                    if since is not None and since[0] == state:
-                        age = max(0.0, raw.wall - since[1])
-                owner = known_owners.get(row.inode) if row.inode else parent_owner(parent)
-                conns.setdefault(parent, []).append(
-                    Connection(
-                        ns.inode, fam, state, row.laddr, row.lport, row.raddr, row.rport,
-                        row.inode, row.cookie, row.rqueue, row.wqueue,
-                        owner[0] if owner else None, owner[1] if owner else None, age_s=age,
-                    )
-                )
+        dt = (raw.mono - self.prev.mono) if self.prev else 0.0
+        att = attribute(raw)
+        owners = self._resolve_owners(att, raw.notes)
+        keys = [key for key, _ in att.listen_rows]
+        conns = self._connections(att, raw.wall, owners, bpf is not None)
         deltas_fn = getattr(self.bpf, "child_deltas", None) if bpf is not None else None
         deltas_now = deltas_fn() if callable(deltas_fn) else None
-        if conns is not None:
-            self._last_children_counts = children
-            self._deltas_at_dump = deltas_now or {}
-        elif self._last_children_counts is not None:
-            children = children_between_dumps(
-                self._last_children_counts, self._deltas_at_dump, deltas_now, [k for k, _ in listen_rows]
-            )
-
-        # BPF: join by key (cookie) or by tuple when the kernel had no cookie yet.
-        bpf_by_key: dict[ListenerKey, BpfListenerCounts] = {}
-        if bpf is not None:
-            tuple_map = {dataclass_replace_cookie(k): v for k, v in bpf.listeners.items()}
-            for key, _row in listen_rows:
-                counts = bpf.listeners.get(key) or tuple_map.get(dataclass_replace_cookie(key))
-                if counts is not None:
-                    bpf_by_key[key] = counts
-                else:
-                    bpf_by_key[key] = BpfListenerCounts()
-            if self.drops_base is None:
-                self.drops_base = {key: row.drops for key, row in listen_rows}
-                # The probes counted from attach; sk_drops is read now: take both at this
-                # moment, so the sk_drops delta and the event counts cover the same time.
-                self.counts_base = dict(bpf_by_key)
-                self.reqq_base = {ns.inode: ns.counters.get("TCPReqQFullDrop", 0) for ns in raw.netns.values()}
-
-        # SYN-queue-full drops have no per-listener event: give a netns' delta to
-        # its listener only when exactly one listener there has SYN-path drops.
-        reqq_for: dict[ListenerKey, int] = {}
-        if bpf is not None and self.drops_base is not None:
-            suspects: dict[int, list[ListenerKey]] = {}
-            for key, row in listen_rows:
-                base = self.drops_base.get(key, 0)
-                counts = counts_since(bpf_by_key[key], self.counts_base.get(key))
-                if row.drops - base - 2 * counts.listen_overflow_drops - counts.other_rx_drops > 0:
-                    suspects.setdefault(key.netns, []).append(key)
-            for ns in raw.netns.values():
-                delta = ns.counters.get("TCPReqQFullDrop", 0) - self.reqq_base.get(ns.inode, 0)
-                keys = suspects.get(ns.inode, [])
-                if delta > 0 and len(keys) == 1:
-                    reqq_for[keys[0]] = delta
-                elif delta > 0 and len(keys) > 1:
-                    raw.notes.append(
-                        f"netns {ns.inode}: {delta} SYN-queue-full drops cannot be told from overflows across {len(keys)} listeners"
-                    )
-
-        # CLOSE_WAIT is in every tick's dump: count it from there, not from the last full one.
-        cw_now: dict[ListenerKey, int] = {}
-        for ns_inode, row in cw_rows:
-            parent = owner_listener(index, ns_inode, FAMILY[row.family], row.laddr, row.lport)
-            if parent is not None:
-                cw_now[parent] = cw_now.get(parent, 0) + 1
-        if self._last_children_counts is not None:
-            children = {
-                key: _with_close_wait(children.get(key), cw_now.get(key, 0)) for key, _ in listen_rows
-            }
-        listeners: list[Listener] = []
-        have_children = self._last_children_counts is not None
-        reuse = self._prev_listeners
-        built: dict[ListenerKey, tuple] = {}
-        for key, row in listen_rows:
-            drops_before = prev_drops.get(key)
-            drop_rate = model.rate(row.drops, drops_before, dt) or 0.0
-            owner = owners.get(row.inode)
-            fields: dict[str, Any] = {}
-            if bpf is not None:
-                counts = bpf_by_key[key]
-                base = self.drops_base.get(key, row.drops) if self.drops_base is not None else row.drops
-                if self.drops_base is not None and key not in self.drops_base:
-                    # Born after the probes went live: sk_drops counts from its creation,
-                    # so every drop it has is one the probes could also see.
-                    self.drops_base[key] = base = 0
-                prev_over = self._prev_overflows.get(key)
-                before = self.counts_base.get(key)
-                overflows = overflows_since_live(row.drops - base, counts_since(counts, before), reqq_for.get(key, 0))
-                if before is not None:  # overflows the probes saw between attach and the baseline
-                    overflows += before.listen_overflow_drops + (before.syn_overflows or 0)
-                if prev_over is not None and overflows < prev_over:
-                    # A count never goes back: the SYN-queue-full share moved between ticks
-                    # (or a third-ACK drop was seen before its second sk_drops increment).
-                    overflows = prev_over
-                prev_counts = self.prev_bpf.get(key)
-                fields = dict(
-                    overflows=overflows,
-                    overflow_rate=model.rate(overflows, prev_over, dt) if prev_over is not None else 0.0,
-                    synack_retrans=counts.synack_retrans if "synack_retrans" in bpf.hooks else None,
-                    synack_retrans_rate=(
-                        model.rate(counts.synack_retrans, prev_counts.synack_retrans if prev_counts else 0, dt)
-                        if "synack_retrans" in bpf.hooks and dt > 0
-                        else None
-                    ),
-                    queued=counts.accepts if "accepts" in bpf.hooks else None,
-                    queued_rate=(
-                        model.rate(counts.accepts, prev_counts.accepts if prev_counts else 0, dt)
-                        if "accepts" in bpf.hooks and dt > 0
-                        else None
-                    ),
-                    peak_accept_queue=max(counts.peak_accept_queue, row.rqueue) if "accepts" in bpf.hooks else None,
-                    resets_sent=counts.resets_sent if "resets_sent" in bpf.hooks else None,
-                    resets_received=counts.resets_received if "resets_received" in bpf.hooks else None,
-                    drop_reasons=drop_reasons_of(counts, bpf.hooks),
-                )
-                self._prev_overflows[key] = overflows
-            synq = syn_queue.get(key, 0)
-            kids = children.get(key) if have_children else None
-            values = tuple(fields.values())
-            # Most listeners are the same as a tick ago: keep the same object (and skip
-            # building a 20-field frozen record) when every input is unchanged.
-            last = reuse.get(key)
-            if (
-                last is not None
-                and last[0] is row
-                and last[1] == owner
-                and last[2] == synq
-                and (last[3] is kids or last[3] == kids)
-                and last[4] == values
-                and last[5].drop_rate == drop_rate
-            ):
-                listener = last[5]
-            else:
-                listener = Listener(
-                    key=key,
-                    inode=row.inode,
-                    pid=owner[0] if owner else None,
-                    comm=owner[1] if owner else None,
-                    accept_queue=row.rqueue,
-                    backlog=row.wqueue,
-                    syn_queue=synq,
-                    drops=max(row.drops, 0),
-                    drop_rate=drop_rate,
-                    children=_with_main_states(kids) if have_children else {},
-                    **fields,
-                )
-            built[key] = (row, owner, synq, kids, values, listener)
-            listeners.append(listener)
-        self._prev_listeners = built
-        self._prev_drops = {key: row.drops for key, row in listen_rows}
-        if bpf is not None:
-            self.prev_bpf = dict(bpf_by_key)
-        live_keys = {key for key, _ in listen_rows}
-        for key in [k for k in self._prev_overflows if k not in live_keys]:
-            del self._prev_overflows[key]
-        if self.drops_base is not None and len(self.drops_base) > len(live_keys):
-            self.drops_base = {k: v for k, v in self.drops_base.items() if k in live_keys}
-            self.counts_base = {k: v for k, v in self.counts_base.items() if k in live_keys}
-
-        close_wait = []
-        prev_cw, cw_built = self._prev_cw, {}
-        listen_row_of = dict(listen_rows)
-        for ns_inode, row in cw_rows:
-            fam = FAMILY[row.family]
-            owner = owners.get(row.inode)
-            if owner is None and row.inode == 0:
-                # Still in the accept queue: nobody has it yet, but its listener's process will.
-                lkey = owner_listener(index, ns_inode, fam, row.laddr, row.lport)
-                lrow = listen_row_of.get(lkey) if lkey is not None else None
-                owner = owners.get(lrow.inode) if lrow is not None else None
-            age = None
-            if bpf is not None and self.bpf is not None:
-                since = self.bpf.state_since(ns_inode, fam, row.laddr, row.lport, row.raddr, row.rport)
-                if since is not None and since[0] == "CLOSE_WAIT":
-                    age = max(0.0, raw.wall - since[1])
-            cw_id = (ns_inode, row.cookie)
-            last = prev_cw.get(cw_id)
-            if last is not None and last[0] is row and last[1] == owner and last[2].age_s == age:
-                cw = last[2]
-            else:
-                cw = CloseWait(
-                    ns_inode, fam, row.laddr, row.lport, row.raddr, row.rport, row.inode, row.cookie,
-                    owner[0] if owner else None, owner[1] if owner else None, row.rqueue, age,
-                )
-            cw_built[cw_id] = (row, owner, cw)
-            close_wait.append(cw)
-
-        self._prev_cw = cw_built
-        netns_out = []
-        for ns in raw.netns.values():
-            counters_before = prev_counters.get(ns.inode)
-            rates = {}
-            if counters_before is not None and dt > 0:
-                for name in model.NETNS_COUNTERS + model.NETNS_EXTRA_COUNTERS:
-                    r = model.rate(ns.counters.get(name), counters_before.get(name), dt)
-                    if r is not None:
-                        rates[name] = r
-            netns_out.append(NetnsCounters(ns.inode, dict(ns.counters), rates, dict(ns.sysctls)))
-
-        events: Sequence[Transition] = bpf.events if bpf is not None else ()
-        hooks = dict(bpf.hooks) if bpf is not None else (dict(self.bpf.hooks) if self.bpf is not None else {})
+        children = self.children.update(att.children_counts(), deltas_now, keys, att.close_wait_counts())
+        fields = self._bpf_fields(att, bpf, dt, raw)
+        listeners = self._listeners_of(att, owners, children, fields, dt)
+        close_wait = self._close_waits(att, owners, raw.wall, bpf is not None)
         self.seq += 1
         return Snapshot(
             time=raw.wall,
             interval=round(dt, 3) if dt else 0.0,
             kernel=self.kernel,
             hostname=self.hostname,
-            sources=Sources(
-                netlink=raw.netlink_ok,
-                bpf=bpf is not None,
-                bpf_error=bpf_error,
-                bpf_state=bpf_state,
-                hooks=hooks,
-                lost_events=bpf.lost_events if bpf is not None else 0,
-                notes=(*raw.notes, *getattr(self.bpf, "notes", ())),
-            ),
-            netns=netns_out,
+            sources=self._sources(raw, bpf, bpf_state, bpf_error),
+            netns=netns_counters(raw, self.prev, dt),
             listeners=listeners,
             close_wait=close_wait,
-            events=tuple(events),
-            connections=(
-                {k: tuple(v) for k, v in conns.items()} if conns is not None and self.keep_connections else None
-            ),
+            events=attribution.attribute_events(bpf.events, att.index) if bpf is not None else (),
+            connections=conns,
             seq=self.seq,
         )
 
+    def _resolve_owners(self, att: Attributed, notes: list[str]) -> Mapping[int, tuple[int, str]]:
+        owners = self.owners.resolve(
+            [row.inode for _, row in att.listen_rows] + [row.inode for _, row, _ in att.close_wait],
+            force=self.blocking_owners,
+        )
+        if self.owners.permission_denied:
+            notes.append(
+                f"owners of sockets in {self.owners.permission_denied} processes unknown: reading "
+                "another user's /proc/PID/fd needs root (CAP_SYS_PTRACE)"
+            )
+        return owners
 
+    def _age(self, netns: int, fam: str, row: DiagRow, state: str, wall: float) -> float | None:
+        """Seconds in `state` by the BPF timeline; None before the probes saw it enter."""
+        if self.bpf is None:
+            return None
+        since = self.bpf.state_since(netns, fam, row.laddr, row.lport, row.raddr, row.rport)
+        return max(0.0, wall - since[1]) if since is not None and since[0] == state else None
 
-def _with_close_wait(counts: Mapping[str, int] | None, close_wait: int) -> dict[str, int]:
-    out = dict(counts) if counts else {}
-    if close_wait:
-        out["CLOSE_WAIT"] = close_wait
-    else:
-        out.pop("CLOSE_WAIT", None)
-    return out
+    def _connections(
+        self, att: Attributed, wall: float, owners: Mapping[int, tuple[int, str]], bpf_live: bool
+    ) -> dict[ListenerKey, tuple[Connection, ...]] | None:
+        if att.children is None or not self.keep_connections:
+            return None
+        # Every socket the last /proc walk saw; a child still queued (inode 0) will belong
+        # to its listener's process.
+        known = self.owners.by_inode
+        listen_inode = {key: row.inode for key, row in att.listen_rows}
+        out: dict[ListenerKey, list[Connection]] = {}
+        for netns, row, parent in att.children:
+            fam = FAMILY[row.family]
+            state = model.state_name(row.state)
+            age = self._age(netns, fam, row, state, wall) if bpf_live else None
+            owner = known.get(row.inode) if row.inode else known.get(listen_inode.get(parent, 0))
+            out.setdefault(parent, []).append(
+                Connection(
+                    netns, fam, state, row.laddr, row.lport, row.raddr, row.rport,
+                    row.inode, row.cookie, row.rqueue, row.wqueue,
+                    owner[0] if owner else None, owner[1] if owner else None, age_s=age, listener=parent,
+                )
+            )
+        return {k: tuple(v) for k, v in out.items()}
 
+    def _bpf_fields(
+        self, att: Attributed, bpf: BpfReading | None, dt: float, raw: RawTick
+    ) -> dict[ListenerKey, dict[str, Any]]:
+        """The BPF-derived Listener fields per listener; empty when BPF is not live."""
+        live = {key for key, _ in att.listen_rows}
+        if bpf is None:
+            self.overflows.prune(live)
+            return {}
+        counts = join_bpf(bpf, att.listen_rows)
+        reqq = {ns.inode: ns.counters.get("TCPReqQFullDrop", 0) for ns in raw.netns.values()}
+        over = self.overflows.update(att.listen_rows, counts, reqq, dt, raw.notes)
+        self.overflows.prune(live)
+        out: dict[ListenerKey, dict[str, Any]] = {}
+        for key, row in att.listen_rows:
+            inp = FieldInput(counts[key], self.prev_bpf.get(key), bpf.hooks, row, dt)
+            fields: dict[str, Any] = {"overflows": over[key][0], "overflow_rate": over[key][1]}
+            for fn in LISTENER_BPF_FIELDS:
+                fields.update(fn(inp))
+            out[key] = fields
+        self.prev_bpf = counts
+        return out
 
-def _with_main_states(counts: Mapping[str, int] | None) -> dict[str, int]:
-    """Children by state, ESTABLISHED and CLOSE_WAIT always present once a dump has counted them."""
-    out = {"ESTABLISHED": 0, "CLOSE_WAIT": 0}
-    if counts:
-        out.update(counts)
-    return out
+    def _listeners_of(
+        self,
+        att: Attributed,
+        owners: Mapping[int, tuple[int, str]],
+        children: Mapping[ListenerKey, dict[str, int]] | None,
+        fields: Mapping[ListenerKey, dict[str, Any]],
+        dt: float,
+    ) -> list[Listener]:
+        out: list[Listener] = []
+        for key, row in att.listen_rows:
+            drop_rate = model.rate(row.drops, self._prev_drops.get(key), dt) or 0.0
+            owner = owners.get(row.inode)
+            synq = att.syn_queue.get(key, 0)
+            kids = children.get(key) if children is not None else None
+            extra = fields.get(key, {})
 
+            def make(key: ListenerKey = key, row: DiagRow = row, owner: Owner = owner, synq: int = synq,
+                     kids: dict[str, int] | None = kids, extra: dict[str, Any] = extra,
+                     drop_rate: float = drop_rate) -> Listener:
+                return Listener(
+                    key=key, inode=row.inode, pid=owner[0] if owner else None, comm=owner[1] if owner else None,
+                    accept_queue=row.rqueue, backlog=row.wqueue, syn_queue=synq, drops=max(row.drops, 0),
+                    drop_rate=drop_rate, children=_with_main_states(kids) if children is not None else {},
+                    **extra,
+                )
 
-def children_between_dumps(
-    at_dump: Mapping[ListenerKey, Mapping[str, int]],
-    deltas_at_dump: Mapping[tuple[int, int], Mapping[str, int]],
-    deltas_now: Mapping[tuple[int, int], Mapping[str, int]] | None,
-    listeners: Sequence[ListenerKey],
-) -> dict[ListenerKey, dict[str, int]]:
-    """Children by state between two full dumps: the last dump's counts moved on by the
-    transitions BPF counted per (netns, port) since then. Where a port has several
-    listeners in one netns the deltas cannot be split, and the dump's counts stand."""
-    if not deltas_now:
-        return {k: dict(v) for k, v in at_dump.items()}
-    per_port: dict[tuple[int, int], int] = {}
-    for key in listeners:
-        per_port[(key.netns, key.lport)] = per_port.get((key.netns, key.lport), 0) + 1
-    out: dict[ListenerKey, dict[str, int]] = {}
-    for key in listeners:
-        counts = dict(at_dump.get(key, {}))
-        port = (key.netns, key.lport)
-        if per_port[port] == 1:
-            now, then = deltas_now.get(port, {}), deltas_at_dump.get(port, {})
-            for state in set(now) | set(then):
-                value = counts.get(state, 0) + now.get(state, 0) - then.get(state, 0)
-                if value > 0:
-                    counts[state] = value
-                else:
-                    counts.pop(state, None)
-        out[key] = counts
-    return out
+            out.append(self._listeners.get(key, (row, owner, synq, kids, tuple(extra.items()), drop_rate), make))
+        self._listeners.end_tick()
+        self._prev_drops = {key: row.drops for key, row in att.listen_rows}
+        return out
+
+    def _close_waits(
+        self, att: Attributed, owners: Mapping[int, tuple[int, str]], wall: float, bpf_live: bool
+    ) -> list[CloseWait]:
+        listen_row_of = dict(att.listen_rows)
+        out = []
+        for netns, row, lkey in att.close_wait:
+            fam = FAMILY[row.family]
+            owner = owners.get(row.inode)
+            if owner is None and row.inode == 0:
+                # Still in the accept queue: nobody has it yet, but its listener's process will.
+                lrow = listen_row_of.get(lkey) if lkey is not None else None
+                owner = owners.get(lrow.inode) if lrow is not None else None
+            age = self._age(netns, fam, row, "CLOSE_WAIT", wall) if bpf_live else None
+
+            def make(netns: int = netns, row: DiagRow = row, owner: Owner = owner, age: float | None = age,
+                     fam: str = fam, lkey: ListenerKey | None = lkey) -> CloseWait:
+                return CloseWait(
+                    netns, fam, row.laddr, row.lport, row.raddr, row.rport, row.inode, row.cookie,
+                    owner[0] if owner else None, owner[1] if owner else None, row.rqueue, age, listener=lkey,
+                )
+
+            out.append(self._close_wait.get((netns, row.cookie), (row, owner, age, lkey), make))
+        self._close_wait.end_tick()
+        return out
+
+    def _sources(self, raw: RawTick, bpf: BpfReading | None, state: str, error: str | None) -> Sources:
+        hooks = dict(bpf.hooks) if bpf is not None else (dict(self.bpf.hooks) if self.bpf is not None else {})
+        return Sources(
+            netlink=raw.netlink_ok,
+            bpf=bpf is not None,
+            bpf_error=error,
+            bpf_state=state,
+            hooks=hooks,
+            lost_events=bpf.lost_events if bpf is not None else 0,
+            notes=(*raw.notes, *getattr(self.bpf, "notes", ())),
+        )
 
 
 def dataclass_replace_cookie(key: ListenerKey) -> ListenerKey:

@@ -337,9 +337,10 @@ class ListenerScreen(DetailScreen):
                     cw.pid,
                     cw.comm,
                     cw.age_s,
+                    listener=cw.listener,
                 )
                 for cw in close_wait
-                if cw.netns == self.key.netns and cw.lport == self.key.lport
+                if cw.listener == self.key
             ]
         conns.sort(key=lambda c: (c.state != "CLOSE_WAIT", -(c.age_s or 0.0), c.rport))
         want = {conn_key(c): c for c in conns}

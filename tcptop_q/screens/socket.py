@@ -78,11 +78,11 @@ class SocketScreen(DetailScreen):
         snap = app.snapshot
         if snap is not None:
             for cw in snap.close_wait:
-                if (cw.netns, cw.lport, cw.raddr, cw.rport) == (r.netns, r.lport, r.raddr, r.rport):
+                if (cw.netns, cw.laddr, cw.lport, cw.raddr, cw.rport) == (r.netns, r.laddr, r.lport, r.raddr, r.rport):
                     return ("CLOSE_WAIT", cw.recv_q, None, cw.pid, cw.comm, cw.age_s)
         for conns in app.connections.values():
             for c in conns:
-                if (c.netns, c.lport, c.raddr, c.rport) == (r.netns, r.lport, r.raddr, r.rport):
+                if (c.netns, c.laddr, c.lport, c.raddr, c.rport) == (r.netns, r.laddr, r.lport, r.raddr, r.rport):
                     return (c.state, c.recv_q, c.send_q, c.pid, c.comm, c.age_s)
         return None
 

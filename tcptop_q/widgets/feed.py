@@ -11,7 +11,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Static
 
-from tcptop_q.model import ListenerKey, Snapshot, Transition, v4_of_mapped
+from tcptop_q.model import ListenerKey, Snapshot, Transition
 from tcptop_q.widgets.keyed_table import KeyedTable
 from tcptop_q.widgets.text import inert
 
@@ -34,11 +34,8 @@ STATE_STYLE = {"CLOSE_WAIT": "yellow", "CLOSE": "dim", "ESTABLISHED": "green", "
 
 
 def matches(ev: Transition, key: ListenerKey | None) -> bool:
-    if key is None:
-        return True
-    if ev.netns != key.netns or ev.lport != key.lport:
-        return False
-    return key.laddr in ("0.0.0.0", "::") or ev.laddr == key.laddr or v4_of_mapped(ev.laddr) == key.laddr
+    """Whether the feed following `key` (None: all) shows `ev`: the sampler decided whose it is."""
+    return key is None or ev.listener == key
 
 
 def event_text(ev: Transition) -> Text:

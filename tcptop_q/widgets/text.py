@@ -7,32 +7,11 @@ and into a `rich.text.Text` (never a markup string).
 
 from __future__ import annotations
 
-import unicodedata
-
 from rich.text import Text
 
-_SAFE_CACHE: dict[str, str] = {}
+from tcptop_q.model import inert
 
-
-def inert(value: str | None, unknown: str = "-") -> str:
-    """Control and format characters replaced by a visible escape; None -> unknown."""
-    if value is None:
-        return unknown
-    cached = _SAFE_CACHE.get(value)
-    if cached is not None:
-        return cached
-    out = []
-    for ch in value:
-        if ch.isprintable() and unicodedata.category(ch)[0] != "C":
-            out.append(ch)
-        elif ch == "\x00":
-            out.append(" ")  # cmdline argument separator
-        else:
-            out.append(f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
-    result = "".join(out)
-    if len(_SAFE_CACHE) < 65536:
-        _SAFE_CACHE[value] = result
-    return result
+# One inert() for the TUI and --batch: tcptop_q/model.py.
 
 
 def inert_text(value: str | None, style: str = "", unknown: str = "-") -> Text:

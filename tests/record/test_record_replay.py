@@ -49,14 +49,15 @@ def snapshot(tick: int, *, children: bool = False, events: int = 2) -> Snapshot:
     evs = tuple(
         Transition(now - 0.5 + i / 100, NS, 0xFFFF888000000000 + tick * 10 + i, "ipv4", "127.0.0.1", 8080,
                    "127.0.0.1", 40000 + tick * 10 + i, "LISTEN" if i % 2 == 0 else "SYN_RECV",
-                   "SYN_RECV" if i % 2 == 0 else "ESTABLISHED", None if i % 2 == 0 else 0.1 * i, 0, "swapper/1")
+                   "SYN_RECV" if i % 2 == 0 else "ESTABLISHED", None if i % 2 == 0 else 0.1 * i, 0, "swapper/1",
+                   listener=KEY)
         for i in range(events)
     )
     conns = None
     if children:
         conns = {
             KEY: tuple(Connection(NS, "ipv4", "CLOSE_WAIT", "127.0.0.1", 8080, "127.0.0.1", 41000 + i, 0, 9000 + i,
-                                  11, 0, None, None, None if i else 3.25) for i in range(6)),
+                                  11, 0, None, None, None if i else 3.25, listener=KEY) for i in range(6)),
             KEY6: (),
         }
     return Snapshot(
@@ -79,7 +80,7 @@ def snapshot(tick: int, *, children: bool = False, events: int = 2) -> Snapshot:
             Listener(KEY6, 90002, None, None, 0, 511, 2, 0, 0.0, {}),
         ],
         close_wait=[CloseWait(NS, "ipv4", "127.0.0.1", 8080, "127.0.0.1", 41000 + i, 0, 9000 + i, 1234, "server",
-                              11, None if i else 1.5) for i in range(6)],
+                              11, None if i else 1.5, listener=KEY) for i in range(6)],
         events=evs,
         connections=conns,
         seq=tick + 1,
@@ -184,7 +185,8 @@ def test_timeline_process_info_and_sysctls(tmp_path):
     assert src.timeline(*tuple_) == []  # not recorded yet at this point of the replay
     src.seek_index(4)
     src.sample()
-    assert src.timeline(*tuple_) == [ev]
+    # A timeline is one socket's history: like the live BPF timeline it carries no listener.
+    assert src.timeline(*tuple_) == [dataclasses.replace(ev, listener=None)]
     info = src.process_info(1234)
     assert info["cmdline"] == "server --port 8080" and info["recorded"] is True
     assert src.process_info(999) is None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from dataclasses import replace
 
+from tcptop_q.attribution import attribute_snapshot
 from tcptop_q.model import (
     CloseWait,
     Connection,
@@ -330,7 +331,8 @@ def build_snapshot(
                 for i in range(17)
             ],
         }
-    return Snapshot(
+    # Sockets carry their listener, as the sampler gives them.
+    return attribute_snapshot(Snapshot(
         time=now,
         interval=interval,
         kernel="6.18.0-test",
@@ -342,7 +344,7 @@ def build_snapshot(
         events=events,
         connections=connections,
         seq=tick,
-    )
+    ))
 
 
 def many_listeners(n: int, tick: int, changing: float = 1.0) -> list[Listener]:

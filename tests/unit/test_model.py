@@ -113,3 +113,17 @@ def test_counts_since_a_baseline():
     assert (out.listen_overflow_drops, out.other_rx_drops, out.syn_overflows) == (2, 0, 2)
     assert counts_since(now, None) is now
     assert counts_since(BpfListenerCounts(), BpfListenerCounts()).syn_overflows is None
+
+
+BIDI = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c"
+
+
+def test_batch_and_tui_escape_the_same_bidi_and_format_controls():
+    from tcptop_q.widgets.text import inert
+
+    hostile = "nginx" + BIDI + "\u200b\ufeffgnp.exe"
+    batch, tui = model.safe_text(hostile, 400), inert(hostile)
+    assert batch == tui  # one function for both
+    assert not any(ch in batch for ch in BIDI + "\u200b\ufeff")
+    assert "\\u202e" in batch and "\\u061c" in batch and batch.startswith("nginx")
+    assert model.safe_text("servér ✓") == "servér ✓"  # printable non-ASCII stays as it is
