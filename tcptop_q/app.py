@@ -260,6 +260,8 @@ class TcpqTopApp(App):
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._held_events: list[Transition] = []
+        self._latest: Snapshot | None = None  # the newest tick, while paused
+        self._latest_connections: Snapshot | None = None
 
     # ------------------------------------------------------------ lifecycle
     def on_mount(self) -> None:
@@ -422,20 +424,28 @@ class TcpqTopApp(App):
             # bcc/clang may have written diagnostics straight to the terminal while the
             # probes compiled: redraw every cell once they are live (or have failed).
             self.call_after_refresh(self.screen.refresh, repaint=True, layout=True)
-        self.snapshot = snap
         if self.bpf_live_since is None and snap.sources.bpf:
             self.bpf_live_since = snap.time
-        if snap.connections is not None:
-            self.connections = snap.connections
-            self.connections_time = snap.time
         self.history.add(snap)
         self.ticks_applied += 1
         if self.paused:
+            # Pause freezes every number on screen (the header's netns line too): the tick is
+            # kept, and shown on resume.
+            self._latest = snap
+            if snap.connections is not None:
+                self._latest_connections = snap
             self._held_events.extend(snap.events)
             del self._held_events[:-2000]
             self._refresh_header()
             return
+        self._take(snap)
         self._show(snap, snap.events)
+
+    def _take(self, snap: Snapshot) -> None:
+        self.snapshot = snap
+        if snap.connections is not None:
+            self.connections = snap.connections
+            self.connections_time = snap.time
 
     def _show(self, snap: Snapshot, events: Sequence[Transition]) -> None:
         """The visible screen gets the whole snapshot; screens under it only what they must
@@ -498,6 +508,12 @@ class TcpqTopApp(App):
     # ------------------------------------------------------------ actions
     def action_toggle_pause(self) -> None:
         self.paused = not self.paused
+        if not self.paused:
+            if self._latest_connections is not None:
+                self._take(self._latest_connections)
+            if self._latest is not None:
+                self._take(self._latest)
+            self._latest = self._latest_connections = None
         if not self.paused and self.snapshot is not None:
             held, self._held_events = self._held_events, []
             self._show(self.snapshot, held)
@@ -522,7 +538,10 @@ class TcpqTopApp(App):
 
     def _show_stepped(self, snap: Snapshot) -> None:
         self.apply_snapshot(snap)
-        if self.paused:
+        if self.paused:  # a step is shown even while paused
+            self._latest = self._latest_connections = None
+            self._held_events = []
+            self._take(snap)
             self._show(snap, snap.events)
 
     def action_interval(self, step: int) -> None:

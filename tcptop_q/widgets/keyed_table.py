@@ -24,7 +24,17 @@ class KeyedTable(DataTable):
     BINDINGS = [
         Binding("j", "cursor_down", "Down", show=False, id="table.down"),
         Binding("k", "cursor_up", "Up", show=False, id="table.up"),
+        Binding("home", "first_row", "First", show=False, id="table.home"),
+        Binding("end", "last_row", "Last", show=False, id="table.end"),
     ]
+
+    def action_first_row(self) -> None:
+        if self.row_count:
+            self.move_cursor(row=0, animate=False)
+
+    def action_last_row(self) -> None:
+        if self.row_count:
+            self.move_cursor(row=self.row_count - 1, animate=False)
 
     @classmethod
     def with_columns(cls, columns: tuple[tuple[str, int, str], ...], **kwargs: Any) -> KeyedTable:

@@ -432,3 +432,34 @@ async def test_notes_and_why_the_feed_is_empty(make_app):
         app.apply_snapshot(replace(loading, events=()))
         await pilot.pause()
         assert "eBPF is loading" in screen_text(app) and "notes:" not in screen_text(app)
+
+
+async def test_pause_freezes_every_number_including_the_netns_line(make_app):
+    app = make_app()
+    async with app.run_test(size=(160, 48)) as pilot:
+        await feed_ticks(app, pilot)
+        await pilot.press("p")
+        before = screen_text(app).splitlines()
+        snap = build_snapshot(CLOCK_TICK + 1)
+        hot = [replace(n, rates={**n.rates, "ListenDrops": 777.0}) for n in snap.netns]
+        app.apply_snapshot(replace(snap, netns=hot, listeners=[
+            replace(x, drop_rate=555.0) if x.key == KEY_8080 else x for x in snap.listeners]))
+        await pilot.pause()
+        during = screen_text(app)
+        assert "777" not in during and "555" not in during and "PAUSED" in during
+        assert during.splitlines()[1] == before[1]
+        await pilot.press("p")
+        await pilot.pause()
+        after = screen_text(app)
+        assert "ListenDrops 777/s" in after and "555!" in after
+
+
+async def test_home_and_end_move_to_the_first_and_last_row(make_app):
+    app = make_app()
+    async with app.run_test(size=(160, 48)) as pilot:
+        await feed_ticks(app, pilot)
+        table = app.screen.table
+        await pilot.press("end")
+        assert table.cursor_row == table.row_count - 1
+        await pilot.press("home")
+        assert table.cursor_row == 0
