@@ -101,6 +101,7 @@ class History:
         self.close_wait_grew: dict[ListenerKey, float] = {}
         self._close_wait: dict[ListenerKey, int] = {}
         self._spark: dict[ListenerKey, tuple[int, list[float]]] = {}
+        self._levels: dict[ListenerKey, tuple[int, ...]] = {}  # spark levels, kept as they change
         self.started: float | None = None
 
     def add(self, snap: Snapshot) -> None:
@@ -129,7 +130,7 @@ class History:
         if len(series) > 2 * len(snap.listeners) + 64:
             alive = {lst.key for lst in snap.listeners}
             for table in (series, self.last_overflow, self.last_drop, self.close_wait_grew,
-                          self._close_wait, self._spark):
+                          self._close_wait, self._spark, self._levels):
                 for key in [k for k in table if k not in alive]:
                     del table[key]
 
@@ -153,15 +154,14 @@ class History:
             cells.append(fill)
             del cells[: -self.SPARK_CELLS]
             self._spark[key] = (bucket, cells)
+            self._levels[key] = tuple(min(8, math.ceil(v * 8)) for v in cells)
         elif fill > old[1][-1]:
             old[1][-1] = fill
+            self._levels[key] = tuple(min(8, math.ceil(v * 8)) for v in old[1])
 
     def spark(self, key: ListenerKey) -> tuple[int, ...]:
         """The last minute's accept-queue fill, one level 0..8 per 6 s cell (max in the cell)."""
-        got = self._spark.get(key)
-        if got is None:
-            return ()
-        return tuple(min(8, math.ceil(v * 8)) for v in got[1])
+        return self._levels.get(key, ())
 
     def last_event(self, key: ListenerKey) -> tuple[float | None, float | None]:
         """(last overflow, last drop) times seen, None for none since tcpq-top started."""

@@ -85,8 +85,17 @@ class MainScreen(Screen):
             self.apply_snapshot(self.tapp.snapshot, ())
 
     def on_screen_resume(self) -> None:
+        """Back from a detail screen: paint the rows as they were first (the key answers at
+        once), then catch up on the ticks that came meanwhile, after that frame
+        (bench/key_screens.py, docs/BENCHMARKS.md)."""
         snap = self.tapp.snapshot
         if snap is not None and snap.seq != self._applied_seq:
+            self.refresh_header()
+            self.call_after_refresh(self._catch_up)
+
+    def _catch_up(self) -> None:
+        snap = self.tapp.snapshot
+        if snap is not None and snap.seq != self._applied_seq and self.is_current:
             self.apply_snapshot(snap, ())
 
     # ------------------------------------------------------------ layout
