@@ -36,7 +36,7 @@ from tcptop_q.model import (
     sort_listeners,
 )
 from tcptop_q.screens import keys as keycat
-from tcptop_q.widgets.text import inert
+from tcptop_q.widgets.text import ascii_mode, inert
 
 SEVERITY = "severity"  # the TUI's default order: what is wrong now first (diagnosis.severity_rank)
 UI_SORT_KEYS = (SEVERITY, *SORT_KEYS)
@@ -267,6 +267,8 @@ class TcpqTopApp(App):
     def on_mount(self) -> None:
         from tcptop_q.screens.main import MainScreen
 
+        if ascii_mode():  # LANG=C, TERM=linux/vt100: no box, block or arrow glyphs
+            self.add_class("-ascii")
         self.push_screen(MainScreen())
         if self._start_collector:
             self.start_collector()

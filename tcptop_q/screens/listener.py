@@ -19,9 +19,11 @@ from tcptop_q.screens import keys as keycat
 from tcptop_q.screens.base import DetailScreen
 from tcptop_q.widgets.keyed_table import KeyedTable
 from tcptop_q.widgets.listener_table import accept_cell
-from tcptop_q.widgets.text import fmt_age, fmt_num, inert, short_netns
+from tcptop_q.widgets.text import ascii_mode, fmt_age, fmt_num, inert, short_netns
 from tcptop_q.widgets.topbar import TopBar
 
+MARKS = {"crit": "✖ ", "warn": "▲ ", "info": "• ", "ok": "✔ "}
+ASCII_MARKS = {"crit": "X ", "warn": "! ", "info": "* ", "ok": "ok "}
 SEVERITY_CLASS = {"crit": "-crit", "warn": "-warn", "info": "-info", "ok": "-ok"}
 SYSCTL_NAMES = ("somaxconn", "tcp_max_syn_backlog", "tcp_syncookies", "tcp_abort_on_overflow")
 
@@ -272,7 +274,8 @@ class ListenerScreen(DetailScreen):
         for i, f in enumerate(findings):
             if i:
                 full.append("\n")
-            full.append({"crit": "✖ ", "warn": "▲ ", "info": "• ", "ok": "✔ "}[f.severity], style="bold")
+            marks = ASCII_MARKS if ascii_mode() else MARKS
+            full.append(marks[f.severity], style="bold reverse" if f.severity == "crit" else "bold")
             full.append(f.text, style="bold" if i == 0 and f.severity in ("crit", "warn") else "")
         self.diagnosis_text = full.plain
         panel = self.query_one("#diagnosis", Static)

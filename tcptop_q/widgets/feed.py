@@ -13,7 +13,7 @@ from textual.widgets import Static
 
 from tcptop_q.model import ListenerKey, Snapshot, Transition
 from tcptop_q.widgets.keyed_table import KeyedTable
-from tcptop_q.widgets.text import inert
+from tcptop_q.widgets.text import ascii_mode, inert
 
 FEED_ROWS = 300  # rows kept on screen
 FEED_KEEP = 2000  # events kept for re-filtering
@@ -43,7 +43,7 @@ def event_text(ev: Transition) -> Text:
     text = Text(no_wrap=True, overflow="ellipsis")
     text.append(f"{ev.lport:>5} ", style="bold")
     text.append(SHORT_STATE.get(ev.old, ev.old), style=STATE_STYLE.get(ev.old, ""))
-    text.append("→")
+    text.append("->" if ascii_mode() else "→")
     text.append(SHORT_STATE.get(ev.new, ev.new), style=STATE_STYLE.get(ev.new, ""))
     peer = f"[{ev.raddr}]" if ev.family == "ipv6" else ev.raddr
     text.append(f" {inert(peer)}:{ev.rport}")

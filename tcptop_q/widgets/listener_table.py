@@ -154,9 +154,10 @@ def accept_cell(depth: int, limit: int, bar: int) -> Text:
         filled = min(bar, round(bar * depth / cap)) if cap else 0
         if depth and not filled:
             filled = 1
+        full, empty = ("#", ".") if ascii_mode() else ("█", "░")
         text.append(" ")
-        text.append("█" * filled, style=style)
-        text.append("░" * (bar - filled), style="dim")
+        text.append(full * filled, style=style)
+        text.append(empty * (bar - filled), style="dim")
         if depth > limit:
             text.append("!", style=style)
     elif depth > limit:

@@ -47,7 +47,7 @@ def fmt_age(seconds: float | None) -> str:
 
 def short_netns(inode: int) -> str:
     """Namespace inodes are 10 digits; the last 4 tell them apart on one host."""
-    return f"…{inode % 10000:04d}"
+    return f"{'~' if ascii_mode() else '…'}{inode % 10000:04d}"
 
 
 _ASCII: bool | None = None

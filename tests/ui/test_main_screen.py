@@ -463,3 +463,52 @@ async def test_home_and_end_move_to_the_first_and_last_row(make_app):
         assert table.cursor_row == table.row_count - 1
         await pilot.press("home")
         assert table.cursor_row == 0
+
+
+async def test_no_color_alarms_carry_bold_reverse_and_a_marker(make_app, monkeypatch):
+    """NO_COLOR (Textual's Monochrome filter): the alarm values stay readable by attribute."""
+    from textual.color import Color
+
+    monkeypatch.setenv("NO_COLOR", "1")
+    app = make_app(sort="overflow_rate")
+    assert app.no_color
+    async with app.run_test(size=(160, 48)) as pilot:
+        await feed_ticks(app, pilot)
+        strips = app.screen._compositor.render_strips()
+        alarms = []
+        for strip in strips:
+            segments = list(strip)
+            for f in app._filters:
+                segments = f.apply(segments, Color(0, 0, 0))
+            alarms += [seg for seg in segments if seg.text.strip() == "10.0!"]
+        assert len(alarms) >= 2  # DROP/s and OVF/s of 0.0.0.0:8080
+        for seg in alarms:
+            assert seg.style is not None and seg.style.bold and seg.style.reverse, seg
+
+
+def test_ascii_mode_is_detected_from_locale_and_terminal():
+    from tcptop_q.widgets.text import detect_ascii
+
+    assert detect_ascii({"LANG": "C", "TERM": "xterm-256color"})
+    assert detect_ascii({"LANG": "en_US.UTF-8", "TERM": "linux"})
+    assert detect_ascii({"LANG": "en_US.UTF-8", "TERM": "vt100"})
+    assert not detect_ascii({"LANG": "en_US.UTF-8", "TERM": "xterm-256color"})
+    assert not detect_ascii({"LC_ALL": "C.utf8", "TERM": "screen"})
+    assert detect_ascii({"LANG": "en_US.UTF-8", "TERM": "xterm", "TCPQ_ASCII": "1"})
+    assert not detect_ascii({"LANG": "C", "TERM": "linux", "TCPQ_ASCII": "0"})
+
+
+async def test_ascii_mode_draws_no_unicode_glyphs_in_the_table(make_app):
+    from tcptop_q.widgets import text
+
+    text.set_ascii_mode(True)
+    try:
+        app = make_app(sort="overflow_rate")
+        async with app.run_test(size=(200, 50)) as pilot:
+            await feed_ticks(app, pilot)
+            shown = screen_text(app)
+            assert "OVF/sv" in shown and "6/5 #####!" in shown and "->" in shown
+            table_lines = [line for line in shown.splitlines()[2:10]]
+            assert not any(ch in line for line in table_lines for ch in "█░▼▲…│╭╮→▁▂▃▄▅▆▇")
+    finally:
+        text.set_ascii_mode(None)
