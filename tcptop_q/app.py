@@ -584,8 +584,69 @@ class TcpqTopApp(App):
 
         self.push_screen(SocketScreen(ref))
 
+    def export_screen(self, directory: str | None = None) -> tuple[str, str]:
+        """Write the screen as SVG and as plain text; returns both paths. Where: `directory`,
+        else $TCPQ_EXPORT_DIR, else the working directory, else /tmp when that is not writable."""
+        base = f"tcpq-top-{time.strftime('%Y%m%d-%H%M%S')}"
+        candidates = [d for d in (directory, os.environ.get("TCPQ_EXPORT_DIR"), os.getcwd(), "/tmp") if d]
+        where = next((d for d in candidates if os.path.isdir(d) and os.access(d, os.W_OK)), None)
+        if where is None:
+            raise OSError(f"no writable directory among {', '.join(candidates)}")
+        svg_path = os.path.join(where, base + ".svg")
+        txt_path = os.path.join(where, base + ".txt")
+        strips = self.screen._compositor.render_strips()
+        text = "\n".join("".join(seg.text for seg in strip).rstrip() for strip in strips)
+        with open(svg_path, "w", encoding="utf-8") as f:
+            f.write(self.export_screenshot(title=f"tcpq-top {time.strftime('%Y-%m-%d %H:%M:%S')}"))
+        with open(txt_path, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+        return svg_path, txt_path
+
+    def action_export(self) -> None:
+        try:
+            svg, txt = self.export_screen()
+        except OSError as exc:
+            self.notify(f"cannot save the screen: {exc}", title="Export", severity="error", timeout=8)
+            return
+        self.notify(f"saved {svg} and {txt}", title="Export", timeout=8)
+
+    def selected_listener(self) -> Listener | None:
+        key = getattr(self.screen, "key", None)
+        if not isinstance(key, ListenerKey):
+            table = getattr(self.screen, "table", None)
+            key = table.listener_at_cursor() if table is not None else None
+        return self.listener(key) if key is not None else None
+
+    def action_copy_commands(self) -> None:
+        """Copy (OSC 52) the matching ss / nsenter / nstat command, or the row as JSON."""
+        import json
+
+        from tcptop_q.diagnosis import next_commands
+        from tcptop_q.model import listener_to_json
+        from tcptop_q.screens.modals import CopyPicker
+
+        lst = self.selected_listener()
+        if lst is None:
+            self.notify("no listener selected", title="Copy", severity="warning")
+            return
+        choices = [*next_commands(lst), ("the row as JSON", json.dumps(listener_to_json(lst)))]
+
+        def picked(text: str | None) -> None:
+            if text:
+                self.copy_to_clipboard(text)
+                self.notify(f"copied (OSC 52): {text[:100]}", title="Copy", timeout=6)
+
+        self.push_screen(CopyPicker(choices), picked)
+
+    def action_screenshot(self, filename: str | None = None, path: str | None = None) -> None:
+        self.action_export()  # Textual's palette "Screenshot": the same export, with its paths
+
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
-        yield from super().get_system_commands(screen)
+        for cmd in super().get_system_commands(screen):
+            if cmd.title == "Screenshot":
+                cmd = SystemCommand("Screenshot", "Save the screen as SVG and text (prints the paths)",
+                                    self.action_export)
+            yield cmd
         scopes = {"app", *getattr(screen, "KEY_SCOPES", ())}
         for k in keycat.CATALOGUE:
             if k.scope not in scopes or not k.palette or k.id == "app.quit":

@@ -269,3 +269,17 @@ def severity_rank(listener: Listener, close_wait_growing: bool = False) -> int:
     if cw >= CLOSE_WAIT_PILE or listener.synack_retrans_rate:
         return 1
     return 2
+
+
+def next_commands(listener: Listener) -> list[tuple[str, str]]:
+    """(what, shell command) an SRE runs next for this listener, inside its netns: the
+    kernel's own view of the queue, the CLOSE_WAIT sockets and the netns counters."""
+    port = listener.lport
+    enter = f"nsenter -t {listener.pid} -n " if listener.pid is not None else ""
+    where = "" if enter else f"  # in netns {listener.netns} (owner unknown: enter it yourself)"
+    return [
+        ("the listener, its queue and drops", f"{enter}ss -ltnpm 'sport = :{port}'{where}"),
+        ("its CLOSE_WAIT sockets", f"{enter}ss -tanpe state close-wait 'sport = :{port}'{where}"),
+        ("the netns counters", f"{enter}nstat -az TcpExtListenOverflows TcpExtListenDrops "
+                               f"TcpExtTCPReqQFullDoCookies TcpExtTCPReqQFullDrop{where}"),
+    ]

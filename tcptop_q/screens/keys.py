@@ -30,6 +30,8 @@ CATALOGUE: tuple[Key, ...] = (
     Key("app.faster", "plus,equals_sign", "app.interval(-1)", "Faster", "app", show=False, key_display="+"),
     Key("app.slower", "minus", "app.interval(1)", "Slower", "app", show=False, key_display="-"),
     Key("app.close_wait", "c", "app.close_wait", "CLOSE_WAIT", "app"),
+    Key("app.export", "e", "app.export", "Export screen (SVG+text)", "app", show=False),
+    Key("app.copy", "y", "app.copy_commands", "Copy ss/nstat commands or JSON", "app", show=False),
     # Only while replaying a recording (TcpqTopApp.check_action hides them otherwise).
     Key("replay.back", "left", "app.replay_step(-1)", "Replay: tick back", "app", key_display="←", priority=True),
     Key("replay.forward", "right", "app.replay_step(1)", "Replay: tick forward", "app", key_display="→", priority=True),

@@ -256,6 +256,7 @@ class MainScreen(Screen):
     def _set_filter(self, text: str) -> None:
         self.tapp.filter_text = text.strip()
         self._apply_rows()
+        self.feed.set_terms(tuple(self.tapp.filter_text.lower().split()))
 
     def action_pick_netns(self) -> None:
         from tcptop_q.screens.modals import NetnsPicker

@@ -164,3 +164,29 @@ class ColumnChooser(ModalScreen["frozenset[str] | None"]):
 def _optional_columns():
     legend = dict(LEGEND)
     return [(c, legend.get(c.label, "")[:40]) for c in COLUMNS if c.priority != 0]
+
+
+class CopyPicker(ModalScreen["str | None"]):
+    """Which command to copy to the terminal's clipboard (OSC 52)."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel", id="copy.cancel")]
+
+    def __init__(self, choices: list[tuple[str, str]]) -> None:
+        super().__init__()
+        self.choices = choices
+
+    def compose(self) -> ComposeResult:
+        options = [Option(Text.assemble((what, "bold"), "\n  ", text[:200]), id=str(i))
+                   for i, (what, text) in enumerate(self.choices)]
+        with Vertical(id="picker-box"):
+            yield Static("copy to the clipboard (OSC 52)", id="picker-title")
+            yield OptionList(*options, id="picker")
+
+    def on_mount(self) -> None:
+        self.query_one(OptionList).focus()
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        self.dismiss(self.choices[int(event.option.id or 0)][1])
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)

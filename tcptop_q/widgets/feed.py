@@ -38,6 +38,13 @@ def matches(ev: Transition, key: ListenerKey | None) -> bool:
     return key is None or ev.listener == key
 
 
+def event_matches(ev: Transition, terms: tuple[str, ...]) -> bool:
+    if not terms:
+        return True
+    hay = f"{ev.laddr}:{ev.lport} {ev.raddr}:{ev.rport} {ev.comm} {ev.pid}".lower()
+    return all(term == str(ev.lport) or term in hay for term in terms)
+
+
 def event_text(ev: Transition) -> Text:
     """Port and transition first: the feed pane is narrow and cuts the end."""
     text = Text(no_wrap=True, overflow="ellipsis")
@@ -66,6 +73,7 @@ class FeedPane(Vertical):
         self.lost = 0
         self.paused = False
         self.follow_key: ListenerKey | None = None
+        self.terms: tuple[str, ...] = ()  # the main table's `/` filter, applied to events too
         self.flushes = 0
         self._dirty_title = True
         self.empty_reason = "waiting for the first sample…"
@@ -91,7 +99,7 @@ class FeedPane(Vertical):
             self.received += 1
             item = (self.seq, ev)
             self.events.append(item)
-            if matches(ev, self.follow_key):
+            if self._wanted(ev):
                 self.pending.append(item)
         if lost != self.lost:
             self.lost = lost
@@ -121,13 +129,22 @@ class FeedPane(Vertical):
         paused = self.empty_reason.startswith("feed paused")
         self.query_one("#feed-empty", Static).display = paused or self.table.row_count == 0
 
+    def _wanted(self, ev: Transition) -> bool:
+        return matches(ev, self.follow_key) and event_matches(ev, self.terms)
+
+    def set_terms(self, terms: tuple[str, ...]) -> None:
+        """The `/` filter: every term matches the port, an address or the comm."""
+        if terms != self.terms:
+            self.terms = terms
+            self.set_follow(self.follow_key)
+
     def set_follow(self, key: ListenerKey | None) -> None:
         """Show only `key`'s events (None: all); re-filters what is kept."""
         self.follow_key = key
         self.table.clear_rows()
         self.by_key.clear()
         self.pending.clear()
-        self.pending.extend(item for item in self.events if matches(item[1], key))
+        self.pending.extend(item for item in self.events if self._wanted(item[1]))
         self._dirty_title = True
         self.flush()
 
@@ -169,6 +186,8 @@ class FeedPane(Vertical):
     def _update_title(self) -> None:
         self._dirty_title = False
         parts = ["feed"]
+        if self.terms:
+            parts.append("filter " + " ".join(self.terms))
         if self.follow_key is not None:
             parts.append(f"only {self.follow_key.label()}")
         parts.append(f"{self.received} ev")

@@ -297,3 +297,46 @@ async def test_listener_screen_shows_drop_reasons(make_app):
         lines = text.splitlines()
         i = next(n for n, line in enumerate(lines) if "TCP_LISTEN_OVERFLOW" in line)
         assert "7 TCP_LISTEN_OVERFLOW" in lines[i] and "1 SOCKET_FILTER" in lines[i + 1]
+
+
+async def test_export_writes_svg_and_text_and_says_where(make_app, tmp_path, monkeypatch):
+    monkeypatch.setenv("TCPQ_EXPORT_DIR", str(tmp_path))
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await feed_ticks(app, pilot)
+        await pilot.press("e")
+        await pilot.pause()
+        svgs, txts = list(tmp_path.glob("tcpq-top-*.svg")), list(tmp_path.glob("tcpq-top-*.txt"))
+        assert len(svgs) == 1 and len(txts) == 1
+        assert "0.0.0.0:8080" in txts[0].read_text() and svgs[0].read_text().startswith("<svg")
+        assert any(str(svgs[0]) in n.message for n in app._notifications)
+        # Textual's palette "Screenshot" is the same export
+        titles = {c.title: c for c in app.get_system_commands(app.screen)}
+        titles["Screenshot"].callback()
+        await pilot.pause()
+        assert len(list(tmp_path.glob("tcpq-top-*.txt"))) >= 1
+
+
+async def test_copy_offers_the_commands_for_the_selected_listener(make_app):
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await feed_ticks(app, pilot)
+        key = app.screen.table.listener_at_cursor()
+        lst = app.listener(key)
+        await pilot.press("y")
+        assert type(app.screen).__name__ == "CopyPicker"
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.clipboard == f"nsenter -t {lst.pid} -n ss -ltnpm 'sport = :{key.lport}'"
+
+
+async def test_slash_filters_the_feed_too(make_app):
+    app = make_app()
+    async with app.run_test(size=(160, 48)) as pilot:
+        await feed_ticks(app, pilot)
+        feed = app.screen.feed
+        await wait_for(pilot, lambda: feed.table.row_count > 0, what="feed")
+        await pilot.press("slash", *"5432", "enter")
+        await pilot.pause(0.3)
+        assert all(ev.lport == 5432 for ev in feed.by_key.values())
+        assert "filter 5432" in str(feed.border_title)
