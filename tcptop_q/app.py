@@ -638,6 +638,45 @@ class TcpqTopApp(App):
 
         self.push_screen(CopyPicker(choices), picked)
 
+    def action_signal_owner(self) -> None:
+        """htop's kill: a signal to the selected listener's owner, after a confirmation that
+        names the pid and its cmdline (read off the UI thread)."""
+        lst = self.selected_listener()
+        if self.replaying:
+            self.notify("a replay shows recorded processes: nothing to signal", title="Signal", severity="warning")
+            return
+        if lst is None or lst.pid is None:
+            self.notify("no owner process known for this row", title="Signal", severity="warning")
+            return
+        self._confirm_signal(lst.pid, lst.comm)
+
+    @work(thread=True, exclusive=True, group="signal", exit_on_error=False)
+    def _confirm_signal(self, pid: int, comm: str | None) -> None:
+        try:
+            info = self.source.process_info(pid)
+        except Exception:
+            info = None
+        cmd = (info or {}).get("cmdline")
+        if isinstance(cmd, (list, tuple)):
+            cmd = " ".join(str(c) for c in cmd)
+        self.call_from_thread(self._ask_signal, pid, cmd or comm or "?")
+
+    def _ask_signal(self, pid: int, cmdline: str) -> None:
+        from tcptop_q.screens.modals import SignalConfirm
+
+        def picked(signum: int | None) -> None:
+            if signum is None:
+                return
+            name = signal.Signals(signum).name
+            try:
+                os.kill(pid, signum)
+            except OSError as exc:
+                self.notify(f"{name} to pid {pid}: {exc.strerror or exc}", title="Signal", severity="error")
+                return
+            self.notify(f"sent {name} to pid {pid}", title="Signal", timeout=5)
+
+        self.push_screen(SignalConfirm(pid, cmdline), picked)
+
     def action_screenshot(self, filename: str | None = None, path: str | None = None) -> None:
         self.action_export()  # Textual's palette "Screenshot": the same export, with its paths
 

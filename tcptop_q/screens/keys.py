@@ -31,6 +31,8 @@ CATALOGUE: tuple[Key, ...] = (
     Key("app.slower", "minus", "app.interval(1)", "Slower", "app", show=False, key_display="-"),
     Key("app.close_wait", "c", "app.close_wait", "CLOSE_WAIT", "app"),
     Key("app.export", "e", "app.export", "Export screen (SVG+text)", "app", show=False),
+    # htop's k is F9 / K here: k moves the cursor up (vi keys).
+    Key("app.signal", "f9,K", "app.signal_owner", "Signal the owner (kill)", "app", show=False, key_display="F9"),
     Key("app.copy", "y", "app.copy_commands", "Copy ss/nstat commands or JSON", "app", show=False),
     # Only while replaying a recording (TcpqTopApp.check_action hides them otherwise).
     Key("replay.back", "left", "app.replay_step(-1)", "Replay: tick back", "app", key_display="←", priority=True),

@@ -318,6 +318,13 @@ class MainScreen(Screen):
         ev = self.feed.selected()
         if ev is None:
             return
+        if ev.new == "LISTEN" or ev.rport == 0:  # a listening socket: open the listener itself
+            snap = self.tapp.snapshot
+            key = next((lst.key for lst in (snap.listeners if snap else ())
+                        if (lst.key.netns, lst.key.lport, lst.key.laddr) == (ev.netns, ev.lport, ev.laddr)), None)
+            if key is not None:
+                self.tapp.open_listener(key)
+                return
         self.tapp.open_socket(SocketRef(ev.netns, ev.family, ev.laddr, ev.lport, ev.raddr, ev.rport))
 
 

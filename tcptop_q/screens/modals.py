@@ -14,7 +14,7 @@ from textual.widgets.option_list import Option
 from tcptop_q.model import Snapshot
 from tcptop_q.screens import keys as keycat
 from tcptop_q.widgets.listener_table import COLUMNS, LEGEND
-from tcptop_q.widgets.text import short_netns
+from tcptop_q.widgets.text import inert, short_netns
 
 SCOPE_TITLES = {
     "app": "everywhere",
@@ -187,6 +187,40 @@ class CopyPicker(ModalScreen["str | None"]):
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         self.dismiss(self.choices[int(event.option.id or 0)][1])
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGKILL", "SIGSTOP", "SIGCONT", "SIGUSR1", "SIGUSR2")
+
+
+class SignalConfirm(ModalScreen["int | None"]):
+    """Send a signal to pid N (cmdline shown); escape cancels, nothing is sent by default."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel", id="signal.cancel")]
+
+    def __init__(self, pid: int, cmdline: str) -> None:
+        super().__init__()
+        self.pid, self.cmdline = pid, cmdline
+
+    def compose(self) -> ComposeResult:
+        import signal
+
+        title = Text(f"send a signal to pid {self.pid}: ", style="bold")
+        title.append(inert(self.cmdline)[:120])
+        options = [Option("cancel (esc)", id="0")]
+        options += [Option(name, id=str(int(getattr(signal, name)))) for name in SIGNALS]
+        with Vertical(id="picker-box"):
+            yield Static(title, id="picker-title")
+            yield OptionList(*options, id="picker")
+
+    def on_mount(self) -> None:
+        self.query_one(OptionList).focus()
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        signum = int(event.option.id or 0)
+        self.dismiss(signum or None)
 
     def action_cancel(self) -> None:
         self.dismiss(None)

@@ -340,3 +340,34 @@ async def test_slash_filters_the_feed_too(make_app):
         await pilot.pause(0.3)
         assert all(ev.lport == 5432 for ev in feed.by_key.values())
         assert "filter 5432" in str(feed.border_title)
+
+
+async def test_signal_to_the_owner_asks_first_naming_pid_and_cmdline(make_app):
+    import signal
+    import subprocess
+    import sys
+    from dataclasses import replace
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        app = make_app()
+        async with app.run_test(size=(120, 40)) as pilot:
+            snap = build_snapshot(CLOCK_TICK)
+            app.apply_snapshot(replace(snap, listeners=[
+                replace(x, pid=child.pid, comm="sleeper") if x.key == KEY_8080 else x for x in snap.listeners]))
+            await pilot.pause()
+            assert app.screen.table.listener_at_cursor() == KEY_8080
+            await pilot.press("f9")
+            await wait_for(pilot, lambda: type(app.screen).__name__ == "SignalConfirm", what="confirmation")
+            assert f"send a signal to pid {child.pid}" in screen_text(app)
+            await pilot.press("escape")  # cancel: nothing sent
+            await pilot.pause()
+            assert child.poll() is None
+            await pilot.press("f9")
+            await wait_for(pilot, lambda: type(app.screen).__name__ == "SignalConfirm", what="confirmation")
+            await pilot.press("down", "enter")  # SIGTERM
+            assert child.wait(timeout=10) == -signal.SIGTERM
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
