@@ -130,7 +130,14 @@ def _listener_from_json(d: Mapping) -> Listener:
         peak_accept_queue=_opt_int(d.get("peak_accept_queue")),
         resets_sent=_opt_int(d.get("resets_sent")),
         resets_received=_opt_int(d.get("resets_received")),
+        drop_reasons=_drop_reasons_from_json(d.get("drop_reasons")),
     )
+
+
+def _drop_reasons_from_json(v: object) -> dict[str, int] | None:
+    if not isinstance(v, Mapping):
+        return None  # absent (older recordings) or null: unknown
+    return {str(k): int(n) for k, n in v.items()}
 
 
 def _close_wait_from_json(d: Mapping) -> CloseWait:

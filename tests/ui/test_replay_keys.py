@@ -101,3 +101,15 @@ async def test_recording_shows_REC(tmp_path):
         await pilot.pause()
         assert "REC out.gz" in screen_text(app).splitlines()[0]
         await pilot.press("q")
+
+
+def test_drop_reasons_survive_a_recording(tmp_path):
+    from dataclasses import replace
+
+    path = tmp_path / "r.gz"
+    snap = build_snapshot(0)
+    snap = replace(snap, listeners=[replace(x, drop_reasons={"TCP_LISTEN_OVERFLOW": 3}) for x in snap.listeners])
+    with Recorder(path) as rec:
+        rec.write(snap)
+    back = ReplaySource(path).sample()
+    assert {x.drop_reasons["TCP_LISTEN_OVERFLOW"] for x in back.listeners} == {3}
