@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, cast
 
@@ -155,7 +156,10 @@ class MainScreen(Screen):
         if self.table.hidden:
             text.append(f" │ +{len(self.table.hidden)} cols hidden (F2)", style="reverse")
         if self.table.totals:
-            text.append(" │ TOTALS (t)", style="reverse")
+            since = app.bpf_live_since
+            start = time.strftime("%H:%M", time.localtime(since)) if since is not None else "eBPF live"
+            text.append(f" │ TOTALS (t): DROPS since the socket was created, OVF RTX QUEUED since {start}",
+                        style="reverse")
         arrow = ("^" if app.sort_reverse else "v") if ascii_mode() else ("▲" if app.sort_reverse else "▼")
         text.append(f" │ sort {SORT_LABELS.get(app.sort_key, app.sort_key)} {arrow}")
         if app.filter_text:

@@ -396,6 +396,7 @@ async def test_t_toggles_totals_and_rates(make_app):
         await pilot.press("t")
         header = screen_text(app).splitlines()[2]
         assert "DROPS" in header and "DROP/s" not in header and "TOTALS (t)" in screen_text(app)
+        assert "DROPS since the socket was created, OVF RTX QUEUED since 22:13" in screen_text(app)
         snap = app.snapshot
         lst = next(x for x in snap.listeners if x.key == KEY_8080)
         assert str(table.get_cell(row_key(KEY_8080), "drops")).strip() == str(lst.drops)
