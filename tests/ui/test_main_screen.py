@@ -18,7 +18,7 @@ from .fake_source import (
     KEY_SSH,
     build_snapshot,
 )
-from .helpers import feed_ticks
+from .helpers import feed_ticks, wait_for
 from .screen_text import screen_text
 
 
@@ -291,6 +291,8 @@ async def test_layout_80x24_fits_without_feed(make_app):
     app = make_app()
     async with app.run_test(size=(80, 24)) as pilot:
         await feed_ticks(app, pilot)
+        # once the layout has settled (a loaded machine may sample a frame before it)
+        await wait_for(pilot, lambda: len(screen_text(app).splitlines()) == 24, what="24 lines")
         text = screen_text(app)
         lines = text.splitlines()
         assert len(lines) == 24 and all(len(line) <= 80 for line in lines)
