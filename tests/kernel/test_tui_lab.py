@@ -52,8 +52,10 @@ async def test_slow_acceptor_close_wait_is_queued_not_leaked(root):
             await wait_for(pilot, lambda: listener_key(app, slow["port"]) is not None
                            and listener_key(app, leak["port"]) is not None, 20, "both listeners")
             app.open_listener(listener_key(app, slow["port"]))
+            # owners are resolved off the sampling path: wait until the owner is known too
             await wait_for(pilot, lambda: isinstance(app.screen, ListenerScreen)
-                           and "closed by the peer" in app.screen.diagnosis_text, 20, "slow-accept diagnosis")
+                           and f"closed by the peer before pid {slow['server_pid']}" in app.screen.diagnosis_text,
+                           30, "slow-accept diagnosis")
             text = app.screen.diagnosis_text
             assert f"before pid {slow['server_pid']}" in text
             assert "never calls close()" not in text and "leaked" not in text
@@ -61,7 +63,8 @@ async def test_slow_acceptor_close_wait_is_queued_not_leaked(root):
             app.open_listener(listener_key(app, leak["port"]))
             await wait_for(pilot, lambda: isinstance(app.screen, ListenerScreen)
                            and app.screen.key.lport == leak["port"]
-                           and "never calls close()" in app.screen.diagnosis_text, 20, "leak diagnosis")
+                           and f"pid {leak['server_pid']}" in app.screen.diagnosis_text
+                           and "never calls close()" in app.screen.diagnosis_text, 30, "leak diagnosis")
             assert f"pid {leak['server_pid']}" in app.screen.diagnosis_text
             await pilot.press("escape")
             await pilot.press("c")
