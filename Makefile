@@ -11,5 +11,6 @@ lint: deps
 	.venv/bin/mypy tcptop_q
 bench: deps
 	.venv/bin/python bench/diag_parse.py
+# make test-compat [KERNEL=6.1|5.10] [ARGS=pytest args]: both guests by default (docs/COMPATIBILITY.md)
 test-compat: deps
-	bash tests/compat/run-vm.sh
+	KERNEL='$(KERNEL)' bash tests/compat/run-vm.sh $(ARGS)

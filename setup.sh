@@ -7,7 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 APT_PKGS=(python3 python3-venv python3-pip python3-bpfcc bpfcc-tools bpftool linux-headers-amd64
-          iproute2 tmux procps libcap2-bin)
+          iproute2 tmux procps libcap2-bin
+          python3-prometheus-client python3-yaml python3-bcrypt prometheus openssl systemd
+          podman runc busybox-static)  # podman: the real-container tests (tests/kernel/test_netns_names.py)
 
 deps() {
   local missing=()
@@ -21,7 +23,17 @@ deps() {
     fi
     echo "setup.sh: installing ${missing[*]}"
     apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+    local rest=() prom=()
+    for p in "${missing[@]}"; do
+      if [ "$p" = prometheus ]; then prom+=("$p"); else rest+=("$p"); fi
+    done
+    [ ${#rest[@]} -eq 0 ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${rest[@]}"
+    if [ ${#prom[@]} -gt 0 ]; then
+      # The tests start their own Prometheus on loopback: no node-exporter (a Recommends),
+      # and the packaged service (it listens on *:9090) stopped where systemd runs.
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus
+      if [ -d /run/systemd/system ]; then systemctl disable --now prometheus 2>/dev/null || true; fi
+    fi
   fi
   # bcc is only in Debian's python (python3-bpfcc): the venv sees it through system site-packages.
   if [ ! -f .venv/.done ] || [ pyproject.toml -nt .venv/.done ]; then

@@ -77,7 +77,7 @@ def main() -> int:
         if rc:
             failed.append(name)
     leftovers = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    mine = [ln for ln in leftovers.splitlines() if ln.startswith("tqbench-")]
+    mine = [ln for ln in leftovers.splitlines() if ln.startswith("tq-bench-")]
     if mine:
         print(f"WARNING: netns left behind: {mine}", file=sys.stderr)
         failed.append("cleanup")

@@ -5,7 +5,7 @@
         fx.python("bench/diag_parse.py", "--inner")   # runs inside the netns
         fx.exec(["ss", "-s"])
 
-Layout inside `tqbench-<pid>`:
+Layout inside `tq-bench-<pid>-<n>` (a tcptop_q.lab.netns.LabNetns):
 - plain listeners on 127.0.0.1 / ::1 (every 5th on ::1), ports LISTEN_BASE.., spread over
   `procs` holder processes;
 - sockets/2 loopback connections, both ends held open, spread over `procs` holder processes,
@@ -18,7 +18,8 @@ Layout inside `tqbench-<pid>`:
 The accepting listeners count towards `listeners`.
 
 Teardown: holders' stdin is closed (they exit), stragglers killed by pid, the netns deleted,
-in a finally, on SIGTERM/SIGHUP (turned into SystemExit) and at exit.
+in a finally, on SIGTERM/SIGHUP (turned into SystemExit: tcptop_q.lifecycle.on_exit_signals) and
+at exit.
 
 CLI: `python bench/scale_fixture.py --listeners 10000 --sockets 100000` builds, prints the
 kernel's own counts (ss) and the build time, tears down.
@@ -33,7 +34,6 @@ import os
 import platform
 import resource
 import selectors
-import signal
 import statistics
 import subprocess
 import sys
@@ -49,6 +49,9 @@ TREE = Path(os.environ.get("TQBENCH_TREE") or ROOT)
 if os.environ.get("TQBENCH_TREE"):
     os.environ["PYTHONPATH"] = str(TREE)  # children (ip netns exec ..., python -m tcptop_q) too
 sys.path.insert(0, str(TREE))
+from tcptop_q import lifecycle  # noqa: E402
+from tcptop_q.lab.netns import LabNetns  # noqa: E402
+
 WORKER = ROOT / "bench" / "_scale_worker.py"
 VENV_PY = ROOT / ".venv" / "bin" / "python"
 LISTEN_BASE = 1024
@@ -57,7 +60,6 @@ QUEUED_PORT = 14000
 EPHEMERAL = "20000 65535"
 
 _live: list[ScaleFixture] = []
-_counter = 0
 
 
 def python_exe() -> str:
@@ -91,10 +93,6 @@ def export_head(dest_root: str = "/tmp") -> str:
     return str(dest)
 
 
-def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check, timeout=60)
-
-
 def split(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
@@ -115,7 +113,6 @@ class ScaleFixture:
         ready_timeout: float = 300.0,
         max_life: float = 1800.0,
     ) -> None:
-        global _counter
         if sockets % 2:
             raise ValueError("sockets counts both ends of each connection: give an even number")
         self.conns = sockets // 2
@@ -133,12 +130,11 @@ class ScaleFixture:
         self.queued_close_wait = queued_close_wait
         self.ready_timeout = ready_timeout
         self.max_life = max_life
-        _counter += 1
-        self.name = f"tqbench-{os.getpid()}-{_counter}"
+        self.ns: LabNetns | None = None
+        self.name = ""
         self.inode = 0
         self.procs: list[subprocess.Popen] = []
         self.build_seconds = 0.0
-        self._created = False
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> ScaleFixture:
@@ -154,11 +150,9 @@ class ScaleFixture:
 
     def start(self) -> None:
         t0 = time.monotonic()
-        _ip("netns", "add", self.name)
-        self._created = True
+        self.ns = LabNetns("bench")  # lo up; removed on close, at exit and by lab.netns.cleanup_all
+        self.name, self.inode = self.ns.name, self.ns.inode
         _live.append(self)
-        _ip("-n", self.name, "link", "set", "lo", "up")
-        self.inode = os.stat(f"/run/netns/{self.name}").st_ino
         # Per-netns sysctls of our own netns only.
         self.exec(["sysctl", "-q", "-w", f"net.ipv4.ip_local_port_range={EPHEMERAL}"])
         self.exec(["sysctl", "-q", "-w", "net.core.somaxconn=8192"])
@@ -173,7 +167,7 @@ class ScaleFixture:
         if self.queued_close_wait:
             jobs[0] += ["--queued-port", str(QUEUED_PORT), "--queued", str(self.queued_close_wait)]
         for job in jobs:
-            argv = ["ip", "netns", "exec", self.name, sys.executable, str(WORKER), "--max-life", str(int(self.max_life)), *job]
+            argv = [*self.argv([]), sys.executable, str(WORKER), "--max-life", str(int(self.max_life)), *job]
             self.procs.append(subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
         sel = selectors.DefaultSelector()
         for p in self.procs:
@@ -213,9 +207,9 @@ class ScaleFixture:
             if p.stdout:
                 p.stdout.close()
         self.procs.clear()
-        if self._created:
-            self._created = False
-            _ip("netns", "delete", self.name, check=False)
+        if self.ns is not None:
+            ns, self.ns = self.ns, None
+            ns.close()
         if self in _live:
             _live.remove(self)
 
@@ -225,7 +219,8 @@ class ScaleFixture:
         return [p.pid for p in self.procs]
 
     def argv(self, cmd: Sequence[str]) -> list[str]:
-        return ["ip", "netns", "exec", self.name, *cmd]
+        assert self.ns is not None, "fixture not started"
+        return self.ns.argv(cmd)
 
     def exec(self, cmd: Sequence[str], timeout: float = 300.0, **kw) -> subprocess.CompletedProcess:
         kw.setdefault("capture_output", True)
@@ -262,15 +257,7 @@ atexit.register(cleanup_all)
 
 def install_signal_cleanup() -> None:
     """SIGTERM/SIGHUP unwind through SystemExit so every finally (and the fixture) runs."""
-
-    def handler(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, handler)
-
-
-# ---------------------------------------------------------------------- shared bench helpers
+    lifecycle.on_exit_signals()
 
 
 def machine() -> dict[str, str]:

@@ -4,6 +4,8 @@
   none                       nothing attached (the baseline of every ratio)
   tcpq-top --batch --no-bpf  netlink polling only
   tcpq-top --batch           BPF probes live (default feed), polling every second
+  tcpq-top --batch --accept-hook off   the same without accept tracking (accepted, accept
+                             wait, handshake: probes/accept.bpf.c), to price it
   tcpstates-bpfcc            bcc's tcpstates attached, output to a file
 tcpq-top and tcpstates run on the host (all netns, as an SRE would run them); each is started
 per run and the storm begins only once it has printed its first line (probes attached).
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import signal
 import statistics
 import subprocess
@@ -84,6 +87,7 @@ def main() -> int:
     ap.add_argument("--count", type=int, default=100_000)
     ap.add_argument("--max-seconds", type=float, default=15.0)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--only", nargs="*", help="configurations to run (besides none), by name prefix")
     args = ap.parse_args()
     from scale_fixture import ScaleFixture, install_signal_cleanup, machine
 
@@ -99,10 +103,15 @@ def main() -> int:
         "none": None,
         "tcpq-top --batch --no-bpf": ([*TCPQ, "--batch", "--no-bpf"], b"tcpq-top "),
         "tcpq-top --batch (BPF)": ([*TCPQ, "--batch"], b"bpf live"),
+        "tcpq-top --batch (BPF, --accept-hook off)": ([*TCPQ, "--batch", "--accept-hook", "off"], b"bpf live"),
         "tcpstates-bpfcc": (["/usr/bin/python3", "-u", TCPSTATES], b"SKADDR"),
     }
+    if args.only:
+        configs = {k: v for k, v in configs.items() if k == "none" or any(k.startswith(o) for o in args.only)}
     runs: dict[str, list[float]] = {k: [] for k in configs}
     paired: dict[str, list[float]] = {k: [] for k in configs}
+    per_cpu: dict[str, list[float]] = {k: [] for k in configs}
+    paired_cpu: dict[str, list[float]] = {k: [] for k in configs}
     traced_lines: list[float] = []
     failures: list[str] = []
     ready: dict[str, list[float]] = {k: [] for k in configs}
@@ -114,6 +123,7 @@ def main() -> int:
             for rep in range(args.reps):
                 order = names[rep % len(names):] + names[: rep % len(names)]
                 this: dict[str, float] = {}
+                this_cpu: dict[str, float] = {}
                 for name in order:
                     cfg = configs[name]
                     try:
@@ -123,8 +133,11 @@ def main() -> int:
                         failures.append(f"{name}: {str(exc)[:200]}")
                         continue
                     try:
+                        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
                         out = subprocess.run(storm, capture_output=True, text=True, check=True,
                                              timeout=args.max_seconds + 30).stdout.split()
+                        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+                        cpu = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
                         if tracer and not tracer.alive():
                             raise RuntimeError(f"{name} died during the storm: run invalid")
                         if tracer and name == "tcpstates-bpfcc":
@@ -137,9 +150,15 @@ def main() -> int:
                             os.unlink(tracer.log)
                     runs[name].append(float(out[2]))
                     this[name] = float(out[2])
-                    print(f"rep {rep} {name}: {out[2]} cycles/s ({out[0]} in {out[1]} s)", flush=True)
+                    # Cycles per CPU-second of the storm (its own CPU, softirqs and BPF programs
+                    # included): far less sensitive than wall-clock throughput to other load.
+                    per_cpu[name].append(float(out[0]) / cpu if cpu > 0 else float("nan"))
+                    this_cpu[name] = per_cpu[name][-1]
+                    print(f"rep {rep} {name}: {out[2]} cycles/s ({out[0]} in {out[1]} s), "
+                          f"{per_cpu[name][-1]:.0f} cycles per CPU-s", flush=True)
                 for name, v in this.items():
                     paired[name].append(v / this["none"])
+                    paired_cpu[name].append(this_cpu[name] / this_cpu["none"])
                 if failures:
                     print(f"{len(failures)} run(s) skipped so far", flush=True)
     finally:
@@ -149,7 +168,10 @@ def main() -> int:
     base = statistics.median(runs["none"])
     res = {k: {"runs": len(v), "median_cps": statistics.median(v), "ratio": statistics.median(v) / base, "all": v,
                "paired_ratio": statistics.median(paired[k]), "paired_all": [round(x, 3) for x in paired[k]],
-               "ready_s": statistics.median(ready[k]) if ready[k] else None} for k, v in runs.items()}
+               "ready_s": statistics.median(ready[k]) if ready[k] else None,
+               "cycles_per_cpu_s": statistics.median(per_cpu[k]) if per_cpu[k] else None,
+               "paired_cpu_ratio": statistics.median(paired_cpu[k]) if paired_cpu[k] else None,
+               "paired_cpu_all": [round(x, 3) for x in paired_cpu[k]]} for k, v in runs.items()}
     out_dir = __import__("scale_fixture").results_dir()
     out_dir.mkdir(exist_ok=True)
     (out_dir / "storm_overhead.json").write_text(json.dumps({"machine": machine(), "count": args.count,
@@ -157,11 +179,20 @@ def main() -> int:
                                                              "tcpstates_lines_per_cycle": traced_lines,
                                                              "skipped": failures},
                                                             indent=1) + "\n")
-    print("| attached | cycles/s (median) | median / median none | median of per-rep ratios | ready after (s) |")
-    print("|---|---:|---:|---:|---:|")
+    print("| attached | cycles/s (median) | median / median none | median of per-rep ratios | "
+          "cycles per CPU-s, per-rep ratio | ready after (s) |")
+    print("|---|---:|---:|---:|---:|---:|")
     for k, v in res.items():
         rd = f"{v['ready_s']:.1f}" if v["ready_s"] is not None else "-"
-        print(f"| {k} | {v['median_cps']:.0f} | {v['ratio']:.2f}x | {v['paired_ratio']:.2f}x | {rd} |")
+        cr = f"{v['paired_cpu_ratio']:.3f}x" if v["paired_cpu_ratio"] is not None else "-"
+        print(f"| {k} | {v['median_cps']:.0f} | {v['ratio']:.2f}x | {v['paired_ratio']:.2f}x | {cr} | {rd} |")
+    on, off = "tcpq-top --batch (BPF)", "tcpq-top --batch (BPF, --accept-hook off)"
+    if paired[on] and paired[off]:
+        cost = [a / b for a, b in zip(paired[on], paired[off], strict=False)]
+        cpu_cost = [a / b for a, b in zip(paired_cpu[on], paired_cpu[off], strict=False)]
+        print(f"accept tracking: median per-rep throughput with / without = {statistics.median(cost):.3f} "
+              f"(per rep {[round(x, 3) for x in cost]}); cycles per CPU-s with / without = "
+              f"{statistics.median(cpu_cost):.3f} (per rep {[round(x, 3) for x in cpu_cost]})")
     if traced_lines:
         print(f"tcpstates printed {statistics.median(traced_lines):.2f} lines per cycle (a cycle is ~8 transitions)")
     return 0

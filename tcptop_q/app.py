@@ -1,23 +1,21 @@
 """tcpq-top's Textual application: owns the collector thread, the UI state and the history.
 
-Data flows one way: SnapshotSource.sample() (collector thread) -> SnapshotReady message
--> apply_snapshot() on the UI thread inside batch_update() -> the visible screen.
+Data flows one way: SnapshotSource.sample() (collector thread) -> the LatestSnapshot slot
+(tcptop_q/uimodel.py: latest-only, one pending SnapshotPending message) -> apply_snapshot() on the
+UI thread inside batch_update() -> the visible screen (docs/ARCHITECTURE.md, "Threads").
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import signal
 import threading
 import time
-from array import array
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from rich.text import Text
 from textual import work
@@ -36,33 +34,15 @@ from tcptop_q.model import (
     sort_listeners,
 )
 from tcptop_q.screens import keys as keycat
+from tcptop_q.source import ReplayControl, SnapshotSource
+from tcptop_q.uimodel import HISTORY_LEN, History, LatestSnapshot, SocketRef
 from tcptop_q.widgets.text import ascii_mode, inert
+
+__all__ = ["HISTORY_LEN", "History", "SocketRef", "SnapshotSource", "TcpqTopApp"]  # History, SocketRef: uimodel
 
 SEVERITY = "severity"  # the TUI's default order: what is wrong now first (diagnosis.severity_rank)
 UI_SORT_KEYS = (SEVERITY, *SORT_KEYS)
 INTERVALS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
-HISTORY_LEN = 120  # samples per listener kept for sparklines
-
-
-@runtime_checkable
-class SnapshotSource(Protocol):
-    interval: float  # seconds; the app may change it (+/- keys)
-
-    def sample(self) -> Snapshot:
-        """Blocking; called only from the App's collector thread, once per interval."""
-        ...
-
-    def timeline(
-        self, netns: int, family: str, laddr: str, lport: int, raddr: str, rport: int
-    ) -> list[Transition]: ...
-
-    def process_info(self, pid: int) -> dict | None:
-        """psutil oneshot data; called from a worker thread, never the UI thread."""
-        ...
-
-    def netns_sysctls(self, netns: int) -> dict[str, int]: ...
-
-    def close(self) -> None: ...
 
 
 class SnapshotReady(Message):
@@ -71,122 +51,14 @@ class SnapshotReady(Message):
         self.snapshot = snapshot
 
 
+class SnapshotPending(Message):
+    """The collector put a snapshot into the app's LatestSnapshot slot (at most one pending)."""
+
+
 class CollectorFailed(Message):
     def __init__(self, error: str) -> None:
         super().__init__()
         self.error = error
-
-
-class History:
-    """Bounded per-listener series, stored as float32 rows of len(FIELDS) values.
-
-    10k listeners x 120 samples costs ~19 MB this way (tuples of floats would be ~190 MB).
-    NaN marks "unknown" (no eBPF: no peak, no queued/s), never drawn as 0.
-    `fill` is the accept-queue fill (peak when known, else the sampled depth) over what the
-    queue holds (backlog+1), 0..1+: the main table's sparkline column.
-    """
-
-    FIELDS = ("peak", "depth", "fill", "drop_rate", "queued_rate")
-    SPARK_CELLS = 10  # the main table's fill sparkline: 10 cells of SPARK_SECONDS each (one minute)
-    SPARK_SECONDS = 6.0
-
-    def __init__(self, length: int = HISTORY_LEN) -> None:
-        self.length = length
-        self.series: dict[ListenerKey, array] = {}
-        self.times: list[float] = []
-        # "Is it still happening?": when each listener last overflowed / dropped / grew its
-        # CLOSE_WAIT pile, as seen by tcpq-top (since it started).
-        self.last_overflow: dict[ListenerKey, float] = {}
-        self.last_drop: dict[ListenerKey, float] = {}
-        self.close_wait_grew: dict[ListenerKey, float] = {}
-        self._close_wait: dict[ListenerKey, int] = {}
-        self._spark: dict[ListenerKey, tuple[int, list[float]]] = {}
-        self._levels: dict[ListenerKey, tuple[int, ...]] = {}  # spark levels, kept as they change
-        self.started: float | None = None
-
-    def add(self, snap: Snapshot) -> None:
-        nan = math.nan
-        w = len(self.FIELDS)
-        n = w * self.length
-        series = self.series
-        for lst in snap.listeners:
-            a = series.get(lst.key)
-            if a is None:
-                a = series[lst.key] = array("f")
-            peak = lst.peak_accept_queue
-            top = lst.accept_queue if peak is None else max(peak, lst.accept_queue)
-            a.extend((
-                nan if peak is None else peak,
-                lst.accept_queue,
-                top / (lst.backlog + 1),
-                lst.drop_rate,
-                nan if lst.queued_rate is None else lst.queued_rate,
-            ))
-            if len(a) > n:
-                del a[:w]
-            self._track(lst, snap.time, top / (lst.backlog + 1))
-        if self.started is None:
-            self.started = snap.time
-        if len(series) > 2 * len(snap.listeners) + 64:
-            alive = {lst.key for lst in snap.listeners}
-            for table in (series, self.last_overflow, self.last_drop, self.close_wait_grew,
-                          self._close_wait, self._spark, self._levels):
-                for key in [k for k in table if k not in alive]:
-                    del table[key]
-
-    def _track(self, lst: Listener, now: float, fill: float) -> None:
-        key = lst.key
-        if lst.overflow_rate:
-            self.last_overflow[key] = now
-        if lst.drop_rate:
-            self.last_drop[key] = now
-        if lst.children:
-            cw = lst.children.get("CLOSE_WAIT", 0)
-            if cw > self._close_wait.get(key, cw):
-                self.close_wait_grew[key] = now
-            self._close_wait[key] = cw
-        bucket = int(now // self.SPARK_SECONDS)
-        old = self._spark.get(key)
-        if old is None or old[0] != bucket:
-            cells = [] if old is None else old[1]
-            if old is not None:  # empty buckets for the ticks we did not see
-                cells.extend([0.0] * min(self.SPARK_CELLS, bucket - old[0] - 1))
-            cells.append(fill)
-            del cells[: -self.SPARK_CELLS]
-            self._spark[key] = (bucket, cells)
-            self._levels[key] = tuple(min(8, math.ceil(v * 8)) for v in cells)
-        elif fill > old[1][-1]:
-            old[1][-1] = fill
-            self._levels[key] = tuple(min(8, math.ceil(v * 8)) for v in old[1])
-
-    def spark(self, key: ListenerKey) -> tuple[int, ...]:
-        """The last minute's accept-queue fill, one level 0..8 per 6 s cell (max in the cell)."""
-        return self._levels.get(key, ())
-
-    def last_event(self, key: ListenerKey) -> tuple[float | None, float | None]:
-        """(last overflow, last drop) times seen, None for none since tcpq-top started."""
-        return self.last_overflow.get(key), self.last_drop.get(key)
-
-    def close_wait_growing(self, key: ListenerKey, now: float, window: float = 30.0) -> bool:
-        grew = self.close_wait_grew.get(key)
-        return grew is not None and now - grew <= window
-
-    def get(self, key: ListenerKey, field: str) -> list[float]:
-        a = self.series.get(key)
-        if a is None:
-            return []
-        w = len(self.FIELDS)
-        return list(a[self.FIELDS.index(field)::w])
-
-    def last(self, key: ListenerKey, field: str, n: int) -> list[float]:
-        """The newest n values of one field (cheap: only those are copied)."""
-        a = self.series.get(key)
-        if a is None:
-            return []
-        w = len(self.FIELDS)
-        i = self.FIELDS.index(field)
-        start = max(0, len(a) - n * w)
-        return list(a[start + i::w])
 
 
 def listener_matches(lst: Listener, terms: Sequence[str]) -> bool:
@@ -196,28 +68,6 @@ def listener_matches(lst: Listener, terms: Sequence[str]) -> bool:
     hay = f"{lst.key.label()} {lst.comm or ''} {lst.pid if lst.pid is not None else ''}".lower()
     port = str(lst.key.lport)
     return all(term == port or term in hay for term in terms)
-
-
-@dataclass(frozen=True)
-class SocketRef:
-    """What the socket screen needs to find one connection again."""
-
-    netns: int
-    family: str
-    laddr: str
-    lport: int
-    raddr: str
-    rport: int
-    cookie: int = 0
-    inode: int = 0
-    pid: int | None = None
-    comm: str | None = None
-
-    def label(self) -> str:
-        def host(a: str) -> str:
-            return f"[{a}]" if self.family == "ipv6" else a
-
-        return f"{host(self.laddr)}:{self.lport} ⇄ {host(self.raddr)}:{self.rport}"
 
 
 class TcpqTopApp(App):
@@ -260,8 +110,9 @@ class TcpqTopApp(App):
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._held_events: list[Transition] = []
-        self._latest: Snapshot | None = None  # the newest tick, while paused
-        self._latest_connections: Snapshot | None = None
+        self._latest = LatestSnapshot()  # collector -> UI, latest-only
+        self._paused_latest: Snapshot | None = None  # the newest tick, while paused
+        self._paused_connections: Snapshot | None = None
 
     # ------------------------------------------------------------ lifecycle
     def on_mount(self) -> None:
@@ -286,15 +137,11 @@ class TcpqTopApp(App):
             return  # tests: leave the test runner's signals alone
         try:
             loop = asyncio.get_running_loop()
-
-            def handler(signum: int, _frame: object) -> None:
-                self._arm_force_exit(128 + signum, 5.0)
-                loop.call_soon_threadsafe(partial(self.exit, None, 128 + signum))
-
-            for sig in (signal.SIGTERM, signal.SIGHUP):
-                signal.signal(sig, handler)
-        except (RuntimeError, ValueError):
-            pass  # not the main thread
+        except RuntimeError:
+            loop = None
+        if loop is not None:
+            lifecycle.on_forced_exit(self.source.close)
+            lifecycle.on_exit_signals(lambda code: loop.call_soon_threadsafe(partial(self.exit, None, code)), grace=5.0)
         watch = threading.Thread(target=self._watch_terminal, name="tcpq-tty-watch", daemon=True)
         watch.start()
 
@@ -333,7 +180,7 @@ class TcpqTopApp(App):
     @property
     def replaying(self) -> bool:
         """The source is a recording that can be stepped (ReplaySource)."""
-        return callable(getattr(self.source, "step", None))
+        return isinstance(self.source, ReplayControl)
 
     def mode_badge(self) -> Text | None:
         """REPLAY (file, recorded time, tick n/N, END) or REC (file): a replay never looks live."""
@@ -367,7 +214,8 @@ class TcpqTopApp(App):
     def _collect(self) -> None:
         while not self._stop.is_set():
             started = time.monotonic()
-            if self.replaying and (self.paused or getattr(self.source, "at_end", False)):
+            src = self.source
+            if isinstance(src, ReplayControl) and (self.paused or src.at_end):
                 # A paused replay stands still: sampling would move it on.
                 self._wake.wait(0.2)
                 self._wake.clear()
@@ -379,8 +227,8 @@ class TcpqTopApp(App):
                 snap = None
             if self._stop.is_set():
                 break
-            if snap is not None:
-                self.post_message(SnapshotReady(snap))
+            if snap is not None and self._latest.put(snap):
+                self.post_message(SnapshotPending())  # a slow UI gets the newest tick, never a backlog
             wait = max(0.0, float(self.source.interval) - (time.monotonic() - started))
             self._wake.wait(wait)
             self._wake.clear()
@@ -405,6 +253,11 @@ class TcpqTopApp(App):
     # ------------------------------------------------------------ snapshots
     def on_snapshot_ready(self, message: SnapshotReady) -> None:
         self.apply_snapshot(message.snapshot)
+
+    def on_snapshot_pending(self, _message: SnapshotPending) -> None:
+        snap = self._latest.take()
+        if snap is not None:
+            self.apply_snapshot(snap)
 
     def on_collector_failed(self, message: CollectorFailed) -> None:
         self.collector_error = message.error
@@ -433,9 +286,9 @@ class TcpqTopApp(App):
         if self.paused:
             # Pause freezes every number on screen (the header's netns line too): the tick is
             # kept, and shown on resume.
-            self._latest = snap
+            self._paused_latest = snap
             if snap.connections is not None:
-                self._latest_connections = snap
+                self._paused_connections = snap
             self._held_events.extend(snap.events)
             del self._held_events[:-2000]
             self._refresh_header()
@@ -511,11 +364,11 @@ class TcpqTopApp(App):
     def action_toggle_pause(self) -> None:
         self.paused = not self.paused
         if not self.paused:
-            if self._latest_connections is not None:
-                self._take(self._latest_connections)
-            if self._latest is not None:
-                self._take(self._latest)
-            self._latest = self._latest_connections = None
+            if self._paused_connections is not None:
+                self._take(self._paused_connections)
+            if self._paused_latest is not None:
+                self._take(self._paused_latest)
+            self._paused_latest = self._paused_connections = None
         if not self.paused and self.snapshot is not None:
             held, self._held_events = self._held_events, []
             self._show(self.snapshot, held)
@@ -528,11 +381,11 @@ class TcpqTopApp(App):
 
     @work(thread=True, exclusive=True, group="replay", exit_on_error=False)
     def _replay_worker(self, n: int) -> None:
-        step = getattr(self.source, "step", None)
-        if step is None:
+        src = self.source
+        if not isinstance(src, ReplayControl):
             return
         try:
-            snap = step(n)
+            snap = src.step(n)
         except Exception as exc:
             self.post_message(CollectorFailed(f"{type(exc).__name__}: {exc}"))
             return
@@ -541,7 +394,7 @@ class TcpqTopApp(App):
     def _show_stepped(self, snap: Snapshot) -> None:
         self.apply_snapshot(snap)
         if self.paused:  # a step is shown even while paused
-            self._latest = self._latest_connections = None
+            self._paused_latest = self._paused_connections = None
             self._held_events = []
             self._take(snap)
             self._show(snap, snap.events)

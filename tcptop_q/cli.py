@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 import time
 from collections.abc import Sequence
 from typing import NoReturn
 
 from . import lifecycle, model
-from .model import Snapshot, safe_text
+from .model import LatencySummary, Snapshot, safe_text
 
 PROG = "tcpq-top"
 
@@ -50,6 +49,14 @@ SORT_HEADERS = {
     "ACC/S": "accepted_rate", "PEAK": "peak_accept_queue", "ESTAB": "established",
     "CL-WT": "close_wait", "CLWAIT": "close_wait",
 }
+
+
+def _netns_arg(text: str) -> int | str:
+    if text.isdigit():
+        return _number(int, "--netns", 1, 2**32 - 1)(text)
+    if not text or len(text) > 256 or not text.isprintable():
+        raise argparse.ArgumentTypeError(f"--netns wants an inode or a name, not {safe_text(text, 40)!r}")
+    return text
 
 
 def _sort_key(text: str) -> str:
@@ -105,23 +112,32 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--once", action="store_true", help="sample twice, INTERVAL apart, print one report and exit")
     mode.add_argument("--batch", action="store_true", help="print a text report every DELAY seconds (like top -b)")
     mode.add_argument("--ebpf", action="store_true", help="print the BPF program and the hook serving each metric, then exit")
+    mode.add_argument("--serve", metavar="[ADDR:]PORT", help="no TUI: serve Prometheus metrics on /metrics (default address 127.0.0.1)")
     p.add_argument("--json", action="store_true", help="with --once/--batch: the JSON snapshot contract, one per line")
     p.add_argument("-i", "--interval", type=_number(float, "--interval", 0.05, 3600), default=None, help="seconds between samples (default 1)")
     p.add_argument("-d", "--delay", type=_number(float, "--delay", 0.05, 3600), default=None, help="alias of --interval for --batch")
     p.add_argument("-n", "--iterations", type=_number(int, "-n", 1, 10**9), default=None, help="--batch: stop after N reports")
     p.add_argument("--port", type=_number(int, "--port", 1, 65535), help="only listeners on this local port")
     p.add_argument("--pid", type=_number(int, "--pid", 1, 2**22), help="only sockets of this process")
-    p.add_argument("--netns", type=_number(int, "--netns", 1, 2**32 - 1), help="only this network namespace (inode, as `stat -L -c %%i /proc/PID/ns/net`)")
+    p.add_argument("--netns", type=_netns_arg, metavar="NETNS",
+                   help="only this network namespace: its inode (`stat -L -c %%i /proc/PID/ns/net`), its name "
+                        "(an `ip netns` name, a container, a pod), or SOURCE:PREFIX (docker:3f2a, podman:web, k8s:default/)")
     p.add_argument("--sort", type=_sort_key, default=None,
                    help="sort column, a name or a header (OVF/s); default: the TUI severity (what is wrong now), "
                         "--once/--batch overflow_rate, then drop_rate")
     p.add_argument("-r", "--reverse", action="store_true", help="reverse the sort")
     p.add_argument("--no-bpf", action="store_true", help="netlink and /proc only; do not load eBPF programs")
+    p.add_argument("--accept-hook", choices=("auto", "syscall", "kretprobe", "off"), default="auto",
+                   help="how accept() is seen: auto (kretprobe where kprobes exist, else the accept "
+                        "syscalls), or off (no accepted/accept_wait/handshake)")
     p.add_argument("--wide", action="store_true", help="--batch: all columns, wider than 80")
     p.add_argument("--record", metavar="FILE", help="also write every snapshot and feed event to FILE (gzip JSON lines)")
     p.add_argument("--replay", metavar="FILE", help="show a recording instead of the live kernel (no root needed)")
     p.add_argument("--speed", type=_number(float, "--speed", 0.5, 10), default=1.0, help="--replay: playback speed, 0.5 to 10")
     p.add_argument("--demo", action="store_true", help="run the lab scenarios in a private netns and watch them (root)")
+    p.add_argument("--max-listeners", type=_number(int, "--max-listeners", 1, 10**6), default=None,
+                   help="--serve: export the N most active listeners (default 2000)")
+    p.add_argument("--web-config", metavar="FILE", help="--serve: TLS and basic auth (Prometheus exporter-toolkit format)")
     return p
 
 
@@ -142,6 +158,17 @@ def _fmt_int(value: int | None) -> str:
     return "-" if value is None else str(value)
 
 
+def _fmt_wait(lat: LatencySummary | None, field: str = "p99_s") -> str:
+    """A latency quantile in ms ('-' unknown; '.' nothing in the window)."""
+    if lat is None:
+        return "-"
+    value = getattr(lat, field)
+    if not lat.count or value is None:
+        return "."
+    ms = value * 1000
+    return f"{ms:.1f}ms" if ms < 10 else (f"{ms:.0f}ms" if ms < 1000 else f"{value:.1f}s")
+
+
 def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
@@ -149,7 +176,7 @@ def _cut(text: str, width: int) -> str:
 BATCH_COLUMNS = (
     # header, width, getter, wide-only
     ("LISTEN", 20, lambda lst: safe_text(lst.key.label(), 40), False),
-    ("NETNS", 10, lambda lst: str(lst.netns), True),
+    ("NETNS", 24, lambda lst: str(lst.netns), True),  # format_batch puts the netns name here
     ("PID/COMM", 15, lambda lst: f"{_fmt_int(lst.pid)}/{safe_text(lst.comm, 32)}" if lst.pid else "-", False),
     ("ACCQ", 9, lambda lst: f"{lst.accept_queue}/{lst.backlog}", False),
     ("SYNQ", 5, lambda lst: str(lst.syn_queue), False),
@@ -157,6 +184,9 @@ BATCH_COLUMNS = (
     ("OVF/s", 6, lambda lst: _fmt_rate(lst.overflow_rate), False),
     ("RTX/s", 5, lambda lst: _fmt_rate(lst.synack_retrans_rate), True),
     ("QUE/s", 6, lambda lst: _fmt_rate(lst.queued_rate), False),
+    ("ACC/s", 6, lambda lst: _fmt_rate(lst.accepted_rate), True),
+    ("WAIT99", 7, lambda lst: _fmt_wait(lst.accept_wait_recent), True),
+    ("HS50", 6, lambda lst: _fmt_wait(lst.handshake, "p50_s"), True),
     ("PEAK", 5, lambda lst: _fmt_int(lst.peak_accept_queue), True),
     ("DROPS", 8, lambda lst: str(lst.drops), True),
     ("ESTAB", 5, lambda lst: str(lst.children.get("ESTABLISHED", 0)), True),
@@ -188,29 +218,23 @@ def format_batch(snap: Snapshot, wide: bool = False) -> str:
         lines.append(_cut("note: " + safe_text(note, 200), 200 if wide else 80))
     head = []
     for name, width, _get, _w in cols:
-        head.append(name.ljust(width) if name in ("LISTEN", "PID/COMM") else name.rjust(width))
+        head.append(name.ljust(width) if name in ("LISTEN", "PID/COMM", "NETNS") else name.rjust(width))
     lines.append(" ".join(head).rstrip())
+    names = {ns.inode: ns.name for ns in snap.netns if ns.name is not None}
     for lst in snap.listeners:
         cells = []
         for name, width, get, _w in cols:
-            text = _cut(get(lst), width)
-            cells.append(text.ljust(width) if name in ("LISTEN", "PID/COMM") else text.rjust(width))
+            if name == "NETNS":
+                label = names.get(lst.netns)
+                text = _cut(str(lst.netns) if label is None else safe_text(label, 128), width)
+            else:
+                text = _cut(get(lst), width)
+            cells.append(text.ljust(width) if name in ("LISTEN", "PID/COMM", "NETNS") else text.rjust(width))
         lines.append(" ".join(cells).rstrip())
     return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------- running
-
-
-def _install_signals() -> None:
-    """SIGTERM and SIGHUP (ssh dropped) unwind like an exception: finally blocks detach BPF."""
-
-    def handler(signum: int, _frame: object) -> None:
-        lifecycle.arm_force_exit(128 + signum, 5.0)
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGHUP, handler)
 
 
 def _write(line: str) -> None:
@@ -246,21 +270,6 @@ def _sorted(snap: Snapshot, args: argparse.Namespace) -> Snapshot:
     return replace(snap, listeners=model.sort_listeners(snap.listeners, key, args.reverse))
 
 
-def check_netns(inode: int) -> None:
-    """--netns names a netns that exists (a process's or a bind mount in /run/netns), or a
-    UsageError (exit 2). The one place that decides it: extend here (netns names)."""
-    from .probes.netns import discover
-
-    if os.geteuid() != 0:
-        return  # other users' netns are not visible: cannot tell a missing one
-    try:
-        known = discover()
-    except OSError:
-        return  # cannot tell: let the sampler say what it can read
-    if inode not in known:
-        raise UsageError(f"--netns {inode}: no such network namespace (see `lsns -t net`)")
-
-
 def check_pid(pid: int) -> None:
     if not os.path.exists(f"/proc/{pid}"):
         raise UsageError(f"--pid {pid}: no such process")
@@ -279,6 +288,7 @@ def _make_source(args: argparse.Namespace, interval: float, blocking_owners: boo
         interval=interval,
         filters=_filters(args),
         use_bpf=not args.no_bpf,
+        accept_hook=None if args.accept_hook == "auto" else args.accept_hook,
         blocking_owners=blocking_owners,
         feed=feed,
         # Only the TUI lists children one by one (and a recording keeps them for its replay).
@@ -308,6 +318,51 @@ def _replay_source(args: argparse.Namespace):
         return ReplaySource(args.replay, speed=args.speed, filters=_filters(args))
     except (RecordError, ValueError, OSError) as exc:
         raise UsageError(_one_line(exc) if isinstance(exc, RecordError) else f"--replay {args.replay}: {_one_line(exc)}") from None
+
+
+def _pick_netns(query: int | str, entries: Sequence[tuple[int, str | None, str | None]], where: str) -> int:
+    from .probes.names import describe, match_netns
+
+    found = match_netns(str(query), entries)
+    shown = safe_text(str(query), 60)
+    if not found:
+        raise UsageError(f"--netns {shown}: no such network namespace {where} "
+                         "(give an inode, a name from the NETNS column, or SOURCE:PREFIX)")
+    if len(found) > 1:
+        named = {ino: (n, s) for ino, n, s in entries}
+        some = "; ".join(describe(ino, *named[ino]) for ino in sorted(found)[:3])
+        raise UsageError(f"--netns {shown} names {len(found)} network namespaces ({some}): give more of it, or the inode")
+    return found[0]
+
+
+def _resolve_netns(args: argparse.Namespace) -> int:
+    """--netns as an inode: a name looked up among the namespaces there are now (or in the recording)."""
+    if args.replay:
+        if isinstance(args.netns, int):
+            return args.netns  # it may appear later in the recording
+        from .record import RecordError, ReplaySource
+
+        try:
+            replay = ReplaySource(args.replay)
+            try:
+                first = replay.sample()
+            finally:
+                replay.close()
+        except (RecordError, ValueError, OSError):
+            return -1  # the replay itself will say what is wrong with the file
+        entries = [(ns.inode, ns.name, ns.name_source) for ns in first.netns]
+        return _pick_netns(args.netns, entries, "in the recording's first snapshot")
+    from .probes.names import NetnsNamer
+    from .probes.netns import NetnsRef, current_netns, discover
+
+    refs = discover()
+    home = current_netns()
+    refs.setdefault(home, NetnsRef(home, "/proc/thread-self/ns/net", os.getpid(), pids=[os.getpid()]))
+    names = NetnsNamer().names({ino: ref.pids for ino, ref in refs.items()})
+    entries = [(ino, names[ino].name if ino in names else None, names[ino].source if ino in names else None)
+               for ino in refs]
+    who = "that this user can see (other users' namespaces need root)" if os.geteuid() else "on this host"
+    return _pick_netns(args.netns, entries, who)
 
 
 def run_replay(args: argparse.Namespace) -> int:
@@ -370,8 +425,15 @@ def run_batch(args: argparse.Namespace, interval: float) -> int:
         source.start_bpf()
         source.wait_bpf(timeout=90)
         # The baseline is not a report: it is not recorded either, so `--batch --replay` of
-        # a `--batch -n N --record` file prints the same N reports.
-        getattr(source, "inner", source).sample(children=True)
+        # a `--batch -n N --record` file prints the same N reports. It resolves owners on the
+        # spot, as --once does: like `top -b -n 1`, the first report names every owner; later
+        # ticks find new ones in the background.
+        live = getattr(source, "inner", source)
+        live.sampler.blocking_owners = True
+        try:
+            live.sample(children=True)
+        finally:
+            live.sampler.blocking_owners = False
         count = 0
         next_at = time.monotonic() + interval
         while args.iterations is None or count < args.iterations:
@@ -387,7 +449,7 @@ def run_batch(args: argparse.Namespace, interval: float) -> int:
 def run_ebpf(args: argparse.Namespace) -> int:
     from .source import load_bpf
 
-    probes, error = load_bpf(args.port, args.netns)
+    probes, error = load_bpf(args.port, args.netns, None if args.accept_hook == "auto" else args.accept_hook)
     if probes is None:
         print(f"{PROG}: {error}", file=sys.stderr)
         return 1
@@ -466,16 +528,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError("--speed goes with --replay")
         if args.record and (args.once or args.ebpf):
             raise UsageError("--record goes with the TUI or --batch")
+        if args.serve is not None and (args.json or args.record or args.replay or args.demo):
+            raise UsageError("--serve goes with neither --json, --record, --replay nor --demo")
+        if args.serve is None and (args.max_listeners is not None or args.web_config):
+            raise UsageError("--max-listeners and --web-config go with --serve")
+        if args.max_listeners is None:
+            args.max_listeners = 2000
         interval = args.interval or args.delay or 1.0
-        if not args.replay and not args.demo:  # a replay's netns and pids are the recording's
-            if args.netns is not None:
-                check_netns(args.netns)
-            if args.pid is not None:
-                check_pid(args.pid)
+        if args.netns is not None and not args.demo:
+            args.netns = _resolve_netns(args)
+        if args.pid is not None and not args.replay and not args.demo:  # a replay's pids are the recording's
+            check_pid(args.pid)
     except UsageError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
-    _install_signals()
+    lifecycle.on_exit_signals(grace=5.0)  # unwind like an exception: finally blocks detach BPF
     try:
         if args.replay:
             return run_replay(args)
@@ -483,6 +550,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_demo(args, interval)
         if args.ebpf:
             return run_ebpf(args)
+        if args.serve is not None:
+            from .export.server import run_serve
+
+            return run_serve(args, interval)
         if args.once:
             return run_once(args, interval)
         if args.batch:

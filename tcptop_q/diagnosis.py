@@ -1,6 +1,6 @@
 """Plain-language diagnosis of one listener: pure, no textual, unit-tested.
 
-Kernel facts this relies on (see DESIGN.md):
+Kernel facts this relies on (docs/ARCHITECTURE.md, "Where each number comes from"):
 - sk_acceptq_is_full() tests ack_backlog > max_ack_backlog, so the accept queue
   holds backlog+1 children: 6 queued against backlog 5 is "full".
 - the limit (idiag_wqueue) is min(listen() backlog, net.core.somaxconn).
@@ -27,6 +27,9 @@ class Finding:
     text: str
 
 
+ACCEPT_WAIT_WARN_S = 0.1  # p99 time in the accept queue worth a warning
+
+
 def _owner(listener: Listener) -> str:
     if listener.pid is None:
         return "the owning process (unknown: no permission to read its fds, or another netns)"
@@ -40,6 +43,22 @@ def _rate(value: float | None) -> str:
 
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.1f} s" if value >= 1 else f"{value * 1000:.0f} ms"
+
+
+def _accept_findings(listener: Listener, owner: str) -> list[Finding]:
+    """Time spent waiting for accept(): it climbs long before the queue overflows."""
+    out = []
+    recent = listener.accept_wait_recent
+    if recent is not None and recent.count and recent.p99_s is not None and recent.p99_s >= ACCEPT_WAIT_WARN_S:
+        out.append(Finding(WARN, (
+            f"connections wait {_seconds(recent.p99_s)} (p99) before {owner} accepts them "
+            f"(p50 {_seconds(recent.p50_s or 0.0)}, {_plural(recent.count, 'accept')} in the last few seconds)"
+        )))
+    return out
 
 
 def _syn_findings(
@@ -106,16 +125,19 @@ def _close_wait_findings(
     queue (the peer gave up waiting), which is the accept-queue story, not a close() leak. Only
     accepted ones (an inode, held by an fd) can be leaked by the process."""
     mine = [cw for cw in close_wait if cw.listener == listener.key]
-    queued = [cw for cw in mine if cw.inode == 0]
-    held = [cw for cw in mine if cw.inode != 0]
+    # Still in the accept queue: no inode yet (no fd), or the accept hook timed it (queued_s).
+    queued = [cw for cw in mine if cw.inode == 0 or cw.queued_s is not None]
+    held = [cw for cw in mine if not (cw.inode == 0 or cw.queued_s is not None)]
     findings: list[Finding] = []
     if queued:
+        waited = [cw.queued_s for cw in queued if cw.queued_s is not None]
+        oldest_q = f", oldest {_seconds(max(waited))} in the queue" if waited else ""
         findings.append(
             Finding(
                 WARN if len(queued) >= CLOSE_WAIT_PILE else INFO,
                 (
                     f"{len(queued)} {'child' if len(queued) == 1 else 'children'} closed by the peer before {owner} accepted them "
-                    "(CLOSE_WAIT, still in the accept queue): accept() is behind, the clients gave up "
+                    f"(CLOSE_WAIT, still in the accept queue{oldest_q}): accept() is behind, the clients gave up "
                     "waiting; not a close() leak"
                 ),
             )
@@ -157,10 +179,15 @@ def diagnose(
     sysctls: Mapping[str, int] | None = None,
     netns: NetnsCounters | None = None,
     close_wait: Sequence[CloseWait] = (),
+    group: Sequence[Listener] = (),
 ) -> list[Finding]:
-    """Findings, worst first; a healthy listener gets exactly one OK finding."""
+    """Findings, worst first; a healthy listener gets exactly one OK finding. `group`: the
+    members of its SO_REUSEPORT group (tcptop_q/reuseport.py), itself included."""
     sysctls = sysctls or {}
     findings: list[Finding] = []
+    imbalanced = reuseport_finding(group)
+    if imbalanced is not None:
+        findings.append(imbalanced)
     depth, limit = listener.accept_queue, listener.backlog
     somaxconn = sysctls.get("somaxconn")
     drops_rising = listener.drop_rate > 0 or bool(listener.overflow_rate)
@@ -243,6 +270,7 @@ def diagnose(
             )
         )
 
+    findings.extend(_accept_findings(listener, owner))
     findings.extend(_close_wait_findings(listener, close_wait, owner))
 
     if not any(f.severity in (CRIT, WARN) for f in findings):
@@ -283,3 +311,34 @@ def next_commands(listener: Listener) -> list[tuple[str, str]]:
         ("the netns counters", f"{enter}nstat -az TcpExtListenOverflows TcpExtListenDrops "
                                f"TcpExtTCPReqQFullDoCookies TcpExtTCPReqQFullDrop{where}"),
     ]
+
+
+REUSEPORT_IMBALANCE = 2.0  # one member queues twice the group's mean or more
+
+
+def reuseport_finding(members: Sequence[Listener]) -> Finding | None:
+    """An imbalanced SO_REUSEPORT group: the kernel spreads connections by hash, not by load,
+    so members that do not accept() fill up and drop their share while another takes the rest."""
+    from tcptop_q.reuseport import ReuseportGroup, is_full
+
+    if len(members) < 2 or members[0].reuseport_group is None:
+        return None
+    group = ReuseportGroup(members[0].reuseport_group, tuple(members))
+    full = group.full
+    busiest = group.busiest
+    ratio = group.queued_imbalance
+    if not full and (ratio is None or ratio < REUSEPORT_IMBALANCE):
+        return None
+    parts = []
+    if busiest is not None and ratio is not None and ratio >= REUSEPORT_IMBALANCE:
+        top, share = busiest
+        who = f"pid {top.pid}" if top.pid is not None else f"cookie {top.key.cookie}"
+        parts.append(f"member {who} takes {share * 100:.0f} % of connections")
+    if full:
+        parts.append(f"{full} members' queues are full" if full != 1 else "1 member's queue is full")
+    drops = any(m.drop_rate > 0 for m in members if is_full(m))
+    text = (
+        f"SO_REUSEPORT group of {len(members)} on {members[0].key.label()}: {', '.join(parts)}: the kernel "
+        "picks a member by hash, not by load; a member that does not accept() drops its share"
+    )
+    return Finding(CRIT if drops else WARN, text)

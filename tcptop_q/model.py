@@ -6,11 +6,12 @@ the sampler merges them into one Snapshot per tick, the UI only reads them.
 
 from __future__ import annotations
 
-import dataclasses
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
+
+from . import codec
 
 SCHEMA = "tcpq-top.snapshot/1"
 
@@ -98,9 +99,10 @@ class LatencySummary:
 
 @dataclass(frozen=True, slots=True)
 class Listener:
-    key: ListenerKey
+    # Field order is the JSON order; every field is in the JSON and in recordings (tcptop_q/codec.py).
+    key: ListenerKey = field(metadata={"json": "inline"})  # netns, family, laddr, lport, cookie
     inode: int
-    pid: int | None
+    pid: int | None  # the primary owner: the lowest pid that holds the socket (docs/JSON.md)
     comm: str | None
     accept_queue: int  # sk_ack_backlog (idiag_rqueue)
     backlog: int  # sk_max_ack_backlog (idiag_wqueue)
@@ -114,8 +116,9 @@ class Listener:
     synack_retrans: int | None = None
     synack_retrans_rate: float | None = None
     # Children that completed the handshake and entered the accept queue (NOT accept() calls).
-    queued: int | None = None
-    queued_rate: float | None = None
+    # JSON also writes them as `accepts`/`accept_rate`: deprecated aliases, kept for schema tcpq-top.snapshot/1.
+    queued: int | None = field(default=None, metadata={"json_aliases": ("accepts",)})
+    queued_rate: float | None = field(default=None, metadata={"json_aliases": ("accept_rate",)})
     # accept() calls that returned a child of this listener.
     accepted: int | None = None
     accepted_rate: float | None = None
@@ -126,8 +129,14 @@ class Listener:
     # (LISTEN -> SYN_RECV to SYN_RECV -> ESTABLISHED). Since the probes went live.
     accept_wait: LatencySummary | None = None
     handshake: LatencySummary | None = None
+    # accept wait over the last few ticks only (the histogram's recent delta): WAIT p99 column.
+    accept_wait_recent: LatencySummary | None = None
     # kfree_skb drop reasons charged to this listener since live: reason name -> count.
     drop_reasons: Mapping[str, int] | None = None
+    # Every process holding the socket (an fd in /proc/PID/fd), ascending; None = none known.
+    holders: tuple[int, ...] | None = None
+    # The SO_REUSEPORT group this listener is a member of (tcptop_q/reuseport.py); None = none.
+    reuseport_group: str | None = None
 
     @property
     def netns(self) -> int:
@@ -165,7 +174,9 @@ class Connection:
     comm: str | None = None
     age_s: float | None = None  # from BPF timeline; None before probes saw it
     # The listener this socket belongs to, decided by the sampler (tcptop_q/attribution.py).
-    listener: ListenerKey | None = None
+    listener: ListenerKey | None = field(default=None, metadata={"json": False})
+    # Still in the accept queue (no process has it): seconds since it was queued (BPF link).
+    queued_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,19 +194,23 @@ class CloseWait:
     recv_q: int
     age_s: float | None
     # The listener this socket belongs to (None: no listener on its port any more).
-    listener: ListenerKey | None = None
+    listener: ListenerKey | None = field(default=None, metadata={"json": False})
+    # Still in the accept queue (never accepted): seconds since it was queued (BPF link).
+    queued_s: float | None = None
 
 
 @dataclass(frozen=True)
 class NetnsCounters:
     inode: int
-    counters: Mapping[str, int]  # TcpExt name -> value (absolute)
+    # TcpExt name -> value (absolute). The contract writes the NETNS_COUNTERS (and the extras read)
+    # as top-level fields; a recording keeps them all.
+    counters: Mapping[str, int] = field(metadata={"json": "record"})
     rates: Mapping[str, float] = field(default_factory=dict)  # per second over interval
     sysctls: Mapping[str, int] = field(default_factory=dict)  # somaxconn, tcp_max_syn_backlog, ...
     # The best name the host can tell ("host", an `ip netns` name, a container or pod) and where
     # it came from ("init", "ip-netns", "podman", "docker", "containerd", "k8s", ...); None = inode only.
-    name: str | None = None
-    name_source: str | None = None
+    name: str | None = field(default=None, metadata={"json_name": "netns_name"})
+    name_source: str | None = field(default=None, metadata={"json_name": "netns_source"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +231,18 @@ class Transition:
     pid: int
     comm: str
     # The listener whose socket this is (or the listener itself), decided by the sampler.
-    listener: ListenerKey | None = None
+    listener: ListenerKey | None = field(default=None, metadata={"json": False})
+    # "state" (old -> new), or "accept": accept() returned this socket to pid (fd, None where
+    # the kernel path has no descriptor) after ms_in_old milliseconds in the accept queue.
+    kind: str = "state"
+    fd: int | None = None
+
+    def describe(self) -> str:
+        if self.kind == "accept":
+            wait = "" if self.ms_in_old is None else f" after {self.ms_in_old:.1f} ms in the accept queue"
+            fd = "" if self.fd is None else f" (fd {self.fd})"
+            return f"accepted by pid {self.pid}{fd}{wait}"
+        return f"{self.old} -> {self.new}"
 
 
 @dataclass(frozen=True)
@@ -224,7 +250,7 @@ class Sources:
     netlink: bool
     bpf: bool
     bpf_error: str | None = None
-    bpf_state: str = "off"  # "loading" | "live" | "off"
+    bpf_state: str = field(default="off", metadata={"json": "record"})  # "loading" | "live" | "off"
     hooks: Mapping[str, str] = field(default_factory=dict)  # metric -> hook serving it
     lost_events: int = 0
     notes: Sequence[str] = ()  # other degradations, one line each
@@ -275,6 +301,7 @@ SORT_KEYS = (
     "queued_rate",
     "accepted",
     "accepted_rate",
+    "accept_wait_p99",
     "peak_accept_queue",
     "lport",
     "pid",
@@ -294,6 +321,9 @@ def sort_value(listener: Listener, key: str) -> float:
         return float(listener.children.get("CLOSE_WAIT", 0))
     if key in ("lport", "netns"):
         return float(getattr(listener.key, key))
+    if key == "accept_wait_p99":
+        recent = listener.accept_wait_recent
+        return float("-inf") if recent is None or recent.p99_s is None else recent.p99_s
     value = getattr(listener, key)
     return float("-inf") if value is None else float(value)
 
@@ -320,92 +350,63 @@ def sort_listeners(
 
 
 def latency_to_json(lat: LatencySummary | None) -> dict | None:
-    if lat is None:
-        return None
-    return {
-        "count": lat.count,
-        "sum_s": lat.sum_s,
-        "p50_s": lat.p50_s,
-        "p90_s": lat.p90_s,
-        "p99_s": lat.p99_s,
-        "max_s": lat.max_s,
-        "buckets": [[le, n] for le, n in lat.buckets],
+    return None if lat is None else codec.to_json(lat)
+
+
+def listener_to_json(listener: Listener, netns: NetnsCounters | None = None) -> dict:
+    """One listener as the contract writes it: every Listener field (the key's fields inline),
+    plus the deprecated `accepts`/`accept_rate` aliases; None stays null. `netns` is the
+    snapshot's entry for the listener's namespace: its name is kept there only, and repeated here."""
+    out = _LISTENER_JSON(listener)
+    out["netns_name"] = netns.name if netns is not None else None
+    out["netns_source"] = netns.name_source if netns is not None else None
+    return out
+
+
+def netns_to_json(ns: NetnsCounters, *, record: bool = False) -> dict:
+    out = {
+        **codec.to_json(ns, record=record),
+        **{name: int(ns.counters.get(name, 0)) for name in NETNS_COUNTERS},
+        **{name: int(ns.counters[name]) for name in NETNS_EXTRA_COUNTERS if name in ns.counters},
     }
+    return out
 
 
-def listener_to_json(listener: Listener) -> dict:
-    return {
-        "netns": listener.key.netns,
-        "family": listener.key.family,
-        "laddr": listener.key.laddr,
-        "lport": listener.key.lport,
-        "cookie": listener.key.cookie,
-        "inode": listener.inode,
-        "pid": listener.pid,
-        "comm": listener.comm,
-        "accept_queue": listener.accept_queue,
-        "backlog": listener.backlog,
-        "syn_queue": listener.syn_queue,
-        "drops": listener.drops,
-        "drop_rate": float(listener.drop_rate),
-        "overflows": listener.overflows,
-        "overflow_rate": listener.overflow_rate,
-        "synack_retrans": listener.synack_retrans,
-        "synack_retrans_rate": listener.synack_retrans_rate,
-        "queued": listener.queued,
-        "queued_rate": listener.queued_rate,
-        # Deprecated aliases of queued/queued_rate, kept for schema tcpq-top.snapshot/1 only.
-        "accepts": listener.queued,
-        "accept_rate": listener.queued_rate,
-        "accepted": listener.accepted,
-        "accepted_rate": listener.accepted_rate,
-        "accept_wait": latency_to_json(listener.accept_wait),
-        "handshake": latency_to_json(listener.handshake),
-        "drop_reasons": None if listener.drop_reasons is None else dict(listener.drop_reasons),
-        "peak_accept_queue": listener.peak_accept_queue,
-        "resets_sent": listener.resets_sent,
-        "resets_received": listener.resets_received,
-        "children": dict(listener.children),
-    }
+def _hooks_json(hooks: Mapping[str, str]) -> dict[str, str]:
+    out = dict(hooks)
+    if "queued" in out:  # deprecated alias (docs/JSON.md), for schema tcpq-top.snapshot/1 only
+        out.setdefault("accepts", out["queued"])
+    return out
 
 
-def snapshot_to_json(snap: Snapshot) -> dict:
-    """The `--once --json` contract (DESIGN.md); fields may be added, never renamed."""
+def snapshot_to_json(snap: Snapshot, *, record: bool = False) -> dict:
+    """The `--once --json` contract (docs/JSON.md); fields may be added, never renamed.
+    record=True adds what only recordings carry (fields marked "record", tcptop_q/codec.py)."""
+    by_inode = {ns.inode: ns for ns in snap.netns}
     return {
         "schema": SCHEMA,
         "time": snap.time,
         "interval": snap.interval,
         "kernel": snap.kernel,
         "hostname": snap.hostname,
-        "sources": {
-            "netlink": snap.sources.netlink,
-            "bpf": snap.sources.bpf,
-            "bpf_error": snap.sources.bpf_error,
-            "hooks": dict(snap.sources.hooks),
-            "lost_events": snap.sources.lost_events,
-            "notes": list(snap.sources.notes),
-        },
-        "netns": [
-            {
-                "inode": ns.inode,
-                "netns_name": ns.name,
-                "netns_source": ns.name_source,
-                **{name: int(ns.counters.get(name, 0)) for name in NETNS_COUNTERS},
-                **{name: int(ns.counters[name]) for name in NETNS_EXTRA_COUNTERS if name in ns.counters},
-                "rates": dict(ns.rates),
-                "sysctls": dict(ns.sysctls),
-            }
-            for ns in snap.netns
-        ],
-        "listeners": [listener_to_json(lst) for lst in snap.listeners],
+        "sources": {**codec.to_json(snap.sources, record=record), "hooks": _hooks_json(snap.sources.hooks)},
+        "netns": [netns_to_json(ns, record=record) for ns in snap.netns],
+        "listeners": [listener_to_json(lst, by_inode.get(lst.key.netns)) for lst in snap.listeners],
+        "reuseport_groups": _reuseport_groups_json(snap.listeners),
         "close_wait": [socket_to_json(cw) for cw in snap.close_wait],
     }
+
+
+def _reuseport_groups_json(listeners: Sequence[Listener]) -> list[dict]:
+    from .reuseport import group_to_json, groups  # reuseport imports this module
+
+    return [group_to_json(g) for g in groups(listeners)]
 
 
 def socket_to_json(sock: CloseWait | Connection | Transition) -> dict:
     """A CLOSE_WAIT socket, a child or a feed event as JSON. `listener` stays out: it is the sampler's
     attribution, which a reader re-derives from the listeners (tcptop_q/attribution.py)."""
-    return {f.name: getattr(sock, f.name) for f in dataclasses.fields(sock) if f.name != "listener"}
+    return codec.to_json(sock)
 
 
 # ------------------------------------------------------------- BPF raw readings
@@ -419,7 +420,7 @@ class BpfListenerCounts:
     sk_ack_backlog seen at enqueue since the previous read (reset on read).
     """
 
-    accepts: int = 0  # children queued (sock:sk_data_ready on LISTEN, or kprobe fallback)
+    queued: int = 0  # children queued (sock:sk_data_ready on LISTEN, or kprobe fallback)
     peak_accept_queue: int = 0
     synack_retrans: int = 0
     listen_overflow_drops: int = 0  # third-ACK overflows (kfree_skb, rx_sk=listener, TCP_LISTEN_OVERFLOW)
@@ -428,6 +429,21 @@ class BpfListenerCounts:
     resets_sent: int = 0
     resets_received: int = 0
     drop_reasons: Mapping[str, int] = field(default_factory=dict)
+    # accept() calls that returned a child (accept.bpf.c), and two latency histograms
+    # (accept wait, handshake) as they are in the kernel: probes/layout.py bucket index -> count.
+    accepted: int = 0
+    accept_wait: HistCounts | None = None
+    handshake: HistCounts | None = None
+
+
+@dataclass(frozen=True)
+class HistCounts:
+    """A kernel latency histogram: samples, sum and exact max in ns, bucket index -> count."""
+
+    count: int = 0
+    sum_ns: int = 0
+    max_ns: int = 0
+    buckets: Mapping[int, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -439,7 +455,7 @@ class BpfReading:
     events: Sequence[Transition]  # feed events since the previous read (bounded)
     lost_events: int  # cumulative
     live_since: float  # unix time the probes attached
-    hooks: Mapping[str, str]  # metric -> hook, e.g. {"accepts": "tracepoint:sock:sk_data_ready"}
+    hooks: Mapping[str, str]  # metric -> hook, e.g. {"queued": "tracepoint:sock:sk_data_ready"}
 
 
 # ------------------------------------------------------------------ safe text
@@ -479,3 +495,6 @@ def safe_text(text: str | None, limit: int = 64) -> str:
     if len(out) > limit:
         out = out[: max(0, limit - 1)] + "…"
     return out
+
+
+_LISTENER_JSON = codec.encoder(Listener)

@@ -34,7 +34,7 @@ from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from typing import IO, Any
 
-from . import attribution, model
+from . import attribution, codec, model
 from .model import (
     CloseWait,
     Connection,
@@ -44,7 +44,9 @@ from .model import (
     Snapshot,
     Sources,
     Transition,
+    safe_text,
 )
+from .timeline import socket_timeline
 
 SCHEMA = "tcpq-top.record/1"
 SCHEMA_PREFIX = "tcpq-top.record/"
@@ -63,20 +65,22 @@ class RecordError(Exception):
 
 
 def _key_to_json(key: ListenerKey) -> dict:
-    return {"netns": key.netns, "family": key.family, "laddr": key.laddr, "lport": key.lport, "cookie": key.cookie}
+    return codec.to_json(key)
 
 
-def _key_from_json(d: Mapping) -> ListenerKey:
-    return ListenerKey(int(d["netns"]), str(d["family"]), str(d["laddr"]), int(d["lport"]), int(d.get("cookie", 0)))
+_key_from_json = codec.decoder(ListenerKey)
+transition_from_json = codec.decoder(Transition)
+_listener_from_json = codec.decoder(Listener)  # reads the old `accepts`/`accept_rate` names too
+_close_wait_from_json = codec.decoder(CloseWait)
+_connection_from_json = codec.decoder(Connection)
+_decode_netns = codec.decoder(NetnsCounters)
+_decode_sources = codec.decoder(Sources)
 
 
 def snapshot_record_json(snap: Snapshot) -> dict:
     """`model.snapshot_to_json` plus what the contract does not carry, so replay loses nothing."""
-    out = model.snapshot_to_json(snap)
+    out = model.snapshot_to_json(snap, record=True)
     out["seq"] = snap.seq
-    out["sources"]["bpf_state"] = snap.sources.bpf_state
-    for row, ns in zip(out["netns"], snap.netns, strict=True):
-        row["counters"] = dict(ns.counters)
     out["connections"] = (
         None
         if snap.connections is None
@@ -88,87 +92,31 @@ def snapshot_record_json(snap: Snapshot) -> dict:
     return out
 
 
-def _opt_int(v: Any) -> int | None:
-    return None if v is None else int(v)
-
-
-def _opt_float(v: Any) -> float | None:
-    return None if v is None else float(v)
-
-
-def _opt_str(v: Any) -> str | None:
-    return None if v is None else str(v)
-
-
-def transition_from_json(d: Mapping) -> Transition:
-    return Transition(
-        time=float(d["time"]), netns=int(d["netns"]), skaddr=int(d["skaddr"]), family=str(d["family"]),
-        laddr=str(d["laddr"]), lport=int(d["lport"]), raddr=str(d["raddr"]), rport=int(d["rport"]),
-        old=str(d["old"]), new=str(d["new"]), ms_in_old=_opt_float(d["ms_in_old"]), pid=int(d["pid"]),
-        comm=str(d["comm"]),
-    )
-
-
-def _listener_from_json(d: Mapping) -> Listener:
-    return Listener(
-        key=_key_from_json(d),
-        inode=int(d["inode"]),
-        pid=_opt_int(d["pid"]),
-        comm=_opt_str(d["comm"]),
-        accept_queue=int(d["accept_queue"]),
-        backlog=int(d["backlog"]),
-        syn_queue=int(d["syn_queue"]),
-        drops=int(d["drops"]),
-        drop_rate=float(d["drop_rate"]),
-        children={str(k): int(v) for k, v in d["children"].items()},
-        overflows=_opt_int(d.get("overflows")),
-        overflow_rate=_opt_float(d.get("overflow_rate")),
-        synack_retrans=_opt_int(d.get("synack_retrans")),
-        synack_retrans_rate=_opt_float(d.get("synack_retrans_rate")),
-        queued=_opt_int(d.get("queued", d.get("accepts"))),
-        queued_rate=_opt_float(d.get("queued_rate", d.get("accept_rate"))),
-        peak_accept_queue=_opt_int(d.get("peak_accept_queue")),
-        resets_sent=_opt_int(d.get("resets_sent")),
-        resets_received=_opt_int(d.get("resets_received")),
-        drop_reasons=_drop_reasons_from_json(d.get("drop_reasons")),
-    )
-
-
-def _drop_reasons_from_json(v: object) -> dict[str, int] | None:
-    if not isinstance(v, Mapping):
-        return None  # absent (older recordings) or null: unknown
-    return {str(k): int(n) for k, n in v.items()}
-
-
-def _close_wait_from_json(d: Mapping) -> CloseWait:
-    return CloseWait(
-        netns=int(d["netns"]), family=str(d["family"]), laddr=str(d["laddr"]), lport=int(d["lport"]),
-        raddr=str(d["raddr"]), rport=int(d["rport"]), inode=int(d["inode"]), cookie=int(d["cookie"]),
-        pid=_opt_int(d["pid"]), comm=_opt_str(d["comm"]), recv_q=int(d["recv_q"]), age_s=_opt_float(d["age_s"]),
-    )
-
-
-def _connection_from_json(d: Mapping) -> Connection:
-    return Connection(
-        netns=int(d["netns"]), family=str(d["family"]), state=str(d["state"]), laddr=str(d["laddr"]),
-        lport=int(d["lport"]), raddr=str(d["raddr"]), rport=int(d["rport"]), inode=int(d["inode"]),
-        cookie=int(d["cookie"]), recv_q=int(d["recv_q"]), send_q=int(d["send_q"]), pid=_opt_int(d.get("pid")),
-        comm=_opt_str(d.get("comm")), age_s=_opt_float(d.get("age_s")),
-    )
-
-
 def _netns_from_json(d: Mapping) -> NetnsCounters:
-    if "counters" in d:
-        counters = {str(k): int(v) for k, v in d["counters"].items()}
-    else:  # plain contract JSON: only the named counters
+    if "counters" not in d:  # plain contract JSON: only the named counters, as top-level fields
         names = model.NETNS_COUNTERS + model.NETNS_EXTRA_COUNTERS
-        counters = {name: int(d[name]) for name in names if name in d}
-    return NetnsCounters(
-        inode=int(d["inode"]),
-        counters=counters,
-        rates={str(k): float(v) for k, v in d.get("rates", {}).items()},
-        sysctls={str(k): int(v) for k, v in d.get("sysctls", {}).items()},
+        d = {**d, "counters": {name: d[name] for name in names if name in d}}
+    ns: NetnsCounters = _decode_netns(d)
+    if ns.name is None and ns.name_source is None:
+        return ns
+    # Recorded names replay as recorded (recordings older than names have none). They were
+    # made inert when recorded; a hand-edited file is made inert again here.
+    return dataclasses.replace(
+        ns,
+        name=None if ns.name is None else safe_text(ns.name, 128),
+        name_source=None if ns.name_source is None else safe_text(ns.name_source, 32),
     )
+
+
+def _sources_from_json(d: Mapping) -> Sources:
+    if "bpf_state" not in d:  # plain contract JSON
+        d = {**d, "bpf_state": "live" if d["bpf"] else "off"}
+    hooks = {str(k): str(v) for k, v in d.get("hooks", {}).items()}
+    alias = hooks.pop("accepts", None)  # the deprecated JSON alias of `queued` (older recordings: only it)
+    if alias is not None:
+        hooks.setdefault("queued", alias)
+    d = {**d, "hooks": hooks}
+    return _decode_sources(d)  # type: ignore[no-any-return]
 
 
 def snapshot_from_json(d: Mapping, events: Sequence[Mapping] = ()) -> Snapshot:
@@ -178,7 +126,6 @@ def snapshot_from_json(d: Mapping, events: Sequence[Mapping] = ()) -> Snapshot:
     """
     if d.get("schema") != model.SCHEMA:
         raise ValueError(f"snapshot schema {d.get('schema')!r}, expected {model.SCHEMA!r}")
-    src = d["sources"]
     conns_json = d.get("connections")
     # The JSON does not carry which listener a socket belongs to: decided again, as the sampler does.
     return attribution.attribute_snapshot(Snapshot(
@@ -186,15 +133,7 @@ def snapshot_from_json(d: Mapping, events: Sequence[Mapping] = ()) -> Snapshot:
         interval=float(d["interval"]),
         kernel=str(d["kernel"]),
         hostname=str(d.get("hostname", "")),
-        sources=Sources(
-            netlink=bool(src["netlink"]),
-            bpf=bool(src["bpf"]),
-            bpf_error=_opt_str(src.get("bpf_error")),
-            bpf_state=str(src.get("bpf_state", "live" if src["bpf"] else "off")),
-            hooks={str(k): str(v) for k, v in src.get("hooks", {}).items()},
-            lost_events=int(src.get("lost_events", 0)),
-            notes=tuple(str(n) for n in src.get("notes", ())),
-        ),
+        sources=_sources_from_json(d["sources"]),
         netns=[_netns_from_json(ns) for ns in d["netns"]],
         listeners=[_listener_from_json(lst) for lst in d["listeners"]],
         close_wait=[_close_wait_from_json(cw) for cw in d["close_wait"]],
@@ -695,13 +634,6 @@ class ReplaySource:
         self._speed = min(MAX_SPEED, max(MIN_SPEED, base / max(float(value), 1e-3)))
 
     # -- moving
-    def seek(self, when: float) -> int:
-        """Position on the last snapshot recorded at or before `when` (unix s); returns its index."""
-        with self._lock:
-            i = max(0, bisect.bisect_right(self._idx.times, when) - 1)
-            self._pos = i
-            return i
-
     def seek_index(self, index: int) -> int:
         with self._lock:
             self._pos = max(0, min(self.count - 1, index))
@@ -773,15 +705,17 @@ class ReplaySource:
 
     # -- the rest of the source interface
     def timeline(self, netns: int, family: str, laddr: str, lport: int, raddr: str, rport: int) -> list[Transition]:
-        """Recorded feed transitions of one connection, up to the snapshot shown."""
+        """Recorded feed transitions of one connection, up to the snapshot shown, matched as the
+        live probes match them (tcptop_q/timeline.py): by socket, so a client's CLOSE -> SYN_SENT,
+        recorded before it had a local port, is part of it."""
         upto = self._idx.snap_lines[max(0, self._current_pos)]
-        out = []
+        shown = []
         for line_no, ev in self._idx.events:
             if line_no > upto:
                 break
-            if (ev.netns, ev.family, ev.laddr, ev.lport, ev.raddr, ev.rport) == (netns, family, laddr, lport, raddr, rport):
-                out.append(ev)
-        return out  # one socket's history: no listener attribution, as the live BPF timeline
+            shown.append(ev)
+        # One socket's history: no listener attribution, as the live BPF timeline.
+        return socket_timeline(shown, netns, family, laddr, lport, raddr, rport)
 
     def process_info(self, pid: int) -> dict | None:
         """What was recorded about the process (never the live process that has the pid today)."""

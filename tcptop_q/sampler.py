@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Generic, TypeVar
 
-from . import attribution, lifecycle, model
+from . import attribution, lifecycle, model, reuseport
+from .accepts import AcceptTracker
 from .attribution import listener_index, owner_listener
 from .model import (
     BpfListenerCounts,
@@ -32,6 +33,7 @@ from .model import (
 )
 from .probes import diag as diagmod
 from .probes.diag import DiagRow, DiagSocket
+from .probes.names import NetnsName, NetnsNamer
 from .probes.netns import NetnsEnterer, NetnsRef, discover
 from .probes.netstat import NetnsFiles
 from .probes.owners import OwnerMap
@@ -168,6 +170,7 @@ class Attributed:
     syn_queue: dict[ListenerKey, int]
     close_wait: list[tuple[int, DiagRow, ListenerKey | None]]
     children: list[tuple[int, DiagRow, ListenerKey]] | None  # None: no full dump this tick
+    syn_recv: dict[ListenerKey, int] = field(default_factory=dict)  # every SYN_RECV row (Fast Open children too)
 
     def close_wait_counts(self) -> dict[ListenerKey, int]:
         out: dict[ListenerKey, int] = {}
@@ -195,14 +198,17 @@ def attribute(raw: RawTick) -> Attributed:
     ]
     index = listener_index(listen_rows)
     syn_queue: dict[ListenerKey, int] = {}
+    syn_recv: dict[ListenerKey, int] = {}
     close_wait: list[tuple[int, DiagRow, ListenerKey | None]] = []
     children: list[tuple[int, DiagRow, ListenerKey]] | None = None
     for ns in raw.netns.values():
         for row in ns.rows:
-            if row.state in (diagmod.TCP_SYN_RECV, diagmod.TCP_NEW_SYN_RECV) and row.inode == 0:
+            if row.state in (diagmod.TCP_SYN_RECV, diagmod.TCP_NEW_SYN_RECV):
                 parent = owner_listener(index, ns.inode, FAMILY[row.family], row.laddr, row.lport)
                 if parent is not None:
-                    syn_queue[parent] = syn_queue.get(parent, 0) + 1
+                    syn_recv[parent] = syn_recv.get(parent, 0) + 1
+                    if row.inode == 0:
+                        syn_queue[parent] = syn_queue.get(parent, 0) + 1
             elif row.state == diagmod.TCP_CLOSE_WAIT:
                 close_wait.append((ns.inode, row, owner_listener(index, ns.inode, FAMILY[row.family], row.laddr, row.lport)))
         if ns.children is None:
@@ -213,7 +219,7 @@ def attribute(raw: RawTick) -> Attributed:
             parent = owner_listener(index, ns.inode, FAMILY[row.family], row.laddr, row.lport)
             if parent is not None:
                 children.append((ns.inode, row, parent))
-    return Attributed(listen_rows, index, syn_queue, close_wait, children)
+    return Attributed(listen_rows, index, syn_queue, close_wait, children, syn_recv)
 
 
 # ------------------------------------------------------------------ overflows
@@ -349,6 +355,27 @@ def _with_close_wait(counts: Mapping[str, int] | None, close_wait: int) -> dict[
     return out
 
 
+def with_tick_syn_recv(
+    children: Mapping[ListenerKey, Mapping[str, int]], syn_recv: Mapping[ListenerKey, int]
+) -> dict[ListenerKey, dict[str, int]]:
+    """Children in SYN_RECV from this tick's dump, never from the last full one.
+
+    Request sockets fire no state events (docs/JSON.md, children): a count carried from a
+    full dump would never go down (TCP_DEFER_ACCEPT keeps them until data arrives, then
+    the child appears as ESTABLISHED), and new ones would never show. The per-tick dump
+    has every SYN_RECV row already (the SYN queue is counted from it)."""
+    out: dict[ListenerKey, dict[str, int]] = {}
+    for key, counts in children.items():
+        by_state = dict(counts)
+        n = syn_recv.get(key, 0)
+        if n:
+            by_state["SYN_RECV"] = n
+        else:
+            by_state.pop("SYN_RECV", None)
+        out[key] = by_state
+    return out
+
+
 def _with_main_states(counts: Mapping[str, int] | None) -> dict[str, int]:
     """Children by state, ESTABLISHED and CLOSE_WAIT always present once a dump has counted them."""
     out = {"ESTABLISHED": 0, "CLOSE_WAIT": 0}
@@ -447,7 +474,7 @@ def counter_field(name: str, hook: str, attr: str | None = None) -> FieldFn:
 
 
 def _peak_accept_queue(inp: FieldInput) -> dict[str, Any]:
-    if "accepts" not in inp.hooks:
+    if "queued" not in inp.hooks:
         return {"peak_accept_queue": None}
     return {"peak_accept_queue": max(inp.counts.peak_accept_queue, inp.row.rqueue)}
 
@@ -471,7 +498,9 @@ def _drop_reasons(inp: FieldInput) -> dict[str, Any]:
 # model.Listener field, a BpfListenerCounts field and one function here.
 LISTENER_BPF_FIELDS: list[FieldFn] = [
     counter_field("synack_retrans", "synack_retrans"),
-    counter_field("queued", "accepts", "accepts"),
+    counter_field("queued", "queued"),
+    # accepted, accept_wait (+ recent window), handshake: AcceptTracker (tcptop_q/accepts.py),
+    # applied to the built snapshot: the recent window needs a few ticks of history.
     _peak_accept_queue,
     _resets,
     _drop_reasons,
@@ -518,8 +547,11 @@ def _same(a: tuple, b: tuple) -> bool:
     return len(a) == len(b) and all(x is y or x == y for x, y in zip(a, b, strict=True))
 
 
-def netns_counters(raw: RawTick, prev: RawTick | None, dt: float) -> list[NetnsCounters]:
-    """Each netns' TcpExt counters, per-second rates over the tick, sysctls."""
+def netns_counters(
+    raw: RawTick, prev: RawTick | None, dt: float, names: Mapping[int, NetnsName] | None = None
+) -> list[NetnsCounters]:
+    """Each netns' TcpExt counters, per-second rates over the tick, sysctls, name (probes/names.py)."""
+    names = names or {}
     before_of = {ns.inode: ns.counters for ns in prev.netns.values()} if prev else {}
     out = []
     for ns in raw.netns.values():
@@ -530,7 +562,9 @@ def netns_counters(raw: RawTick, prev: RawTick | None, dt: float) -> list[NetnsC
                 r = model.rate(ns.counters.get(name), before.get(name), dt)
                 if r is not None:
                     rates[name] = r
-        out.append(NetnsCounters(ns.inode, dict(ns.counters), rates, dict(ns.sysctls)))
+        named = names.get(ns.inode)
+        out.append(NetnsCounters(ns.inode, dict(ns.counters), rates, dict(ns.sysctls),
+                                 named.name if named else None, named.source if named else None))
     return out
 
 
@@ -558,6 +592,7 @@ class Sampler:
         # the counts by state are always kept. 100k records are ~40 MB at a dump.
         self.keep_connections = keep_connections
         self.bpf = bpf
+        self.accepts = AcceptTracker()  # accepted, accept_wait, handshake (tcptop_q/accepts.py)
         self.owners = owners or OwnerMap()
         self.blocking_owners = blocking_owners
         self.children_every = children_every  # None: adapt to the cost of the dump
@@ -571,6 +606,7 @@ class Sampler:
         self._listeners: ReuseCache[Listener] = ReuseCache()
         self._close_wait: ReuseCache[CloseWait] = ReuseCache()
         self.seq = 0
+        self.namer: NetnsNamer | None = None
         self.kernel = os.uname().release
         self.hostname = socket.gethostname()
 
@@ -615,7 +651,7 @@ class Sampler:
                 except Exception as exc:  # a failed map read must not take the view down
                     bpf_error = f"BPF read failed: {exc}"
                     bpf_state = "off"
-        snap = self._build(raw, bpf_reading, bpf_state, bpf_error)
+        snap = self.accepts.apply(self._build(raw, bpf_reading, bpf_state, bpf_error), bpf_reading, self.bpf)
         self.prev = raw
         return snap
 
@@ -630,9 +666,12 @@ class Sampler:
         deltas_fn = getattr(self.bpf, "child_deltas", None) if bpf is not None else None
         deltas_now = deltas_fn() if callable(deltas_fn) else None
         children = self.children.update(att.children_counts(), deltas_now, keys, att.close_wait_counts())
+        if children is not None:
+            children = with_tick_syn_recv(children, att.syn_recv)
         fields = self._bpf_fields(att, bpf, dt, raw)
         listeners = self._listeners_of(att, owners, children, fields, dt)
         close_wait = self._close_waits(att, owners, raw.wall, bpf is not None)
+        names = self._netns_names(raw)  # before _sources: its notes join the tick's
         self.seq += 1
         return Snapshot(
             time=raw.wall,
@@ -640,13 +679,22 @@ class Sampler:
             kernel=self.kernel,
             hostname=self.hostname,
             sources=self._sources(raw, bpf, bpf_state, bpf_error),
-            netns=netns_counters(raw, self.prev, dt),
+            netns=netns_counters(raw, self.prev, dt, names),
             listeners=listeners,
             close_wait=close_wait,
             events=attribution.attribute_events(bpf.events, att.index) if bpf is not None else (),
             connections=conns,
             seq=self.seq,
         )
+
+    def _netns_names(self, raw: RawTick) -> dict[int, NetnsName]:
+        """Names of this tick's namespaces (probes/names.py, cached there); its notes join the tick's."""
+        if self.namer is None:
+            self.namer = NetnsNamer()
+        refs = self.reader.refs
+        names = self.namer.names({ino: refs[ino].pids if ino in refs else () for ino in raw.netns})
+        raw.notes.extend(self.namer.notes)
+        return names
 
     def _resolve_owners(self, att: Attributed, notes: list[str]) -> Mapping[int, tuple[int, str]]:
         owners = self.owners.resolve(
@@ -722,24 +770,30 @@ class Sampler:
         dt: float,
     ) -> list[Listener]:
         out: list[Listener] = []
+        groups = reuseport.assign((key, row.bound_if, row.v6only) for key, row in att.listen_rows)
         for key, row in att.listen_rows:
             drop_rate = model.rate(row.drops, self._prev_drops.get(key), dt) or 0.0
             owner = owners.get(row.inode)
+            holders = self.owners.holders_of(row.inode) if owner else None
+            group = groups.get(key)
             synq = att.syn_queue.get(key, 0)
             kids = children.get(key) if children is not None else None
             extra = fields.get(key, {})
 
             def make(key: ListenerKey = key, row: DiagRow = row, owner: Owner = owner, synq: int = synq,
                      kids: dict[str, int] | None = kids, extra: dict[str, Any] = extra,
-                     drop_rate: float = drop_rate) -> Listener:
+                     drop_rate: float = drop_rate, holders: tuple[int, ...] | None = holders,
+                     group: str | None = group) -> Listener:
                 return Listener(
                     key=key, inode=row.inode, pid=owner[0] if owner else None, comm=owner[1] if owner else None,
+                    holders=holders, reuseport_group=group,
                     accept_queue=row.rqueue, backlog=row.wqueue, syn_queue=synq, drops=max(row.drops, 0),
                     drop_rate=drop_rate, children=_with_main_states(kids) if children is not None else {},
                     **extra,
                 )
 
-            out.append(self._listeners.get(key, (row, owner, synq, kids, tuple(extra.items()), drop_rate), make))
+            inputs = (row, owner, holders, group, synq, kids, tuple(extra.items()), drop_rate)
+            out.append(self._listeners.get(key, inputs, make))
         self._listeners.end_tick()
         self._prev_drops = {key: row.drops for key, row in att.listen_rows}
         return out

@@ -5,23 +5,95 @@ The TUI, `--once` and `--batch` all read through this. It never imports textual.
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
-from .model import Snapshot, Transition
+from .model import BpfReading, Snapshot, Transition
 from .sampler import Sampler
 
+# ------------------------------------------------------------------ the source contracts
+# What the UI, --once and --batch may call, declared once: a misspelt call fails mypy instead
+# of quietly turning a feature off (docs/ARCHITECTURE.md, "Threads").
 
-def load_bpf(port: int | None, netns: int | None) -> tuple[Any, str | None]:
+
+class SnapshotSource(Protocol):
+    """Every source: LiveSource, RecordingSource, ReplaySource, the UI tests' FakeSource."""
+
+    interval: float  # seconds; the app may change it (+/- keys)
+
+    def sample(self) -> Snapshot:
+        """Blocking; called only from the App's collector thread, once per interval."""
+        ...
+
+    def timeline(
+        self, netns: int, family: str, laddr: str, lport: int, raddr: str, rport: int
+    ) -> list[Transition]: ...
+
+    def process_info(self, pid: int) -> dict | None:
+        """psutil oneshot data; called from a worker thread, never the UI thread."""
+        ...
+
+    def netns_sysctls(self, netns: int) -> dict[str, int]: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class ReplayControl(Protocol):
+    """A recording that can be stepped (record.ReplaySource)."""
+
+    @property
+    def at_end(self) -> bool: ...
+
+    def step(self, n: int = 1) -> Snapshot: ...
+
+    def describe(self) -> str: ...
+
+
+@runtime_checkable
+class FeedFocus(Protocol):
+    """A live source whose feed can follow the port the user looks at (LiveSource)."""
+
+    def focus_port(self, port: int | None) -> None: ...
+
+
+class BpfControl(Protocol):
+    """What the live source and the sampler use of the probes (probes/bpf.py BpfProbes)."""
+
+    state: str  # "off" | "loading" | "live"
+    error: str | None
+    hooks: dict[str, str]  # metric -> hook serving it
+
+    def program_text(self) -> str: ...
+
+    def start(self) -> None: ...
+
+    def wait_ready(self, timeout: float) -> bool: ...
+
+    def read(self) -> BpfReading: ...
+
+    def set_feed(self, mode: str = "all", port: int | None = None) -> None: ...
+
+    def set_children(self, enabled: bool) -> None: ...
+
+    def drop_metrics(self, metrics: set[str]) -> None: ...
+
+    def timeline(self, netns: int, family: str, laddr: str, lport: int, raddr: str, rport: int) -> list[Transition]: ...
+
+    def close(self) -> None: ...
+
+
+def load_bpf(port: int | None, netns: int | None, accept_hook: str | None = None) -> tuple[BpfControl | None, str | None]:
     """Create (not yet start) the BPF probes, or say in one line why there are none."""
     try:
         from .probes.bpf import BpfProbes
     except Exception as exc:  # bcc missing, or the module failed to import
         return None, f"BPF probes unavailable: {type(exc).__name__}: {exc}".splitlines()[0]
     try:
-        return BpfProbes(port=port, netns=netns), None
+        return BpfProbes(port=port, netns=netns, accept_hook=accept_hook), None
     except Exception as exc:
         return None, f"BPF probes unavailable: {exc}".splitlines()[0]
 
@@ -43,7 +115,11 @@ class Filters:
                 and (self.netns is None or netns == self.netns)
             )
 
-        listeners = [lst for lst in snap.listeners if keep(lst.netns, lst.lport, lst.pid)]
+        # --pid: a listener any of whose holders is that process (a pre-fork worker's too).
+        listeners = [
+            lst for lst in snap.listeners
+            if keep(lst.netns, lst.lport, self.pid if self.pid in (lst.holders or ()) else lst.pid)
+        ]
         kept = {lst.key for lst in listeners}
         return replace(
             snap,
@@ -72,14 +148,15 @@ class LiveSource:
         blocking_owners: bool = False,
         feed: bool = True,
         keep_connections: bool = True,
+        accept_hook: str | None = None,
     ) -> None:
         self.interval = interval
         self.filters = filters or Filters()
-        self.bpf = None
+        self.bpf: BpfControl | None = None
         self.bpf_error: str | None = None
         if use_bpf:
             # The probes' own preflight checks capabilities (CAP_BPF+CAP_PERFMON), not the uid.
-            self.bpf, self.bpf_error = load_bpf(self.filters.port, self.filters.netns)
+            self.bpf, self.bpf_error = load_bpf(self.filters.port, self.filters.netns, accept_hook)
         else:
             self.bpf_error = "BPF off: --no-bpf"
         self._sampler: Sampler | None = None
@@ -90,10 +167,14 @@ class LiveSource:
         self._lock = threading.Lock()
         self._sampling = threading.Lock()  # close() waits for a sample in flight
         self._procs: dict[int, Any] = {}  # psutil.Process per pid: cpu_percent needs the previous call
+        self._procs_lock = threading.Lock()  # workers and the collector (recording) both ask
         self.feed = feed  # False: nothing shows transitions; the kernel need not send them
         self._bpf_started = False
         self._bpf_deferred: float | None = None
+        # Feed mode: changed on the collector thread only. focus_port() (any thread) queues the
+        # request; sample() applies it before it reads.
         self._focus: int | None = None
+        self._focus_requests: queue.SimpleQueue[int | None] = queue.SimpleQueue()
         self._feed_off_until: float | None = None
         self._lost_before = 0
 
@@ -111,15 +192,13 @@ class LiveSource:
         if self.bpf is None:
             return False
         live = bool(self.bpf.wait_ready(timeout))
-        if live and not self.feed and callable(getattr(self.bpf, "set_feed", None)):
+        if live and not self.feed:
             # Every counter stays exact without the feed; children by state then come
             # from the sampler's own sock_diag dumps alone.
             self.bpf.set_feed("off")
-            if callable(getattr(self.bpf, "set_children", None)):
-                self.bpf.set_children(False)
-            if callable(getattr(self.bpf, "drop_metrics", None)):
-                # Nothing without the feed shows resets (the text report has no column).
-                self.bpf.drop_metrics({"resets_sent", "resets_received"})
+            self.bpf.set_children(False)
+            # Nothing without the feed shows resets (the text report has no column).
+            self.bpf.drop_metrics({"resets_sent", "resets_received"})
         return live
 
     @property
@@ -134,6 +213,7 @@ class LiveSource:
         with self._sampling:
             if self._closed:
                 raise RuntimeError("source closed")
+            self._take_focus_requests()
             snap = self.sampler.sample(self.interval, children=children)
         return self._finish(snap)
 
@@ -159,20 +239,31 @@ class LiveSource:
 
     def focus_port(self, port: int | None) -> None:
         """The listening port the user is looking at (None: none). While the feed is paused
-        for overload, that port's transitions still come through, so its timelines stay live."""
-        self._focus = port
-        self._apply_feed()
+        for overload, that port's transitions still come through, so its timelines stay live.
+        Any thread; takes effect on the collector thread at the next sample."""
+        self._focus_requests.put(port)
+
+    def _take_focus_requests(self) -> None:
+        """Collector thread: apply the latest focus request, if any."""
+        changed = False
+        while True:
+            try:
+                self._focus = self._focus_requests.get_nowait()
+            except queue.Empty:
+                break
+            changed = True
+        if changed:
+            self._apply_feed()
 
     def _apply_feed(self) -> None:
-        set_feed = getattr(self.bpf, "set_feed", None)
-        if set_feed is None or getattr(self.bpf, "state", "off") != "live":
+        if self.bpf is None or self.bpf.state != "live":
             return
         if self._feed_off_until is None:
-            set_feed("all")
+            self.bpf.set_feed("all")
         elif self._focus is not None:  # overloaded: keep what the user is looking at
-            set_feed("port", self._focus)
+            self.bpf.set_feed("port", self._focus)
         else:
-            set_feed("off")
+            self.bpf.set_feed("off")
 
     def _feed_policy(self, snap: Snapshot) -> list[str]:
         if self.bpf is None or snap.sources.bpf_state != "live":
@@ -195,7 +286,7 @@ class LiveSource:
         return []
 
     def timeline(self, netns: int, family: str, laddr: str, lport: int, raddr: str, rport: int) -> list[Transition]:
-        if self.bpf is None or getattr(self.bpf, "state", "off") != "live":
+        if self.bpf is None or self.bpf.state != "live":
             return []
         return list(self.bpf.timeline(netns, family, laddr, lport, raddr, rport))
 
@@ -210,15 +301,16 @@ class LiveSource:
     def process_info(self, pid: int) -> dict | None:
         import psutil
 
-        proc = self._procs.get(pid)
-        if proc is None:
-            try:
-                proc = self._procs[pid] = psutil.Process(pid)
-            except psutil.Error:
-                return process_info(pid)
-            if len(self._procs) > 64:
-                self._procs.pop(next(iter(self._procs)))
-        return process_info(pid, proc)
+        with self._procs_lock:  # a psutil.Process keeps state between calls: one thread at a time
+            proc = self._procs.get(pid)
+            if proc is None:
+                try:
+                    proc = self._procs[pid] = psutil.Process(pid)
+                except psutil.Error:
+                    return process_info(pid)
+                if len(self._procs) > 64:
+                    self._procs.pop(next(iter(self._procs)))
+            return process_info(pid, proc)
 
     def close(self) -> None:
         with self._lock:

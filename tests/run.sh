@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
-# The whole test suite, then a check that nothing was left in the kernel.
+# Lint (ruff, mypy), the whole test suite, then a check that nothing was left in the kernel.
 set -u
 cd "$(dirname "$0")/.."
+lint=0
+.venv/bin/ruff check tcptop_q tests bench || lint=1
+.venv/bin/mypy tcptop_q || lint=1
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
 rc=$?
+if [ $lint -ne 0 ]; then
+  echo "tests/run.sh: ruff or mypy found errors (above): the run fails" >&2
+  [ $rc -eq 0 ] && rc=1
+fi
 if [ $rc -eq 5 ]; then
   echo "tests/run.sh: pytest collected no tests: that is a broken suite, not a pass" >&2
   rc=1

@@ -6,25 +6,22 @@ Every number is checked against the kernel's own accounting inside that netns
 
 from __future__ import annotations
 
-import ctypes
-import itertools
 import os
 import re
 import socket
 import struct
 import subprocess
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tcptop_q.lab.experiments import listen, seed_clients, third_ack_overflow
+from tcptop_q.lab.netns import LabNetns as Netns
 from tcptop_q.probes.bpf import BpfProbes
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-CLONE_NEWNET = 0x40000000
-_counter = itertools.count()
 
 
 def _need(ok: bool, reason: str) -> None:
@@ -65,66 +62,10 @@ def assert_detached(ids: list[int]) -> None:
     assert own_bpf_fds() == [], "BPF/perf fds left open after close()"
 
 
-class Netns:
-    """`ip netns add tqbpf-<pid>-<n>` with lo up; sockets are made in a thread that setns()'d into it."""
-
-    def __init__(self) -> None:
-        self.name = f"tqbpf-{os.getpid()}-{next(_counter)}"
-        subprocess.run(["ip", "netns", "add", self.name], check=True)
-        subprocess.run(["ip", "-n", self.name, "link", "set", "lo", "up"], check=True)
-        self.path = f"/run/netns/{self.name}"
-        self.inode = int(subprocess.run(["stat", "-L", "-c", "%i", self.path], capture_output=True, text=True,
-                                        check=True).stdout)
-
-    def run(self, fn: Callable, *args):
-        """fn(*args) in a thread inside the netns; network namespaces are per thread."""
-        result: list = []
-        error: list = []
-
-        def body() -> None:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = os.open(self.path, os.O_RDONLY)
-            try:
-                if libc.setns(fd, CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), "setns")
-            finally:
-                os.close(fd)
-            try:
-                result.append(fn(*args))
-            except BaseException as exc:  # re-raised in the caller
-                error.append(exc)
-
-        t = threading.Thread(target=body)
-        t.start()
-        t.join()
-        if error:
-            raise error[0]
-        return result[0]
-
-    def socket(self, family: int = socket.AF_INET) -> socket.socket:
-        return self.run(socket.socket, family, socket.SOCK_STREAM)
-
-    def exec(self, *cmd: str) -> str:
-        return subprocess.run(["ip", "netns", "exec", self.name, *cmd], capture_output=True, text=True,
-                              check=True).stdout
-
-    def netstat(self) -> dict[str, int]:
-        lines = self.exec("cat", "/proc/net/netstat").splitlines()
-        out: dict[str, int] = {}
-        for head, vals in zip(lines[::2], lines[1::2], strict=True):
-            prefix = head.split(":")[0]
-            for k, v in zip(head.split()[1:], vals.split()[1:], strict=True):
-                out[f"{prefix}{k}"] = int(v)
-        return out
-
-    def close(self) -> None:
-        subprocess.run(["ip", "netns", "del", self.name], check=False)
-
-
 @pytest.fixture
 def netns() -> Iterator[Netns]:
     _need(os.geteuid() == 0, "needs root (network namespaces, BPF)")
-    ns = Netns()
+    ns = Netns("bpf")
     try:
         yield ns
     finally:
@@ -145,16 +86,6 @@ def probes(netns: Netns) -> Iterator[BpfProbes]:
     finally:
         p.close()
         assert_detached(ids)
-
-
-def listen(ns: Netns, backlog: int, port: int = 8080, defer_accept: int = 0) -> socket.socket:
-    srv = ns.socket()
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if defer_accept:
-        srv.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, defer_accept)
-    srv.bind(("127.0.0.1", port))
-    srv.listen(backlog)
-    return srv
 
 
 def ss_cookie(ns: Netns, port: int) -> int:
@@ -181,11 +112,19 @@ def timeline_until_closed(probes: BpfProbes, *tuple_, timeout: float = 5.0):
         time.sleep(0.1)
 
 
+def state_changes(tl):
+    """The state changes of a timeline, without its "accepted by pid N" entry (asserted on
+    its own: tests/kernel/test_accept.py); accept() in _one_connection adds exactly one."""
+    accepts = [t for t in tl if t.kind == "accept"]
+    assert len(accepts) <= 1 and all(t.pid == os.getpid() for t in accepts), accepts
+    return [t for t in tl if t.kind == "state"]
+
+
 def server_sequences(events, netns: int, port: int) -> dict[int, list[tuple[str, str]]]:
     """Transitions of the server's children (not the listener itself), by socket."""
     seqs: dict[int, list[tuple[str, str]]] = {}
     for ev in events:
-        if ev.netns == netns and ev.lport == port:
+        if ev.netns == netns and ev.lport == port and ev.kind == "state":
             seqs.setdefault(ev.skaddr, []).append((ev.old, ev.new))
     return {sk: seq for sk, seq in seqs.items() if seq[0] != ("CLOSE", "LISTEN")}
 
@@ -201,21 +140,10 @@ def the_listener(reading, netns: int, port: int):
 
 def test_seed_experiment_backlog5_never_accept(netns: Netns, probes: BpfProbes) -> None:
     port = 8080
-    srv = listen(netns, 5, port)
+    srv = listen(netns, port, 5)
     cookie = ss_cookie(netns, port)
     before = netns.netstat()
-    established = 0
-    for _ in range(10):
-        c = netns.socket()
-        c.settimeout(1.0)
-        try:
-            c.connect(("127.0.0.1", port))
-            c.sendall(b"helloworld")
-            established += 1
-        except TimeoutError:
-            pass
-        finally:
-            c.close()
+    established = seed_clients(netns, port)
     reading = settle(probes)
     after = netns.netstat()
     try:
@@ -227,7 +155,7 @@ def test_seed_experiment_backlog5_never_accept(netns: Netns, probes: BpfProbes) 
         ss = netns.exec("ss", "-ltnH")
         assert f"{key.laddr}:{key.lport}" in ss.split()
         assert (key.family, key.laddr, key.cookie) == ("ipv4", "127.0.0.1", cookie)
-        assert counts.accepts == 6
+        assert counts.queued == 6
         assert counts.peak_accept_queue == 6
         # SYN-path overflows are freed with consume_skb: invisible to tracepoints.
         assert counts.listen_overflow_drops == 0
@@ -251,7 +179,7 @@ def test_seed_experiment_backlog5_never_accept(netns: Netns, probes: BpfProbes) 
         # Peak is per read interval: nothing queued since the last read.
         again = probes.read()
         assert the_listener(again, netns.inode, port)[1].peak_accept_queue == 0
-        assert the_listener(again, netns.inode, port)[1].accepts == 6
+        assert the_listener(again, netns.inode, port)[1].queued == 6
         assert reading.lost_events == 0
     finally:
         srv.close()
@@ -266,23 +194,11 @@ def test_third_ack_overflow_matches_listenoverflows(netns: Netns, probes: BpfPro
     overflow, dropped with reason TCP_LISTEN_OVERFLOW and rx_sk = the listener. C resets
     at once, before its retransmit timer (>= 200 ms) could overflow again."""
     port = 8081
-    srv = listen(netns, 1, port, defer_accept=10)
+    srv = listen(netns, port, 1, defer_accept=10)
     before = netns.netstat()
     socks = []
     try:
-        c = netns.socket()
-        c.connect(("127.0.0.1", port))
-        socks.append(c)
-        for _ in range(2):
-            s = netns.socket()
-            s.connect(("127.0.0.1", port))
-            s.sendall(b"x")
-            socks.append(s)
-        time.sleep(0.05)
-        c.sendall(b"x")
-        time.sleep(0.05)
-        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        c.close()
+        socks = third_ack_overflow(netns, port)
         reading = settle(probes)
         after = netns.netstat()
         overflows = after["TcpExtListenOverflows"] - before["TcpExtListenOverflows"]
@@ -291,7 +207,7 @@ def test_third_ack_overflow_matches_listenoverflows(netns: Netns, probes: BpfPro
         assert counts.listen_overflow_drops == overflows
         if "drop_reasons" in probes.hooks:  # kfree_skb with rx_sk (6.11+); a kprobe counts it elsewhere
             assert counts.drop_reasons.get("TCP_LISTEN_OVERFLOW") == overflows
-        assert counts.accepts == 2 and counts.peak_accept_queue == 2
+        assert counts.queued == 2 and counts.peak_accept_queue == 2
     finally:
         for s in socks:
             s.close()
@@ -302,7 +218,7 @@ def test_third_ack_overflow_matches_listenoverflows(netns: Netns, probes: BpfPro
 
 
 def _one_connection(netns: Netns, port: int, server_first: bool):
-    srv = listen(netns, 16, port)
+    srv = listen(netns, port, 16)
     cli = netns.socket()
     cli.connect(("127.0.0.1", port))
     conn, _peer = srv.accept()
@@ -327,7 +243,7 @@ def _one_connection(netns: Netns, port: int, server_first: bool):
 def test_client_closes_first(netns: Netns, probes: BpfProbes) -> None:
     port = 8082
     cport = _one_connection(netns, port, server_first=False)
-    tl = timeline_until_closed(probes, netns.inode, "ipv4", "127.0.0.1", port, "127.0.0.1", cport)
+    tl = state_changes(timeline_until_closed(probes, netns.inode, "ipv4", "127.0.0.1", port, "127.0.0.1", cport))
     assert [(t.old, t.new) for t in tl] == [
         ("LISTEN", "SYN_RECV"), ("SYN_RECV", "ESTABLISHED"), ("ESTABLISHED", "CLOSE_WAIT"),
         ("CLOSE_WAIT", "LAST_ACK"), ("LAST_ACK", "CLOSE"),
@@ -343,7 +259,7 @@ def test_client_closes_first(netns: Netns, probes: BpfProbes) -> None:
 def test_server_closes_first(netns: Netns, probes: BpfProbes) -> None:
     port = 8083
     cport = _one_connection(netns, port, server_first=True)
-    tl = timeline_until_closed(probes, netns.inode, "ipv4", "127.0.0.1", port, "127.0.0.1", cport)
+    tl = state_changes(timeline_until_closed(probes, netns.inode, "ipv4", "127.0.0.1", port, "127.0.0.1", cport))
     assert [(t.old, t.new) for t in tl] == [
         ("LISTEN", "SYN_RECV"), ("SYN_RECV", "ESTABLISHED"), ("ESTABLISHED", "FIN_WAIT1"),
         ("FIN_WAIT1", "FIN_WAIT2"), ("FIN_WAIT2", "CLOSE"),
@@ -373,7 +289,7 @@ def test_close_detaches_and_is_idempotent(netns: Netns) -> None:
 def test_feed_off_keeps_counts_exact(netns: Netns, probes: BpfProbes) -> None:
     port = 8084
     probes.set_feed("off")
-    srv = listen(netns, 64, port)
+    srv = listen(netns, port, 64)
     clients = []
     try:
         for _ in range(20):
@@ -382,7 +298,7 @@ def test_feed_off_keeps_counts_exact(netns: Netns, probes: BpfProbes) -> None:
             clients.append(c)
         reading = settle(probes)
         assert [e for e in reading.events if e.lport == port or e.rport == port] == []
-        assert the_listener(reading, netns.inode, port)[1].accepts == 20
+        assert the_listener(reading, netns.inode, port)[1].queued == 20
         probes.set_feed("port", port)
         c = netns.socket()
         c.connect(("127.0.0.1", port))
@@ -390,7 +306,7 @@ def test_feed_off_keeps_counts_exact(netns: Netns, probes: BpfProbes) -> None:
         reading = settle(probes)
         assert {(e.old, e.new) for e in reading.events if e.lport == port} == {
             ("LISTEN", "SYN_RECV"), ("SYN_RECV", "ESTABLISHED")}
-        assert the_listener(reading, netns.inode, port)[1].accepts == 21
+        assert the_listener(reading, netns.inode, port)[1].queued == 21
     finally:
         for c in clients:
             c.close()
@@ -399,10 +315,10 @@ def test_feed_off_keeps_counts_exact(netns: Netns, probes: BpfProbes) -> None:
 
 def test_listener_close_forgets_it(netns: Netns, probes: BpfProbes) -> None:
     port = 8085
-    srv = listen(netns, 4, port)
+    srv = listen(netns, port, 4)
     c = netns.socket()
     c.connect(("127.0.0.1", port))
-    assert the_listener(settle(probes), netns.inode, port)[1].accepts == 1
+    assert the_listener(settle(probes), netns.inode, port)[1].queued == 1
     c.close()
     srv.close()
     reading = settle(probes)
@@ -412,6 +328,8 @@ def test_listener_close_forgets_it(netns: Netns, probes: BpfProbes) -> None:
 
 SIGTERM_CHILD = """
 import os, signal, sys, time
+from tcptop_q.lab.experiments import listen, seed_clients, third_ack_overflow
+from tcptop_q.lab.netns import LabNetns as Netns
 from tcptop_q.probes.bpf import BpfProbes
 p = BpfProbes()
 def on_term(signum, frame):
@@ -468,7 +386,7 @@ def test_ipv6_listener_key(netns: Netns, probes: BpfProbes) -> None:
         c.connect(("::1", port))
         reading = settle(probes)
         key, counts = the_listener(reading, netns.inode, port)
-        assert (key.family, key.laddr, counts.accepts, counts.peak_accept_queue) == ("ipv6", "::1", 1, 1)
+        assert (key.family, key.laddr, counts.queued, counts.peak_accept_queue) == ("ipv6", "::1", 1, 1)
         child = [e for e in reading.events if e.lport == port and e.new == "ESTABLISHED"]
         assert len(child) == 1 and child[0].family == "ipv6" and child[0].raddr == "::1"
         assert f"[::1]:{port}" in netns.exec("ss", "-ltnH").split()
@@ -479,7 +397,7 @@ def test_ipv6_listener_key(netns: Netns, probes: BpfProbes) -> None:
 
 def test_child_states_and_resets_charged_to_listener(netns: Netns, probes: BpfProbes) -> None:
     port = 8087
-    srv = listen(netns, 8, port)
+    srv = listen(netns, port, 8)
     clients = []
     try:
         for _ in range(3):
@@ -511,7 +429,7 @@ def test_child_states_and_resets_charged_to_listener(netns: Netns, probes: BpfPr
 def test_closed_listeners_leave_no_map_entries(netns: Netns, probes: BpfProbes) -> None:
     """Maps are bounded: a closed listener's counters, reasons and child counts are dropped."""
     port = 8088
-    srv = listen(netns, 1, port, defer_accept=10)
+    srv = listen(netns, port, 1, defer_accept=10)
     c = netns.socket()
     c.connect(("127.0.0.1", port))  # bare third ACK dropped by TCP_DEFER_ACCEPT: a drop reason
     c.sendall(b"x")
@@ -559,7 +477,7 @@ def test_port_filter_compiled_in(netns: Netns) -> None:
     try:
         assert "#define TQ_FILTER_PORT 8090" in p.program_text()
         for port in (8090, 8091):
-            srv = listen(netns, 4, port)
+            srv = listen(netns, port, 4)
             c = netns.socket()
             c.connect(("127.0.0.1", port))
             socks += [srv, c]

@@ -108,25 +108,25 @@ def test_plan_follows_the_format_files_not_versions() -> None:
     plan = build_plan(formats=_fake_formats(), kprobes=False)
     assert plan.defines["TQ_REASON_LISTEN_OVERFLOW"] == "77"  # decoded, not hard-coded
     assert plan.hooks["listen_overflow_drops"] == "tracepoint:skb:kfree_skb"
-    assert plan.hooks["accepts"] == "tracepoint:sock:sk_data_ready"
+    assert plan.hooks["queued"] == "tracepoint:sock:sk_data_ready"
     assert {fn for _k, _t, fn in plan.attach} == {
         "tq_set_state", "tq_data_ready", "tq_kfree_skb", "tq_synack", "tq_send_reset", "tq_recv_reset"}
 
     old = build_plan(formats=_fake_formats(sk_data_ready=None, kfree_skb=tracefs.parse_format("skb", "kfree_skb", OLD_KFREE_SKB),
                                            tcp_receive_reset=None), kprobes=False)
-    for metric in ("accepts", "peak_accept_queue", "listen_overflow_drops", "other_rx_drops", "resets_received"):
+    for metric in ("queued", "peak_accept_queue", "listen_overflow_drops", "other_rx_drops", "resets_received"):
         assert metric not in old.hooks
     assert any("sk_data_ready" in n for n in old.notes) and any("rx_sk" in n for n in old.notes)
 
     # Kprobes serve only what the tracepoints leave unserved (probes/kprobes.py chooses them).
     fns = frozenset({"sock_def_readable", "tcp_v4_syn_recv_sock", "tcp_v6_syn_recv_sock", "tcp_conn_request"})
     fallback = build_plan(formats=_fake_formats(sk_data_ready=None), kprobes=True, kallsyms=fns, blacklist=frozenset())
-    assert fallback.hooks["accepts"] == "kprobe:sock_def_readable"
+    assert fallback.hooks["queued"] == "kprobe:sock_def_readable"
     assert fallback.hooks["listen_overflow_drops"] == "tracepoint:skb:kfree_skb"
     assert [a for a in fallback.attach if a[0] == "kprobe"] == [("kprobe", "sock_def_readable", "tq_kp_def_readable")]
     assert "int tq_kp_def_readable(struct pt_regs *ctx)" in fallback.body
     none = build_plan(formats=_fake_formats(sk_data_ready=None), kprobes=False)
-    assert "accepts" not in none.hooks and not [a for a in none.attach if a[0] == "kprobe"]
+    assert "queued" not in none.hooks and not [a for a in none.attach if a[0] == "kprobe"]
 
     filtered = build_plan(port=8080, netns=4026531840, formats=_fake_formats(), kprobes=False)
     assert "-DTQ_FILTER_PORT=8080" in filtered.cflags and "-DTQ_FILTER_NETNS=4026531840" in filtered.cflags

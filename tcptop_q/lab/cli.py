@@ -10,13 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 import time
 from collections.abc import Sequence
 from typing import NoReturn
 
-from .netns import LabError
+from .netns import LabError, install_signal_cleanup
 from .scenarios import MAX_DURATION, SCENARIOS, clean_stale, describe, run_scenario
 
 PROG = "tcpq-top lab"
@@ -81,11 +80,7 @@ def _say(text: str) -> None:
 
 
 def _run(name: str, duration: float, as_json: bool) -> int:
-    def on_signal(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
+    install_signal_cleanup()
     if os.geteuid() != 0:
         print(f"{PROG}: needs root (it creates a network namespace with `ip netns add`)", file=sys.stderr)
         return 1

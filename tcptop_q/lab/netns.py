@@ -7,13 +7,18 @@ tracked by pid and ended (only those) before the namespace is deleted.
 from __future__ import annotations
 
 import atexit
+import ctypes
 import itertools
 import os
-import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
+
+CLONE_NEWNET = 0x40000000
 
 _counter = itertools.count()
 _live: dict[str, LabNetns] = {}
@@ -53,8 +58,56 @@ class LabNetns:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def path(self) -> str:
+        return f"/run/netns/{self.name}"
+
     def argv(self, cmd: Sequence[str]) -> list[str]:
         return ["ip", "netns", "exec", self.name, *cmd]
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """fn(*args) in a thread that entered the netns (network namespaces are per thread);
+        its exception is raised here. Sockets made this way stay in the netns."""
+        result: list = []
+        error: list[BaseException] = []
+
+        def body() -> None:
+            try:
+                libc = ctypes.CDLL(None, use_errno=True)
+                fd = os.open(self.path, os.O_RDONLY)
+                try:
+                    if libc.setns(fd, CLONE_NEWNET) != 0:
+                        raise OSError(ctypes.get_errno(), "setns")
+                finally:
+                    os.close(fd)
+                result.append(fn(*args))
+            except BaseException as exc:  # re-raised in the caller
+                error.append(exc)
+
+        t = threading.Thread(target=body, name=f"{self.name}-call")
+        t.start()
+        t.join()
+        if error:
+            raise error[0]
+        return result[0]
+
+    def socket(self, family: int = socket.AF_INET) -> socket.socket:
+        """A TCP socket of this netns, usable from any thread of this process."""
+        return self.call(socket.socket, family, socket.SOCK_STREAM)  # type: ignore[no-any-return]
+
+    def exec(self, *cmd: str) -> str:
+        """A command's stdout, run inside the netns (fails on a non-zero exit)."""
+        return self.run(cmd).stdout
+
+    def netstat(self) -> dict[str, int]:
+        """/proc/net/netstat of the netns as the kernel prints it: {"TcpExtListenOverflows": n, ...}."""
+        lines = self.exec("cat", "/proc/net/netstat").splitlines()
+        out: dict[str, int] = {}
+        for head, vals in zip(lines[::2], lines[1::2], strict=True):
+            prefix = head.split(":")[0]
+            for k, v in zip(head.split()[1:], vals.split()[1:], strict=True):
+                out[f"{prefix}{k}"] = int(v)
+        return out
 
     def run(self, cmd: Sequence[str], timeout: float = 30.0, check: bool = True) -> subprocess.CompletedProcess:
         return subprocess.run(self.argv(cmd), capture_output=True, text=True, timeout=timeout, check=check)
@@ -67,13 +120,7 @@ class LabNetns:
     def serve(self, timeout: float = 10.0, **opts: object) -> subprocess.Popen:
         """Start a lab server (tcptop_q.lab.worker serve) in the netns; return once it listens."""
         proc = self.spawn(_worker_argv("serve", opts), stdout=subprocess.PIPE, text=True)
-        assert proc.stdout is not None
-        import selectors
-
-        sel = selectors.DefaultSelector()
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        if not sel.select(timeout) or proc.stdout.readline().strip() != "ready":
-            raise LabError(f"lab server did not start in {self.name}")
+        _wait_ready(proc, timeout, f"lab server did not start in {self.name}")
         return proc
 
     def worker(self, cmd: str, *, ready: bool = False, timeout: float = 10.0, **opts: object) -> subprocess.Popen:
@@ -86,13 +133,7 @@ class LabNetns:
             stdin=subprocess.DEVNULL, text=True, start_new_session=True,
         )
         if ready:
-            assert proc.stdout is not None
-            import selectors
-
-            sel = selectors.DefaultSelector()
-            sel.register(proc.stdout, selectors.EVENT_READ)
-            if not sel.select(timeout) or proc.stdout.readline().strip() != "ready":
-                raise LabError(f"lab {cmd} did not start in {self.name}")
+            _wait_ready(proc, timeout, f"lab {cmd} did not start in {self.name}")
         return proc
 
     def pids(self) -> list[int]:
@@ -137,6 +178,20 @@ class LabNetns:
             _ip("netns", "delete", self.name, check=False)
 
 
+def _wait_ready(proc: subprocess.Popen, timeout: float, error: str) -> None:
+    """Wait (up to timeout s) for a worker's first stdout line to be "ready"; LabError otherwise."""
+    import selectors
+
+    assert proc.stdout is not None
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    try:
+        if not sel.select(timeout) or proc.stdout.readline().strip() != "ready":
+            raise LabError(error)
+    finally:
+        sel.close()
+
+
 def _worker_argv(cmd: str, opts: dict) -> list[str]:
     argv = [sys.executable, "-m", "tcptop_q.lab.worker", cmd]
     for key, value in opts.items():
@@ -154,9 +209,6 @@ atexit.register(cleanup_all)
 
 def install_signal_cleanup() -> None:
     """SIGTERM/SIGHUP end the process through SystemExit, so finally blocks and atexit run."""
+    from tcptop_q import lifecycle
 
-    def handler(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, handler)
+    lifecycle.on_exit_signals()

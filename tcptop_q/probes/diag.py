@@ -32,6 +32,7 @@ NLMSG_ERROR = 2
 NLMSG_DONE = 3
 
 INET_DIAG_SKMEMINFO = 7
+INET_DIAG_SKV6ONLY = 11  # u8, sent for every AF_INET6 socket (inet_diag_msg_attrs_fill)
 SK_MEMINFO_DROPS = 8
 
 TCP_ESTABLISHED = 1
@@ -90,6 +91,8 @@ class DiagRow(NamedTuple):
     inode: int
     drops: int  # SK_MEMINFO_DROPS, -1 when the kernel sent no skmeminfo (request socks)
     retrans: int  # SYN-ACK retransmits for request socks
+    bound_if: int = 0  # idiag_if: SO_BINDTODEVICE ifindex, 0 = any (a reuseport group shares it)
+    v6only: int = -1  # IPV6_V6ONLY of an AF_INET6 socket (from dumps with skmeminfo), -1 = not read
 
 
 class DiagError(OSError):
@@ -179,9 +182,11 @@ class DiagSocket:
                 sport, dport = unpack_ports(buf, p + 4)
                 src = bytes(view[p + 8 : p + 8 + addr_len])
                 dst = bytes(view[p + 24 : p + 24 + addr_len])
+                (bound_if,) = unpack_u32(buf, p + 40)
                 (cookie,) = unpack_cookie(buf, p + 44)
                 _expires, rqueue, wqueue, uid, inode = unpack_tail(buf, p + 52)
                 drops = -1
+                v6only = -1
                 if ext:
                     a = p + _MSG_LEN
                     end = off + length
@@ -189,7 +194,9 @@ class DiagSocket:
                         rlen, rtype = unpack_rta(buf, a)
                         if rlen < 4:
                             break
-                        if rtype == INET_DIAG_SKMEMINFO and rlen >= 4 + 4 * (SK_MEMINFO_DROPS + 1):
+                        if rtype == INET_DIAG_SKV6ONLY and rlen >= 5:
+                            v6only = buf[a + 4]  # comes before SKMEMINFO in the message
+                        elif rtype == INET_DIAG_SKMEMINFO and rlen >= 4 + 4 * (SK_MEMINFO_DROPS + 1):
                             (drops,) = unpack_u32(buf, a + 4 + 4 * SK_MEMINFO_DROPS)
                             break
                         a += (rlen + 3) & ~3
@@ -207,6 +214,8 @@ class DiagSocket:
                     inode,
                     drops,
                     retrans,
+                    bound_if,
+                    v6only,
                 )
                 if reuse:
                     seen[body] = row

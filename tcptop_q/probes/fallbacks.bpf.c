@@ -2,7 +2,7 @@
 // tracepoint field) is missing and the kernel has kprobes (probes/kprobes.py
 // chooses them from kallsyms; docs/COMPATIBILITY.md says where each serves).
 //
-// Uses tq_listener_of / tq_child_queued / tq_sk_state from tcpq.bpf.c. Struct
+// Uses tq_listener_of / tq_sk_state from tcpq.bpf.c, tq_child_queued from accept.bpf.c. Struct
 // fields are read at BTF offsets (TQ_OFF_*) with BTF sizes (TQ_SZ_*), never
 // through kernel headers, even where matching headers exist.
 
@@ -25,7 +25,7 @@ static __always_inline int tq_fb_acceptq_full(const void *sk)
     return depth > limit;
 }
 
-// ------------------------------------------------------------ accepts / peak depth
+// ------------------------------------------------------------ children queued / peak depth
 
 #ifdef TQ_KP_DEF_READABLE
 // sock_def_readable(sk): where sock:sk_data_ready fires on 6.3+. On a listener it

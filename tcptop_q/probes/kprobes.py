@@ -3,11 +3,11 @@
 Most production kernels (5.14-6.8: RHEL 9, Ubuntu 22.04/24.04, Debian 12,
 Amazon Linux 2023) have sock:inet_sock_set_state and tcp:tcp_retransmit_synack
 but neither sock:sk_data_ready (6.3+) nor rx_sk on skb:kfree_skb (6.11+). There,
-tracepoints alone leave accepts, peak depth and overflow attribution empty. Where
+tracepoints alone leave queued, peak depth and overflow attribution empty. Where
 kprobes exist, these functions serve instead (read in the 6.1 sources, checked in
 the Debian 12 VM, see docs/COMPATIBILITY.md):
 
-    sock_def_readable      accepts, peak_accept_queue. The function sock:sk_data_ready
+    sock_def_readable      queued, peak_accept_queue. The function sock:sk_data_ready
                            fires in on 6.3+, so the numbers are the same by
                            construction; filtered to LISTEN in BPF. Called through
                            sk->sk_data_ready, so it can never be inlined away.
@@ -42,7 +42,7 @@ KALLSYMS = Path("/proc/kallsyms")
 BLACKLISTS = (Path("/sys/kernel/debug/kprobes/blacklist"),)
 BPF_C = Path(__file__).with_name("fallbacks.bpf.c")
 
-ACCEPT_METRICS = ("accepts", "peak_accept_queue")
+QUEUED_METRICS = ("queued", "peak_accept_queue")
 THIRD_ACK_METRIC = "listen_overflow_drops"
 SYN_METRIC = "syn_overflows"
 
@@ -139,9 +139,9 @@ def plan_fallbacks(
     `functions`: probe-able kernel functions (kallsyms); None reads /proc/kallsyms.
     """
     plan = FallbackPlan()
-    need_accepts = any(m not in hooks for m in ACCEPT_METRICS)
+    need_queued = any(m not in hooks for m in QUEUED_METRICS)
     need_third = THIRD_ACK_METRIC not in hooks
-    if not (need_accepts or need_third):
+    if not (need_queued or need_third):
         return plan
     if not kprobes:
         plan.notes.append("no kprobes on this kernel (CONFIG_KPROBES off): no fallback for missing tracepoints")
@@ -162,16 +162,16 @@ def plan_fallbacks(
         plan.notes.append(f"kprobe fallbacks off: BTF: {exc}")
         return plan
 
-    if need_accepts:
+    if need_queued:
         found = [(fn, prog) for fn, prog in ACCEPT_CANDIDATES if have(fn)]
         if found:
             fn, prog = found[0]
             plan.defines["TQ_KP_DEF_READABLE"] = ""
             plan.attach.append(("kprobe", fn, prog))
-            for m in ACCEPT_METRICS:
+            for m in QUEUED_METRICS:
                 plan.hooks[m] = f"kprobe:{fn}"
         else:
-            plan.notes.append("no probe-able sock_def_readable: accepts/peak queue unknown")
+            plan.notes.append("no probe-able sock_def_readable: queued/peak queue unknown")
 
     if need_third:
         if not have(THIRD_ACK_V4[0]):

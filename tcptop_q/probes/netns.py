@@ -39,6 +39,7 @@ class NetnsRef:
     path: str  # a path that names the netns: /proc/<pid>/ns/net or /run/netns/<name>
     pid: int | None = None  # a process inside it (None for a bare `ip netns` mount)
     names: list[str] = field(default_factory=list)  # `ip netns` names
+    pids: list[int] = field(default_factory=list)  # every process in it we can see, ascending
 
 
 def discover(proc: str = "/proc", run_netns: str = "/run/netns") -> dict[int, NetnsRef]:
@@ -64,11 +65,15 @@ def discover(proc: str = "/proc", run_netns: str = "/run/netns") -> dict[int, Ne
             ino = os.stat(path).st_ino
         except OSError:  # gone, or a kernel thread, or not ours to see
             continue
+        pid = int(entry.name)
         known = found.get(ino)
         if known is None:
-            found[ino] = NetnsRef(ino, path, int(entry.name))
+            found[ino] = known = NetnsRef(ino, path, pid)
         elif known.pid is None:
-            known.pid = int(entry.name)
+            known.pid = pid
+        known.pids.append(pid)
+    for ref in found.values():
+        ref.pids.sort()  # scandir order is not numeric order
     return found
 
 

@@ -20,11 +20,8 @@
 #define TQ_AF_INET6 10
 #define TQ_IPPROTO_TCP 6
 
-// tq_ctl slots, written by user space.
-#define TQ_CTL_FEED_MODE 0  // 0 off, 1 every transition, 2 only TQ_CTL_FEED_PORT
-#define TQ_CTL_FEED_PORT 1
-#define TQ_CTL_EPOCH 2      // peak_accept_queue interval, bumped on every read
-#define TQ_CTL_CHILDREN_OFF 3  // 1: no per-port child state counts (a view that only dumps)
+// tq_ctl slots (TQ_CTL_*), struct tq_event, event kinds and the histogram geometry
+// are generated from probes/layout.py and prepended: one definition for C and Python.
 
 struct tq_listener {
     u64 cookie;
@@ -32,7 +29,14 @@ struct tq_listener {
     u16 family;
     u16 lport;
     u8 laddr[16];
-    u64 accepts;
+    u64 queued;  // children that entered the accept queue (not accept() calls)
+    u64 accepted;  // accept() calls that returned a child of this listener
+    u64 wait_count;  // accepted children whose enqueue was seen: accept wait samples
+    u64 wait_sum_ns;
+    u64 wait_max_ns;
+    u64 hs_count;  // handshake samples: first SYN-ACK sent -> child queued
+    u64 hs_sum_ns;
+    u64 hs_max_ns;
     u64 synack_retrans;
     u64 listen_overflow_drops;
     u64 other_rx_drops;
@@ -41,6 +45,8 @@ struct tq_listener {
     u64 syn_overflows;  // kprobe fallback only (tcp_conn_request), see fallbacks.bpf.c
     u32 max_ack_backlog;
     u32 _pad;
+    u64 born_ns;  // when the probes first saw it: with the address, an identity a recycled
+                  // struct sock cannot inherit (keys of tq_hist)
 };
 
 struct tq_peak_key {
@@ -67,20 +73,22 @@ struct tq_child_states {
     s32 n[16];  // indexed by TCP state
 };
 
-struct tq_event {
-    u64 ts_ns;       // CLOCK_MONOTONIC (bpf_ktime_get_ns)
-    u64 skaddr;
-    u64 ns_in_old;   // ~0 when the previous change was not seen
+// child socket -> its own listener, taken in the kernel when the child is queued
+// (probes/accept.bpf.c); deleted when accept() returns it or when it closes.
+struct tq_link {
+    u64 listener;  // the listener's struct sock address (key of tq_listeners)
+    u64 queued_ns;  // CLOCK_MONOTONIC when it entered the accept queue
     u32 netns;
-    u32 pid;
     u16 family;
-    u16 sport;
-    u16 dport;
-    u8 oldstate;
-    u8 newstate;
-    u8 saddr[16];
-    u8 daddr[16];
-    char comm[16];
+    u16 rport;  // the child's peer, host byte order: joins with sock_diag rows
+    u8 raddr[16];
+};
+
+struct tq_hist_key {
+    u64 sk;  // listener
+    u64 born_ns;  // its tq_listener.born_ns: entries of a closed listener at the same address do not match
+    u32 hist;  // TQ_HIST_WAIT | TQ_HIST_HANDSHAKE
+    u32 bucket;
 };
 
 // Keyed by the listener's struct sock address: one map update per event, no
@@ -96,8 +104,17 @@ BPF_F_TABLE("lru_hash", u64, u64, tq_since, TQ_MAX_SOCKETS, BPF_F_NO_COMMON_LRU)
 // child socket -> its listener's (netns, port), from LISTEN->SYN_RECV to CLOSE.
 BPF_F_TABLE("lru_hash", u64, struct tq_port_key, tq_child, TQ_MAX_SOCKETS, BPF_F_NO_COMMON_LRU);
 BPF_HASH(tq_child_states, struct tq_port_key, struct tq_child_states, TQ_MAX_LISTENERS);
+BPF_F_TABLE("lru_hash", u64, struct tq_link, tq_link, TQ_MAX_SOCKETS, BPF_F_NO_COMMON_LRU);
+BPF_HASH(tq_hist, struct tq_hist_key, u64, TQ_MAX_HIST_KEYS);
+// The child whose SYN_RECV -> ESTABLISHED just ran on this CPU: its listener's
+// sk_data_ready follows on the same CPU (tcp_child_process), probes/accept.bpf.c.
+struct tq_stash {
+    u64 child;
+    u64 ns;
+};
+BPF_PERCPU_ARRAY(tq_stash, struct tq_stash, 1);
 // [0] feed events lost (ring full), [1] events not counted because a map was full.
-BPF_ARRAY(tq_ctl, u64, 4);
+BPF_ARRAY(tq_ctl, u64, TQ_CTL_SLOTS);
 BPF_PERCPU_ARRAY(tq_lost, u64, 2);
 #if TQ_RINGBUF
 BPF_RINGBUF_OUTPUT(tq_feed, TQ_FEED_PAGES);
@@ -200,6 +217,7 @@ static __always_inline struct tq_listener *tq_listener_of(const void *sk)
     else
         bpf_probe_read_kernel(&init.laddr, 16, (const char *)sk + TQ_OFF_SK_V6_RCV_SADDR);
     bpf_probe_read_kernel(&init.max_ack_backlog, 4, (const char *)sk + TQ_OFF_SK_MAX_ACK_BACKLOG);
+    init.born_ns = bpf_ktime_get_ns();
     tq_listeners.insert(&key, &init);  // BPF_NOEXIST: a racing CPU may have won
     struct tq_port_key pk = {.netns = netns, .lport = lport};
     tq_by_port.update(&pk, &key);
@@ -238,6 +256,19 @@ int tq_set_state(struct tq_tp_inet_sock_set_state *args)
             tq_by_port.delete(&pk);
         tq_listeners.delete(&key);
     }
+
+#ifdef TQ_HAVE_LINK
+    if (newstate == TQ_TCP_CLOSE && oldstate != TQ_TCP_LISTEN)
+        tq_link.delete(&key);  // closed before accept(): the address may be reused
+    if (oldstate == TQ_TCP_SYN_RECV && newstate == TQ_TCP_ESTABLISHED) {
+        int zero = 0;
+        struct tq_stash *st = tq_stash.lookup(&zero);
+        if (st) {
+            st->child = key;
+            st->ns = bpf_ktime_get_ns();
+        }
+    }
+#endif
 
     // Child -> listener: counted whatever the feed does, unless user space said it
     // does not need them (two hash operations per transition at storm rates).
@@ -311,6 +342,8 @@ int tq_set_state(struct tq_tp_inet_sock_set_state *args)
     ev->ns_in_old = ns_in_old;
     ev->netns = netns;
     ev->pid = bpf_get_current_pid_tgid() >> 32;
+    ev->fd = TQ_NO_FD;
+    ev->kind = TQ_EV_STATE;
     ev->family = args->family;
     ev->sport = sport;
     ev->dport = dport;
@@ -336,43 +369,7 @@ int tq_set_state(struct tq_tp_inet_sock_set_state *args)
 }
 #endif
 
-// ------------------------------------------------------------ accepts / peak depth
-
-static __always_inline void tq_child_queued(const void *sk)
-{
-    struct tq_listener *l = tq_listener_of(sk);
-    if (!l)
-        return;
-    __sync_fetch_and_add(&l->accepts, 1);
-    u32 depth = 0;
-    bpf_probe_read_kernel(&depth, sizeof(depth), (const char *)sk + TQ_OFF_SK_ACK_BACKLOG);
-    struct tq_peak_key pk = {.sk = (u64)sk, .epoch = tq_ctl_get(TQ_CTL_EPOCH)};
-    u32 *peak = tq_peaks.lookup(&pk);
-    if (peak) {
-        if (depth > *peak)
-            *peak = depth;
-    } else {
-        tq_peaks.update(&pk, &depth);
-    }
-}
-
-#ifdef TQ_HAVE_SK_DATA_READY
-int tq_data_ready(struct tq_tp_sk_data_ready *args)
-{
-#ifdef TQ_TP_DATA_READY_HAS_PROTOCOL
-    if (args->protocol != TQ_IPPROTO_TCP)
-        return 0;
-#endif
-    const void *sk = (const void *)args->skaddr;
-    if (tq_sk_state(sk) != TQ_TCP_LISTEN)
-        return 0;
-    tq_child_queued(sk);
-    return 0;
-}
-#endif
-
-// Where sock:sk_data_ready is missing, fallbacks.bpf.c (appended) calls
-// tq_child_queued from a kprobe on sock_def_readable.
+// Children queued, the child -> listener link and accept(): probes/accept.bpf.c (appended).
 
 // ------------------------------------------------------------ drops charged to a listener
 

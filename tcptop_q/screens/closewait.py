@@ -219,7 +219,7 @@ class CloseWaitSocketsScreen(DetailScreen):
         self._open()
 
     def _open(self) -> None:
-        from tcptop_q.app import SocketRef
+        from tcptop_q.uimodel import SocketRef
 
         key = self.query_one("#sockets", KeyedTable).cursor_key()
         cw = self.rows.get(key) if key else None

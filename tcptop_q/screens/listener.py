@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections import Counter
 from functools import partial
 
 from rich.text import Text
@@ -14,12 +13,23 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import DataTable, Footer, Sparkline, Static
 
 from tcptop_q.diagnosis import diagnose
-from tcptop_q.model import Connection, Listener, ListenerKey, NetnsCounters
+from tcptop_q.model import Connection, LatencySummary, Listener, ListenerKey, NetnsCounters
+from tcptop_q.reuseport import ReuseportGroup, members_of
 from tcptop_q.screens import keys as keycat
 from tcptop_q.screens.base import DetailScreen
+from tcptop_q.source import FeedFocus
 from tcptop_q.widgets.keyed_table import KeyedTable
 from tcptop_q.widgets.listener_table import accept_cell
-from tcptop_q.widgets.text import ascii_mode, fmt_age, fmt_num, inert, short_netns
+from tcptop_q.widgets.text import (
+    ascii_mode,
+    fmt_age,
+    fmt_num,
+    fmt_wait,
+    glyph,
+    inert,
+    netns_label,
+    short_netns,
+)
 from tcptop_q.widgets.topbar import TopBar
 
 MARKS = {"crit": "✖ ", "warn": "▲ ", "info": "• ", "ok": "✔ "}
@@ -37,9 +47,9 @@ def queues_text(lst: Listener, bpf_since: float | None = None) -> Text:
     eBPF totals since the probes went live; - where eBPF cannot tell."""
     live = since_label(bpf_since)
 
-    def total(value: int | None, rate_value: float | None) -> str:
+    def total(value: int | None, rate_value: float | None, unknown: str = "- (needs eBPF)") -> str:
         if value is None:
-            return "- (needs eBPF)"
+            return unknown
         return f"{value} {live}, {fmt_num(rate_value)}/s"
 
     t = Text()
@@ -54,6 +64,9 @@ def queues_text(lst: Listener, bpf_since: float | None = None) -> Text:
         ("overflows", total(lst.overflows, lst.overflow_rate)),
         ("SYN-ACK rtx", total(lst.synack_retrans, lst.synack_retrans_rate)),
         ("queued", total(lst.queued, lst.queued_rate)),
+        ("accepted", total(lst.accepted, lst.accepted_rate, "- (no accept hook)")),
+        ("accept wait", latency_line(lst.accept_wait)),
+        ("handshake", latency_line(lst.handshake)),
         (
             "resets",
             "- (needs eBPF)"
@@ -90,25 +103,74 @@ def drop_reasons_text(lst: Listener, bpf_since: float | None = None) -> Text:
     return t
 
 
-def title_text(key: ListenerKey, lst: Listener | None) -> Text:
+def _netns_title(title: Text, key: ListenerKey, ns: NetnsCounters | None) -> None:
+    if ns is not None and ns.name is not None:
+        title.append(f"  {key.family}  netns ", style="dim")
+        title.append(netns_label(key.netns, ns.name, 48))
+        title.append(f" [{inert(ns.name_source)}] {key.netns}", style="dim")
+    else:
+        title.append(f"  {key.family}  netns {short_netns(key.netns)}", style="dim")
+
+
+def title_text(key: ListenerKey, lst: Listener | None, ns: NetnsCounters | None = None) -> Text:
     """Owner and queue first: at 80 columns the end of the line is cut."""
     title = Text(no_wrap=True, overflow="ellipsis")
     title.append(inert(key.label()), style="bold")
     if lst is None:
         title.append("  (gone: the socket is no longer listening)", style="reverse")
-        title.append(f"  {key.family}  netns {short_netns(key.netns)}", style="dim")
+        _netns_title(title, key, ns)
         return title
+    others = [str(p) for p in (lst.holders or ()) if p != lst.pid]
     if lst.pid is not None:
-        title.append(f"  pid {lst.pid} ")
+        title.append(f"  pid {lst.pid}")
+        if others:  # held by more processes than the one named (pre-fork workers, a hand-over)
+            title.append(f"+{len(others)}", style="cyan")
+        title.append(" ")
         title.append(inert(lst.comm, "?"), style="bold")
     else:
         title.append("  pid -", style="dim")
     title.append("  accept ")
     title.append_text(accept_cell(lst.accept_queue, lst.backlog, 0))
     title.append(f"  SYN {lst.syn_queue}")
-    title.append(f"  {key.family}  netns {short_netns(key.netns)}  inode {lst.inode}  cookie {key.cookie}",
-                 style="dim")
+    _netns_title(title, key, ns)
+    title.append(f"  inode {lst.inode}  cookie {key.cookie}", style="dim")
+    if others:
+        shown = ", ".join(others[:8]) + (f", +{len(others) - 8}" if len(others) > 8 else "")
+        title.append(f"  also held by pid {shown}", style="cyan")
     return title
+
+
+def latency_line(lat: LatencySummary | None) -> str:
+    if lat is None:
+        return "- (unknown on this kernel)"
+    if not lat.count:
+        return "none yet"
+    return (f"p50 {fmt_wait(lat.p50_s)}  p90 {fmt_wait(lat.p90_s)}  p99 {fmt_wait(lat.p99_s)}  "
+            f"max {fmt_wait(lat.max_s)}  ({lat.count})")
+
+
+def wait_histogram(lat: LatencySummary | None, width: int = 24) -> Text:
+    """The accept-wait histogram since live, one row per power-of-two octave that has samples."""
+    t = Text()
+    t.append("accept wait (queued -> accept())\n", style="bold underline")
+    if lat is None:
+        t.append("unknown: no accept hook on this kernel", style="dim")
+        return t
+    if not lat.count:
+        t.append("nothing accepted since the probes went live", style="dim")
+        return t
+    octaves: dict[float, int] = {}
+    for upper, n in lat.buckets:
+        edge = 2.0 ** math.ceil(math.log2(max(upper, 1e-6) * 1e6)) / 1e6  # octave's upper edge, s
+        octaves[edge] = octaves.get(edge, 0) + n
+    top = max(octaves.values())
+    for i, (edge, n) in enumerate(sorted(octaves.items())):
+        if i:
+            t.append("\n")
+        t.append(f"{'<= ' + fmt_wait(edge):>10} ", style="dim")
+        t.append(glyph("█", "#") * max(1, round(width * n / top)), style="yellow" if edge >= 0.1 else "green")
+        t.append(f" {n}")
+    return t
 
 
 def sysctl_text(netns: int, sysctls: dict[str, int] | None) -> Text:
@@ -138,6 +200,27 @@ def children_summary(children: dict[str, int]) -> Text:
     return t
 
 
+def reuseport_text(lst: Listener, members: tuple[Listener, ...]) -> Text:
+    """The SO_REUSEPORT group's members side by side, this one marked."""
+    group = ReuseportGroup(members[0].reuseport_group or "", members)
+    t = Text()
+    t.append(f"SO_REUSEPORT group: {len(members)} members", style="bold underline")
+    t.append(f"  queued max/mean {fmt_num(group.queued_imbalance)}  fill max/mean {fmt_num(group.fill_imbalance)}\n",
+             style="dim")
+    t.append(f"  {'cookie':>10} {'pid':>8} {'accept queue':>12} {'drops/s':>8} {'queued/s':>9} {'queued':>8}\n",
+             style="dim")
+    for i, m in enumerate(members):
+        t.append("▶ " if m.key == lst.key else "  ", style="bold")
+        t.append(f"{m.key.cookie:>10} {fmt_num(m.pid):>8} ")
+        cell = accept_cell(m.accept_queue, m.backlog, 0)
+        cell.pad_left(max(0, 12 - len(cell)))
+        t.append_text(cell)
+        t.append(f" {fmt_num(m.drop_rate):>8} {fmt_num(m.queued_rate):>9} {fmt_num(m.queued):>8}")
+        if i < len(members) - 1:
+            t.append("\n")
+    return t
+
+
 def conn_key(c: Connection) -> str:
     return f"{c.raddr}|{c.rport}|{c.cookie}|{c.inode}"
 
@@ -148,6 +231,8 @@ def child_cells(c: Connection) -> dict[str, Text]:
         "peer": Text(inert(peer)),
         "state": Text(c.state, style="yellow" if c.state == "CLOSE_WAIT" else ""),
         "age": Text(fmt_age(c.age_s), justify="right"),
+        # Never accepted: how long it has waited in the accept queue.
+        "in_queue": Text(fmt_age(c.queued_s), justify="right", style="yellow" if c.queued_s else "dim"),
         "recv_q": Text(str(c.recv_q), justify="right", style="bold" if c.recv_q else ""),
         "send_q": Text(str(c.send_q), justify="right"),
         "proc": Text("-" if c.pid is None else f"{c.pid} {inert(c.comm, '?')}"),
@@ -169,9 +254,9 @@ class ListenerScreen(DetailScreen):
     def _focus_feed(self, port: int | None) -> None:
         # Off the UI thread (the probes' lock may be held by a read in the collector), and
         # owned by the app: a worker of this screen would be cancelled as it unmounts.
-        focus = getattr(self.tapp.source, "focus_port", None)
-        if callable(focus):
-            self.tapp.run_worker(partial(focus, port), thread=True, group="feed-focus", exit_on_error=False)
+        src = self.tapp.source
+        if isinstance(src, FeedFocus):  # queued; the collector thread applies it (tcptop_q/source.py)
+            self.tapp.run_worker(partial(src.focus_port, port), thread=True, group="feed-focus", exit_on_error=False)
 
     def on_unmount(self) -> None:
         self._focus_feed(None)
@@ -187,6 +272,7 @@ class ListenerScreen(DetailScreen):
             ("PEER", 23, "peer"),
             ("STATE", 11, "state"),
             ("AGE", 7, "age"),
+            ("IN-QUEUE", 8, "in_queue"),
             ("RECV-Q", 6, "recv_q"),
             ("SEND-Q", 6, "send_q"),
             ("PID/COMM", 16, "proc"),
@@ -197,6 +283,7 @@ class ListenerScreen(DetailScreen):
                 with Vertical(id="left"):
                     yield Static(id="queues")
                     yield Static(id="drop-reasons")
+                    yield Static(id="accept-wait")
                     yield Static(id="sysctls")
                 with Vertical(id="right"):
                     yield Static(id="spark-peak-label", classes="spark-label")
@@ -206,6 +293,7 @@ class ListenerScreen(DetailScreen):
                     yield Static(id="spark-accept-label", classes="spark-label")
                     yield Sparkline([], id="spark-accept")
                     yield Static(id="process")
+            yield Static(id="reuseport")
         yield Footer()
 
     def on_resize(self, event) -> None:
@@ -259,7 +347,7 @@ class ListenerScreen(DetailScreen):
     def refresh_data(self) -> None:
         app = self.tapp
         lst = app.listener(self.key)
-        self.query_one("#title", Static).update(title_text(self.key, lst))
+        self.query_one("#title", Static).update(title_text(self.key, lst, self._netns_counters()))
         if lst is None:
             return
 
@@ -269,7 +357,8 @@ class ListenerScreen(DetailScreen):
         sysctls = (
             self.sysctls if self.sysctls is not None else (dict(ns.sysctls) if ns and ns.sysctls else None)
         )
-        findings = diagnose(lst, sysctls=sysctls or {}, netns=ns, close_wait=snap.close_wait)
+        members = members_of(lst, snap.listeners)
+        findings = diagnose(lst, sysctls=sysctls or {}, netns=ns, close_wait=snap.close_wait, group=members)
         full = Text()
         for i, f in enumerate(findings):
             if i:
@@ -291,11 +380,16 @@ class ListenerScreen(DetailScreen):
 
         self.query_one("#queues", Static).update(queues_text(lst, app.bpf_live_since))
         self.query_one("#drop-reasons", Static).update(drop_reasons_text(lst, app.bpf_live_since))
+        self.query_one("#accept-wait", Static).update(wait_histogram(lst.accept_wait))
         self.query_one("#sysctls", Static).update(sysctl_text(self.key.netns, sysctls))
         self._sparklines()
         if lst.pid != self.process_pid:
             self.load_process(lst.pid)
 
+        group_panel = self.query_one("#reuseport", Static)
+        group_panel.display = bool(members)
+        if members:
+            group_panel.update(reuseport_text(lst, members))
         self.query_one("#children-summary", Static).update(children_summary(dict(lst.children)))
         self._children(snap.close_wait)
 
@@ -341,6 +435,7 @@ class ListenerScreen(DetailScreen):
                     cw.comm,
                     cw.age_s,
                     listener=cw.listener,
+                    queued_s=cw.queued_s,
                 )
                 for cw in close_wait
                 if cw.listener == self.key
@@ -358,7 +453,7 @@ class ListenerScreen(DetailScreen):
         self._open_child()
 
     def _open_child(self) -> None:
-        from tcptop_q.app import SocketRef
+        from tcptop_q.uimodel import SocketRef
 
         key = self.query_one("#children", KeyedTable).cursor_key()
         c = self.conns.get(key) if key else None
@@ -367,6 +462,3 @@ class ListenerScreen(DetailScreen):
         self.tapp.open_socket(
             SocketRef(c.netns, c.family, c.laddr, c.lport, c.raddr, c.rport, c.cookie, c.inode, c.pid, c.comm)
         )
-
-    def counts(self) -> Counter:
-        return Counter(c.state for c in self.conns.values())

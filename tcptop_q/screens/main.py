@@ -17,7 +17,7 @@ from tcptop_q.model import Snapshot, Transition
 from tcptop_q.screens import keys as keycat
 from tcptop_q.widgets.feed import FeedPane
 from tcptop_q.widgets.listener_table import COLUMN_BY_ID, COLUMNS, TOTALS, ListenerTable
-from tcptop_q.widgets.text import ascii_mode, inert, short_netns
+from tcptop_q.widgets.text import ascii_mode, inert, netns_label, netns_names
 from tcptop_q.widgets.topbar import TopBar
 
 if TYPE_CHECKING:
@@ -137,7 +137,7 @@ class MainScreen(Screen):
         self._now = snap.time if snap is not None else 0.0
         listeners = app.visible_listeners()
         self.table.configure(required=self._required(listeners))
-        self.table.apply(listeners)
+        self.table.apply(listeners, netns_names(snap.netns) if snap is not None else None)
         self._refresh_status(len(listeners))
 
     def refresh_header(self) -> None:
@@ -166,7 +166,8 @@ class MainScreen(Screen):
             text.append(" │ filter ")
             text.append(inert(app.filter_text), style="reverse")
         if app.netns_filter is not None:
-            text.append(f" │ netns {short_netns(app.netns_filter)}", style="reverse")
+            names = netns_names(app.snapshot.netns) if app.snapshot else {}
+            text.append(f" │ netns {netns_label(app.netns_filter, names.get(app.netns_filter))}", style="reverse")
         if self.table.followed is not None:
             text.append(" │ following ", style="bold")
             text.append(inert(self.table.followed.label()), style="reverse")
@@ -317,7 +318,7 @@ class MainScreen(Screen):
         self._open_feed_line()
 
     def _open_feed_line(self) -> None:
-        from tcptop_q.app import SocketRef
+        from tcptop_q.uimodel import SocketRef
 
         ev = self.feed.selected()
         if ev is None:

@@ -14,7 +14,7 @@ from textual.widgets.option_list import Option
 from tcptop_q.model import Snapshot
 from tcptop_q.screens import keys as keycat
 from tcptop_q.widgets.listener_table import COLUMNS, LEGEND
-from tcptop_q.widgets.text import inert, short_netns
+from tcptop_q.widgets.text import inert, netns_names, short_netns
 
 SCOPE_TITLES = {
     "app": "everywhere",
@@ -103,6 +103,8 @@ class NetnsPicker(ModalScreen["int | None"]):
 
     def compose(self) -> ComposeResult:
         counts: dict[int, int] = {}
+        names = netns_names(self.snap.netns) if self.snap is not None else {}
+        sources = {ns.inode: ns.name_source for ns in self.snap.netns} if self.snap is not None else {}
         if self.snap is not None:
             for ns in self.snap.netns:
                 counts.setdefault(ns.inode, 0)
@@ -110,7 +112,11 @@ class NetnsPicker(ModalScreen["int | None"]):
                 counts[lst.key.netns] = counts.get(lst.key.netns, 0) + 1
         options = [Option(f"all namespaces ({sum(counts.values())} listeners)", id="0")]
         options += [
-            Option(f"{short_netns(ns)}  {ns}  ({n} listeners)", id=str(ns))
+            Option(
+                (f"{inert(names[ns])} [{inert(sources.get(ns))}]  {ns}" if ns in names else f"{short_netns(ns)}  {ns}")
+                + f"  ({n} listeners)",
+                id=str(ns),
+            )
             for ns, n in sorted(counts.items())
         ]
         with Vertical(id="picker-box"):

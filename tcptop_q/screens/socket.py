@@ -19,7 +19,7 @@ from tcptop_q.widgets.text import fmt_age, inert, short_netns
 from tcptop_q.widgets.topbar import TopBar
 
 if TYPE_CHECKING:
-    from tcptop_q.app import SocketRef
+    from tcptop_q.uimodel import SocketRef
 
 
 def _ms(ms: float | None) -> str:
@@ -32,9 +32,12 @@ def _ms(ms: float | None) -> str:
 
 def transition_cells(e: Transition) -> dict[str, Text]:
     stamp = time.strftime("%H:%M:%S", time.localtime(e.time)) + f".{int(e.time * 1000) % 1000:03d}"
-    change = Text(e.old, style=STATE_STYLE.get(e.old, ""))
-    change.append(" → ")
-    change.append(e.new, style=STATE_STYLE.get(e.new, ""))
+    if e.kind == "accept":  # "accepted by pid N (fd M) after X ms in the accept queue"
+        change = Text(inert(e.describe()), style="bold", no_wrap=True, overflow="ellipsis")
+    else:
+        change = Text(e.old, style=STATE_STYLE.get(e.old, ""))
+        change.append(" → ")
+        change.append(e.new, style=STATE_STYLE.get(e.new, ""))
     return {
         "time": Text(stamp),
         "change": change,
@@ -136,7 +139,7 @@ class SocketScreen(DetailScreen):
         if not self.is_attached:
             return
         self.timeline = events
-        want = {f"{e.time!r}|{e.old}|{e.new}": e for e in sorted(events, key=lambda e: e.time)}
+        want = {f"{e.time!r}|{e.kind}|{e.old}|{e.new}": e for e in sorted(events, key=lambda e: e.time)}
         self.query_one("#timeline", KeyedTable).sync(want, transition_cells)
         title = Text("lifecycle timeline", style="bold underline")
         if not events:

@@ -49,6 +49,14 @@ def event_text(ev: Transition) -> Text:
     """Port and transition first: the feed pane is narrow and cuts the end."""
     text = Text(no_wrap=True, overflow="ellipsis")
     text.append(f"{ev.lport:>5} ", style="bold")
+    if ev.kind == "accept":
+        peer = f"[{ev.raddr}]" if ev.family == "ipv6" else ev.raddr
+        text.append("accept", style="bold")
+        text.append(f" {inert(peer)}:{ev.rport}")
+        if ev.ms_in_old is not None:
+            text.append(f" waited {ev.ms_in_old:.1f}ms", style="dim")
+        text.append(f" pid {ev.pid} {inert(ev.comm)}", style="dim")
+        return text
     text.append(SHORT_STATE.get(ev.old, ev.old), style=STATE_STYLE.get(ev.old, ""))
     text.append("->" if ascii_mode() else "→")
     text.append(SHORT_STATE.get(ev.new, ev.new), style=STATE_STYLE.get(ev.new, ""))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -11,7 +11,7 @@ from textual.widgets.data_table import ColumnKey
 
 from tcptop_q.model import Listener, ListenerKey
 from tcptop_q.widgets.keyed_table import KeyedTable
-from tcptop_q.widgets.text import ascii_mode, fmt_age, fmt_num, inert, short_netns
+from tcptop_q.widgets.text import ascii_mode, fmt_age, fmt_num, fmt_wait, inert, netns_label
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class Col:
 
 COLUMNS: tuple[Col, ...] = (
     Col("addr", "LISTEN", 20, 0, "lport", right=False),
-    Col("netns", "NETNS", 5, 9, "netns"),
+    Col("netns", "NETNS", 12, 9, "netns"),
     Col("proc", "PID/COMM", 14, 0, "pid", right=False),
     Col("acceptq", "ACCEPT-Q", 9, 0, "fill", right=False),
     Col("synq", "SYN-Q", 5, 2, "syn_queue"),
@@ -34,6 +34,8 @@ COLUMNS: tuple[Col, ...] = (
     Col("overflow_rate", "OVF/s", 6, 0, "overflow_rate"),
     Col("rtx_rate", "RTX/s", 6, 6, "synack_retrans_rate"),
     Col("queued_rate", "QUE/s", 6, 4, "queued_rate"),
+    Col("accepted_rate", "ACC/s", 6, 7, "accepted_rate"),
+    Col("wait_p99", "WAIT99", 6, 8, "accept_wait_p99"),
     Col("estab", "ESTAB", 5, 5, "established"),
     Col("close_wait", "CL-WT", 5, 1, "close_wait"),
     Col("peak", "PEAK", 5, 7, "peak_accept_queue"),
@@ -51,17 +53,19 @@ COLUMN_BY_ID = {c.id: c for c in (*COLUMNS, *TOTALS.values())}
 
 # What every number on screen means (the `?` screen shows it; docs/JSON.md has the details).
 LEGEND: tuple[tuple[str, str], ...] = (
-    ("LISTEN", "local address:port of the listening socket"),
-    ("NETNS", "network namespace (last 4 digits of its inode)"),
-    ("PID/COMM", "process holding the socket's fd (- : not visible)"),
+    ("LISTEN", "local address:port; ⧉ SO_REUSEPORT member"),
+    ("NETNS", "netns name, else its inode's last 4 digits"),
+    ("PID/COMM", "fd's process (-: not visible; +N: others)"),
     ("ACCEPT-Q", "children waiting for accept() / limit; the kernel holds limit+1, ! = full"),
     ("SYN-Q", "handshakes in progress (request socks) for this listener"),
     ("DROP/s", "this socket's sk_drops per second (SYNs and ACKs it dropped)"),
     ("OVF/s", "accept-queue overflows per second (eBPF; - without it)"),
     ("RTX/s", "SYN-ACK retransmits per second (eBPF)"),
     ("QUE/s", "children that entered the accept queue per second (not accept() calls)"),
-    ("ESTAB", "children in ESTABLISHED (queued or accepted)"),
-    ("CL-WT", "children in CLOSE_WAIT: the peer closed, this side has not"),
+    ("ACC/s", "accept() calls per second (eBPF)"),
+    ("WAIT99", "p99 accept-queue wait, last few s; · none"),
+    ("ESTAB", "ESTABLISHED children (queued or accepted)"),
+    ("CL-WT", "CLOSE_WAIT children: the peer closed first"),
     ("PEAK", "highest accept-queue depth between two samples (eBPF)"),
     ("LAST", "time since the last overflow (ovf) or drop (drp) seen; none: none since tcpq-top started"),
     ("FILL 1m", "accept-queue fill over the last minute, one cell per 6 s (the cell's highest)"),
@@ -71,6 +75,7 @@ LEGEND: tuple[tuple[str, str], ...] = (
     ("header ListenDrops", "the netns' TcpExt counter, per second: counted with each listener's sk_drops"),
     ("-", "cannot be known here (no eBPF, no permission): never shown as 0"),
 )
+NETNS_MIN = 5  # "…1234": short_netns()
 BAR = 5  # fill-bar cells; shown when the table has room (priority 3)
 BAR_PRIORITY = 3
 PADDING = 2  # DataTable cell_padding 1 on each side
@@ -87,6 +92,7 @@ def columns_for_width(
     required: frozenset[str] = frozenset(),
     totals: bool = False,
     chosen: frozenset[str] | None = None,
+    netns_width: int = NETNS_MIN,
 ) -> tuple[list[Col], int, list[Col]]:
     """(columns shown in display order, fill-bar width, columns hidden for lack of room).
 
@@ -94,6 +100,8 @@ def columns_for_width(
     essentials; `chosen` (the F2 column chooser) replaces the automatic set: exactly those,
     plus the essentials. With `totals` each rate column shows its total instead."""
     cols = [TOTALS.get(c.id, c) if totals else c for c in COLUMNS]
+    # NETNS is as wide as its widest name (up to its Col width): inodes alone need NETNS_MIN.
+    cols = [replace(c, width=min(c.width, netns_width)) if c.id == "netns" else c for c in cols]
     if chosen is not None:
         required = required | chosen
         cols = [c for c in cols if c.priority == 0 or c.id in required or _base_id(c) in required]
@@ -182,21 +190,23 @@ def _count(value: int | None) -> Text:
 NO_EXTRAS: tuple[Any, Any] = ((None, None), ())
 
 
-def raw_values(lst: Listener, extras: tuple[Any, Any] = NO_EXTRAS) -> tuple:
+def raw_values(lst: Listener, extras: tuple[Any, Any] = NO_EXTRAS, netns_name: str | None = None) -> tuple:
     """Everything the row shows, as plain values: compared tick to tick to find changed cells.
 
     `extras` is what only the app's history knows: ((last overflow, last drop) as an age
-    bucket, the fill sparkline levels)."""
+    bucket, the fill sparkline levels). `netns_name`: the NETNS column's name, if any."""
     return (
-        lst.key.label(),
-        lst.key.netns,
-        (lst.pid, lst.comm),
+        (lst.key.label(), lst.reuseport_group is not None),
+        (lst.key.netns, netns_name),
+        (lst.pid, lst.comm, len(lst.holders or ())),
         (lst.accept_queue, lst.backlog),
         lst.syn_queue,
         lst.drop_rate,
         lst.overflow_rate,
         lst.synack_retrans_rate,
         lst.queued_rate,
+        lst.accepted_rate,
+        None if lst.accept_wait_recent is None else (lst.accept_wait_recent.count, lst.accept_wait_recent.p99_s),
         # an empty children mapping means "not counted", a missing state in a counted one is 0
         lst.children.get("ESTABLISHED", 0 if lst.children else None),
         lst.children.get("CLOSE_WAIT", 0 if lst.children else None),
@@ -241,14 +251,21 @@ def spark_cell(levels: tuple[int, ...]) -> Text:
 
 def render_cell(col_id: str, raw: Any, bar: int) -> Text:
     if col_id == "addr":
-        return Text(inert(raw), no_wrap=True, overflow="ellipsis")
+        label, in_group = raw
+        text = Text(no_wrap=True, overflow="ellipsis")
+        if in_group:  # a SO_REUSEPORT member: the listener screen shows its group
+            text.append("=" if ascii_mode() else "⧉", style="cyan")
+        text.append(inert(label))
+        return text
     if col_id == "netns":
-        return Text(short_netns(raw), style="dim", no_wrap=True)
+        return Text(netns_label(raw[0], raw[1], COLUMN_BY_ID["netns"].width), style="dim", no_wrap=True)
     if col_id == "proc":
-        pid, comm = raw
+        pid, comm, holders = raw
         if pid is None:
             return Text("-", style="dim")
         text = Text(str(pid), no_wrap=True, overflow="ellipsis")
+        if holders > 1:  # held by more processes than the one named (pre-fork workers, a hand-over)
+            text.append(f"+{holders - 1}", style="cyan")
         text.append(" " + inert(comm, "?"), style="bold")
         return text
     if col_id == "acceptq":
@@ -257,8 +274,15 @@ def render_cell(col_id: str, raw: Any, bar: int) -> Text:
         return _rate(raw)
     if col_id in ("rtx_rate",):
         return _rate(raw, hot="bold yellow")
-    if col_id == "queued_rate":
+    if col_id in ("queued_rate", "accepted_rate"):
         return _rate(raw, hot="")
+    if col_id == "wait_p99":
+        if raw is None:
+            return Text("-", justify="right", no_wrap=True)
+        count, p99 = raw
+        if not count:  # nothing accepted in the window (a queue nobody drains shows in the diagnosis)
+            return Text("." if ascii_mode() else "·", style="dim", justify="right", no_wrap=True)
+        return Text(fmt_wait(p99), style="yellow" if p99 and p99 >= 0.1 else "", justify="right", no_wrap=True)
     if col_id == "last":
         return last_cell(raw)
     if col_id == "spark":
@@ -303,6 +327,8 @@ class ListenerTable(KeyedTable):
         self.bar = 0
         self.term_width = 0
         self.last: Sequence[Listener] | None = None
+        self.netns_names: Mapping[int, str] = {}
+        self.netns_width = NETNS_MIN  # the NETNS column fits the longest name shown (widgets/text.py netns_label)
         self.sort_mark: tuple[str, bool] = ("overflow_rate", False)
         # htop's rule: the bar stays on its screen line while rows re-sort under it; with a
         # followed listener (F) the bar moves with that listener instead.
@@ -323,7 +349,7 @@ class ListenerTable(KeyedTable):
 
         A column change rebuilds the rows (rare: resizes only) and keeps the cursor's listener.
         """
-        cols, bar, hidden = columns_for_width(width, self.required, self.totals, self.chosen)
+        cols, bar, hidden = columns_for_width(width, self.required, self.totals, self.chosen, self.netns_width)
         self.term_width = width
         self.hidden = hidden
         if [(c.id, c.width) for c in cols] == [(c.id, c.width) for c in self.cols] and bar == self.bar:
@@ -378,9 +404,23 @@ class ListenerTable(KeyedTable):
         key = self.cursor_key()
         return self.keys.get(key) if key else None
 
-    def apply(self, listeners: Sequence[Listener]) -> None:
-        """Show exactly `listeners`, in this order, keeping the cursor on its listener."""
+    def apply(self, listeners: Sequence[Listener], netns_names: Mapping[int, str] | None = None) -> None:
+        """Show exactly `listeners`, in this order, keeping the cursor on its listener.
+        `netns_names`: inode -> name of the snapshot's named namespaces."""
         self.last = listeners
+        if netns_names is not None:
+            self.netns_names = netns_names
+        names = self.netns_names
+        if names:
+            seen = {lst.key.netns for lst in listeners}
+            longest = max((len(name) for ino, name in names.items() if ino in seen), default=0)
+        else:
+            longest = 0
+        netns_width = min(COLUMN_BY_ID["netns"].width, max(NETNS_MIN, longest))
+        if netns_width != self.netns_width:
+            self.netns_width = netns_width
+            if self.term_width and self.setup_columns(self.term_width):
+                return  # setup_columns showed `listeners` already
         if not self.cols:
             return
         follow = row_key(self.followed) if self.followed is not None else None
@@ -400,7 +440,8 @@ class ListenerTable(KeyedTable):
         added = False
         extras = self.extras if any(c.id in ("last", "spark") for c in cols) else None
         for lst, key in zip(listeners, want, strict=False):
-            raw = raw_values(lst) if extras is None else raw_values(lst, extras(lst.key))
+            netns_name = names.get(lst.key.netns)
+            raw = raw_values(lst, NO_EXTRAS if extras is None else extras(lst.key), netns_name)
             old = raw_map.get(key)
             if old is None:
                 self.keys[key] = lst.key

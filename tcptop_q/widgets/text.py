@@ -7,16 +7,10 @@ and into a `rich.text.Text` (never a markup string).
 
 from __future__ import annotations
 
-from rich.text import Text
+from collections.abc import Iterable
 
-from tcptop_q.model import inert
-
-# One inert() for the TUI and --batch: tcptop_q/model.py.
-
-
-def inert_text(value: str | None, style: str = "", unknown: str = "-") -> Text:
-    """A Text that renders `value` literally (no markup, no escapes)."""
-    return Text(inert(value, unknown), style=style, no_wrap=True, overflow="ellipsis")
+from tcptop_q.model import NetnsCounters
+from tcptop_q.model import inert as inert  # one inert() for the TUI and --batch (tcptop_q/model.py)
 
 
 def fmt_num(value: float | None, digits: int = 1) -> str:
@@ -30,6 +24,19 @@ def fmt_num(value: float | None, digits: int = 1) -> str:
     if abs(value) >= 100:
         return f"{value:.0f}"
     return f"{value:.{digits}f}"
+
+
+def fmt_wait(seconds: float | None) -> str:
+    """A latency: 40us, 3.2ms, 250ms, 1.2s; '-' when unknown."""
+    if seconds is None:
+        return "-"
+    if seconds < 0.001:
+        return f"{seconds * 1e6:.0f}us"
+    if seconds < 0.01:
+        return f"{seconds * 1000:.1f}ms"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    return f"{seconds:.1f}s" if seconds < 100 else f"{seconds:.0f}s"
 
 
 def fmt_age(seconds: float | None) -> str:
@@ -84,3 +91,17 @@ def detect_ascii(env: dict[str, str] | None = None) -> bool:
 
 def glyph(unicode: str, ascii_text: str) -> str:
     return ascii_text if ascii_mode() else unicode
+
+
+
+def netns_label(inode: int, name: str | None, width: int = 24) -> str:
+    """A netns as people know it (`ip netns` name, container, pod: probes/names.py), else its inode."""
+    if name is None:
+        return short_netns(inode)
+    text = inert(name)
+    return text if len(text) <= width else text[: width - 1] + glyph("…", "~")
+
+
+def netns_names(netns: Iterable[NetnsCounters]) -> dict[int, str]:
+    """inode -> name for the named namespaces of a snapshot."""
+    return {ns.inode: ns.name for ns in netns if ns.name is not None}

@@ -8,7 +8,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from tcptop_q.model import Snapshot
-from tcptop_q.widgets.text import ascii_mode, fmt_num, inert, short_netns
+from tcptop_q.widgets.text import ascii_mode, fmt_num, inert, netns_label
 
 
 def bpf_badge(snap: Snapshot | None) -> Text:
@@ -77,7 +77,7 @@ def header_text(
         ovf = ns.rates.get("ListenOverflows")
         drop = ns.rates.get("ListenDrops")
         hot = bool(ovf) or bool(drop)
-        line.append(f"netns {short_netns(ns.inode)} ", style="dim")
+        line.append(f"netns {netns_label(ns.inode, ns.name, 20)} ", style="dim")
         # The netns' own TcpExt counters, named as the kernel names them: ListenDrops is the
         # sum over the netns' listeners, not one row's DROP/s (sk_drops).
         line.append(f"ListenOverflows {fmt_num(ovf)}/s ListenDrops {fmt_num(drop)}/s",

@@ -6,14 +6,18 @@
 set -u
 cd /mnt/share
 export PYTHONPATH=/mnt/share PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
-export TQ_COMPAT_RESULTS=/mnt/share/.tq-compat-results.jsonl
+# one results file per kernel: two guests may share the checkout at once
+export TQ_COMPAT_RESULTS=/tmp/tq-compat-results.jsonl
 rm -f "$TQ_COMPAT_RESULTS"
 T=/sys/kernel/tracing
 echo "== kernel $(uname -r)"
-for e in sock/sk_data_ready sock/inet_sock_set_state tcp/tcp_retransmit_synack; do
+for e in sock/sk_data_ready sock/inet_sock_set_state tcp/tcp_retransmit_synack tcp/tcp_send_reset \
+         tcp/tcp_receive_reset syscalls/sys_exit_accept4 syscalls/sys_exit_accept; do
   [ -e $T/events/$e ] && echo "tracepoint $e: yes" || echo "tracepoint $e: no"
 done
-grep -q rx_sk $T/events/skb/kfree_skb/format && echo "kfree_skb rx_sk: yes" || echo "kfree_skb rx_sk: no"
+for f in rx_sk reason; do
+  grep -q "field:.* $f;" $T/events/skb/kfree_skb/format && echo "kfree_skb $f: yes" || echo "kfree_skb $f: no"
+done
 [ -e $T/kprobe_events ] && echo "kprobes: yes" || echo "kprobes: no"
 [ -e /lib/modules/$(uname -r)/build/include/generated/autoconf.h ] && echo "headers for $(uname -r): yes"
 echo "== pytest $*"

@@ -18,7 +18,6 @@ import os
 import platform
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -26,9 +25,10 @@ from pathlib import Path
 
 import pytest
 
+from tcptop_q.lab.experiments import listen, seed_clients, third_ack_overflow
+from tcptop_q.lab.netns import LabNetns as Netns
 from tests.conftest import need
 from tests.kernel.test_bpf_cli import Batch, loaded_programs
-from tests.test_bpf_probes import Netns
 
 TRACEFS = Path("/sys/kernel/tracing")
 
@@ -57,7 +57,7 @@ def ns():
         import bcc  # noqa: F401
     except ImportError:
         need(False, "needs bcc (python3-bpfcc)")
-    n = Netns()
+    n = Netns("compat")
     try:
         yield n
     finally:
@@ -85,16 +85,6 @@ def batch(ns: Netns):
     assert set(_kprobe_events()) <= kprobes_before
 
 
-def _listen(ns: Netns, port: int, backlog: int, defer_accept: int = 0, family: int = socket.AF_INET) -> socket.socket:
-    srv = ns.socket(family)
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if defer_accept:
-        srv.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, defer_accept)
-    srv.bind(("::" if family == socket.AF_INET6 else "127.0.0.1", port))
-    srv.listen(backlog)
-    return srv
-
-
 def _listener(snap: dict, port: int) -> dict:
     rows = [x for x in snap["listeners"] if x["lport"] == port]
     assert len(rows) == 1, snap["listeners"]
@@ -104,21 +94,10 @@ def _listener(snap: dict, port: int) -> dict:
 def test_seed_experiment_1_exact(ns: Netns, batch: Batch) -> None:
     """backlog 5, never accept, 10 clients: 6 queued, the rest overflow on the SYN path."""
     port = 8080
-    srv = _listen(ns, port, 5)
+    srv = listen(ns, port, 5)
     before = ns.netstat()
-    established = 0
     try:
-        for _ in range(10):
-            c = ns.socket()
-            c.settimeout(1.0)
-            try:
-                c.connect(("127.0.0.1", port))
-                c.sendall(b"helloworld")
-                established += 1
-            except TimeoutError:
-                pass
-            finally:
-                c.close()
+        established = seed_clients(ns, port)
         after = ns.netstat()
         snap = batch.next_after(time.time() + 0.1)
         lst = _listener(snap, port)
@@ -143,25 +122,12 @@ def test_third_ack_overflow_exact(ns: Netns, batch: Batch, family: str) -> None:
     (tcp_v6_syn_recv_sock's own test); ipv6-dual-stack: [::] and IPv4 clients, whose
     packets go through tcp_v6_syn_recv_sock into the v4 one (counted once)."""
     port = {"ipv4": 8081, "ipv6": 8087, "ipv6-dual-stack": 8086}[family]
-    srv = _listen(ns, port, 1, defer_accept=10, family=socket.AF_INET if family == "ipv4" else socket.AF_INET6)
+    srv = listen(ns, port, 1, defer_accept=10, family=socket.AF_INET if family == "ipv4" else socket.AF_INET6)
     cfam, dst = (socket.AF_INET6, "::1") if family == "ipv6" else (socket.AF_INET, "127.0.0.1")
     before = ns.netstat()
     socks = []
     try:
-        c = ns.socket(cfam)
-        c.connect((dst, port))
-        socks.append(c)
-        for _ in range(2):
-            s = ns.socket(cfam)
-            s.connect((dst, port))
-            s.sendall(b"x")
-            socks.append(s)
-        time.sleep(0.05)
-        c.sendall(b"x")
-        time.sleep(0.05)
-        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        c.close()
-        time.sleep(0.1)
+        socks = third_ack_overflow(ns, port, cfam, dst)
         after = ns.netstat()
         snap = batch.next_after(time.time() + 0.1)
         lst = _listener(snap, port)
@@ -206,7 +172,7 @@ def test_ebpf_lists_the_hooks_of_this_kernel() -> None:
                           capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[2])
     assert proc.returncode == 0, proc.stderr
     listed = proc.stdout.split("/* hooks on this kernel:", 1)[1]
-    assert "accepts" in listed and "transitions" in listed, listed
+    assert "queued" in listed and "transitions" in listed, listed
     if not (TRACEFS / "events/sock/sk_data_ready").exists() and (TRACEFS / "kprobe_events").exists():
         assert "kprobe:sock_def_readable" in listed
         assert "int tq_kp_def_readable(struct pt_regs *ctx)" in proc.stdout

@@ -17,7 +17,7 @@ needs_btf = pytest.mark.usefixtures("btf_required")  # fails, not skips, when CI
 
 ALL = frozenset({"sock_def_readable", "inet_csk_reqsk_queue_add", "tcp_v4_syn_recv_sock",
                  "tcp_v6_syn_recv_sock", "tcp_conn_request"})
-TRACEPOINTS_6_18 = {"accepts": "tracepoint:sock:sk_data_ready", "peak_accept_queue": "tracepoint:sock:sk_data_ready",
+TRACEPOINTS_6_18 = {"queued": "tracepoint:sock:sk_data_ready", "peak_accept_queue": "tracepoint:sock:sk_data_ready",
                     "listen_overflow_drops": "tracepoint:skb:kfree_skb", "transitions": "tracepoint:sock:inet_sock_set_state"}
 TRACEPOINTS_6_1 = {"transitions": "tracepoint:sock:inet_sock_set_state", "synack_retrans": "tracepoint:tcp:tcp_retransmit_synack"}
 
@@ -36,7 +36,7 @@ def test_kernel_with_the_tracepoints_needs_no_kprobe(btf: Btf) -> None:
 def test_6_1_gets_every_fallback(btf: Btf) -> None:
     plan = kprobes.plan_fallbacks(TRACEPOINTS_6_1, btf, kprobes=True, functions=ALL)
     assert plan.hooks == {
-        "accepts": "kprobe:sock_def_readable",
+        "queued": "kprobe:sock_def_readable",
         "peak_accept_queue": "kprobe:sock_def_readable",
         "listen_overflow_drops": "kprobe:tcp_v4_syn_recv_sock+tcp_v6_syn_recv_sock",
         "syn_overflows": "kprobe:tcp_conn_request",
@@ -65,7 +65,7 @@ def test_missing_or_blacklisted_functions_leave_metrics_unserved(btf: Btf) -> No
     assert any("IPv6" in n for n in no_v6.notes)
     black = kprobes.plan_fallbacks(TRACEPOINTS_6_1, btf, kprobes=True, functions=ALL,
                                    blacklist=frozenset({"sock_def_readable", "tcp_v4_syn_recv_sock"}))
-    assert "accepts" not in black.hooks and "listen_overflow_drops" not in black.hooks
+    assert "queued" not in black.hooks and "listen_overflow_drops" not in black.hooks
     assert "syn_overflows" not in black.hooks  # only with third-ACK overflows counted too
     none = kprobes.plan_fallbacks(TRACEPOINTS_6_1, btf, kprobes=False, functions=ALL)
     assert not none.used and any("CONFIG_KPROBES" in n for n in none.notes)

@@ -224,6 +224,7 @@ for _ in range(3):
     conn.close()  # data never read: the kernel aborts the connection with a RST
     time.sleep(0.05)
     c.close()
+print("done", flush=True)  # the three aborts are done
 time.sleep(3)  # the listener stays open while the test samples
 """
 
@@ -243,8 +244,8 @@ def test_resets_sent_equal_the_netns_tcpoutrsts(labns, bpf):
         if "resets_sent" not in probes.hooks:
             need(False, "this kernel has no tcp:tcp_send_reset tracepoint")
         sampler = Sampler(bpf=probes, netns=labns.inode, blocking_owners=True)
-        server = labns.spawn([sys.executable, "-c", RESET_SCRIPT])
-        time.sleep(1.5)  # the three aborts are done; the listener is still open
+        server = labns.spawn([sys.executable, "-c", RESET_SCRIPT], stdout=subprocess.PIPE, text=True)
+        assert server.stdout is not None and server.stdout.readline().strip() == "done"  # listener still open
         nstat = json.loads(labns.run(["nstat", "-a", "-s", "-z", "-j"]).stdout)
         nstat = nstat.get("kernel", nstat)
         snap = sampler.sample(0.2)

@@ -73,7 +73,9 @@ def test_owner_exit_while_shown(labns):
         assert [lst.pid for lst in first.listeners if lst.lport == 8092] == [server.pid]
         server.terminate()
         server.wait(timeout=10)
-        time.sleep(0.1)
+        deadline = time.monotonic() + 10  # the kernel closes the listener as the process goes
+        while "8092" in labns.run(["ss", "-ltnH", "sport = :8092"]).stdout and time.monotonic() < deadline:
+            time.sleep(0.05)
         after = sampler.sample(0.1)
         assert not [lst for lst in after.listeners if lst.lport == 8092]  # the kernel closed it
         assert server.pid not in {owner[0] for owner in sampler.owners.by_inode.values()}

@@ -40,19 +40,29 @@ def test_feed_pauses_under_a_storm_and_counts_stay_exact(labns, bpf):  # noqa: F
         # once paused, the kernel sends nothing more (the tick after it may drain a tail)
         assert len(paused) >= first + 3, paused
         assert all(n == 0 for _, n in paused[first + 2:]), paused
-        time.sleep(0.5)
-        snap = src.sample()
-        lst = next(x for x in snap.listeners if x.lport == 8096)
-        assert lst.queued == 900  # every child queued was counted with the feed off
+        def queued_after(want: int) -> tuple[int | None, list]:
+            """Sample until the listener's queued count reaches `want` (deadline 10 s)."""
+            events: list = []
+            deadline = time.monotonic() + 10
+            while True:
+                snap = src.sample()
+                events += snap.events
+                got = next(x for x in snap.listeners if x.lport == 8096).queued
+                if got == want or time.monotonic() > deadline:
+                    return got, events
+                time.sleep(0.1)  # pacing the samples
 
-        # the user opens the listener: its port flows again, nothing else does
+        assert queued_after(900)[0] == 900  # every child queued was counted with the feed off
+
+        # the user opens the listener: its port flows again, nothing else does. The request is
+        # applied on the sampling thread, at the next sample (as the app's collector does).
         src.focus_port(8096)
+        src.sample()
         labns.clients(addr="127.0.0.1", port=8096, count=5, payload="", gap=0.01)
         labns.clients(addr="127.0.0.1", port=8097, count=2, payload="", connect_timeout=0.2)  # refused: RST
-        time.sleep(0.3)
-        snap = src.sample()
-        assert snap.events, "the focused port's transitions come through"
-        assert all(8096 in (ev.lport, ev.rport) for ev in snap.events)
-        assert next(x for x in snap.listeners if x.lport == 8096).queued == 905
+        queued, events = queued_after(905)
+        assert events, "the focused port's transitions come through"
+        assert all(8096 in (ev.lport, ev.rport) for ev in events)
+        assert queued == 905
     finally:
         src.close()

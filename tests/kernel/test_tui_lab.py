@@ -135,7 +135,9 @@ def test_missing_netns_is_one_line_and_exit_2(labns):
     missing = 12345
     r = tcpq("--once", "--no-bpf", "--netns", str(missing))
     assert r.returncode == 2 and r.stdout == ""
-    assert r.stderr.strip() == f"tcpq-top: --netns {missing}: no such network namespace (see `lsns -t net`)"
+    # the wording of cli._pick_netns (netns names): one line naming what --netns takes
+    assert r.stderr.strip() == (f"tcpq-top: --netns {missing}: no such network namespace on this host "
+                                "(give an inode, a name from the NETNS column, or SOURCE:PREFIX)")
     ok = tcpq("--once", "--no-bpf", "-i", "0.1", "--netns", str(labns.inode))  # one that exists is fine
     assert ok.returncode == 0, ok.stderr
 

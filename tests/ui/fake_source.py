@@ -224,7 +224,7 @@ def build_snapshot(
         bpf=bpf_state == "live",
         bpf_state=bpf_state,
         bpf_error="kprobes disabled; tracepoints only" if bpf_state == "off" else None,
-        hooks={"accepts": "tracepoint:sock:sk_data_ready"},
+        hooks={"queued": "tracepoint:sock:sk_data_ready"},
         lost_events=tick * 2,
     )
     netns = [

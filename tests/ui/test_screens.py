@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import threading
 
-from tcptop_q.app import History, TcpqTopApp
+from tcptop_q.app import TcpqTopApp
 from tcptop_q.screens import keys as keycat
 from tcptop_q.screens.closewait import CloseWaitScreen, CloseWaitSocketsScreen, group_close_wait
 from tcptop_q.screens.listener import ListenerScreen
 from tcptop_q.screens.main import MainScreen
 from tcptop_q.screens.socket import SocketScreen
+from tcptop_q.uimodel import History
 
 from .fake_source import CLOCK_TICK, KEY_8080, SERVER_PID, FakeSource, build_snapshot, close_waits
 from .helpers import feed_ticks, wait_for

@@ -107,8 +107,8 @@ def test_children_between_dumps_moves_dump_counts_by_bpf_deltas():
 def test_counts_since_a_baseline():
     from tcptop_q.sampler import counts_since
 
-    now = BpfListenerCounts(accepts=9, listen_overflow_drops=3, other_rx_drops=2, syn_overflows=7)
-    base = BpfListenerCounts(accepts=4, listen_overflow_drops=1, other_rx_drops=2, syn_overflows=5)
+    now = BpfListenerCounts(queued=9, listen_overflow_drops=3, other_rx_drops=2, syn_overflows=7)
+    base = BpfListenerCounts(queued=4, listen_overflow_drops=1, other_rx_drops=2, syn_overflows=5)
     out = counts_since(now, base)
     assert (out.listen_overflow_drops, out.other_rx_drops, out.syn_overflows) == (2, 0, 2)
     assert counts_since(now, None) is now

@@ -176,13 +176,13 @@ def test_children_of_a_shared_port_keep_the_dump_counts():
 
 
 def test_counter_field_is_none_without_its_hook_and_rates_need_an_interval():
-    fn = counter_field("queued", "accepts", "accepts")
+    fn = counter_field("queued", "queued")
     r = listen("0.0.0.0", 80, cookie=1)
-    now, before = BpfListenerCounts(accepts=30), BpfListenerCounts(accepts=10)
+    now, before = BpfListenerCounts(queued=30), BpfListenerCounts(queued=10)
     assert fn(FieldInput(now, before, {}, r, 1.0)) == {"queued": None, "queued_rate": None}
-    assert fn(FieldInput(now, before, {"accepts": "tp"}, r, 0.0)) == {"queued": 30, "queued_rate": None}
-    assert fn(FieldInput(now, before, {"accepts": "tp"}, r, 4.0)) == {"queued": 30, "queued_rate": 5.0}
-    assert fn(FieldInput(now, None, {"accepts": "tp"}, r, 2.0))["queued_rate"] == 15.0
+    assert fn(FieldInput(now, before, {"queued": "tp"}, r, 0.0)) == {"queued": 30, "queued_rate": None}
+    assert fn(FieldInput(now, before, {"queued": "tp"}, r, 4.0)) == {"queued": 30, "queued_rate": 5.0}
+    assert fn(FieldInput(now, None, {"queued": "tp"}, r, 2.0))["queued_rate"] == 15.0
 
 
 def test_every_field_function_fills_only_listener_fields():
@@ -199,7 +199,7 @@ def test_every_field_function_fills_only_listener_fields():
 
 
 def test_peak_accept_queue_is_at_least_the_queue_now():
-    inp = FieldInput(BpfListenerCounts(peak_accept_queue=2), None, {"accepts": "tp"},
+    inp = FieldInput(BpfListenerCounts(peak_accept_queue=2), None, {"queued": "tp"},
                      row(diag.TCP_LISTEN, "0.0.0.0", 80, rqueue=7), 1.0)
     merged = {}
     for fn in LISTENER_BPF_FIELDS:
@@ -239,7 +239,7 @@ class FakeBpf:
     """Only what the sampler reads of the probes; a real loader needs root (tests/kernel)."""
 
     state, error, notes = "live", None, ()
-    hooks = {"accepts": "tracepoint:sock:sk_data_ready"}
+    hooks = {"queued": "tracepoint:sock:sk_data_ready"}
 
     def __init__(self) -> None:
         self.counts: dict[ListenerKey, BpfListenerCounts] = {}
@@ -269,7 +269,7 @@ def test_build_attributes_sockets_and_reuses_unchanged_listeners(sampler):
     lo, other = listen("127.0.0.1", 8080, cookie=1), listen("10.0.0.5", 8080, cookie=2)
     cw = row(diag.TCP_CLOSE_WAIT, "10.0.0.5", 8080, raddr="10.0.0.9", rport=5, cookie=20, rqueue=3)
     est = row(diag.TCP_ESTABLISHED, "127.0.0.1", 8080, raddr="127.0.0.1", rport=6, cookie=21)
-    sampler.bpf.counts = {key_of(lo): BpfListenerCounts(accepts=4)}
+    sampler.bpf.counts = {key_of(lo): BpfListenerCounts(queued=4)}
     first = build(sampler, tick([lo, other, cw], mono=0.0, children=[est]))
     assert [c.listener for c in first.close_wait] == [key_of(other)]
     assert first.connections is not None

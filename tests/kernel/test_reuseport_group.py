@@ -1,0 +1,160 @@
+"""SO_REUSEPORT groups against the real kernel, in the test's own netns: each member's queue and
+drops equal what ss says for that member, the group and its fill imbalance in the JSON, and the
+grouping rule (family, IPV6_V6ONLY) matches where the kernel actually sends connections."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+
+PORT = 8094
+
+# argv: [[family, addr, port, v6only, backlog, accept], ...]; every socket sets SO_REUSEPORT.
+SERVER = """
+import json, signal, socket, sys, threading
+signal.alarm(90)
+socks = []
+for family, addr, port, v6only, backlog, accept in json.loads(sys.argv[1]):
+    s = socket.socket(socket.AF_INET6 if family == 6 else socket.AF_INET)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if family == 6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, v6only)
+    s.bind((addr, port))
+    s.listen(backlog)
+    socks.append(s)
+    if accept:
+        def loop(s=s):
+            while True:
+                c, _ = s.accept()
+                c.close()
+        threading.Thread(target=loop, daemon=True).start()
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+# Sequential non-blocking connects: one that does not complete in 0.3 s (its SYN was dropped by
+# a full member) is closed before its SYN is retried, so the counts stop moving once this ends.
+CLIENTS = """
+import json, select, socket, sys, time
+family, addr, port, count = json.loads(sys.argv[1])
+kept, done = [], 0
+for _ in range(count):
+    c = socket.socket(socket.AF_INET6 if family == 6 else socket.AF_INET)
+    c.setblocking(False)
+    c.connect_ex((addr, port))
+    _r, w, _x = select.select([], [c], [], 0.3)
+    if w and c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
+        kept.append(c)
+        done += 1
+    else:
+        c.close()
+print(done, flush=True)
+sys.stdin.read()
+"""
+
+
+def start(labns, script: str, arg) -> subprocess.Popen:
+    return labns.spawn([sys.executable, "-c", script, json.dumps(arg)], stdin=subprocess.PIPE,
+                       stdout=subprocess.PIPE, text=True)
+
+
+def ss_members(labns, port: int) -> dict[int, dict[str, int]]:
+    """cookie -> {rqueue, wqueue, drops} of every listener on `port`, as ss -ltnme prints them."""
+    out = labns.run(["ss", "-ltnmeH", f"sport = :{port}"]).stdout
+    members = {}
+    for line in re.split(r"\n(?=LISTEN)", out.strip()):  # skmem comes on a line of its own
+        if not line:
+            continue
+        fields = line.split()
+        cookie = int(re.search(r"\bsk:([0-9a-f]+)", line).group(1), 16)
+        drops = int(re.search(r"skmem:\([^)]*\bd(\d+)\)", line).group(1))
+        members[cookie] = {"rqueue": int(fields[1]), "wqueue": int(fields[2]), "drops": drops}
+    return members
+
+
+def test_four_members_one_accepting(labns):
+    from tcptop_q.model import snapshot_to_json
+    from tcptop_q.sampler import Sampler
+
+    spec = [[4, "127.0.0.1", PORT, 0, 2, i == 0] for i in range(4)]
+    server = start(labns, SERVER, spec)
+    clients = None
+    sampler = Sampler(netns=labns.inode, blocking_owners=True)
+    try:
+        assert server.stdout.readline().strip() == "ready"
+        clients = start(labns, CLIENTS, [4, "127.0.0.1", PORT, 40])
+        connected = int(clients.stdout.readline())
+        assert 0 < connected < 40
+        deadline = time.monotonic() + 20
+        while True:  # at rest: ss the same before and after the sample
+            before = ss_members(labns, PORT)
+            snap = sampler.sample(0.2)
+            if before == ss_members(labns, PORT) or time.monotonic() > deadline:
+                break
+        assert len(before) == 4
+        got = {x.key.cookie: x for x in snap.listeners if x.lport == PORT}
+        assert set(got) == set(before)
+        for cookie, want in before.items():
+            lst = got[cookie]
+            assert {"rqueue": lst.accept_queue, "wqueue": lst.backlog, "drops": lst.drops} == want, cookie
+        # The scenario did what it says: one member drains, the others filled and dropped.
+        assert sorted(m["rqueue"] for m in before.values())[0] == 0
+        assert any(m["rqueue"] == 3 and m["drops"] > 0 for m in before.values())
+
+        groups = {x.reuseport_group for x in got.values()}
+        assert len(groups) == 1 and None not in groups
+        out = snapshot_to_json(snap)
+        (group,) = [g for g in out["reuseport_groups"] if g["lport"] == PORT]
+        assert group["members"] == sorted(before)
+        fills = [m["rqueue"] / (m["wqueue"] + 1) for m in before.values()]
+        assert group["fill_imbalance"] == max(fills) / (sum(fills) / 4)
+        assert group["full_members"] == sum(1 for m in before.values() if m["rqueue"] > m["wqueue"])
+        assert group["queued_imbalance"] is None  # no BPF in this test: queued unknown, never 0
+    finally:
+        sampler.close()
+        for proc in (clients, server):
+            if proc is not None and proc.poll() is None:
+                proc.stdin.close()
+                proc.terminate()
+                proc.wait(timeout=10)
+
+
+def test_dual_stack_and_v6only_are_separate_groups(labns):
+    """0.0.0.0:P + [::]:P (both SO_REUSEPORT, the [::] one not v6only): two families, no group.
+    Three [::]:Q members, one of them IPV6_V6ONLY: the kernel's group is the other two, and IPv6
+    connections all land on one group (either side), never spread over all three."""
+    from tcptop_q.sampler import Sampler
+
+    q = PORT + 1
+    spec = [[4, "0.0.0.0", PORT, 0, 64, False], [6, "::", PORT, 0, 64, False],
+            [6, "::", q, 0, 64, False], [6, "::", q, 0, 64, False], [6, "::", q, 1, 64, False]]
+    server = start(labns, SERVER, spec)
+    clients = None
+    sampler = Sampler(netns=labns.inode, blocking_owners=True)
+    try:
+        assert server.stdout.readline().strip() == "ready"
+        snap = sampler.sample(0.2)
+        pair = [x for x in snap.listeners if x.lport == PORT]
+        assert sorted(x.family for x in pair) == ["ipv4", "ipv6"]
+        assert [x.reuseport_group for x in pair] == [None, None]
+        members = [x for x in snap.listeners if x.lport == q]
+        grouped = [x for x in members if x.reuseport_group is not None]
+        assert len(members) == 3 and len(grouped) == 2 and len({x.reuseport_group for x in grouped}) == 1
+
+        clients = start(labns, CLIENTS, [6, "::1", q, 30])
+        assert int(clients.stdout.readline()) == 30
+        got = ss_members(labns, q)
+        busy = {c for c, m in got.items() if m["rqueue"]}
+        assert sum(m["rqueue"] for m in got.values()) == 30
+        assert busy <= {x.key.cookie for x in grouped} or busy == {x.key.cookie for x in members if x not in grouped}
+    finally:
+        sampler.close()
+        for proc in (clients, server):
+            if proc is not None and proc.poll() is None:
+                proc.stdin.close()
+                proc.terminate()
+                proc.wait(timeout=10)
+
