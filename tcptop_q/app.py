@@ -8,6 +8,7 @@ UI thread inside batch_update() -> the visible screen (docs/ARCHITECTURE.md, "Th
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import threading
 import time
@@ -16,6 +17,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from rich.text import Text
 from textual import work
 from textual.app import App, SystemCommand
 from textual.message import Message
@@ -34,9 +36,12 @@ from tcptop_q.model import (
 from tcptop_q.screens import keys as keycat
 from tcptop_q.source import ReplayControl, SnapshotSource
 from tcptop_q.uimodel import HISTORY_LEN, History, LatestSnapshot, SocketRef
+from tcptop_q.widgets.text import ascii_mode, inert
 
 __all__ = ["HISTORY_LEN", "History", "SocketRef", "SnapshotSource", "TcpqTopApp"]  # History, SocketRef: uimodel
 
+SEVERITY = "severity"  # the TUI's default order: what is wrong now first (diagnosis.severity_rank)
+UI_SORT_KEYS = (SEVERITY, *SORT_KEYS)
 INTERVALS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
 
 
@@ -75,7 +80,7 @@ class TcpqTopApp(App):
         self,
         source: SnapshotSource,
         *,
-        sort: str = "overflow_rate",
+        sort: str = SEVERITY,
         reverse: bool = False,
         filter_text: str = "",
         clock: Callable[[], float] | None = None,
@@ -83,8 +88,8 @@ class TcpqTopApp(App):
         history_len: int = HISTORY_LEN,
     ) -> None:
         super().__init__()
-        if sort not in SORT_KEYS:
-            raise ValueError(f"unknown sort key {sort!r}; one of {', '.join(SORT_KEYS)}")
+        if sort not in UI_SORT_KEYS:
+            raise ValueError(f"unknown sort key {sort!r}; one of {', '.join(UI_SORT_KEYS)}")
         self.source = source
         self.clock = clock or time.time
         self.sort_key = sort
@@ -98,17 +103,23 @@ class TcpqTopApp(App):
         self.history = History(history_len)
         self.collector_error: str | None = None
         self.ticks_applied = 0
+        # The first sample with the probes live: where every eBPF total starts ("since 14:02").
+        self.bpf_live_since: float | None = None
         self._start_collector = start_collector
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._held_events: list[Transition] = []
         self._latest = LatestSnapshot()  # collector -> UI, latest-only
+        self._paused_latest: Snapshot | None = None  # the newest tick, while paused
+        self._paused_connections: Snapshot | None = None
 
     # ------------------------------------------------------------ lifecycle
     def on_mount(self) -> None:
         from tcptop_q.screens.main import MainScreen
 
+        if ascii_mode():  # LANG=C, TERM=linux/vt100: no box, block or arrow glyphs
+            self.add_class("-ascii")
         self.push_screen(MainScreen())
         if self._start_collector:
             self.start_collector()
@@ -170,6 +181,30 @@ class TcpqTopApp(App):
     def replaying(self) -> bool:
         """The source is a recording that can be stepped (ReplaySource)."""
         return isinstance(self.source, ReplayControl)
+
+    def mode_badge(self) -> Text | None:
+        """REPLAY (file, recorded time, tick n/N, END) or REC (file): a replay never looks live."""
+        src: Any = self.source
+        if self.replaying:
+            badge = Text("REPLAY", style="bold reverse")
+            describe = getattr(src, "describe", None)
+            if callable(describe):
+                badge.append(" " + inert(describe().removeprefix("replay ")))
+            if getattr(src, "at_end", False):
+                badge.append(" ")
+                badge.append("END", style="bold reverse")
+            return badge
+        recorder = getattr(src, "recorder", None)
+        if recorder is not None:
+            error = getattr(src, "error", None)
+            badge = Text("REC", style="bold reverse")
+            path = getattr(recorder, "path", None)
+            if path:
+                badge.append(" " + inert(os.path.basename(os.fspath(path))))
+            if error:
+                badge.append(f" stopped: {inert(error)}", style="bold")
+            return badge
+        return None
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "replay_step":
@@ -244,18 +279,28 @@ class TcpqTopApp(App):
             # bcc/clang may have written diagnostics straight to the terminal while the
             # probes compiled: redraw every cell once they are live (or have failed).
             self.call_after_refresh(self.screen.refresh, repaint=True, layout=True)
-        self.snapshot = snap
-        if snap.connections is not None:
-            self.connections = snap.connections
-            self.connections_time = snap.time
+        if self.bpf_live_since is None and snap.sources.bpf:
+            self.bpf_live_since = snap.time
         self.history.add(snap)
         self.ticks_applied += 1
         if self.paused:
+            # Pause freezes every number on screen (the header's netns line too): the tick is
+            # kept, and shown on resume.
+            self._paused_latest = snap
+            if snap.connections is not None:
+                self._paused_connections = snap
             self._held_events.extend(snap.events)
             del self._held_events[:-2000]
             self._refresh_header()
             return
+        self._take(snap)
         self._show(snap, snap.events)
+
+    def _take(self, snap: Snapshot) -> None:
+        self.snapshot = snap
+        if snap.connections is not None:
+            self.connections = snap.connections
+            self.connections_time = snap.time
 
     def _show(self, snap: Snapshot, events: Sequence[Transition]) -> None:
         """The visible screen gets the whole snapshot; screens under it only what they must
@@ -290,7 +335,22 @@ class TcpqTopApp(App):
             for lst in snap.listeners
             if (ns is None or lst.key.netns == ns) and listener_matches(lst, terms)
         ]
+        if self.sort_key == SEVERITY:
+            return self._by_severity(picked, snap.time)
         return sort_listeners(picked, self.sort_key, self.sort_reverse)
+
+    def _by_severity(self, listeners: list[Listener], now: float) -> list[Listener]:
+        """What is wrong now first (diagnosis.severity_rank), then overflow rate, drop rate, fill."""
+        from tcptop_q.diagnosis import severity_rank
+
+        hist = self.history
+        base = sort_listeners(listeners, "overflow_rate")
+        ranked = sorted(
+            base, key=lambda lst: severity_rank(lst, hist.close_wait_growing(lst.key, now))
+        )
+        if self.sort_reverse:
+            ranked.reverse()
+        return ranked
 
     def listener(self, key: ListenerKey) -> Listener | None:
         if self.snapshot is None:
@@ -303,6 +363,12 @@ class TcpqTopApp(App):
     # ------------------------------------------------------------ actions
     def action_toggle_pause(self) -> None:
         self.paused = not self.paused
+        if not self.paused:
+            if self._paused_connections is not None:
+                self._take(self._paused_connections)
+            if self._paused_latest is not None:
+                self._take(self._paused_latest)
+            self._paused_latest = self._paused_connections = None
         if not self.paused and self.snapshot is not None:
             held, self._held_events = self._held_events, []
             self._show(self.snapshot, held)
@@ -327,7 +393,10 @@ class TcpqTopApp(App):
 
     def _show_stepped(self, snap: Snapshot) -> None:
         self.apply_snapshot(snap)
-        if self.paused:
+        if self.paused:  # a step is shown even while paused
+            self._paused_latest = self._paused_connections = None
+            self._held_events = []
+            self._take(snap)
             self._show(snap, snap.events)
 
     def action_interval(self, step: int) -> None:
@@ -368,12 +437,114 @@ class TcpqTopApp(App):
 
         self.push_screen(SocketScreen(ref))
 
+    def export_screen(self, directory: str | None = None) -> tuple[str, str]:
+        """Write the screen as SVG and as plain text; returns both paths. Where: `directory`,
+        else $TCPQ_EXPORT_DIR, else the working directory, else /tmp when that is not writable."""
+        base = f"tcpq-top-{time.strftime('%Y%m%d-%H%M%S')}"
+        candidates = [d for d in (directory, os.environ.get("TCPQ_EXPORT_DIR"), os.getcwd(), "/tmp") if d]
+        where = next((d for d in candidates if os.path.isdir(d) and os.access(d, os.W_OK)), None)
+        if where is None:
+            raise OSError(f"no writable directory among {', '.join(candidates)}")
+        svg_path = os.path.join(where, base + ".svg")
+        txt_path = os.path.join(where, base + ".txt")
+        strips = self.screen._compositor.render_strips()
+        text = "\n".join("".join(seg.text for seg in strip).rstrip() for strip in strips)
+        with open(svg_path, "w", encoding="utf-8") as f:
+            f.write(self.export_screenshot(title=f"tcpq-top {time.strftime('%Y-%m-%d %H:%M:%S')}"))
+        with open(txt_path, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+        return svg_path, txt_path
+
+    def action_export(self) -> None:
+        try:
+            svg, txt = self.export_screen()
+        except OSError as exc:
+            self.notify(f"cannot save the screen: {exc}", title="Export", severity="error", timeout=8)
+            return
+        self.notify(f"saved {svg} and {txt}", title="Export", timeout=8)
+
+    def selected_listener(self) -> Listener | None:
+        key = getattr(self.screen, "key", None)
+        if not isinstance(key, ListenerKey):
+            table = getattr(self.screen, "table", None)
+            key = table.listener_at_cursor() if table is not None else None
+        return self.listener(key) if key is not None else None
+
+    def action_copy_commands(self) -> None:
+        """Copy (OSC 52) the matching ss / nsenter / nstat command, or the row as JSON."""
+        import json
+
+        from tcptop_q.diagnosis import next_commands
+        from tcptop_q.model import listener_to_json
+        from tcptop_q.screens.modals import CopyPicker
+
+        lst = self.selected_listener()
+        if lst is None:
+            self.notify("no listener selected", title="Copy", severity="warning")
+            return
+        choices = [*next_commands(lst), ("the row as JSON", json.dumps(listener_to_json(lst)))]
+
+        def picked(text: str | None) -> None:
+            if text:
+                self.copy_to_clipboard(text)
+                self.notify(f"copied (OSC 52): {text[:100]}", title="Copy", timeout=6)
+
+        self.push_screen(CopyPicker(choices), picked)
+
+    def action_signal_owner(self) -> None:
+        """htop's kill: a signal to the selected listener's owner, after a confirmation that
+        names the pid and its cmdline (read off the UI thread)."""
+        lst = self.selected_listener()
+        if self.replaying:
+            self.notify("a replay shows recorded processes: nothing to signal", title="Signal", severity="warning")
+            return
+        if lst is None or lst.pid is None:
+            self.notify("no owner process known for this row", title="Signal", severity="warning")
+            return
+        self._confirm_signal(lst.pid, lst.comm)
+
+    @work(thread=True, exclusive=True, group="signal", exit_on_error=False)
+    def _confirm_signal(self, pid: int, comm: str | None) -> None:
+        try:
+            info = self.source.process_info(pid)
+        except Exception:
+            info = None
+        cmd = (info or {}).get("cmdline")
+        if isinstance(cmd, (list, tuple)):
+            cmd = " ".join(str(c) for c in cmd)
+        self.call_from_thread(self._ask_signal, pid, cmd or comm or "?")
+
+    def _ask_signal(self, pid: int, cmdline: str) -> None:
+        from tcptop_q.screens.modals import SignalConfirm
+
+        def picked(signum: int | None) -> None:
+            if signum is None:
+                return
+            name = signal.Signals(signum).name
+            try:
+                os.kill(pid, signum)
+            except OSError as exc:
+                self.notify(f"{name} to pid {pid}: {exc.strerror or exc}", title="Signal", severity="error")
+                return
+            self.notify(f"sent {name} to pid {pid}", title="Signal", timeout=5)
+
+        self.push_screen(SignalConfirm(pid, cmdline), picked)
+
+    def action_screenshot(self, filename: str | None = None, path: str | None = None) -> None:
+        self.action_export()  # Textual's palette "Screenshot": the same export, with its paths
+
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
-        yield from super().get_system_commands(screen)
+        for cmd in super().get_system_commands(screen):
+            if cmd.title == "Screenshot":
+                cmd = SystemCommand("Screenshot", "Save the screen as SVG and text (prints the paths)",
+                                    self.action_export)
+            yield cmd
         scopes = {"app", *getattr(screen, "KEY_SCOPES", ())}
         for k in keycat.CATALOGUE:
             if k.scope not in scopes or not k.palette or k.id == "app.quit":
                 continue
+            if keycat.replay_only(k) and not self.replaying:
+                continue  # live mode offers no replay keys
             target = self if k.action.startswith("app.") else screen
             action = k.action.removeprefix("app.")
             shown = k.key_display or k.keys.split(",")[0]

@@ -32,10 +32,23 @@ def _number(kind: type, name: str, lo: float, hi: float):
         except ValueError:
             raise argparse.ArgumentTypeError(f"{name} must be a {'whole ' if kind is int else ''}number, not {text!r}") from None
         if value != value or not lo <= value <= hi:  # NaN too
-            raise argparse.ArgumentTypeError(f"{name} must be between {lo:g} and {hi:g}, not {text!r}")
+            bounds = f"{int(lo)} and {int(hi)}" if kind is int else f"{lo:g} and {hi:g}"
+            raise argparse.ArgumentTypeError(f"{name} must be between {bounds}, not {text!r}")
         return value
 
     return parse
+
+
+SEVERITY = "severity"  # the TUI's default: what is wrong now first (diagnosis.severity_rank)
+# Column headers (the TUI's and --batch's) accepted as sort names too: `--sort OVF/s`.
+SORT_HEADERS = {
+    "LISTEN": "lport", "PORT": "lport", "NETNS": "netns", "PID/COMM": "pid", "PID": "pid",
+    "ACCEPT-Q": "fill", "ACCQ": "fill", "SYN-Q": "syn_queue", "SYNQ": "syn_queue",
+    "DROP/S": "drop_rate", "DROPS": "drops", "OVF/S": "overflow_rate", "OVF": "overflows",
+    "RTX/S": "synack_retrans_rate", "RTX": "synack_retrans", "QUE/S": "queued_rate", "QUEUED": "queued",
+    "ACC/S": "accepted_rate", "PEAK": "peak_accept_queue", "ESTAB": "established",
+    "CL-WT": "close_wait", "CLWAIT": "close_wait",
+}
 
 
 def _netns_arg(text: str) -> int | str:
@@ -47,17 +60,54 @@ def _netns_arg(text: str) -> int | str:
 
 
 def _sort_key(text: str) -> str:
-    if text not in model.SORT_KEYS:
-        raise argparse.ArgumentTypeError(f"unknown sort column {text!r} (one of: {', '.join(model.SORT_KEYS)})")
-    return text
+    if text in model.SORT_KEYS or text == SEVERITY:
+        return text
+    key = SORT_HEADERS.get(text.upper())
+    if key is None:
+        names = ", ".join((SEVERITY, *model.SORT_KEYS))
+        heads = " ".join(sorted({h for h in SORT_HEADERS if "/" in h or "-" in h}))
+        raise argparse.ArgumentTypeError(f"unknown sort column {text!r} (one of: {names}; or a header: {heads})")
+    return key
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("tcpq-top")
+    except Exception:
+        return "unknown"
+
+
+EPILOG = """examples:
+  sudo tcpq-top                          every listener in every netns, live
+  sudo tcpq-top --port 8080 --sort OVF/s one port, by overflows per second
+  sudo tcpq-top --once --json | jq .     one JSON snapshot (docs/JSON.md)
+  sudo tcpq-top --batch -n 10 -d 2       ten text reports, 2 s apart (like top -b)
+  sudo tcpq-top --record incident.gz     watch and record; later:
+  tcpq-top --replay incident.gz          replay it (no root needed)
+  tcpq-top lab list                      lab scenarios (tcpq-top lab run NAME)
+
+keys (the TUI; ? shows them all with the legend of every number):
+  enter open  esc back  s sort  r reverse  t totals/rates  F2 columns  / filter
+  n netns  f feed  F follow the selected listener  c CLOSE_WAIT  p pause  q quit
+
+exit codes:
+  0 done   1 could not run (no terminal UI, lab or BPF failure, internal error)
+  2 bad input (an option, a netns or pid that does not exist, a bad recording)
+  128+N ended by signal N (130 for Ctrl-C)
+
+Run as root for every netns and eBPF (docs/PRIVILEGES.md)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog=PROG,
         description="A top for Linux TCP listen sockets: accept/SYN queues, overflows, drops, live state transitions.",
-        epilog="Subcommands: `tcpq-top lab list`, `tcpq-top lab run NAME`. Run as root for every netns and eBPF.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--version", action="version", version=f"{PROG} {_version()}")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--once", action="store_true", help="sample twice, INTERVAL apart, print one report and exit")
     mode.add_argument("--batch", action="store_true", help="print a text report every DELAY seconds (like top -b)")
@@ -72,7 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--netns", type=_netns_arg, metavar="NETNS",
                    help="only this network namespace: its inode (`stat -L -c %%i /proc/PID/ns/net`), its name "
                         "(an `ip netns` name, a container, a pod), or SOURCE:PREFIX (docker:3f2a, podman:web, k8s:default/)")
-    p.add_argument("--sort", type=_sort_key, default="overflow_rate", help="sort column (default overflow_rate, then drop_rate)")
+    p.add_argument("--sort", type=_sort_key, default=None,
+                   help="sort column, a name or a header (OVF/s); default: the TUI severity (what is wrong now), "
+                        "--once/--batch overflow_rate, then drop_rate")
     p.add_argument("-r", "--reverse", action="store_true", help="reverse the sort")
     p.add_argument("--no-bpf", action="store_true", help="netlink and /proc only; do not load eBPF programs")
     p.add_argument("--accept-hook", choices=("auto", "syscall", "kretprobe", "off"), default="auto",
@@ -207,7 +259,20 @@ def _emit(snap: Snapshot, args: argparse.Namespace) -> None:
 def _sorted(snap: Snapshot, args: argparse.Namespace) -> Snapshot:
     from dataclasses import replace
 
-    return replace(snap, listeners=model.sort_listeners(snap.listeners, args.sort, args.reverse))
+    key = args.sort or "overflow_rate"
+    if key == SEVERITY:
+        from .diagnosis import severity_rank
+
+        ordered = sorted(model.sort_listeners(snap.listeners, "overflow_rate"), key=severity_rank)
+        if args.reverse:
+            ordered.reverse()
+        return replace(snap, listeners=ordered)
+    return replace(snap, listeners=model.sort_listeners(snap.listeners, key, args.reverse))
+
+
+def check_pid(pid: int) -> None:
+    if not os.path.exists(f"/proc/{pid}"):
+        raise UsageError(f"--pid {pid}: no such process")
 
 
 def _filters(args: argparse.Namespace):
@@ -359,11 +424,16 @@ def run_batch(args: argparse.Namespace, interval: float) -> int:
     try:
         source.start_bpf()
         source.wait_bpf(timeout=90)
-        # The warm-up sample resolves owners on the spot, as --once does: like `top -b -n 1`,
-        # the first report names every owner; later ticks find new ones in the background.
-        source.sampler.blocking_owners = True
-        source.sample(children=True)
-        source.sampler.blocking_owners = False
+        # The baseline is not a report: it is not recorded either, so `--batch --replay` of
+        # a `--batch -n N --record` file prints the same N reports. It resolves owners on the
+        # spot, as --once does: like `top -b -n 1`, the first report names every owner; later
+        # ticks find new ones in the background.
+        live = getattr(source, "inner", source)
+        live.sampler.blocking_owners = True
+        try:
+            live.sample(children=True)
+        finally:
+            live.sampler.blocking_owners = False
         count = 0
         next_at = time.monotonic() + interval
         while args.iterations is None or count < args.iterations:
@@ -405,7 +475,7 @@ def _run_app(source, args: argparse.Namespace, clock=None) -> int:
     except ImportError as exc:
         print(f"{PROG}: the terminal UI is not available ({exc}); use --batch or --once", file=sys.stderr)
         return 1
-    app = TcpqTopApp(source, sort=args.sort, reverse=args.reverse, clock=clock)
+    app = TcpqTopApp(source, sort=args.sort or SEVERITY, reverse=args.reverse, clock=clock)
     try:
         app.run()
     finally:
@@ -467,6 +537,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         interval = args.interval or args.delay or 1.0
         if args.netns is not None and not args.demo:
             args.netns = _resolve_netns(args)
+        if args.pid is not None and not args.replay and not args.demo:  # a replay's pids are the recording's
+            check_pid(args.pid)
     except UsageError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2

@@ -49,7 +49,7 @@ def _seconds(value: float) -> str:
     return f"{value:.1f} s" if value >= 1 else f"{value * 1000:.0f} ms"
 
 
-def _accept_findings(listener: Listener, owner: str, close_wait: Sequence[CloseWait]) -> list[Finding]:
+def _accept_findings(listener: Listener, owner: str) -> list[Finding]:
     """Time spent waiting for accept(): it climbs long before the queue overflows."""
     out = []
     recent = listener.accept_wait_recent
@@ -58,13 +58,119 @@ def _accept_findings(listener: Listener, owner: str, close_wait: Sequence[CloseW
             f"connections wait {_seconds(recent.p99_s)} (p99) before {owner} accepts them "
             f"(p50 {_seconds(recent.p50_s or 0.0)}, {_plural(recent.count, 'accept')} in the last few seconds)"
         )))
-    waiting = [cw.queued_s for cw in close_wait if cw.queued_s is not None]
-    if waiting:
-        out.append(Finding(WARN, (
-            f"{_plural(len(waiting), 'connection')} closed by the peer while still in the accept queue: "
-            f"{owner} never accepted them (oldest {_seconds(max(waiting))} in the queue)"
-        )))
     return out
+
+
+def _syn_findings(
+    listener: Listener, sysctls: Mapping[str, int], netns: NetnsCounters | None
+) -> list[Finding]:
+    """SYN-queue findings. TCPReqQFullDrop, TCPReqQFullDoCookies and SyncookiesSent count for the
+    whole netns: they are pinned on this listener only when its own numbers show it (its SYN
+    queue holds requests, or it retransmits SYN-ACKs); otherwise they are stated as the netns'."""
+    max_syn = sysctls.get("tcp_max_syn_backlog")
+    cookies = sysctls.get("tcp_syncookies")
+    rates = netns.rates if netns is not None else {}
+    reqq_drop = rates.get("TCPReqQFullDrop", 0.0)
+    reqq_cookies = rates.get("TCPReqQFullDoCookies", 0.0) + rates.get("SyncookiesSent", 0.0)
+    depth, limit = listener.syn_queue, listener.backlog
+    # inet_csk_reqsk_queue_is_full(): more requests than the listen backlog (kernels differ
+    # on > vs >= at the limit, docs/COMPATIBILITY.md); without syncookies tcp_max_syn_backlog
+    # caps it too.
+    syn_full = depth > limit or (max_syn is not None and depth >= max_syn)
+    own = syn_full or depth > 0 or bool(listener.synack_retrans_rate)
+    where = f"SYN queue {depth}/{limit}" + (f" (tcp_max_syn_backlog {max_syn})" if max_syn else "")
+    if own and (syn_full or reqq_drop > 0 or reqq_cookies > 0):
+        if cookies == 0:
+            return [
+                Finding(
+                    CRIT,
+                    (
+                        f"{where} full and tcp_syncookies=0: new SYNs are dropped "
+                        f"(netns TCPReqQFullDrop {reqq_drop:.1f}/s): a SYN flood or clients that never "
+                        "complete the handshake"
+                    ),
+                )
+            ]
+        return [
+            Finding(
+                WARN,
+                (
+                    f"{where}: the kernel is answering with syncookies (netns {reqq_cookies:.1f}/s, "
+                    f"tcp_syncookies={cookies}): a SYN flood or a slow handshake path"
+                ),
+            )
+        ]
+    if reqq_drop > 0 or reqq_cookies > 0:
+        what = []
+        if reqq_cookies > 0:
+            what.append(f"syncookies {reqq_cookies:.1f}/s")
+        if reqq_drop > 0:
+            what.append(f"SYN-queue-full drops {reqq_drop:.1f}/s")
+        return [
+            Finding(
+                INFO,
+                (
+                    f"this netns sends {' and '.join(what)} (netns-wide counters), not for this listener: "
+                    f"its SYN queue is empty ({depth}/{limit}) and it retransmits no SYN-ACKs"
+                ),
+            )
+        ]
+    return []
+
+
+def _close_wait_findings(
+    listener: Listener, close_wait: Sequence[CloseWait], owner: str
+) -> list[Finding]:
+    """A CLOSE_WAIT child with inode 0 was never accept()ed: it closed while still in the accept
+    queue (the peer gave up waiting), which is the accept-queue story, not a close() leak. Only
+    accepted ones (an inode, held by an fd) can be leaked by the process."""
+    mine = [cw for cw in close_wait if cw.listener == listener.key]
+    # Still in the accept queue: no inode yet (no fd), or the accept hook timed it (queued_s).
+    queued = [cw for cw in mine if cw.inode == 0 or cw.queued_s is not None]
+    held = [cw for cw in mine if not (cw.inode == 0 or cw.queued_s is not None)]
+    findings: list[Finding] = []
+    if queued:
+        waited = [cw.queued_s for cw in queued if cw.queued_s is not None]
+        oldest_q = f", oldest {_seconds(max(waited))} in the queue" if waited else ""
+        findings.append(
+            Finding(
+                WARN if len(queued) >= CLOSE_WAIT_PILE else INFO,
+                (
+                    f"{len(queued)} {'child' if len(queued) == 1 else 'children'} closed by the peer before {owner} accepted them "
+                    f"(CLOSE_WAIT, still in the accept queue{oldest_q}): accept() is behind, the clients gave up "
+                    "waiting; not a close() leak"
+                ),
+            )
+        )
+    n_cw = len(held) if mine else int(listener.children.get("CLOSE_WAIT", 0))
+    if not n_cw:
+        return findings
+    ages = [cw.age_s for cw in held if cw.age_s is not None]
+    oldest = max(ages) if ages else None
+    unread = sum(cw.recv_q for cw in held)
+    pids = sorted({(cw.pid, cw.comm) for cw in held if cw.pid is not None}, key=lambda p: p[0])
+    who = ", ".join(f"pid {pid}" + (f" ({comm})" if comm else "") for pid, comm in pids) if pids else owner
+    if n_cw >= CLOSE_WAIT_PILE or (oldest is not None and oldest >= CLOSE_WAIT_OLD_S):
+        detail = []
+        if oldest is not None:
+            detail.append(f"oldest {oldest:.0f}s")
+        if unread:
+            detail.append(f"{unread} bytes never read")
+        extra = f" ({', '.join(detail)})" if detail else ""
+        findings.append(
+            Finding(
+                WARN,
+                (
+                    f"{_plural(n_cw, 'connection')} in CLOSE_WAIT{extra}: the peers closed, {who} never "
+                    "calls close() on them (a leaked fd per connection)"
+                ),
+            )
+        )
+    else:
+        findings.append(
+            Finding(INFO, f"{_plural(n_cw, 'connection')} in CLOSE_WAIT, waiting for {who} to close()")
+        )
+    return findings
 
 
 def diagnose(
@@ -152,35 +258,7 @@ def diagnose(
                 )
             )
 
-    max_syn = sysctls.get("tcp_max_syn_backlog")
-    cookies = sysctls.get("tcp_syncookies")
-    rates = netns.rates if netns is not None else {}
-    reqq_drop = rates.get("TCPReqQFullDrop", 0.0)
-    reqq_cookies = rates.get("TCPReqQFullDoCookies", 0.0) + rates.get("SyncookiesSent", 0.0)
-    syn_full = max_syn is not None and listener.syn_queue >= max_syn
-    if syn_full or reqq_drop > 0 or reqq_cookies > 0:
-        where = f"SYN queue {listener.syn_queue}" + (f"/{max_syn} (tcp_max_syn_backlog)" if max_syn else "")
-        if cookies == 0:
-            findings.append(
-                Finding(
-                    CRIT,
-                    (
-                        f"{where} full and tcp_syncookies=0: new SYNs are dropped "
-                        f"(TCPReqQFullDrop {reqq_drop:.1f}/s): a SYN flood or clients that never complete "
-                        "the handshake"
-                    ),
-                )
-            )
-        else:
-            findings.append(
-                Finding(
-                    WARN,
-                    (
-                        f"{where}: the kernel is answering with syncookies ({reqq_cookies:.1f}/s, "
-                        f"tcp_syncookies={cookies}): a SYN flood or a slow handshake path"
-                    ),
-                )
-            )
+    findings.extend(_syn_findings(listener, sysctls, netns))
     if listener.synack_retrans_rate:
         findings.append(
             Finding(
@@ -192,41 +270,8 @@ def diagnose(
             )
         )
 
-    mine = [cw for cw in close_wait if cw.listener == listener.key]
-    findings.extend(_accept_findings(listener, owner, mine))
-    # Children still in the accept queue are nobody's fd yet: "never calls close()" is not them.
-    in_queue = [cw for cw in mine if cw.queued_s is not None]
-    mine = [cw for cw in mine if cw.queued_s is None]
-    n_cw = len(mine) or max(0, int(listener.children.get("CLOSE_WAIT", 0)) - len(in_queue))
-    if n_cw:
-        ages = [cw.age_s for cw in mine if cw.age_s is not None]
-        oldest = max(ages) if ages else None
-        unread = sum(cw.recv_q for cw in mine)
-        pids = sorted({(cw.pid, cw.comm) for cw in mine if cw.pid is not None}, key=lambda p: p[0])
-        if pids:
-            who = ", ".join(f"pid {pid}" + (f" ({comm})" if comm else "") for pid, comm in pids)
-        else:
-            who = owner
-        if n_cw >= CLOSE_WAIT_PILE or (oldest is not None and oldest >= CLOSE_WAIT_OLD_S):
-            detail = []
-            if oldest is not None:
-                detail.append(f"oldest {oldest:.0f}s")
-            if unread:
-                detail.append(f"{unread} bytes never read")
-            extra = f" ({', '.join(detail)})" if detail else ""
-            findings.append(
-                Finding(
-                    WARN,
-                    (
-                        f"{_plural(n_cw, 'connection')} in CLOSE_WAIT{extra}: the peers closed, {who} never "
-                        "calls close() on them (a leaked fd per connection)"
-                    ),
-                )
-            )
-        else:
-            findings.append(
-                Finding(INFO, f"{_plural(n_cw, 'connection')} in CLOSE_WAIT, waiting for {who} to close()")
-            )
+    findings.extend(_accept_findings(listener, owner))
+    findings.extend(_close_wait_findings(listener, close_wait, owner))
 
     if not any(f.severity in (CRIT, WARN) for f in findings):
         drops = "no drops this interval" if not drops_rising else f"drops {_rate(listener.drop_rate)}"
@@ -236,6 +281,36 @@ def diagnose(
         )
     findings.sort(key=lambda f: SEVERITY_ORDER[f.severity])
     return findings
+
+
+def severity_rank(listener: Listener, close_wait_growing: bool = False) -> int:
+    """What is wrong now, cheaply (every listener, every tick): 0 drops, overflows or a growing
+    CLOSE_WAIT pile; 1 a full or at-limit accept queue, a standing CLOSE_WAIT pile, SYN-ACK
+    retransmits; 2 the rest. The main table's default order (then overflow rate)."""
+    if listener.overflow_rate or listener.drop_rate > 0:
+        return 0
+    cw = int(listener.children.get("CLOSE_WAIT", 0))
+    if close_wait_growing and cw >= CLOSE_WAIT_PILE:
+        return 0
+    if listener.accept_queue and listener.accept_queue >= listener.backlog:
+        return 1
+    if cw >= CLOSE_WAIT_PILE or listener.synack_retrans_rate:
+        return 1
+    return 2
+
+
+def next_commands(listener: Listener) -> list[tuple[str, str]]:
+    """(what, shell command) an SRE runs next for this listener, inside its netns: the
+    kernel's own view of the queue, the CLOSE_WAIT sockets and the netns counters."""
+    port = listener.lport
+    enter = f"nsenter -t {listener.pid} -n " if listener.pid is not None else ""
+    where = "" if enter else f"  # in netns {listener.netns} (owner unknown: enter it yourself)"
+    return [
+        ("the listener, its queue and drops", f"{enter}ss -ltnpm 'sport = :{port}'{where}"),
+        ("its CLOSE_WAIT sockets", f"{enter}ss -tanpe state close-wait 'sport = :{port}'{where}"),
+        ("the netns counters", f"{enter}nstat -az TcpExtListenOverflows TcpExtListenDrops "
+                               f"TcpExtTCPReqQFullDoCookies TcpExtTCPReqQFullDrop{where}"),
+    ]
 
 
 REUSEPORT_IMBALANCE = 2.0  # one member queues twice the group's mean or more

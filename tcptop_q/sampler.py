@@ -486,6 +486,14 @@ def _resets(inp: FieldInput) -> dict[str, Any]:
     }
 
 
+def _drop_reasons(inp: FieldInput) -> dict[str, Any]:
+    """kfree_skb drop reasons charged to the listener since the probes went live (reason name
+    -> count); None where no drop hook is attached (unknown, never "no drops")."""
+    if "drop_reasons" not in inp.hooks:
+        return {"drop_reasons": None}
+    return {"drop_reasons": {name: n for name, n in inp.counts.drop_reasons.items() if n}}
+
+
 # One function per group of Listener fields the probes fill: adding a BPF metric is a
 # model.Listener field, a BpfListenerCounts field and one function here.
 LISTENER_BPF_FIELDS: list[FieldFn] = [
@@ -495,6 +503,7 @@ LISTENER_BPF_FIELDS: list[FieldFn] = [
     # applied to the built snapshot: the recent window needs a few ticks of history.
     _peak_accept_queue,
     _resets,
+    _drop_reasons,
 ]
 
 

@@ -16,49 +16,122 @@ import threading
 from array import array
 from dataclasses import dataclass
 
-from tcptop_q.model import ListenerKey, Snapshot
+from tcptop_q.model import Listener, ListenerKey, Snapshot
 
 HISTORY_LEN = 120  # samples per listener kept for sparklines
 HELD_EVENTS = 2000  # feed events carried over from replaced ticks, at most
 
 
 class History:
-    """Bounded per-listener series (peak depth, drops/s, queued/s), stored as float32 triples.
+    """Bounded per-listener series, stored as float32 rows of len(FIELDS) values.
 
-    10k listeners x 120 samples costs ~15 MB this way (tuples of floats would be ~150 MB).
-    NaN marks "unknown".
+    10k listeners x 120 samples costs ~19 MB this way (tuples of floats would be ~190 MB).
+    NaN marks "unknown" (no eBPF: no peak, no queued/s), never drawn as 0.
+    `fill` is the accept-queue fill (peak when known, else the sampled depth) over what the
+    queue holds (backlog+1), 0..1+: the main table's sparkline column.
     """
 
-    FIELDS = ("peak", "drop_rate", "queued_rate")
+    FIELDS = ("peak", "depth", "fill", "drop_rate", "queued_rate")
+    SPARK_CELLS = 10  # the main table's fill sparkline: 10 cells of SPARK_SECONDS each (one minute)
+    SPARK_SECONDS = 6.0
 
     def __init__(self, length: int = HISTORY_LEN) -> None:
         self.length = length
         self.series: dict[ListenerKey, array] = {}
         self.times: list[float] = []
+        # "Is it still happening?": when each listener last overflowed / dropped / grew its
+        # CLOSE_WAIT pile, as seen by tcpq-top (since it started).
+        self.last_overflow: dict[ListenerKey, float] = {}
+        self.last_drop: dict[ListenerKey, float] = {}
+        self.close_wait_grew: dict[ListenerKey, float] = {}
+        self._close_wait: dict[ListenerKey, int] = {}
+        self._spark: dict[ListenerKey, tuple[int, list[float]]] = {}
+        self._levels: dict[ListenerKey, tuple[int, ...]] = {}  # spark levels, kept as they change
+        self.started: float | None = None
 
     def add(self, snap: Snapshot) -> None:
         nan = math.nan
-        n = 3 * self.length
+        w = len(self.FIELDS)
+        n = w * self.length
         series = self.series
         for lst in snap.listeners:
             a = series.get(lst.key)
             if a is None:
                 a = series[lst.key] = array("f")
-            peak = lst.peak_accept_queue if lst.peak_accept_queue is not None else lst.accept_queue
-            a.extend((peak, lst.drop_rate, nan if lst.queued_rate is None else lst.queued_rate))
+            peak = lst.peak_accept_queue
+            top = lst.accept_queue if peak is None else max(peak, lst.accept_queue)
+            a.extend((
+                nan if peak is None else peak,
+                lst.accept_queue,
+                top / (lst.backlog + 1),
+                lst.drop_rate,
+                nan if lst.queued_rate is None else lst.queued_rate,
+            ))
             if len(a) > n:
-                del a[:3]
+                del a[:w]
+            self._track(lst, snap.time, top / (lst.backlog + 1))
+        if self.started is None:
+            self.started = snap.time
         if len(series) > 2 * len(snap.listeners) + 64:
             alive = {lst.key for lst in snap.listeners}
-            for key in [k for k in series if k not in alive]:
-                del series[key]
+            for table in (series, self.last_overflow, self.last_drop, self.close_wait_grew,
+                          self._close_wait, self._spark, self._levels):
+                for key in [k for k in table if k not in alive]:
+                    del table[key]
+
+    def _track(self, lst: Listener, now: float, fill: float) -> None:
+        key = lst.key
+        if lst.overflow_rate:
+            self.last_overflow[key] = now
+        if lst.drop_rate:
+            self.last_drop[key] = now
+        if lst.children:
+            cw = lst.children.get("CLOSE_WAIT", 0)
+            if cw > self._close_wait.get(key, cw):
+                self.close_wait_grew[key] = now
+            self._close_wait[key] = cw
+        bucket = int(now // self.SPARK_SECONDS)
+        old = self._spark.get(key)
+        if old is None or old[0] != bucket:
+            cells = [] if old is None else old[1]
+            if old is not None:  # empty buckets for the ticks we did not see
+                cells.extend([0.0] * min(self.SPARK_CELLS, bucket - old[0] - 1))
+            cells.append(fill)
+            del cells[: -self.SPARK_CELLS]
+            self._spark[key] = (bucket, cells)
+            self._levels[key] = tuple(min(8, math.ceil(v * 8)) for v in cells)
+        elif fill > old[1][-1]:
+            old[1][-1] = fill
+            self._levels[key] = tuple(min(8, math.ceil(v * 8)) for v in old[1])
+
+    def spark(self, key: ListenerKey) -> tuple[int, ...]:
+        """The last minute's accept-queue fill, one level 0..8 per 6 s cell (max in the cell)."""
+        return self._levels.get(key, ())
+
+    def last_event(self, key: ListenerKey) -> tuple[float | None, float | None]:
+        """(last overflow, last drop) times seen, None for none since tcpq-top started."""
+        return self.last_overflow.get(key), self.last_drop.get(key)
+
+    def close_wait_growing(self, key: ListenerKey, now: float, window: float = 30.0) -> bool:
+        grew = self.close_wait_grew.get(key)
+        return grew is not None and now - grew <= window
 
     def get(self, key: ListenerKey, field: str) -> list[float]:
         a = self.series.get(key)
         if a is None:
             return []
+        w = len(self.FIELDS)
+        return list(a[self.FIELDS.index(field)::w])
+
+    def last(self, key: ListenerKey, field: str, n: int) -> list[float]:
+        """The newest n values of one field (cheap: only those are copied)."""
+        a = self.series.get(key)
+        if a is None:
+            return []
+        w = len(self.FIELDS)
         i = self.FIELDS.index(field)
-        return list(a[i::3])
+        start = max(0, len(a) - n * w)
+        return list(a[start + i::w])
 
 
 @dataclass(frozen=True)

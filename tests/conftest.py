@@ -29,6 +29,16 @@ def btf_required() -> None:
 
 
 @pytest.fixture
+def bpf(root) -> None:
+    """Root, bpftool and bcc: what every test that loads our probes needs."""
+    need(shutil.which("bpftool") is not None, "needs bpftool")
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        need(False, "needs bcc (python3-bpfcc) in this interpreter")
+
+
+@pytest.fixture
 def root() -> None:
     need(os.geteuid() == 0, "needs root (network namespaces, sock_diag in other netns)")
     need(shutil.which("ip") is not None, "needs iproute2 (ip, ss, nstat)")

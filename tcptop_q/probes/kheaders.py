@@ -2,7 +2,7 @@
 
 Our programs read kernel structs only through BTF offsets and tracepoint
 arguments through structs generated from the tracefs format files, so any
-reasonably recent Linux header tree works (DESIGN.md). Debian splits one tree
+reasonably recent Linux header tree works (docs/ARCHITECTURE.md). Debian splits one tree
 in two folders (-common and -<arch>); bcc wants one, so we build a merged tree
 of symlinks in a cache dir and point BCC_KERNEL_SOURCE at it.
 """

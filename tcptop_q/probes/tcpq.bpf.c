@@ -68,7 +68,7 @@ struct tq_port_key {
 
 // Children of the listener(s) on one (netns, port): how many entered minus left
 // each state since the probes went live. User space adds these to the counts of
-// its last full sock_diag dump (DESIGN.md: transition counts, reconciled by dumps).
+// its last full sock_diag dump (docs/ARCHITECTURE.md: transition counts, reconciled by dumps).
 struct tq_child_states {
     s32 n[16];  // indexed by TCP state
 };

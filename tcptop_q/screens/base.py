@@ -41,7 +41,8 @@ class DetailScreen(Screen):
     def refresh_header(self) -> None:
         app = self.tapp
         for bar in self.query(TopBar):
-            bar.show(app.snapshot, interval=float(app.source.interval), now=app.clock(), paused=app.paused)
+            bar.show(app.snapshot, interval=float(app.source.interval), now=app.clock(), paused=app.paused,
+                     mode=app.mode_badge(), replaying=app.replaying)
 
     def apply_snapshot(self, snap: Snapshot, events: Sequence[Transition]) -> None:
         self.refresh_header()

@@ -24,10 +24,13 @@ class CloseWaitGroup:
     netns: int
     pid: int | None
     comm: str | None
-    count: int
+    count: int  # accepted (held by an fd of the process): what a close() leak piles up
     oldest: float | None
     recv_q: int
     ports: tuple[int, ...]
+    # Closed by the peer while still in the accept queue (inode 0): never accepted, so not the
+    # process's leak; counted apart (docs/JSON.md, close_wait).
+    queued: int = 0
 
     @property
     def key(self) -> str:
@@ -41,17 +44,19 @@ def group_close_wait(rows, sort: str = "oldest", reverse: bool = False) -> list[
         groups.setdefault((cw.netns, cw.pid), []).append(cw)
     out = []
     for (netns, pid), members in groups.items():
-        ages = [m.age_s for m in members if m.age_s is not None]
+        held = [m for m in members if m.inode != 0]
+        ages = [m.age_s for m in held if m.age_s is not None]
         comm = next((m.comm for m in members if m.comm), None)
         out.append(
             CloseWaitGroup(
                 netns,
                 pid,
                 comm,
-                len(members),
+                len(held),
                 max(ages) if ages else None,
-                sum(m.recv_q for m in members),
+                sum(m.recv_q for m in held),
                 tuple(sorted({m.lport for m in members})),
+                queued=len(members) - len(held),
             )
         )
     value = {
@@ -62,6 +67,34 @@ def group_close_wait(rows, sort: str = "oldest", reverse: bool = False) -> list[
     out.sort(key=lambda g: (g.netns, -1 if g.pid is None else g.pid))
     out.sort(key=value, reverse=not reverse)
     return out
+
+
+def group_cells(g: CloseWaitGroup) -> dict[str, Text]:
+    proc = Text("unknown owner", style="dim") if g.pid is None else Text(str(g.pid))
+    if g.pid is not None:
+        proc.append(" " + inert(g.comm, "?"), style="bold")
+    return {
+        "proc": proc,
+        "netns": Text(short_netns(g.netns), style="dim"),
+        "count": Text(str(g.count), justify="right", style="bold yellow" if g.count else "dim"),
+        "queued": Text(str(g.queued), justify="right", style="" if g.queued else "dim"),
+        "oldest": Text(fmt_age(g.oldest), justify="right"),
+        "recv_q": Text(str(g.recv_q), justify="right"),
+        "ports": Text(",".join(str(p) for p in g.ports)),
+    }
+
+
+def socket_cells(cw: CloseWait) -> dict[str, Text]:
+    fam6 = cw.family == "ipv6"
+    local = f"[{cw.laddr}]:{cw.lport}" if fam6 else f"{cw.laddr}:{cw.lport}"
+    peer = f"[{cw.raddr}]:{cw.rport}" if fam6 else f"{cw.raddr}:{cw.rport}"
+    return {
+        "local": Text(inert(local)),
+        "peer": Text(inert(peer)),
+        "recv_q": Text(str(cw.recv_q), justify="right"),
+        "age": Text(fmt_age(cw.age_s), justify="right"),
+        "inode": Text(str(cw.inode), justify="right", style="dim"),
+    }
 
 
 class CloseWaitScreen(DetailScreen):
@@ -80,7 +113,8 @@ class CloseWaitScreen(DetailScreen):
         table = KeyedTable.with_columns((
             ("PID/COMM", 20, "proc"),
             ("NETNS", 5, "netns"),
-            ("COUNT", 6, "count"),
+            ("HELD", 6, "count"),
+            ("QUEUED", 6, "queued"),
             ("OLDEST", 8, "oldest"),
             ("RECV-Q", 7, "recv_q"),
             ("PORTS", 18, "ports"),
@@ -98,38 +132,19 @@ class CloseWaitScreen(DetailScreen):
         rows = list(snap.close_wait) if snap else []
         groups = group_close_wait(rows, self.sort, self.reverse)
         title = Text(no_wrap=True, overflow="ellipsis")
+        queued = sum(g.queued for g in groups)
         title.append(f"CLOSE_WAIT: {len(rows)} sockets in {len(groups)} processes", style="bold")
+        if queued:
+            title.append(f" ({len(rows) - queued} held, {queued} queued: never accepted)", style="bold")
         title.append(
             f"   sort {self.sort} {'▲' if self.reverse else '▼'}   "
-            "a process that never calls close() keeps them forever",
+            "HELD: accepted, never close()d; QUEUED: closed by the peer before accept()",
             style="dim",
         )
         self.query_one("#title", Static).update(title)
-        table = self.query_one("#groups", KeyedTable)
         want = {g.key: g for g in groups}
-        table.remove_keys([k for k in table.order if k not in want])
-        for key, g in want.items():
-            proc = Text("unknown owner", style="dim") if g.pid is None else Text(str(g.pid))
-            if g.pid is not None:
-                proc.append(" " + inert(g.comm, "?"), style="bold")
-            ports = ",".join(str(p) for p in g.ports)
-            cells = {
-                "proc": proc,
-                "netns": Text(short_netns(g.netns), style="dim"),
-                "count": Text(str(g.count), justify="right", style="bold yellow"),
-                "oldest": Text(fmt_age(g.oldest), justify="right"),
-                "recv_q": Text(str(g.recv_q), justify="right"),
-                "ports": Text(ports),
-            }
-            if not table.has_key(key):
-                table.add_keyed_row(key, list(cells.values()))
-            elif self.groups.get(key) != g:
-                table.update_row(key, cells)
+        self.query_one("#groups", KeyedTable).sync(want, group_cells)
         self.groups = want
-        cursor = table.cursor_key()
-        table.set_order(list(want))
-        if cursor is not None and cursor in want:
-            table.move_cursor_to_key(cursor)
 
     def action_cycle_sort(self) -> None:
         self.sort = GROUP_SORTS[(GROUP_SORTS.index(self.sort) + 1) % len(GROUP_SORTS)]
@@ -192,29 +207,9 @@ class CloseWaitSocketsScreen(DetailScreen):
         title.append(f"CLOSE_WAIT sockets of {who}: {len(mine)}", style="bold")
         title.append(f"  netns {short_netns(self.netns)}", style="dim")
         self.query_one("#title", Static).update(title)
-        table = self.query_one("#sockets", KeyedTable)
         want = {f"{cw.cookie}|{cw.inode}|{cw.rport}": cw for cw in mine}
-        table.remove_keys([k for k in table.order if k not in want])
-        for key, cw in want.items():
-            fam6 = cw.family == "ipv6"
-            local = f"[{cw.laddr}]:{cw.lport}" if fam6 else f"{cw.laddr}:{cw.lport}"
-            peer = f"[{cw.raddr}]:{cw.rport}" if fam6 else f"{cw.raddr}:{cw.rport}"
-            cells = {
-                "local": Text(inert(local)),
-                "peer": Text(inert(peer)),
-                "recv_q": Text(str(cw.recv_q), justify="right"),
-                "age": Text(fmt_age(cw.age_s), justify="right"),
-                "inode": Text(str(cw.inode), justify="right", style="dim"),
-            }
-            if not table.has_key(key):
-                table.add_keyed_row(key, list(cells.values()))
-            elif self.rows.get(key) != cw:
-                table.update_row(key, cells)
+        self.query_one("#sockets", KeyedTable).sync(want, socket_cells)
         self.rows = want
-        cursor = table.cursor_key()
-        table.set_order(list(want))
-        if cursor is not None and cursor in want:
-            table.move_cursor_to_key(cursor)
 
     def action_drill(self) -> None:
         self._open()

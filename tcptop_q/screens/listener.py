@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from functools import partial
 
 from rich.text import Text
@@ -14,41 +15,129 @@ from textual.widgets import DataTable, Footer, Sparkline, Static
 from tcptop_q.diagnosis import diagnose
 from tcptop_q.model import Connection, LatencySummary, Listener, ListenerKey, NetnsCounters
 from tcptop_q.reuseport import ReuseportGroup, members_of
+from tcptop_q.screens import keys as keycat
 from tcptop_q.screens.base import DetailScreen
 from tcptop_q.source import FeedFocus
 from tcptop_q.widgets.keyed_table import KeyedTable
 from tcptop_q.widgets.listener_table import accept_cell
-from tcptop_q.widgets.text import fmt_age, fmt_num, fmt_wait, inert, netns_label, short_netns
+from tcptop_q.widgets.text import (
+    ascii_mode,
+    fmt_age,
+    fmt_num,
+    fmt_wait,
+    glyph,
+    inert,
+    netns_label,
+    short_netns,
+)
 from tcptop_q.widgets.topbar import TopBar
 
+MARKS = {"crit": "✖ ", "warn": "▲ ", "info": "• ", "ok": "✔ "}
+ASCII_MARKS = {"crit": "X ", "warn": "! ", "info": "* ", "ok": "ok "}
 SEVERITY_CLASS = {"crit": "-crit", "warn": "-warn", "info": "-info", "ok": "-ok"}
 SYSCTL_NAMES = ("somaxconn", "tcp_max_syn_backlog", "tcp_syncookies", "tcp_abort_on_overflow")
 
 
-def queues_text(lst: Listener) -> Text:
+def since_label(when: float | None) -> str:
+    return "since eBPF went live" if when is None else f"since {time.strftime('%H:%M', time.localtime(when))}"
+
+
+def queues_text(lst: Listener, bpf_since: float | None = None) -> Text:
+    """Every total says where it starts: sk_drops counts since the socket was created, the
+    eBPF totals since the probes went live; - where eBPF cannot tell."""
+    live = since_label(bpf_since)
+
+    def total(value: int | None, rate_value: float | None, unknown: str = "- (needs eBPF)") -> str:
+        if value is None:
+            return unknown
+        return f"{value} {live}, {fmt_num(rate_value)}/s"
+
     t = Text()
     t.append("queues\n", style="bold underline")
     t.append("accept queue ", style="dim")
     t.append_text(accept_cell(lst.accept_queue, lst.backlog, 10))
     t.append(f"  (holds {lst.backlog + 1})\n", style="dim")
     rows = [
-        ("peak depth", fmt_num(lst.peak_accept_queue)),
+        ("peak depth", fmt_num(lst.peak_accept_queue) if lst.peak_accept_queue is not None else "- (needs eBPF)"),
         ("SYN queue", str(lst.syn_queue)),
-        ("drops", f"{lst.drops} total, {fmt_num(lst.drop_rate)}/s"),
-        ("overflows", f"{fmt_num(lst.overflows)} total, {fmt_num(lst.overflow_rate)}/s"),
-        ("SYN-ACK rtx", f"{fmt_num(lst.synack_retrans)} total, {fmt_num(lst.synack_retrans_rate)}/s"),
-        ("queued", f"{fmt_num(lst.queued)} total, {fmt_num(lst.queued_rate)}/s"),
-        ("accepted", f"{fmt_num(lst.accepted)} total, {fmt_num(lst.accepted_rate)}/s"),
+        ("sk_drops", f"{lst.drops} since the socket was created, {fmt_num(lst.drop_rate)}/s"),
+        ("overflows", total(lst.overflows, lst.overflow_rate)),
+        ("SYN-ACK rtx", total(lst.synack_retrans, lst.synack_retrans_rate)),
+        ("queued", total(lst.queued, lst.queued_rate)),
+        ("accepted", total(lst.accepted, lst.accepted_rate, "- (no accept hook)")),
         ("accept wait", latency_line(lst.accept_wait)),
         ("handshake", latency_line(lst.handshake)),
-        ("resets", f"{fmt_num(lst.resets_sent)} sent, {fmt_num(lst.resets_received)} received"),
+        (
+            "resets",
+            "- (needs eBPF)"
+            if lst.resets_sent is None
+            else f"{fmt_num(lst.resets_sent)} sent, {fmt_num(lst.resets_received)} received {live}",
+        ),
     ]
     for i, (name, value) in enumerate(rows):
         t.append(f"{name:>12} ", style="dim")
-        t.append(value)
+        t.append(value, style="dim" if value.startswith("-") else "")
         if i < len(rows) - 1:
             t.append("\n")
     return t
+
+
+def drop_reasons_text(lst: Listener, bpf_since: float | None = None) -> Text:
+    """kfree_skb reasons charged to this listener (eBPF), worst first."""
+    t = Text()
+    t.append("drop reasons", style="bold underline")
+    t.append(f" ({since_label(bpf_since)})\n", style="dim")
+    reasons = lst.drop_reasons
+    if reasons is None:
+        t.append("- (needs eBPF)", style="dim")
+        return t
+    if not reasons:
+        t.append("none seen", style="dim")
+        return t
+    items = sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))
+    for i, (name, n) in enumerate(items):
+        t.append(f"{n:>8} ", style="bold")
+        t.append(inert(name))
+        if i < len(items) - 1:
+            t.append("\n")
+    return t
+
+
+def _netns_title(title: Text, key: ListenerKey, ns: NetnsCounters | None) -> None:
+    if ns is not None and ns.name is not None:
+        title.append(f"  {key.family}  netns ", style="dim")
+        title.append(netns_label(key.netns, ns.name, 48))
+        title.append(f" [{inert(ns.name_source)}] {key.netns}", style="dim")
+    else:
+        title.append(f"  {key.family}  netns {short_netns(key.netns)}", style="dim")
+
+
+def title_text(key: ListenerKey, lst: Listener | None, ns: NetnsCounters | None = None) -> Text:
+    """Owner and queue first: at 80 columns the end of the line is cut."""
+    title = Text(no_wrap=True, overflow="ellipsis")
+    title.append(inert(key.label()), style="bold")
+    if lst is None:
+        title.append("  (gone: the socket is no longer listening)", style="reverse")
+        _netns_title(title, key, ns)
+        return title
+    others = [str(p) for p in (lst.holders or ()) if p != lst.pid]
+    if lst.pid is not None:
+        title.append(f"  pid {lst.pid}")
+        if others:  # held by more processes than the one named (pre-fork workers, a hand-over)
+            title.append(f"+{len(others)}", style="cyan")
+        title.append(" ")
+        title.append(inert(lst.comm, "?"), style="bold")
+    else:
+        title.append("  pid -", style="dim")
+    title.append("  accept ")
+    title.append_text(accept_cell(lst.accept_queue, lst.backlog, 0))
+    title.append(f"  SYN {lst.syn_queue}")
+    _netns_title(title, key, ns)
+    title.append(f"  inode {lst.inode}  cookie {key.cookie}", style="dim")
+    if others:
+        shown = ", ".join(others[:8]) + (f", +{len(others) - 8}" if len(others) > 8 else "")
+        title.append(f"  also held by pid {shown}", style="cyan")
+    return title
 
 
 def latency_line(lat: LatencySummary | None) -> str:
@@ -79,7 +168,7 @@ def wait_histogram(lat: LatencySummary | None, width: int = 24) -> Text:
         if i:
             t.append("\n")
         t.append(f"{'<= ' + fmt_wait(edge):>10} ", style="dim")
-        t.append("█" * max(1, round(width * n / top)), style="yellow" if edge >= 0.1 else "green")
+        t.append(glyph("█", "#") * max(1, round(width * n / top)), style="yellow" if edge >= 0.1 else "green")
         t.append(f" {n}")
     return t
 
@@ -136,12 +225,31 @@ def conn_key(c: Connection) -> str:
     return f"{c.raddr}|{c.rport}|{c.cookie}|{c.inode}"
 
 
+def child_cells(c: Connection) -> dict[str, Text]:
+    peer = f"[{c.raddr}]:{c.rport}" if c.family == "ipv6" else f"{c.raddr}:{c.rport}"
+    return {
+        "peer": Text(inert(peer)),
+        "state": Text(c.state, style="yellow" if c.state == "CLOSE_WAIT" else ""),
+        "age": Text(fmt_age(c.age_s), justify="right"),
+        # Never accepted: how long it has waited in the accept queue.
+        "in_queue": Text(fmt_age(c.queued_s), justify="right", style="yellow" if c.queued_s else "dim"),
+        "recv_q": Text(str(c.recv_q), justify="right", style="bold" if c.recv_q else ""),
+        "send_q": Text(str(c.send_q), justify="right"),
+        "proc": Text("-" if c.pid is None else f"{c.pid} {inert(c.comm, '?')}"),
+    }
+
+
 class ListenerScreen(DetailScreen):
+    BINDINGS = keycat.bindings("detail") + keycat.bindings("listener")
+    KEY_SCOPES = ("detail", "listener")
     def __init__(self, key: ListenerKey) -> None:
         super().__init__()
         self.key = key
         self.sysctls: dict[str, int] | None = None
         self.conns: dict[str, Connection] = {}
+        self.diagnosis_text = ""
+        self.details_wanted: bool | None = None  # None: shown when the terminal is tall enough
+        self.findings_open = False  # only the headline finding, unless opened (`D`)
 
     def _focus_feed(self, port: int | None) -> None:
         # Off the UI thread (the probes' lock may be held by a read in the collector), and
@@ -154,13 +262,27 @@ class ListenerScreen(DetailScreen):
         self._focus_feed(None)
 
     def compose(self) -> ComposeResult:
+        # Owner, diagnosis headline, queue and the first children always on screen (80x24);
+        # the details (queues, history, sysctls, process, drop reasons) scroll below, `d` folds them.
         yield TopBar(id="topbar")
         yield Static(id="title")
+        yield Static(id="diagnosis")
+        yield Static(id="children-summary")
+        table = KeyedTable.with_columns((
+            ("PEER", 23, "peer"),
+            ("STATE", 11, "state"),
+            ("AGE", 7, "age"),
+            ("IN-QUEUE", 8, "in_queue"),
+            ("RECV-Q", 6, "recv_q"),
+            ("SEND-Q", 6, "send_q"),
+            ("PID/COMM", 16, "proc"),
+        ), id="children")
+        yield table
         with VerticalScroll(id="detail"):
-            yield Static(id="diagnosis")
             with Horizontal(id="panels"):
                 with Vertical(id="left"):
                     yield Static(id="queues")
+                    yield Static(id="drop-reasons")
                     yield Static(id="accept-wait")
                     yield Static(id="sysctls")
                 with Vertical(id="right"):
@@ -172,18 +294,24 @@ class ListenerScreen(DetailScreen):
                     yield Sparkline([], id="spark-accept")
                     yield Static(id="process")
             yield Static(id="reuseport")
-            yield Static(id="children-summary")
-            table = KeyedTable.with_columns((
-                ("PEER", 23, "peer"),
-                ("STATE", 11, "state"),
-                ("AGE", 7, "age"),
-                ("IN-QUEUE", 8, "in_queue"),
-                ("RECV-Q", 6, "recv_q"),
-                ("SEND-Q", 6, "send_q"),
-                ("PID/COMM", 16, "proc"),
-            ), id="children")
-            yield table
         yield Footer()
+
+    def on_resize(self, event) -> None:
+        self.set_class(event.size.width < 120, "-narrow")
+        if self.details_wanted is None:
+            self._show_details(event.size.height >= 30)
+
+    def _show_details(self, show: bool) -> None:
+        self.query_one("#detail").display = show
+        self.set_class(not show, "-folded")
+
+    def action_toggle_details(self) -> None:
+        self.details_wanted = not self.query_one("#detail").display
+        self._show_details(self.details_wanted)
+
+    def action_toggle_findings(self) -> None:
+        self.findings_open = not self.findings_open
+        self.refresh_data()
 
     def on_mount(self) -> None:
         self._focus_feed(self.key.lport)
@@ -219,28 +347,9 @@ class ListenerScreen(DetailScreen):
     def refresh_data(self) -> None:
         app = self.tapp
         lst = app.listener(self.key)
-        title = Text(no_wrap=True, overflow="ellipsis")
-        title.append(inert(self.key.label()), style="bold")
-        ns_entry = self._netns_counters()
-        if ns_entry is not None and ns_entry.name is not None:
-            title.append(f"  {self.key.family}  netns ", style="dim")
-            title.append(netns_label(self.key.netns, ns_entry.name, 48))
-            title.append(f" [{inert(ns_entry.name_source)}] {self.key.netns}", style="dim")
-        else:
-            title.append(f"  {self.key.family}  netns {short_netns(self.key.netns)}", style="dim")
+        self.query_one("#title", Static).update(title_text(self.key, lst, self._netns_counters()))
         if lst is None:
-            title.append("  (gone: the socket is no longer listening)", style="reverse")
-            self.query_one("#title", Static).update(title)
             return
-        title.append(f"  inode {lst.inode}  cookie {self.key.cookie}", style="dim")
-        if lst.pid is not None:
-            title.append(f"  pid {lst.pid} ")
-            title.append(inert(lst.comm, "?"), style="bold")
-        if lst.holders and len(lst.holders) > 1:
-            others = [str(p) for p in lst.holders if p != lst.pid]
-            shown = ", ".join(others[:8]) + (f", +{len(others) - 8}" if len(others) > 8 else "")
-            title.append(f"  also held by pid {shown}", style="cyan")
-        self.query_one("#title", Static).update(title)
 
         snap = app.snapshot
         assert snap is not None
@@ -250,19 +359,27 @@ class ListenerScreen(DetailScreen):
         )
         members = members_of(lst, snap.listeners)
         findings = diagnose(lst, sysctls=sysctls or {}, netns=ns, close_wait=snap.close_wait, group=members)
-        diag = Text()
+        full = Text()
         for i, f in enumerate(findings):
             if i:
-                diag.append("\n")
-            diag.append({"crit": "✖ ", "warn": "▲ ", "info": "• ", "ok": "✔ "}[f.severity], style="bold")
-            diag.append(f.text)
+                full.append("\n")
+            marks = ASCII_MARKS if ascii_mode() else MARKS
+            full.append(marks[f.severity], style="bold reverse" if f.severity == "crit" else "bold")
+            full.append(f.text, style="bold" if i == 0 and f.severity in ("crit", "warn") else "")
+        self.diagnosis_text = full.plain
         panel = self.query_one("#diagnosis", Static)
-        panel.update(diag)
+        if self.findings_open or len(findings) == 1:
+            panel.update(full)
+        else:
+            head = full.split("\n")[0]
+            head.append(f"  (+{len(findings) - 1} more: D)", style="dim")
+            panel.update(head)
         for cls in SEVERITY_CLASS.values():
             panel.remove_class(cls)
         panel.add_class(SEVERITY_CLASS[findings[0].severity])
 
-        self.query_one("#queues", Static).update(queues_text(lst))
+        self.query_one("#queues", Static).update(queues_text(lst, app.bpf_live_since))
+        self.query_one("#drop-reasons", Static).update(drop_reasons_text(lst, app.bpf_live_since))
         self.query_one("#accept-wait", Static).update(wait_histogram(lst.accept_wait))
         self.query_one("#sysctls", Static).update(sysctl_text(self.key.netns, sysctls))
         self._sparklines()
@@ -277,10 +394,11 @@ class ListenerScreen(DetailScreen):
         self._children(snap.close_wait)
 
     def _sparklines(self) -> None:
+        """No graph for what cannot be known: a series of unknowns (NaN) hides its sparkline."""
         hist = self.tapp.history
         for field, wid, label in (
             ("peak", "spark-peak", "peak accept queue"),
-            ("drop_rate", "spark-drop", "drops/s"),
+            ("drop_rate", "spark-drop", "sk_drops/s"),
             ("queued_rate", "spark-accept", "queued/s"),
         ):
             values = hist.get(self.key, field)
@@ -288,11 +406,13 @@ class ListenerScreen(DetailScreen):
             text = Text(f"{label} ", style="dim")
             if known:
                 text.append(f"now {fmt_num(known[-1])}  max {fmt_num(max(known))}", style="bold")
-                text.append(f"  ({len(values)} samples)", style="dim")
+                text.append(f"  ({len(known)} samples)", style="dim")
             else:
-                text.append("unknown (needs BPF)" if values else "no samples yet", style="dim")
+                text.append("- unknown (needs eBPF)" if values else "no samples yet", style="dim")
             self.query_one(f"#{wid}-label", Static).update(text)
-            self.query_one(f"#{wid}", Sparkline).data = [0.0 if math.isnan(v) else v for v in values]
+            spark = self.query_one(f"#{wid}", Sparkline)
+            spark.display = bool(known)
+            spark.data = known
 
     def _children(self, close_wait) -> None:
         app = self.tapp
@@ -321,31 +441,9 @@ class ListenerScreen(DetailScreen):
                 if cw.listener == self.key
             ]
         conns.sort(key=lambda c: (c.state != "CLOSE_WAIT", -(c.age_s or 0.0), c.rport))
-        table = self.query_one("#children", KeyedTable)
         want = {conn_key(c): c for c in conns}
-        table.remove_keys([k for k in table.order if k not in want])
-        for key, c in want.items():
-            peer = f"[{c.raddr}]:{c.rport}" if c.family == "ipv6" else f"{c.raddr}:{c.rport}"
-            cells = {
-                "peer": Text(inert(peer)),
-                "state": Text(c.state, style="yellow" if c.state == "CLOSE_WAIT" else ""),
-                "age": Text(fmt_age(c.age_s), justify="right"),
-                # Never accepted: how long it has waited in the accept queue.
-                "in_queue": Text(fmt_age(c.queued_s), justify="right", style="yellow" if c.queued_s else "dim"),
-                "recv_q": Text(str(c.recv_q), justify="right", style="bold" if c.recv_q else ""),
-                "send_q": Text(str(c.send_q), justify="right"),
-                "proc": Text("-" if c.pid is None else f"{c.pid} {inert(c.comm, '?')}"),
-            }
-            old = self.conns.get(key)
-            if not table.has_key(key):
-                table.add_keyed_row(key, list(cells.values()))
-            elif old != c:
-                table.update_row(key, cells)
+        self.query_one("#children", KeyedTable).sync(want, child_cells)
         self.conns = want
-        cursor = table.cursor_key()
-        table.set_order(list(want))
-        if cursor is not None and cursor in want:
-            table.move_cursor_to_key(cursor)
 
     def action_drill(self) -> None:
         self._open_child()

@@ -8,39 +8,42 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import OptionList, Static
+from textual.widgets import OptionList, SelectionList, Static
 from textual.widgets.option_list import Option
 
 from tcptop_q.model import Snapshot
 from tcptop_q.screens import keys as keycat
-from tcptop_q.widgets.listener_table import COLUMNS
+from tcptop_q.widgets.listener_table import COLUMNS, LEGEND
 from tcptop_q.widgets.text import inert, netns_names, short_netns
 
 SCOPE_TITLES = {
     "app": "everywhere",
     "main": "listener table",
     "detail": "detail screens",
+    "listener": "listener screen",
     "closewait": "CLOSE_WAIT view",
 }
 
 
-def help_table() -> Table:
+def help_table(replaying: bool = False) -> Table:
+    """Keys (replay keys only while replaying), navigation, and the legend of every number."""
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold", no_wrap=True)
     table.add_column()
     for scope, title in SCOPE_TITLES.items():
         table.add_row(Text(title, style="underline"), "")
         for k in keycat.for_scopes(scope):
-            keys = k.key_display or k.keys
-            if k.key_display and "," in k.keys:
-                keys = ", ".join(
-                    k.key_display if i == 0 else name for i, name in enumerate(k.keys.split(","))
-                )
-            table.add_row(Text(keys), Text(k.description))
+            if keycat.replay_only(k) and not replaying:
+                continue
+            table.add_row(Text(keycat.key_names(k)), Text(k.description))
         table.add_row("", "")
     table.add_row(Text("navigation", style="underline"), "")
     for keys, what in keycat.NAVIGATION_HELP:
         table.add_row(Text(keys), Text(what))
+    table.add_row("", "")
+    table.add_row(Text("legend", style="underline"), "")
+    for name, what in LEGEND:
+        table.add_row(Text(name), Text(what))
     return table
 
 
@@ -51,9 +54,9 @@ class HelpScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="help-box"):
-            yield Static(Text("tcpq-top keys", style="bold"), id="help-title")
+            yield Static(Text("tcpq-top keys and legend", style="bold"), id="help-title")
             with VerticalScroll():
-                yield Static(help_table(), id="help-body")
+                yield Static(help_table(bool(getattr(self.app, "replaying", False))), id="help-body")
 
     def action_dismiss_help(self) -> None:
         self.dismiss(None)
@@ -67,8 +70,8 @@ class SortPicker(ModalScreen["str | None"]):
         self.current = current
 
     def compose(self) -> ComposeResult:
-        options = [Option(f"{c.label:<10} {c.sort_key}", id=c.sort_key) for c in COLUMNS if c.sort_key]
-        options.append(Option(f"{'PEAK':<10} peak_accept_queue", id="peak_accept_queue"))
+        options = [Option(f"{'severity':<10} what is wrong now first, then OVF/s (default)", id="severity")]
+        options += [Option(f"{c.label:<10} {c.sort_key}", id=c.sort_key) for c in COLUMNS if c.sort_key]
         options.append(Option(f"{'DROPS':<10} drops (total)", id="drops"))
         with Vertical(id="picker-box"):
             yield Static("sort by", id="picker-title")
@@ -130,6 +133,100 @@ class NetnsPicker(ModalScreen["int | None"]):
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         self.dismiss(int(event.option.id or 0))
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class ColumnChooser(ModalScreen["frozenset[str] | None"]):
+    """htop's F2 idea: pick the main table's columns (the essentials always stay); enter
+    applies, an empty choice goes back to fitting the width; escape cancels."""
+
+    BINDINGS = [
+        Binding("escape", "cancel", "Cancel", id="chooser.cancel"),
+        Binding("enter", "apply", "Apply", id="chooser.apply", priority=True),
+    ]
+
+    def __init__(self, shown: set[str]) -> None:
+        super().__init__()
+        self.shown = shown
+
+    def compose(self) -> ComposeResult:
+        items = [(f"{c.label:<9} {desc}", c.id, c.id in self.shown) for c, desc in _optional_columns()]
+        with Vertical(id="picker-box"):
+            yield Static("columns (space: toggle, enter: apply, esc: cancel)", id="picker-title")
+            yield SelectionList[str](*items, id="picker")
+
+    def on_mount(self) -> None:
+        self.query_one(SelectionList).focus()
+
+    def action_apply(self) -> None:
+        self.dismiss(frozenset(self.query_one(SelectionList).selected))
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+def _optional_columns():
+    legend = dict(LEGEND)
+    return [(c, legend.get(c.label, "")[:40]) for c in COLUMNS if c.priority != 0]
+
+
+class CopyPicker(ModalScreen["str | None"]):
+    """Which command to copy to the terminal's clipboard (OSC 52)."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel", id="copy.cancel")]
+
+    def __init__(self, choices: list[tuple[str, str]]) -> None:
+        super().__init__()
+        self.choices = choices
+
+    def compose(self) -> ComposeResult:
+        options = [Option(Text.assemble((what, "bold"), "\n  ", text[:200]), id=str(i))
+                   for i, (what, text) in enumerate(self.choices)]
+        with Vertical(id="picker-box"):
+            yield Static("copy to the clipboard (OSC 52)", id="picker-title")
+            yield OptionList(*options, id="picker")
+
+    def on_mount(self) -> None:
+        self.query_one(OptionList).focus()
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        self.dismiss(self.choices[int(event.option.id or 0)][1])
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGKILL", "SIGSTOP", "SIGCONT", "SIGUSR1", "SIGUSR2")
+
+
+class SignalConfirm(ModalScreen["int | None"]):
+    """Send a signal to pid N (cmdline shown); escape cancels, nothing is sent by default."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel", id="signal.cancel")]
+
+    def __init__(self, pid: int, cmdline: str) -> None:
+        super().__init__()
+        self.pid, self.cmdline = pid, cmdline
+
+    def compose(self) -> ComposeResult:
+        import signal
+
+        title = Text(f"send a signal to pid {self.pid}: ", style="bold")
+        title.append(inert(self.cmdline)[:120])
+        options = [Option("cancel (esc)", id="0")]
+        options += [Option(name, id=str(int(getattr(signal, name)))) for name in SIGNALS]
+        with Vertical(id="picker-box"):
+            yield Static(title, id="picker-title")
+            yield OptionList(*options, id="picker")
+
+    def on_mount(self) -> None:
+        self.query_one(OptionList).focus()
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        signum = int(event.option.id or 0)
+        self.dismiss(signum or None)
 
     def action_cancel(self) -> None:
         self.dismiss(None)

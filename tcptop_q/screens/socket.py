@@ -30,6 +30,22 @@ def _ms(ms: float | None) -> str:
     return fmt_age(ms / 1000)
 
 
+def transition_cells(e: Transition) -> dict[str, Text]:
+    stamp = time.strftime("%H:%M:%S", time.localtime(e.time)) + f".{int(e.time * 1000) % 1000:03d}"
+    if e.kind == "accept":  # "accepted by pid N (fd M) after X ms in the accept queue"
+        change = Text(inert(e.describe()), style="bold", no_wrap=True, overflow="ellipsis")
+    else:
+        change = Text(e.old, style=STATE_STYLE.get(e.old, ""))
+        change.append(" → ")
+        change.append(e.new, style=STATE_STYLE.get(e.new, ""))
+    return {
+        "time": Text(stamp),
+        "change": change,
+        "in_old": Text(_ms(e.ms_in_old), justify="right"),
+        "proc": Text(f"{e.pid} {inert(e.comm)}"),
+    }
+
+
 class SocketScreen(DetailScreen):
     def __init__(self, ref: SocketRef) -> None:
         super().__init__()
@@ -123,33 +139,13 @@ class SocketScreen(DetailScreen):
         if not self.is_attached:
             return
         self.timeline = events
-        table = self.query_one("#timeline", KeyedTable)
-        events = sorted(events, key=lambda e: e.time)
-        want = {f"{e.time!r}|{e.kind}|{e.old}|{e.new}": e for e in events}
-        table.remove_keys([k for k in table.order if k not in want])
-        for key, e in want.items():
-            if table.has_key(key):
-                continue
-            stamp = time.strftime("%H:%M:%S", time.localtime(e.time)) + f".{int(e.time * 1000) % 1000:03d}"
-            if e.kind == "accept":  # "accepted by pid N (fd M) after X ms in the accept queue"
-                change = Text(inert(e.describe()), style="bold", no_wrap=True, overflow="ellipsis")
-            else:
-                change = Text(e.old, style=STATE_STYLE.get(e.old, ""))
-                change.append(" → ")
-                change.append(e.new, style=STATE_STYLE.get(e.new, ""))
-            table.add_keyed_row(
-                key,
-                [
-                    Text(stamp),
-                    change,
-                    Text(_ms(e.ms_in_old), justify="right"),
-                    Text(f"{e.pid} {inert(e.comm)}"),
-                ],
-            )
-        table.set_order(list(want))
+        want = {f"{e.time!r}|{e.kind}|{e.old}|{e.new}": e for e in sorted(events, key=lambda e: e.time)}
+        self.query_one("#timeline", KeyedTable).sync(want, transition_cells)
         title = Text("lifecycle timeline", style="bold underline")
         if not events:
-            title.append(
-                "  no transitions recorded (BPF off, or the socket predates the probes)", style="dim"
-            )
+            snap = self.tapp.snapshot
+            live = snap is not None and snap.sources.bpf
+            why = ("none since eBPF went live (the socket predates the probes, or is a listener)" if live
+                   else "eBPF is off: no transitions are recorded")
+            title.append(f"  no transitions recorded: {why}", style="dim")
         self.query_one("#timeline-title", Static).update(title)

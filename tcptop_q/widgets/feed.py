@@ -9,10 +9,11 @@ from collections.abc import Iterable
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
+from textual.widgets import Static
 
-from tcptop_q.model import ListenerKey, Transition
+from tcptop_q.model import ListenerKey, Snapshot, Transition
 from tcptop_q.widgets.keyed_table import KeyedTable
-from tcptop_q.widgets.text import inert
+from tcptop_q.widgets.text import ascii_mode, inert
 
 FEED_ROWS = 300  # rows kept on screen
 FEED_KEEP = 2000  # events kept for re-filtering
@@ -37,6 +38,13 @@ def matches(ev: Transition, key: ListenerKey | None) -> bool:
     return key is None or ev.listener == key
 
 
+def event_matches(ev: Transition, terms: tuple[str, ...]) -> bool:
+    if not terms:
+        return True
+    hay = f"{ev.laddr}:{ev.lport} {ev.raddr}:{ev.rport} {ev.comm} {ev.pid}".lower()
+    return all(term == str(ev.lport) or term in hay for term in terms)
+
+
 def event_text(ev: Transition) -> Text:
     """Port and transition first: the feed pane is narrow and cuts the end."""
     text = Text(no_wrap=True, overflow="ellipsis")
@@ -50,7 +58,7 @@ def event_text(ev: Transition) -> Text:
         text.append(f" pid {ev.pid} {inert(ev.comm)}", style="dim")
         return text
     text.append(SHORT_STATE.get(ev.old, ev.old), style=STATE_STYLE.get(ev.old, ""))
-    text.append("→")
+    text.append("->" if ascii_mode() else "→")
     text.append(SHORT_STATE.get(ev.new, ev.new), style=STATE_STYLE.get(ev.new, ""))
     peer = f"[{ev.raddr}]" if ev.family == "ipv6" else ev.raddr
     text.append(f" {inert(peer)}:{ev.rport}")
@@ -73,10 +81,13 @@ class FeedPane(Vertical):
         self.lost = 0
         self.paused = False
         self.follow_key: ListenerKey | None = None
+        self.terms: tuple[str, ...] = ()  # the main table's `/` filter, applied to events too
         self.flushes = 0
         self._dirty_title = True
+        self.empty_reason = "waiting for the first sample…"
 
     def compose(self) -> ComposeResult:
+        yield Static(self.empty_reason, id="feed-empty")
         table = KeyedTable(id="feed-table", show_header=False)
         table.add_column("time", width=8, key="time")
         table.add_column("event", width=64, key="event")
@@ -96,11 +107,44 @@ class FeedPane(Vertical):
             self.received += 1
             item = (self.seq, ev)
             self.events.append(item)
-            if matches(ev, self.follow_key):
+            if self._wanted(ev):
                 self.pending.append(item)
         if lost != self.lost:
             self.lost = lost
             self._dirty_title = True
+
+    def explain(self, snap: Snapshot) -> None:
+        """Say why the feed is empty (or stopped): it needs eBPF, eBPF is loading, or the
+        source paused it over a transition rate."""
+        src = snap.sources
+        paused = next((n for n in src.notes if n.startswith("feed paused")), None)
+        if src.bpf_state == "loading":
+            reason = "no events yet: eBPF is loading (compiling the probes)"
+        elif not src.bpf:
+            reason = f"no events: the feed needs eBPF ({inert(src.bpf_error) if src.bpf_error else 'not loaded'})"
+        elif paused is not None:
+            reason = inert(paused)
+        elif self.follow_key is not None:
+            reason = f"no transitions of {self.follow_key.label()} yet"
+        else:
+            reason = "no transitions yet: eBPF is live, no socket changed state"
+        if reason != self.empty_reason:
+            self.empty_reason = reason
+            self.query_one("#feed-empty", Static).update(reason)
+        self._show_empty()
+
+    def _show_empty(self) -> None:
+        paused = self.empty_reason.startswith("feed paused")
+        self.query_one("#feed-empty", Static).display = paused or self.table.row_count == 0
+
+    def _wanted(self, ev: Transition) -> bool:
+        return matches(ev, self.follow_key) and event_matches(ev, self.terms)
+
+    def set_terms(self, terms: tuple[str, ...]) -> None:
+        """The `/` filter: every term matches the port, an address or the comm."""
+        if terms != self.terms:
+            self.terms = terms
+            self.set_follow(self.follow_key)
 
     def set_follow(self, key: ListenerKey | None) -> None:
         """Show only `key`'s events (None: all); re-filters what is kept."""
@@ -108,7 +152,7 @@ class FeedPane(Vertical):
         self.table.clear_rows()
         self.by_key.clear()
         self.pending.clear()
-        self.pending.extend(item for item in self.events if matches(item[1], key))
+        self.pending.extend(item for item in self.events if self._wanted(item[1]))
         self._dirty_title = True
         self.flush()
 
@@ -141,6 +185,7 @@ class FeedPane(Vertical):
         if following and table.row_count:
             table.move_cursor(row=table.row_count - 1, animate=False)
         self._dirty_title = True
+        self._show_empty()
 
     def selected(self) -> Transition | None:
         key = self.table.cursor_key()
@@ -149,6 +194,8 @@ class FeedPane(Vertical):
     def _update_title(self) -> None:
         self._dirty_title = False
         parts = ["feed"]
+        if self.terms:
+            parts.append("filter " + " ".join(self.terms))
         if self.follow_key is not None:
             parts.append(f"only {self.follow_key.label()}")
         parts.append(f"{self.received} ev")

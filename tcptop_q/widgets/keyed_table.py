@@ -9,20 +9,32 @@ one place; tests/ui pin the behaviour against the installed Textual.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from textual._two_way_dict import TwoWayDict
 from textual.binding import Binding
 from textual.widgets import DataTable
 from textual.widgets.data_table import CellKey, ColumnKey, RowKey
 
+V = TypeVar("V")
+
 
 class KeyedTable(DataTable):
     BINDINGS = [
         Binding("j", "cursor_down", "Down", show=False, id="table.down"),
         Binding("k", "cursor_up", "Up", show=False, id="table.up"),
+        Binding("home", "first_row", "First", show=False, id="table.home"),
+        Binding("end", "last_row", "Last", show=False, id="table.end"),
     ]
+
+    def action_first_row(self) -> None:
+        if self.row_count:
+            self.move_cursor(row=0, animate=False)
+
+    def action_last_row(self) -> None:
+        if self.row_count:
+            self.move_cursor(row=self.row_count - 1, animate=False)
 
     @classmethod
     def with_columns(cls, columns: tuple[tuple[str, int, str], ...], **kwargs: Any) -> KeyedTable:
@@ -39,6 +51,33 @@ class KeyedTable(DataTable):
         self.order: list[str] = []  # row keys top to bottom, as last applied
         self._rk: dict[str, RowKey] = {}  # str -> RowKey, so hot paths do not build keys
         self._ck: dict[str, ColumnKey] = {}
+        self._values: dict[str, Any] = {}  # what sync() last drew per key
+
+    # ------------------------------------------------------------ the one update path
+    def sync(
+        self,
+        rows: Mapping[str, V],
+        cells: Callable[[V], Mapping[str, Any]],
+        *,
+        follow_cursor: bool = True,
+    ) -> None:
+        """Show exactly `rows` (key -> value) in their order; a row is redrawn only when its
+        value changed (values compared with ==), new rows are added, missing ones removed.
+
+        `cells(value)` gives {column key: cell} in column order. With follow_cursor the cursor
+        stays on its row's key through a re-order; otherwise it stays on its line (htop)."""
+        cursor = self.cursor_key() if follow_cursor else None
+        values = self._values
+        self.remove_keys([k for k in self.order if k not in rows])
+        for key, value in rows.items():
+            if key not in self._rk:
+                self.add_keyed_row(key, list(cells(value).values()))
+            elif values.get(key) != value:
+                self.update_row(key, dict(cells(value)))
+            values[key] = value
+        self.set_order(list(rows))
+        if cursor is not None and cursor in rows:
+            self.move_cursor_to_key(cursor)
 
     # ------------------------------------------------------------ queries
     def cursor_key(self) -> str | None:
@@ -51,6 +90,9 @@ class KeyedTable(DataTable):
 
     # ------------------------------------------------------------ bulk edits
     def remove_keys(self, keys: Iterable[str]) -> None:
+        keys = list(keys)
+        for k in keys:
+            self._values.pop(k, None)
         gone = {self._rk.pop(k) for k in keys if k in self._rk}
         if not gone:
             return
@@ -120,6 +162,7 @@ class KeyedTable(DataTable):
         super().clear(columns)
         self.order = []
         self._rk = {}
+        self._values = {}
         if columns:
             self._ck = {}
         return self

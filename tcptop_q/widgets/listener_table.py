@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from rich.text import Text
@@ -11,7 +11,7 @@ from textual.widgets.data_table import ColumnKey
 
 from tcptop_q.model import Listener, ListenerKey
 from tcptop_q.widgets.keyed_table import KeyedTable
-from tcptop_q.widgets.text import fmt_num, fmt_wait, inert, netns_label
+from tcptop_q.widgets.text import ascii_mode, fmt_age, fmt_num, fmt_wait, inert, netns_label
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ COLUMNS: tuple[Col, ...] = (
     Col("netns", "NETNS", 12, 9, "netns"),
     Col("proc", "PID/COMM", 14, 0, "pid", right=False),
     Col("acceptq", "ACCEPT-Q", 9, 0, "fill", right=False),
-    Col("synq", "SYN-Q", 5, 1, "syn_queue"),
+    Col("synq", "SYN-Q", 5, 2, "syn_queue"),
     Col("drop_rate", "DROP/s", 6, 0, "drop_rate"),
     Col("overflow_rate", "OVF/s", 6, 0, "overflow_rate"),
     Col("rtx_rate", "RTX/s", 6, 6, "synack_retrans_rate"),
@@ -38,36 +38,103 @@ COLUMNS: tuple[Col, ...] = (
     Col("wait_p99", "WAIT99", 6, 8, "accept_wait_p99"),
     Col("estab", "ESTAB", 5, 5, "established"),
     Col("close_wait", "CL-WT", 5, 1, "close_wait"),
+    Col("peak", "PEAK", 5, 7, "peak_accept_queue"),
+    Col("last", "LAST", 9, 2, None),
+    Col("spark", "FILL 1m", 10, 8, None, right=False),
 )
-COLUMN_BY_ID = {c.id: c for c in COLUMNS}
+# `t` shows totals instead of rates: each rate column's total, with where it starts in the legend.
+TOTALS: dict[str, Col] = {
+    "drop_rate": Col("drops", "DROPS", 8, 0, "drops"),
+    "overflow_rate": Col("overflows", "OVF", 7, 0, "overflows"),
+    "rtx_rate": Col("rtx", "RTX", 6, 6, "synack_retrans"),
+    "queued_rate": Col("queued", "QUEUED", 7, 4, "queued"),
+}
+COLUMN_BY_ID = {c.id: c for c in (*COLUMNS, *TOTALS.values())}
+
+# What every number on screen means (the `?` screen shows it; docs/JSON.md has the details).
+LEGEND: tuple[tuple[str, str], ...] = (
+    ("LISTEN", "local address:port; ⧉ SO_REUSEPORT member"),
+    ("NETNS", "netns name, else its inode's last 4 digits"),
+    ("PID/COMM", "fd's process (-: not visible; +N: others)"),
+    ("ACCEPT-Q", "children waiting for accept() / limit; the kernel holds limit+1, ! = full"),
+    ("SYN-Q", "handshakes in progress (request socks) for this listener"),
+    ("DROP/s", "this socket's sk_drops per second (SYNs and ACKs it dropped)"),
+    ("OVF/s", "accept-queue overflows per second (eBPF; - without it)"),
+    ("RTX/s", "SYN-ACK retransmits per second (eBPF)"),
+    ("QUE/s", "children that entered the accept queue per second (not accept() calls)"),
+    ("ACC/s", "accept() calls per second (eBPF)"),
+    ("WAIT99", "p99 accept-queue wait, last few s; · none"),
+    ("ESTAB", "ESTABLISHED children (queued or accepted)"),
+    ("CL-WT", "CLOSE_WAIT children: the peer closed first"),
+    ("PEAK", "highest accept-queue depth between two samples (eBPF)"),
+    ("LAST", "time since the last overflow (ovf) or drop (drp) seen; none: none since tcpq-top started"),
+    ("FILL 1m", "accept-queue fill over the last minute, one cell per 6 s (the cell's highest)"),
+    ("t: DROPS", "sk_drops since the socket was created (the kernel's own total)"),
+    ("t: OVF RTX QUEUED", "totals since eBPF went live (the listener screen says when)"),
+    ("header ListenOverflows", "the netns' TcpExt counter, per second: every listener of the netns"),
+    ("header ListenDrops", "the netns' TcpExt counter, per second: counted with each listener's sk_drops"),
+    ("-", "cannot be known here (no eBPF, no permission): never shown as 0"),
+)
+NETNS_MIN = 5  # "…1234": short_netns()
 BAR = 5  # fill-bar cells; shown when the table has room (priority 3)
 BAR_PRIORITY = 3
 PADDING = 2  # DataTable cell_padding 1 on each side
 SCROLLBAR = 1
+LISTEN_MIN = 12  # "0.0.0.0:8080"
 
 
 def row_key(key: ListenerKey) -> str:
     return f"{key.netns}|{key.family}|{key.laddr}|{key.lport}|{key.cookie}"
 
 
-def columns_for_width(width: int) -> tuple[list[Col], int]:
-    """The columns (in display order) and fill-bar width that fit `width` cells."""
+def columns_for_width(
+    width: int,
+    required: frozenset[str] = frozenset(),
+    totals: bool = False,
+    chosen: frozenset[str] | None = None,
+    netns_width: int = NETNS_MIN,
+) -> tuple[list[Col], int, list[Col]]:
+    """(columns shown in display order, fill-bar width, columns hidden for lack of room).
+
+    `required` columns (the sort column, NETNS with several netns) are kept like the
+    essentials; `chosen` (the F2 column chooser) replaces the automatic set: exactly those,
+    plus the essentials. With `totals` each rate column shows its total instead."""
+    cols = [TOTALS.get(c.id, c) if totals else c for c in COLUMNS]
+    # NETNS is as wide as its widest name (up to its Col width): inodes alone need NETNS_MIN.
+    cols = [replace(c, width=min(c.width, netns_width)) if c.id == "netns" else c for c in cols]
+    if chosen is not None:
+        required = required | chosen
+        cols = [c for c in cols if c.priority == 0 or c.id in required or _base_id(c) in required]
     budget = width - SCROLLBAR
-    chosen: set[str] = set()
+    keep: set[str] = set()
     bar = 0
-    items = [(c.priority, i, c) for i, c in enumerate(COLUMNS)] + [(BAR_PRIORITY, -1, None)]
-    for _, _, col in sorted(items, key=lambda t: (t[0], t[1])):
+    items = [(-1 if c.priority == 0 or c.id in required or _base_id(c) in required else c.priority, i, c)
+             for i, c in enumerate(cols)] + [(BAR_PRIORITY, -1, None)]
+    for prio, _, col in sorted(items, key=lambda t: (t[0], t[1])):
         need = BAR + 2 if col is None else col.width + PADDING
         if need > budget:
-            if col is not None and col.priority == 0:  # never drop the essentials
-                chosen.add(col.id)
+            if col is not None and prio < 0:  # never drop the essentials
+                keep.add(col.id)
+                budget -= need
             continue
         budget -= need
         if col is None:
             bar = BAR
         else:
-            chosen.add(col.id)
-    return [c for c in COLUMNS if c.id in chosen], bar
+            keep.add(col.id)
+    shown = [c for c in cols if c.id in keep]
+    hidden = [c for c in cols if c.id not in keep]
+    if budget < 0:  # forced columns did not fit: LISTEN gives up cells (it ends in an ellipsis)
+        shown = [replace(c, width=max(LISTEN_MIN, c.width + budget)) if c.id == "addr" else c for c in shown]
+    return shown, bar, hidden
+
+
+def _base_id(col: Col) -> str:
+    """The rate column a total column stands in for (drops -> drop_rate)."""
+    for rate_id, total in TOTALS.items():
+        if total.id == col.id:
+            return rate_id
+    return col.id
 
 
 def fill_style(depth: int, limit: int) -> str:
@@ -95,9 +162,10 @@ def accept_cell(depth: int, limit: int, bar: int) -> Text:
         filled = min(bar, round(bar * depth / cap)) if cap else 0
         if depth and not filled:
             filled = 1
+        full, empty = ("#", ".") if ascii_mode() else ("█", "░")
         text.append(" ")
-        text.append("█" * filled, style=style)
-        text.append("░" * (bar - filled), style="dim")
+        text.append(full * filled, style=style)
+        text.append(empty * (bar - filled), style="dim")
         if depth > limit:
             text.append("!", style=style)
     elif depth > limit:
@@ -105,16 +173,28 @@ def accept_cell(depth: int, limit: int, bar: int) -> Text:
     return text
 
 
-def _rate(value: float | None, hot: str = "bold red") -> Text:
-    return Text(fmt_num(value), style=hot if value else "", justify="right", no_wrap=True)
+ALARM = "bold reverse red"  # never only a colour: bold+reverse survive NO_COLOR, and a "!" marks it
+
+
+def _rate(value: float | None, hot: str = ALARM) -> Text:
+    text = Text(fmt_num(value), style=hot if value else "", justify="right", no_wrap=True)
+    if value and hot == ALARM:
+        text.append("!")
+    return text
 
 
 def _count(value: int | None) -> Text:
     return Text("-" if value is None else str(value), justify="right", no_wrap=True)
 
 
-def raw_values(lst: Listener, netns_name: str | None = None) -> tuple:
-    """Everything the row shows, as plain values: compared tick to tick to find changed cells."""
+NO_EXTRAS: tuple[Any, Any] = ((None, None), ())
+
+
+def raw_values(lst: Listener, extras: tuple[Any, Any] = NO_EXTRAS, netns_name: str | None = None) -> tuple:
+    """Everything the row shows, as plain values: compared tick to tick to find changed cells.
+
+    `extras` is what only the app's history knows: ((last overflow, last drop) as an age
+    bucket, the fill sparkline levels). `netns_name`: the NETNS column's name, if any."""
     return (
         (lst.key.label(), lst.reuseport_group is not None),
         (lst.key.netns, netns_name),
@@ -130,10 +210,43 @@ def raw_values(lst: Listener, netns_name: str | None = None) -> tuple:
         # an empty children mapping means "not counted", a missing state in a counted one is 0
         lst.children.get("ESTABLISHED", 0 if lst.children else None),
         lst.children.get("CLOSE_WAIT", 0 if lst.children else None),
+        lst.peak_accept_queue,
+        extras[0],
+        extras[1],
+        lst.drops,
+        lst.overflows,
+        lst.synack_retrans,
+        lst.queued,
     )
 
 
-RAW_INDEX = {c.id: i for i, c in enumerate(COLUMNS)}
+RAW_INDEX = {c.id: i for i, c in enumerate((*COLUMNS, *TOTALS.values()))}
+SPARK_GLYPHS = " ▁▂▃▄▅▆▇█"
+SPARK_ASCII = " .:-=+*#@"
+
+
+def age_text(seconds: float) -> str:
+    return fmt_age(seconds) if seconds >= 1 else "now"
+
+
+def last_cell(raw: tuple[tuple[str, float] | None, ...]) -> Text:
+    """raw: ((kind, age in whole seconds) of the most recent event) or (None,)."""
+    event = raw[0] if raw else None
+    if event is None:
+        return Text("none", style="dim", justify="right", no_wrap=True)
+    kind, age = event
+    hot = age < 10
+    return Text(f"{age_text(age)} {kind}", style="bold" if hot else "", justify="right", no_wrap=True)
+
+
+def spark_cell(levels: tuple[int, ...]) -> Text:
+    if not levels:
+        return Text("-", style="dim", no_wrap=True)
+    glyphs = SPARK_ASCII if ascii_mode() else SPARK_GLYPHS
+    text = Text(no_wrap=True)
+    for level in levels:
+        text.append(glyphs[level], style=ALARM if level == 8 else "")
+    return text
 
 
 def render_cell(col_id: str, raw: Any, bar: int) -> Text:
@@ -141,7 +254,7 @@ def render_cell(col_id: str, raw: Any, bar: int) -> Text:
         label, in_group = raw
         text = Text(no_wrap=True, overflow="ellipsis")
         if in_group:  # a SO_REUSEPORT member: the listener screen shows its group
-            text.append("⧉", style="cyan")
+            text.append("=" if ascii_mode() else "⧉", style="cyan")
         text.append(inert(label))
         return text
     if col_id == "netns":
@@ -160,7 +273,7 @@ def render_cell(col_id: str, raw: Any, bar: int) -> Text:
     if col_id in ("drop_rate", "overflow_rate"):
         return _rate(raw)
     if col_id in ("rtx_rate",):
-        return _rate(raw, hot="yellow")
+        return _rate(raw, hot="bold yellow")
     if col_id in ("queued_rate", "accepted_rate"):
         return _rate(raw, hot="")
     if col_id == "wait_p99":
@@ -168,8 +281,14 @@ def render_cell(col_id: str, raw: Any, bar: int) -> Text:
             return Text("-", justify="right", no_wrap=True)
         count, p99 = raw
         if not count:  # nothing accepted in the window (a queue nobody drains shows in the diagnosis)
-            return Text("·", style="dim", justify="right", no_wrap=True)
+            return Text("." if ascii_mode() else "·", style="dim", justify="right", no_wrap=True)
         return Text(fmt_wait(p99), style="yellow" if p99 and p99 >= 0.1 else "", justify="right", no_wrap=True)
+    if col_id == "last":
+        return last_cell(raw)
+    if col_id == "spark":
+        return spark_cell(raw)
+    if col_id in ("drops", "overflows", "rtx", "queued"):
+        return _count(raw)
     if col_id == "close_wait":
         return Text("-" if raw is None else str(raw), justify="right", style="yellow" if raw else "")
     return _count(raw)
@@ -209,7 +328,18 @@ class ListenerTable(KeyedTable):
         self.term_width = 0
         self.last: Sequence[Listener] | None = None
         self.netns_names: Mapping[int, str] = {}
+        self.netns_width = NETNS_MIN  # the NETNS column fits the longest name shown (widgets/text.py netns_label)
         self.sort_mark: tuple[str, bool] = ("overflow_rate", False)
+        # htop's rule: the bar stays on its screen line while rows re-sort under it; with a
+        # followed listener (F) the bar moves with that listener instead.
+        self.followed: ListenerKey | None = None
+        self.required: frozenset[str] = frozenset()  # the sort column; NETNS with several netns
+        self.totals = False  # `t`: totals instead of rates
+        self.chosen: frozenset[str] | None = None  # F2 column chooser; None: fit to the width
+        self.hidden: list[Col] = []  # columns left out for lack of room
+        # What only the app's history knows, per listener: ((kind, age) of the last overflow
+        # or drop, fill sparkline levels). Set by the main screen.
+        self.extras: Callable[[ListenerKey], tuple[Any, Any]] | None = None
 
     def on_resize(self, event) -> None:
         self.setup_columns(event.size.width)
@@ -219,11 +349,12 @@ class ListenerTable(KeyedTable):
 
         A column change rebuilds the rows (rare: resizes only) and keeps the cursor's listener.
         """
-        cols, bar = columns_for_width(width)
+        cols, bar, hidden = columns_for_width(width, self.required, self.totals, self.chosen, self.netns_width)
         self.term_width = width
-        if [c.id for c in cols] == [c.id for c in self.cols] and bar == self.bar:
+        self.hidden = hidden
+        if [(c.id, c.width) for c in cols] == [(c.id, c.width) for c in self.cols] and bar == self.bar:
             return False
-        cursor = self.cursor_key()
+        cursor_row, scroll_y = self.cursor_row, self.scroll_y
         self.clear(columns=True)
         self.order = []
         self.keys.clear()
@@ -236,14 +367,33 @@ class ListenerTable(KeyedTable):
         self.mark_sort(*self.sort_mark)
         if self.last is not None:
             self.apply(self.last)
-            if cursor is not None:
-                self.move_cursor_to_key(cursor)
+            self.move_cursor(row=cursor_row, animate=False, scroll=False)
+            self.scroll_to(y=scroll_y, animate=False, immediate=True)
         return True
+
+    def configure(
+        self,
+        *,
+        required: frozenset[str] | None = None,
+        totals: bool | None = None,
+        chosen: frozenset[str] | None | bool = False,
+    ) -> bool:
+        """Change what decides the columns; rebuild them if that changes them."""
+        if required is not None:
+            self.required = required
+        if totals is not None:
+            self.totals = totals
+        if chosen is not False:
+            self.chosen = chosen  # type: ignore[assignment]
+        if not self.term_width:
+            return False
+        return self.setup_columns(self.term_width)
 
     def mark_sort(self, sort_key: str, reverse: bool) -> None:
         self.sort_mark = (sort_key, reverse)
+        up, down = ("^", "v") if ascii_mode() else ("▲", "▼")
         for col in self.cols:
-            label = col.label + (("▲" if reverse else "▼") if col.sort_key == sort_key else "")
+            label = col.label + ((up if reverse else down) if col.sort_key == sort_key else "")
             column = self.columns.get(ColumnKey(col.id))
             if column is not None:
                 column.label = Text(label, justify="right" if col.right else "left")
@@ -261,10 +411,20 @@ class ListenerTable(KeyedTable):
         if netns_names is not None:
             self.netns_names = netns_names
         names = self.netns_names
+        if names:
+            seen = {lst.key.netns for lst in listeners}
+            longest = max((len(name) for ino, name in names.items() if ino in seen), default=0)
+        else:
+            longest = 0
+        netns_width = min(COLUMN_BY_ID["netns"].width, max(NETNS_MIN, longest))
+        if netns_width != self.netns_width:
+            self.netns_width = netns_width
+            if self.term_width and self.setup_columns(self.term_width):
+                return  # setup_columns showed `listeners` already
         if not self.cols:
             return
-        cursor = self.cursor_key()
-        screen_offset = self.cursor_row - int(self.scroll_y) if cursor else None
+        follow = row_key(self.followed) if self.followed is not None else None
+        screen_offset = self.cursor_row - int(self.scroll_y)
         want = [row_key(lst.key) for lst in listeners]
         want_set = set(want)
         gone = [k for k in self.order if k not in want_set]
@@ -278,8 +438,10 @@ class ListenerTable(KeyedTable):
         raw_map = self._raw
         changes: list[tuple[str, str, LazyCell]] = []
         added = False
+        extras = self.extras if any(c.id in ("last", "spark") for c in cols) else None
         for lst, key in zip(listeners, want, strict=False):
-            raw = raw_values(lst, names.get(lst.key.netns))
+            netns_name = names.get(lst.key.netns)
+            raw = raw_values(lst, NO_EXTRAS if extras is None else extras(lst.key), netns_name)
             old = raw_map.get(key)
             if old is None:
                 self.keys[key] = lst.key
@@ -299,5 +461,8 @@ class ListenerTable(KeyedTable):
             self._new_rows.clear()
         self.set_cells(changes)
         self.set_order(want)
-        if cursor is not None and cursor in want_set:
-            self.move_cursor_to_key(cursor, keep_screen_offset=screen_offset)
+        if follow is not None:
+            if follow in want_set:
+                self.move_cursor_to_key(follow, keep_screen_offset=screen_offset)
+            else:  # the followed listener is gone or filtered out: back to the line rule
+                self.followed = None

@@ -54,7 +54,44 @@ def fmt_age(seconds: float | None) -> str:
 
 def short_netns(inode: int) -> str:
     """Namespace inodes are 10 digits; the last 4 tell them apart on one host."""
-    return f"…{inode % 10000:04d}"
+    return f"{'~' if ascii_mode() else '…'}{inode % 10000:04d}"
+
+
+_ASCII: bool | None = None
+
+
+def ascii_mode() -> bool:
+    """True when the terminal or locale cannot draw the glyphs (sparklines, ▼, bars, boxes):
+    a non-UTF-8 locale (LANG=C), TERM=linux/vt100/dumb, or TCPQ_ASCII=1. TCPQ_ASCII=0 forces
+    Unicode."""
+    global _ASCII
+    if _ASCII is None:
+        _ASCII = detect_ascii()
+    return _ASCII
+
+
+def set_ascii_mode(value: bool | None) -> None:
+    global _ASCII
+    _ASCII = value
+
+
+def detect_ascii(env: dict[str, str] | None = None) -> bool:
+    import os
+
+    env = dict(os.environ) if env is None else env
+    forced = env.get("TCPQ_ASCII")
+    if forced in ("0", "1"):
+        return forced == "1"
+    term = env.get("TERM", "")
+    if term in ("linux", "vt100", "vt102", "vt220", "dumb") or term.startswith("vt"):
+        return True
+    locale = env.get("LC_ALL") or env.get("LC_CTYPE") or env.get("LANG") or ""
+    return not any(tag in locale.upper().replace("-", "") for tag in ("UTF8",))
+
+
+def glyph(unicode: str, ascii_text: str) -> str:
+    return ascii_text if ascii_mode() else unicode
+
 
 
 def netns_label(inode: int, name: str | None, width: int = 24) -> str:
@@ -62,7 +99,7 @@ def netns_label(inode: int, name: str | None, width: int = 24) -> str:
     if name is None:
         return short_netns(inode)
     text = inert(name)
-    return text if len(text) <= width else text[: width - 1] + "…"
+    return text if len(text) <= width else text[: width - 1] + glyph("…", "~")
 
 
 def netns_names(netns: Iterable[NetnsCounters]) -> dict[int, str]:

@@ -8,7 +8,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from tcptop_q.model import Snapshot
-from tcptop_q.widgets.text import fmt_num, inert, netns_label
+from tcptop_q.widgets.text import ascii_mode, fmt_num, inert, netns_label
 
 
 def bpf_badge(snap: Snapshot | None) -> Text:
@@ -25,28 +25,44 @@ def bpf_badge(snap: Snapshot | None) -> Text:
 
 
 def header_text(
-    snap: Snapshot | None, *, interval: float, now: float, paused: bool, stale_after: float = 3.0
+    snap: Snapshot | None,
+    *,
+    interval: float,
+    now: float,
+    paused: bool,
+    stale_after: float = 3.0,
+    mode: Text | None = None,
+    replaying: bool = False,
 ) -> Text:
+    """`mode`: REPLAY file/time/tick or REC file, right after the name (never cut at 80)."""
     line = Text(no_wrap=True, overflow="ellipsis")
     line.append("tcpq-top", style="bold")
-    sep = " │ "
+    sep = " │ " if not ascii_mode() else " | "
+    if mode is not None:
+        line.append(" ")
+        line.append_text(mode)
     if snap is not None:
         line.append(sep)
         line.append(inert(snap.hostname), style="bold")
     line.append(sep + time.strftime("%H:%M:%S", time.localtime(now)))
-    line.append(sep + f"every {interval:g}s")
+    if not replaying:
+        line.append(sep + f"every {interval:.3g}s")
     line.append(sep)
+    if replaying:
+        line.append("recorded ", style="dim")
     line.append_text(bpf_badge(snap))
     if snap is not None:  # least important: last, the first thing cut at 80 columns
         line.append(sep + inert(snap.kernel), style="dim")
     if paused:
         line.append(sep)
         line.append("PAUSED", style="reverse bold")
-    elif snap is not None and now - snap.time > max(stale_after, 3 * interval):
+    elif not replaying and snap is not None and now - snap.time > max(stale_after, 3 * interval):
         line.append(sep)
         line.append(f"no sample for {now - snap.time:.0f}s", style="reverse bold")
     if snap is not None and snap.sources.notes:
-        line.append(sep + "; ".join(inert(n) for n in snap.sources.notes), style="yellow")
+        n = len(snap.sources.notes)
+        line.append(sep)
+        line.append(f"{n} note{'s' if n > 1 else ''}", style="bold reverse")
     line.append("\n")
     if snap is None:
         line.append("waiting for the first sample…", style="dim")
@@ -62,12 +78,25 @@ def header_text(
         drop = ns.rates.get("ListenDrops")
         hot = bool(ovf) or bool(drop)
         line.append(f"netns {netns_label(ns.inode, ns.name, 20)} ", style="dim")
-        line.append(f"ovf {fmt_num(ovf)}/s drop {fmt_num(drop)}/s", style="bold red" if hot else "")
+        # The netns' own TcpExt counters, named as the kernel names them: ListenDrops is the
+        # sum over the netns' listeners, not one row's DROP/s (sk_drops).
+        line.append(f"ListenOverflows {fmt_num(ovf)}/s ListenDrops {fmt_num(drop)}/s",
+                    style="bold red" if hot else "")
     if not nss:
         line.append("no netns counters", style="dim")
     return line
 
 
 class TopBar(Static):
-    def show(self, snap: Snapshot | None, *, interval: float, now: float, paused: bool) -> None:
-        self.update(header_text(snap, interval=interval, now=now, paused=paused))
+    def show(
+        self,
+        snap: Snapshot | None,
+        *,
+        interval: float,
+        now: float,
+        paused: bool,
+        mode: Text | None = None,
+        replaying: bool = False,
+    ) -> None:
+        self.update(header_text(snap, interval=interval, now=now, paused=paused, mode=mode,
+                                replaying=replaying))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import selectors
 import shutil
@@ -19,6 +18,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ROOT, need
+from tests.kernel.test_bpf_cli import prog_ids_of  # noqa: F401  (re-exported for test_exporter)
 
 
 def wait_until(pred, timeout: float, what: str, step: float = 0.1):
@@ -164,20 +164,6 @@ class Prometheus:
                 self.proc.wait()
         self.log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def prog_ids_of(pid: int) -> set[int]:
-    ids = set()
-    fdinfo = f"/proc/{pid}/fdinfo"
-    for fd in os.listdir(fdinfo):
-        try:
-            with open(f"{fdinfo}/{fd}") as f:
-                for line in f:
-                    if line.startswith("prog_id:"):
-                        ids.add(int(line.split()[1]))
-        except OSError:
-            continue
-    return ids
 
 
 def loaded_programs() -> set[int]:

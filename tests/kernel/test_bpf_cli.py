@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -35,16 +34,6 @@ def prog_ids_of(pid: int) -> set[int]:
 def loaded_programs() -> dict[int, str]:
     out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True).stdout
     return {p["id"]: p.get("name", "?") for p in json.loads(out or "[]")}
-
-
-@pytest.fixture
-def bpf(root):
-    need(shutil.which("bpftool") is not None, "needs bpftool")
-    try:
-        import bcc  # noqa: F401
-    except ImportError:
-        need(False, "needs bcc (python3-bpfcc)")
-    yield
 
 
 class Batch:

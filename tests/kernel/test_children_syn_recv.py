@@ -3,15 +3,10 @@ tick's dump, so `children` equals `ss` in every report (issue 17, TCP_DEFER_ACCE
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import time
 from collections import Counter
-
-import pytest
-
-from tests.conftest import need
 
 PORT = 8097
 CLIENTS = 6
@@ -37,15 +32,6 @@ SS_STATES = {
     "FIN-WAIT-2": "FIN_WAIT2", "TIME-WAIT": "TIME_WAIT", "LAST-ACK": "LAST_ACK", "CLOSING": "CLOSING",
     "SYN-SENT": "SYN_SENT",
 }
-
-
-@pytest.fixture
-def bpf(root):
-    need(shutil.which("bpftool") is not None, "needs bpftool")
-    try:
-        import bcc  # noqa: F401
-    except ImportError:
-        need(False, "needs bcc (python3-bpfcc)")
 
 
 def ss_children(labns) -> dict[str, int]:

@@ -25,15 +25,6 @@ from tests.kernel.exporter_helpers import (
 )
 
 
-@pytest.fixture
-def bpf(root):
-    need(shutil.which("bpftool") is not None, "needs bpftool")
-    try:
-        import bcc  # noqa: F401
-    except ImportError:
-        need(False, "needs bcc (python3-bpfcc)")
-
-
 def listener_values(s: dict, port: int) -> dict:
     ids = [lab for lab, _ in s.get("tcpq_listener_info", []) if lab["lport"] == str(port)]
     assert len(ids) == 1, ids

@@ -7,8 +7,6 @@ import subprocess
 import sys
 import time
 
-from tests.kernel.test_bpf_cli import bpf  # noqa: F401  (fixture)
-
 
 def storm(labns, port: int, count: int) -> subprocess.Popen:
     return labns.spawn([sys.executable, "-m", "tcptop_q.lab.worker", "clients", "--addr", "127.0.0.1",

@@ -60,6 +60,8 @@ def test_tui_in_tmux_finds_the_overflowing_listener(labns, session):
     tmux("send-keys", "-t", session, "Enter")
     text = wait_screen(session, lambda s: f"pid {server.pid}" in s and "accept queue full" in s, 15)
     assert "6/5" in text
+    # the listener screen at 120x40 shows the owner, the queue and child rows without scrolling
+    assert "accept 6/5!" in text and re.search(r"127\.0\.0\.1:\d+\s+(ESTABLISHED|CLOSE_WAIT)", text), text
 
     tmux("send-keys", "-t", session, "q")
     deadline = time.monotonic() + 15
@@ -76,5 +78,5 @@ def _drop_rate(row: str) -> float:
     # columns after ACCEPT-Q bar: SYN-Q, DROP/s, ...
     cells = row.split()
     idx = next(i for i, c in enumerate(cells) if c.startswith("6/5"))
-    nums = [c for c in cells[idx + 1:] if re.fullmatch(r"[\d.]+", c)]
+    nums = [c.rstrip("!") for c in cells[idx + 1:] if re.fullmatch(r"[\d.]+!?", c)]  # alarms end in !
     return float(nums[1]) if len(nums) > 1 else 0.0

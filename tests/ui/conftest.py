@@ -3,6 +3,7 @@ import time
 
 import pytest
 
+os.environ["TCPQ_ASCII"] = "0"  # glyphs as drawn on a UTF-8 terminal, whatever the CI locale
 os.environ["TZ"] = "UTC"  # the header and feed show local time; snapshots must not depend on the host
 time.tzset()
 

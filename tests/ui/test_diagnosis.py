@@ -65,14 +65,39 @@ def test_syn_queue_full_without_syncookies_is_critical():
     ns = NetnsCounters(HOST_NS, {}, rates={"TCPReqQFullDrop": 40.0})
     head = diagnose(flooded, sysctls={**SYSCTLS, "tcp_syncookies": 0}, netns=ns)[0]
     assert head.severity == CRIT
-    assert "SYN queue 512/512" in head.text and "tcp_syncookies=0" in head.text
+    assert "SYN queue 512/128 (tcp_max_syn_backlog 512)" in head.text and "tcp_syncookies=0" in head.text
 
 
-def test_syncookies_sent_is_a_warning():
+def test_syncookies_are_pinned_on_the_listener_whose_syn_queue_shows_them():
     _, lst = _snap_listener(KEY_SSH)
+    flooded = replace(lst, syn_queue=129)
     ns = NetnsCounters(HOST_NS, {}, rates={"SyncookiesSent": 7.0})
-    head = diagnose(lst, sysctls=SYSCTLS, netns=ns)[0]
-    assert head.severity == WARN and "syncookies (7.0/s" in head.text
+    head = diagnose(flooded, sysctls=SYSCTLS, netns=ns)[0]
+    assert head.severity == WARN and "syncookies (netns 7.0/s" in head.text
+
+
+def test_netns_syncookies_are_not_blamed_on_a_listener_with_an_empty_syn_queue():
+    _, lst = _snap_listener(KEY_SSH)
+    assert lst.syn_queue == 0 and not lst.synack_retrans_rate
+    ns = NetnsCounters(HOST_NS, {}, rates={"SyncookiesSent": 7.0, "TCPReqQFullDrop": 2.0})
+    findings = diagnose(lst, sysctls=SYSCTLS, netns=ns)
+    assert not any(f.severity in (CRIT, WARN) for f in findings)
+    assert any(f.severity == OK and f.text.startswith("healthy") for f in findings)
+    netns_line = [f for f in findings if "syncookies" in f.text]
+    assert len(netns_line) == 1 and netns_line[0].severity == diagnosis.INFO
+    assert "this netns" in netns_line[0].text and "not for this listener" in netns_line[0].text
+    assert "SYN-queue-full drops 2.0/s" in netns_line[0].text
+
+
+def test_close_wait_children_never_accepted_are_not_a_close_leak():
+    """inode 0: the child closed while still in the accept queue (a slow acceptor's story)."""
+    snap, lst = _snap_listener(KEY_8080)
+    queued = [replace(cw, inode=0) for cw in snap.close_wait if cw.lport == 8080]
+    assert len(queued) >= diagnosis.CLOSE_WAIT_PILE
+    texts = [f.text for f in diagnose(lst, sysctls=SYSCTLS, close_wait=queued)]
+    assert not any("never calls close()" in t or "leaked" in t for t in texts)
+    line = next(t for t in texts if "closed by the peer" in t)
+    assert f"{len(queued)} children closed by the peer before pid 1234 (server) accepted them" in line
 
 
 def test_healthy_listener_gets_one_ok_finding():

@@ -62,3 +62,54 @@ async def test_arrow_keys_are_not_taken_from_a_live_view(tmp_path):
         assert app.check_action("replay_step", (1,)) is False
         await pilot.press("right")  # must not raise or move anything in time
         await pilot.press("q")
+
+
+async def test_replay_is_labelled_with_file_recorded_time_tick_and_end(tmp_path):
+    from .screen_text import screen_text
+
+    path = tmp_path / "incident.gz"
+    snaps = make_recording(path)
+    source = ReplaySource(path, speed=10)
+    app = TcpqTopApp(source, clock=source.clock)
+    async with app.run_test(size=(160, 40)) as pilot:
+        await wait_until(pilot, lambda: app.snapshot is not None)
+        await pilot.press("p")
+        await pilot.press("g")
+        await wait_until(pilot, lambda: app.snapshot.time == snaps[0].time)
+        await pilot.pause()
+        top = screen_text(app).splitlines()[0]
+        assert "REPLAY incident.gz" in top and f"1/{len(snaps)}" in top
+        assert "every " not in top and "recorded BPF: live" in top and "END" not in top
+        await pilot.press("G")
+        await wait_until(pilot, lambda: app.snapshot.time == snaps[-1].time)
+        await pilot.pause()
+        top = screen_text(app).splitlines()[0]
+        assert f"{len(snaps)}/{len(snaps)}" in top and "END" in top
+        await pilot.press("q")
+
+
+async def test_recording_shows_REC(tmp_path):
+    from tcptop_q.record import RecordingSource
+
+    from .fake_source import FakeSource
+    from .screen_text import screen_text
+
+    source = RecordingSource(FakeSource(), tmp_path / "out.gz")
+    app = TcpqTopApp(source)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_until(pilot, lambda: app.snapshot is not None)
+        await pilot.pause()
+        assert "REC out.gz" in screen_text(app).splitlines()[0]
+        await pilot.press("q")
+
+
+def test_drop_reasons_survive_a_recording(tmp_path):
+    from dataclasses import replace
+
+    path = tmp_path / "r.gz"
+    snap = build_snapshot(0)
+    snap = replace(snap, listeners=[replace(x, drop_reasons={"TCP_LISTEN_OVERFLOW": 3}) for x in snap.listeners])
+    with Recorder(path) as rec:
+        rec.write(snap)
+    back = ReplaySource(path).sample()
+    assert {x.drop_reasons["TCP_LISTEN_OVERFLOW"] for x in back.listeners} == {3}

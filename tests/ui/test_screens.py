@@ -163,12 +163,18 @@ async def test_collector_error_is_shown_not_raised(make_app):
 
 async def test_help_screen_lists_the_whole_catalogue(make_app):
     app = make_app()
-    async with app.run_test(size=(100, 60)) as pilot:
+    async with app.run_test(size=(110, 110)) as pilot:
         await pilot.press("question_mark")
         assert type(app.screen).__name__ == "HelpScreen"
         text = screen_text(app)
         for k in keycat.CATALOGUE:
-            assert k.description in text, k.id
+            if keycat.replay_only(k):  # live: no replay keys offered
+                assert k.description not in text, k.id
+            else:
+                assert k.description in text, k.id
+        assert "equals_sign" not in text and "question_mark" not in text
+        assert "+ / =" in text
+        assert "ListenDrops" in text and "sk_drops" in text  # the legend tells the two drops apart
         await pilot.press("escape")
         assert isinstance(app.screen, MainScreen)
 
@@ -181,6 +187,9 @@ async def test_command_palette_offers_catalogue_actions(make_app):
         for k in keycat.for_scopes("main"):
             if k.palette:
                 assert k.description in titles
+        for k in keycat.for_scopes("app"):
+            if keycat.replay_only(k):  # live mode: no replay keys in the palette
+                assert k.description not in titles
         titles["Reverse"].callback()
         await pilot.pause()
         assert app.sort_reverse is True
@@ -239,3 +248,127 @@ async def test_listener_that_disappears_is_shown_gone_and_main_table_drops_it(ma
         await pilot.press("escape")
         await wait_for(pilot, lambda: isinstance(app.screen, MainScreen), what="back to main")
         assert "0.0.0.0:8080" not in screen_text(app)
+
+
+async def test_listener_screen_at_80x24_shows_owner_headline_queue_and_children(make_app):
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await feed_ticks(app, pilot)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, ListenerScreen), what="listener screen")
+        await pilot.pause()
+        text = screen_text(app)
+        assert "pid 1234 server" in text and "accept 6/5!" in text
+        assert "✖ accept queue full 6/5" in text and "more: D" in text
+        assert "127.0.0.1:41010" in text and "CLOSE_WAIT" in text  # a child row, no scrolling
+        await pilot.press("D")  # every finding
+        assert "never calls close()" in screen_text(app)
+        await pilot.press("D", "d")  # fold the findings, unfold the details (they scroll)
+        assert "accept queue 6/5 ██████████!" in screen_text(app)
+        assert app.screen.query_one("#detail").display
+
+
+async def test_listener_screen_at_120x40_shows_children_and_details(make_app):
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await feed_ticks(app, pilot)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, ListenerScreen), what="listener screen")
+        await pilot.pause()
+        text = screen_text(app)
+        assert "127.0.0.1:41000" in text  # all six children
+        assert "sk_drops 170 since the socket was created" in text and "overflows 170 since 22:13" in text
+
+
+async def test_listener_screen_shows_drop_reasons(make_app):
+    from dataclasses import replace
+
+    app = make_app()
+    async with app.run_test(size=(160, 48)) as pilot:
+        await feed_ticks(app, pilot)
+        snap = build_snapshot(CLOCK_TICK + 1)
+        app.apply_snapshot(replace(snap, listeners=[
+            replace(x, drop_reasons={"TCP_LISTEN_OVERFLOW": 7, "SOCKET_FILTER": 1}) if x.key == KEY_8080 else x
+            for x in snap.listeners]))
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, ListenerScreen), what="listener screen")
+        await pilot.pause()
+        text = screen_text(app)
+        assert "drop reasons (since 22:13)" in text
+        lines = text.splitlines()
+        i = next(n for n, line in enumerate(lines) if "TCP_LISTEN_OVERFLOW" in line)
+        assert "7 TCP_LISTEN_OVERFLOW" in lines[i] and "1 SOCKET_FILTER" in lines[i + 1]
+
+
+async def test_export_writes_svg_and_text_and_says_where(make_app, tmp_path, monkeypatch):
+    monkeypatch.setenv("TCPQ_EXPORT_DIR", str(tmp_path))
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await feed_ticks(app, pilot)
+        await pilot.press("e")
+        await pilot.pause()
+        svgs, txts = list(tmp_path.glob("tcpq-top-*.svg")), list(tmp_path.glob("tcpq-top-*.txt"))
+        assert len(svgs) == 1 and len(txts) == 1
+        assert "0.0.0.0:8080" in txts[0].read_text() and svgs[0].read_text().startswith("<svg")
+        assert any(str(svgs[0]) in n.message for n in app._notifications)
+        # Textual's palette "Screenshot" is the same export
+        titles = {c.title: c for c in app.get_system_commands(app.screen)}
+        titles["Screenshot"].callback()
+        await pilot.pause()
+        assert len(list(tmp_path.glob("tcpq-top-*.txt"))) >= 1
+
+
+async def test_copy_offers_the_commands_for_the_selected_listener(make_app):
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await feed_ticks(app, pilot)
+        key = app.screen.table.listener_at_cursor()
+        lst = app.listener(key)
+        await pilot.press("y")
+        assert type(app.screen).__name__ == "CopyPicker"
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.clipboard == f"nsenter -t {lst.pid} -n ss -ltnpm 'sport = :{key.lport}'"
+
+
+async def test_slash_filters_the_feed_too(make_app):
+    app = make_app()
+    async with app.run_test(size=(160, 48)) as pilot:
+        await feed_ticks(app, pilot)
+        feed = app.screen.feed
+        await wait_for(pilot, lambda: feed.table.row_count > 0, what="feed")
+        await pilot.press("slash", *"5432", "enter")
+        await pilot.pause(0.3)
+        assert all(ev.lport == 5432 for ev in feed.by_key.values())
+        assert "filter 5432" in str(feed.border_title)
+
+
+async def test_signal_to_the_owner_asks_first_naming_pid_and_cmdline(make_app):
+    import signal
+    import subprocess
+    import sys
+    from dataclasses import replace
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        app = make_app()
+        async with app.run_test(size=(120, 40)) as pilot:
+            snap = build_snapshot(CLOCK_TICK)
+            app.apply_snapshot(replace(snap, listeners=[
+                replace(x, pid=child.pid, comm="sleeper") if x.key == KEY_8080 else x for x in snap.listeners]))
+            await pilot.pause()
+            assert app.screen.table.listener_at_cursor() == KEY_8080
+            await pilot.press("f9")
+            await wait_for(pilot, lambda: type(app.screen).__name__ == "SignalConfirm", what="confirmation")
+            assert f"send a signal to pid {child.pid}" in screen_text(app)
+            await pilot.press("escape")  # cancel: nothing sent
+            await pilot.pause()
+            assert child.poll() is None
+            await pilot.press("f9")
+            await wait_for(pilot, lambda: type(app.screen).__name__ == "SignalConfirm", what="confirmation")
+            await pilot.press("down", "enter")  # SIGTERM
+            assert child.wait(timeout=10) == -signal.SIGTERM
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()

@@ -1,4 +1,4 @@
-"""SVG snapshot tests at 80x24 (ssh default) and 160x48, fixed clock, TZ=UTC (conftest).
+"""SVG snapshot tests at 80x24 (ssh default), 120x40 and 160x48, fixed clock, TZ=UTC (conftest).
 
 Regenerate after an intended change with:
     .venv/bin/python -m pytest tests/ui/test_snapshots.py --snapshot-update
@@ -32,20 +32,25 @@ def loaded(*keys: str, wait=None):
     return run_before
 
 
-@pytest.mark.parametrize("size", [(80, 24), (160, 48)], ids=["80x24", "160x48"])
+@pytest.mark.parametrize("size", [(80, 24), (120, 40), (160, 48)], ids=["80x24", "120x40", "160x48"])
 def test_main_screen(snap_compare, size):
     assert snap_compare(make(), terminal_size=size, run_before=loaded())
 
 
-@pytest.mark.parametrize("size", [(80, 24), (160, 48)], ids=["80x24", "160x48"])
+@pytest.mark.parametrize("size", [(80, 24), (120, 40), (160, 48)], ids=["80x24", "120x40", "160x48"])
 def test_listener_screen(snap_compare, size):
     assert snap_compare(
         make(), terminal_size=size, run_before=loaded("enter", wait=lambda app: app.screen.process_loaded)
     )
 
 
-def test_close_wait_screen_80x24(snap_compare):
-    assert snap_compare(make(), terminal_size=(80, 24), run_before=loaded("c"))
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=["80x24", "120x40"])
+def test_close_wait_screen(snap_compare, size):
+    assert snap_compare(make(), terminal_size=size, run_before=loaded("c"))
+
+
+def test_help_with_legend_120x40(snap_compare):
+    assert snap_compare(make(), terminal_size=(120, 40), run_before=loaded("question_mark"))
 
 
 def test_socket_screen_80x24(snap_compare):

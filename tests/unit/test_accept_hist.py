@@ -12,6 +12,7 @@ import pytest
 
 from tcptop_q.model import HistCounts
 from tcptop_q.probes import hist, layout
+from tests.conftest import need
 
 ACCEPT_C = Path(__file__).parents[2] / "tcptop_q" / "probes" / "accept.bpf.c"
 
@@ -33,8 +34,8 @@ def test_buckets_cover_every_value_once_and_are_narrow() -> None:
 
 def test_c_bucket_function_matches_python(tmp_path: Path) -> None:
     cc = shutil.which("cc")
-    if cc is None:
-        pytest.skip("no C compiler")
+    need(cc is not None, "needs a C compiler (cc) to build the BPF bucket function natively")
+    assert cc is not None
     text = ACCEPT_C.read_text()
     funcs = re.search(r"static __always_inline u32 tq_log2.*?\n}\n.*?static __always_inline u32 tq_hist_bucket.*?\n}\n",
                       text, re.S)

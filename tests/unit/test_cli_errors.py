@@ -67,3 +67,32 @@ def test_bad_recordings(tmp_path, content, names):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and names in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_missing_pid_is_one_line_and_exit_2():
+    pid = 4194303  # above any pid_max default; /proc has no such entry
+    r = tcpq("--once", "--no-bpf", "--pid", str(pid))
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.strip() == f"tcpq-top: --pid {pid}: no such process"
+
+
+def test_integer_limits_print_as_integers():
+    r = tcpq("--batch", "-n", "0")
+    assert r.returncode == 2 and "1000000000" in r.stderr and "e+" not in r.stderr
+
+
+def test_version_and_help():
+    r = tcpq("--version")
+    assert r.returncode == 0 and r.stdout.startswith("tcpq-top ")
+    h = tcpq("--help")
+    assert h.returncode == 0
+    for needle in ("examples:", "exit codes:", "keys", "--sort OVF/s", "2 bad input"):
+        assert needle in h.stdout, needle
+
+
+@pytest.mark.parametrize("name,key", [("OVF/s", "overflow_rate"), ("overflow_rate", "overflow_rate"),
+                                      ("que/s", "queued_rate"), ("CL-WT", "close_wait"), ("severity", "severity")])
+def test_sort_accepts_headers_and_names(name, key):
+    from tcptop_q.cli import build_parser
+
+    assert build_parser().parse_args(["--sort", name]).sort == key
