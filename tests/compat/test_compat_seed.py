@@ -17,14 +17,12 @@ docs/COMPATIBILITY.md.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import platform
 import signal
 import socket
 import struct
-import threading
 import time
 import zlib
 from pathlib import Path
@@ -158,26 +156,8 @@ def test_seed_experiment_1(watch: Watch) -> None:
 
 
 def _in_netns(ns, fn, *args):
-    """fn(*args) in a thread that entered NS (network namespaces are per thread); a socket
-    made there stays in NS."""
-    out: list = []
-
-    def body() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fd = os.open(f"/run/netns/{ns.name}", os.O_RDONLY)
-        try:
-            if libc.setns(fd, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns")
-        finally:
-            os.close(fd)
-        out.append(fn(*args))
-
-    t = threading.Thread(target=body)
-    t.start()
-    t.join()
-    if not out:
-        raise RuntimeError(f"cannot make a socket in {ns.name}")
-    return out[0]
+    """fn(*args) in a thread that entered NS; a socket made there stays in NS."""
+    return ns.call(fn, *args)
 
 
 def test_third_ack_overflow_counted_and_attributed(watch: Watch) -> None:

@@ -7,7 +7,6 @@ Needs root and bcc: fails when CI=true, skips otherwise.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import json
 import os
@@ -65,28 +64,7 @@ def probes(request) -> Iterator[BpfProbes]:
 
 def in_ns(ns, fn: Callable, *args):
     """fn(*args) on a thread inside netns `ns` (network namespaces are per thread)."""
-    out: list = []
-    err: list = []
-
-    def body() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fd = os.open(f"/run/netns/{ns.name}", os.O_RDONLY)
-        try:
-            if libc.setns(fd, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns")
-        finally:
-            os.close(fd)
-        try:
-            out.append(fn(*args))
-        except BaseException as exc:
-            err.append(exc)
-
-    t = threading.Thread(target=body)
-    t.start()
-    t.join()
-    if err:
-        raise err[0]
-    return out[0]
+    return ns.call(fn, *args)
 
 
 def start_in_ns(ns, fn: Callable, *args) -> threading.Thread:
