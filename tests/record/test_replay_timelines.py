@@ -12,20 +12,11 @@ from tcptop_q.timeline import full_tuple, socket_timeline
 from tests.conftest import need
 
 
-def _bcc_ok() -> bool:
-    try:
-        import bcc  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
-def test_recorded_run_replays_every_socket_timeline(root, tmp_path):
+def test_recorded_run_replays_every_socket_timeline(bpf, tmp_path):
     from tcptop_q.lab.scenarios import run_scenarios
     from tcptop_q.record import RecordingSource, ReplaySource
     from tcptop_q.source import Filters, LiveSource
 
-    need(_bcc_ok(), "needs bcc (python3-bpfcc) in this interpreter")
     path = tmp_path / "seeds.tcpq.gz"
     with run_scenarios(["client-closes", "server-closes"], 60) as (_ns, infos):
         live = LiveSource(interval=0.5, filters=Filters(netns=infos[0]["inode"]), use_bpf=True, blocking_owners=True)
