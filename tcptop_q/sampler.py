@@ -30,6 +30,7 @@ from .model import (
     NetnsCounters,
     Snapshot,
     Sources,
+    Transition,
 )
 from .probes import diag as diagmod
 from .probes.diag import DiagRow, DiagSocket
@@ -171,6 +172,7 @@ class Attributed:
     close_wait: list[tuple[int, DiagRow, ListenerKey | None]]
     children: list[tuple[int, DiagRow, ListenerKey]] | None  # None: no full dump this tick
     syn_recv: dict[ListenerKey, int] = field(default_factory=dict)  # every SYN_RECV row (Fast Open children too)
+    parents: _Parents | None = None
 
     def close_wait_counts(self) -> dict[ListenerKey, int]:
         out: dict[ListenerKey, int] = {}
@@ -191,12 +193,63 @@ class Attributed:
         return out
 
 
-def attribute(raw: RawTick) -> Attributed:
-    """Listeners first; then request socks, CLOSE_WAIT and children given to them."""
+Links = tuple[Mapping[tuple[int, str, str, int, str, int], tuple[int, int]], Mapping[int, tuple[int, int]]]
+
+
+def shared_addresses(listen_rows: Sequence[tuple[ListenerKey, DiagRow]]) -> set[tuple[int, int, str]]:
+    """(netns, lport, laddr) of every address more than one listener has (SO_REUSEPORT groups):
+    there the address does not tell a child's listener."""
+    seen: set[tuple[int, int, str]] = set()
+    shared: set[tuple[int, int, str]] = set()
+    for key, _ in listen_rows:
+        where = (key.netns, key.lport, key.laddr)
+        (shared if where in seen else seen).add(where)
+    return shared
+
+
+class _Parents:
+    """A socket's listener: by address (attribution.owner_listener), and where several listeners
+    share that address, by the link the probes took in the kernel when the child was queued
+    (BpfProbes.child_links, read once per tick and only then). A child without a link (queued
+    before the probes went live) stays with the address's first listener."""
+
+    def __init__(self, listen_rows: Sequence[tuple[ListenerKey, DiagRow]],
+                 links: Callable[[], Links] | None) -> None:
+        self.index = listener_index(listen_rows)
+        self.shared = shared_addresses(listen_rows) if links is not None else set()
+        self.by_lid = {(key.netns, row.inode): key for key, row in listen_rows if row.inode}
+        self._links = links
+        self._read: Links | None = None
+
+    def links(self) -> Links:
+        if self._read is None:
+            self._read = self._links() if self._links is not None else ({}, {})
+        return self._read
+
+    def of(self, netns: int, family: str, laddr: str, lport: int, raddr: str, rport: int) -> ListenerKey | None:
+        key = owner_listener(self.index, netns, family, laddr, lport)
+        if key is None or (key.netns, key.lport, key.laddr) not in self.shared:
+            return key
+        lid = self.links()[0].get((netns, family, laddr, lport, raddr, rport))
+        return self.by_lid.get(lid, key) if lid is not None else key
+
+    def event(self, ev: Transition) -> Transition:
+        key = ev.listener
+        if key is None or (key.netns, key.lport, key.laddr) not in self.shared:
+            return ev
+        lid = self.links()[1].get(ev.skaddr)
+        member = self.by_lid.get(lid) if lid is not None else None
+        return ev if member is None or member == key else dataclasses.replace(ev, listener=member)
+
+
+def attribute(raw: RawTick, links: Callable[[], Links] | None = None) -> Attributed:
+    """Listeners first; then request socks, CLOSE_WAIT and children given to them. `links`:
+    the probes' child -> listener links, asked for only where an address has several listeners."""
     listen_rows = [
         (_key(ns.inode, row), row) for ns in raw.netns.values() for row in ns.rows if row.state == diagmod.TCP_LISTEN
     ]
-    index = listener_index(listen_rows)
+    parents = _Parents(listen_rows, links)
+    index = parents.index
     syn_queue: dict[ListenerKey, int] = {}
     syn_recv: dict[ListenerKey, int] = {}
     close_wait: list[tuple[int, DiagRow, ListenerKey | None]] = []
@@ -204,22 +257,24 @@ def attribute(raw: RawTick) -> Attributed:
     for ns in raw.netns.values():
         for row in ns.rows:
             if row.state in (diagmod.TCP_SYN_RECV, diagmod.TCP_NEW_SYN_RECV):
+                # Request socks have no link (they are not sockets the probes see): by address.
                 parent = owner_listener(index, ns.inode, FAMILY[row.family], row.laddr, row.lport)
                 if parent is not None:
                     syn_recv[parent] = syn_recv.get(parent, 0) + 1
                     if row.inode == 0:
                         syn_queue[parent] = syn_queue.get(parent, 0) + 1
             elif row.state == diagmod.TCP_CLOSE_WAIT:
-                close_wait.append((ns.inode, row, owner_listener(index, ns.inode, FAMILY[row.family], row.laddr, row.lport)))
+                close_wait.append((ns.inode, row, parents.of(ns.inode, FAMILY[row.family], row.laddr, row.lport,
+                                                             row.raddr, row.rport)))
         if ns.children is None:
             continue
         if children is None:
             children = []
         for row in ns.children:
-            parent = owner_listener(index, ns.inode, FAMILY[row.family], row.laddr, row.lport)
+            parent = parents.of(ns.inode, FAMILY[row.family], row.laddr, row.lport, row.raddr, row.rport)
             if parent is not None:
                 children.append((ns.inode, row, parent))
-    return Attributed(listen_rows, index, syn_queue, close_wait, children, syn_recv)
+    return Attributed(listen_rows, index, syn_queue, close_wait, children, syn_recv, parents)
 
 
 # ------------------------------------------------------------------ overflows
@@ -384,60 +439,80 @@ def _with_main_states(counts: Mapping[str, int] | None) -> dict[str, int]:
     return out
 
 
+Deltas = Mapping[tuple[int, int], Mapping[str, int]]
+
+
+def _moved(counts: dict[str, int], now: Mapping[str, int], then: Mapping[str, int]) -> None:
+    for state in set(now) | set(then):
+        value = counts.get(state, 0) + now.get(state, 0) - then.get(state, 0)
+        if value > 0:
+            counts[state] = value
+        else:
+            counts.pop(state, None)
+
+
 def children_between_dumps(
     at_dump: Mapping[ListenerKey, Mapping[str, int]],
-    deltas_at_dump: Mapping[tuple[int, int], Mapping[str, int]],
-    deltas_now: Mapping[tuple[int, int], Mapping[str, int]] | None,
+    deltas_at_dump: Deltas,
+    deltas_now: Deltas | None,
     listeners: Sequence[ListenerKey],
+    ldeltas_at_dump: Deltas | None = None,
+    ldeltas_now: Deltas | None = None,
+    lids: Mapping[ListenerKey, tuple[int, int]] | None = None,
 ) -> dict[ListenerKey, dict[str, int]]:
     """Children by state between two full dumps: the last dump's counts moved on by the
-    transitions BPF counted per (netns, port) since then. Where a port has several
-    listeners in one netns the deltas cannot be split, and the dump's counts stand."""
-    if not deltas_now:
+    transitions BPF counted since then: per listener (netns, inode) for children queued on it
+    (`ldeltas`, the kernel's link), per (netns, port) for those not queued yet. Where a port has
+    several listeners in one netns the per-port deltas cannot be split: those stand still."""
+    if not deltas_now and not ldeltas_now:
         return {k: dict(v) for k, v in at_dump.items()}
+    deltas_now = deltas_now or {}
     per_port: dict[tuple[int, int], int] = {}
     for key in listeners:
         per_port[(key.netns, key.lport)] = per_port.get((key.netns, key.lport), 0) + 1
     out: dict[ListenerKey, dict[str, int]] = {}
+    empty: Mapping[str, int] = {}
     for key in listeners:
         counts = dict(at_dump.get(key, {}))
         port = (key.netns, key.lport)
-        if per_port[port] == 1:
-            now, then = deltas_now.get(port, {}), deltas_at_dump.get(port, {})
-            for state in set(now) | set(then):
-                value = counts.get(state, 0) + now.get(state, 0) - then.get(state, 0)
-                if value > 0:
-                    counts[state] = value
-                else:
-                    counts.pop(state, None)
+        if per_port[port] == 1 and deltas_now:
+            _moved(counts, deltas_now.get(port, empty), deltas_at_dump.get(port, empty))
+        lid = lids.get(key) if lids else None
+        if lid is not None and ldeltas_now:
+            _moved(counts, ldeltas_now.get(lid, empty), (ldeltas_at_dump or {}).get(lid, empty))
         out[key] = counts
     return out
 
 
 class ChildrenTracker:
     """Children by state per listener between full dumps: the last dump's counts, moved on
-    by BPF's per-port transition deltas; CLOSE_WAIT always from this tick's dump."""
+    by BPF's per-listener and per-port transition deltas; CLOSE_WAIT always from this tick's dump."""
 
     def __init__(self) -> None:
         self.at_dump: dict[ListenerKey, dict[str, int]] | None = None  # None: no dump yet
-        self.deltas_at_dump: Mapping[tuple[int, int], Mapping[str, int]] = {}
+        self.deltas_at_dump: Deltas = {}
+        self.ldeltas_at_dump: Deltas = {}
 
     def update(
         self,
         dumped: dict[ListenerKey, dict[str, int]] | None,
-        deltas_now: Mapping[tuple[int, int], Mapping[str, int]] | None,
+        deltas_now: Deltas | None,
         listeners: Sequence[ListenerKey],
         close_wait: Mapping[ListenerKey, int],
+        ldeltas_now: Deltas | None = None,
+        lids: Mapping[ListenerKey, tuple[int, int]] | None = None,
     ) -> dict[ListenerKey, dict[str, int]] | None:
         """Counts per listener this tick; None until the first full dump."""
         if dumped is not None:
             self.at_dump = dumped
             self.deltas_at_dump = deltas_now or {}
+            self.ldeltas_at_dump = ldeltas_now or {}
             counts: Mapping[ListenerKey, Mapping[str, int]] = dumped
         elif self.at_dump is None:
             return None
         else:
-            counts = children_between_dumps(self.at_dump, self.deltas_at_dump, deltas_now, listeners)
+            counts = children_between_dumps(self.at_dump, self.deltas_at_dump, deltas_now, listeners,
+                                            self.ldeltas_at_dump, ldeltas_now, lids)
         return {key: _with_close_wait(counts.get(key), close_wait.get(key, 0)) for key in listeners}
 
 
@@ -508,11 +583,19 @@ LISTENER_BPF_FIELDS: list[FieldFn] = [
 
 
 def join_bpf(bpf: BpfReading, listen_rows: Sequence[tuple[ListenerKey, DiagRow]]) -> dict[ListenerKey, BpfListenerCounts]:
-    """BPF counts per listener: by key (cookie), or by tuple when the kernel had no cookie yet."""
-    tuple_map = {dataclass_replace_cookie(k): v for k, v in bpf.listeners.items()}
+    """BPF counts per listener row: by key (the socket cookie), else by the socket's inode (an
+    entry the probes made before the kernel had a cookie, e.g. reuseport members opened after
+    start), else by address for an entry without a cookie when it is the only one there (no
+    inode in BTF). Never one socket's counts on another's row (docs/ARCHITECTURE.md, identity)."""
+    tuple_map = {dataclass_replace_cookie(k): v for k, v in bpf.listeners.items() if not k.cookie}
+    by_inode = bpf.by_inode
     out: dict[ListenerKey, BpfListenerCounts] = {}
-    for key, _row in listen_rows:
-        counts = bpf.listeners.get(key) or tuple_map.get(dataclass_replace_cookie(key))
+    for key, row in listen_rows:
+        counts = bpf.listeners.get(key)
+        if counts is None and row.inode:
+            counts = by_inode.get((key.netns, row.inode))
+        if counts is None and not by_inode:
+            counts = tuple_map.get(dataclass_replace_cookie(key))
         out[key] = counts if counts is not None else BpfListenerCounts()
     return out
 
@@ -659,13 +742,18 @@ class Sampler:
         self, raw: RawTick, bpf: BpfReading | None, bpf_state: str, bpf_error: str | None
     ) -> Snapshot:
         dt = (raw.mono - self.prev.mono) if self.prev else 0.0
-        att = attribute(raw)
+        links_fn = getattr(self.bpf, "child_links", None) if bpf is not None else None
+        att = attribute(raw, links_fn if callable(links_fn) else None)
         owners = self._resolve_owners(att, raw.notes)
         keys = [key for key, _ in att.listen_rows]
         conns = self._connections(att, raw.wall, owners, bpf is not None)
         deltas_fn = getattr(self.bpf, "child_deltas", None) if bpf is not None else None
         deltas_now = deltas_fn() if callable(deltas_fn) else None
-        children = self.children.update(att.children_counts(), deltas_now, keys, att.close_wait_counts())
+        ldeltas_fn = getattr(self.bpf, "listener_child_deltas", None) if bpf is not None else None
+        ldeltas_now = ldeltas_fn() if callable(ldeltas_fn) else None
+        lids = {key: (key.netns, row.inode) for key, row in att.listen_rows if row.inode}
+        children = self.children.update(att.children_counts(), deltas_now, keys, att.close_wait_counts(),
+                                        ldeltas_now, lids)
         if children is not None:
             children = with_tick_syn_recv(children, att.syn_recv)
         fields = self._bpf_fields(att, bpf, dt, raw)
@@ -682,10 +770,21 @@ class Sampler:
             netns=netns_counters(raw, self.prev, dt, names),
             listeners=listeners,
             close_wait=close_wait,
-            events=attribution.attribute_events(bpf.events, att.index) if bpf is not None else (),
+            events=self._events(att, bpf),
             connections=conns,
             seq=self.seq,
         )
+
+    def _events(self, att: Attributed, bpf: BpfReading | None) -> tuple[Transition, ...]:
+        """Feed events, each with its listener: by address, by the kernel's link where several
+        listeners share the address (a reuseport member's children, timelines, `ms in old`)."""
+        if bpf is None:
+            return ()
+        events = attribution.attribute_events(bpf.events, att.index)
+        parents = att.parents
+        if parents is None or not parents.shared:
+            return events
+        return tuple(parents.event(ev) for ev in events)
 
     def _netns_names(self, raw: RawTick) -> dict[int, NetnsName]:
         """Names of this tick's namespaces (probes/names.py, cached there); its notes join the tick's."""

@@ -41,10 +41,17 @@ def as_int(x) -> int:
 
 
 def items(table) -> list:
+    """Every (key, value) of a map, each key once. The get_next_key walk (kernels or maps
+    without batch lookup) starts over from the first key when the one it stands on is
+    deleted meanwhile, and would then yield entries twice: the last value of each key wins."""
     try:
         return list(table.items_lookup_batch())
     except Exception:
-        return list(table.items())
+        pass
+    seen: dict[bytes, tuple] = {}
+    for k, v in table.items():
+        seen[bytes(k)] = (k, v)
+    return list(seen.values())
 
 
 def event(raw: bytes, mono_to_unix: float) -> Transition:
@@ -85,11 +92,12 @@ def peaks(table, epoch: int) -> dict[int, int]:
     return out
 
 
-def reasons(entries: Iterable, names: Mapping[int, str]) -> dict[int, dict[str, int]]:
-    out: dict[int, dict[str, int]] = {}
+def reasons(entries: Iterable, names: Mapping[int, str]) -> dict[tuple[int, int], dict[str, int]]:
+    """(listener sk, its born_ns) -> reason name -> count."""
+    out: dict[tuple[int, int], dict[str, int]] = {}
     for k, v in entries:
         name = names.get(k.reason, f"REASON_{k.reason}")
-        per = out.setdefault(k.sk, {})
+        per = out.setdefault((int(k.sk), int(k.born_ns)), {})
         per[name] = per.get(name, 0) + as_int(v)
     return out
 
@@ -152,16 +160,55 @@ def sum_counts(a: BpfListenerCounts, b: BpfListenerCounts) -> BpfListenerCounts:
     )
 
 
-def child_states(table, live_ports: set[tuple[int, int]]) -> dict[tuple[int, int], dict[str, int]]:
-    """Per (netns, port): children entered minus left each state; drops entries of closed ports."""
-    out: dict[tuple[int, int], dict[str, int]] = {}
+def child_states(
+    table, live_ports: set[tuple[int, int]], live: Mapping[int, int], inodes: Mapping[int, tuple[int, int]]
+) -> tuple[dict[tuple[int, int], dict[str, int]], dict[tuple[int, int], dict[str, int]]]:
+    """Children entered minus left each state: per (netns, port) for those not queued on a
+    listener yet, and per listener (netns, socket inode) for those queued on it. Deletes the
+    entries of closed ports and listeners once no child of theirs is left (a bounded map)."""
+    per_port: dict[tuple[int, int], dict[str, int]] = {}
+    per_listener: dict[tuple[int, int], dict[str, int]] = {}
     for k, v in items(table):
         per = {state_name(i): int(n) for i, n in enumerate(v.n) if n and i not in (7, 10)}
+        lsk = int(k.listener)
+        if lsk:
+            alive = live.get(lsk) == int(k.born_ns)
+            if not per and not alive:
+                delete(table, k)
+            elif alive and lsk in inodes:
+                per_listener[inodes[lsk]] = per
+            elif alive:  # no inode to name the listener by: counted with its port, as before it was queued
+                port = per_port.setdefault((int(k.netns), int(k.lport)), {})
+                for state, n in per.items():
+                    port[state] = port.get(state, 0) + n
+            continue
         if not per and (k.netns, k.lport) not in live_ports:
             delete(table, k)  # no live child, no listener: a closed port (bounded map)
             continue
-        out[(k.netns, k.lport)] = per
-    return out
+        port = per_port.setdefault((int(k.netns), int(k.lport)), {})
+        for state, n in per.items():
+            port[state] = port.get(state, 0) + n
+    return per_port, per_listener
+
+
+Tuple6 = tuple[int, str, str, int, str, int]
+
+
+def child_links(table, inodes: Mapping[int, tuple[int, int]]) -> tuple[dict[Tuple6, tuple[int, int]], dict[int, tuple[int, int]]]:
+    """Children queued on a listener, each -> (netns, inode) of that listener: by tuple
+    (netns, family, laddr, lport, raddr, rport), for sock_diag rows, and by socket address,
+    for feed events."""
+    by_tuple: dict[Tuple6, tuple[int, int]] = {}
+    by_sk: dict[int, tuple[int, int]] = {}
+    for k, v in items(table):
+        lid = inodes.get(int(v.listener)) if v.listener else None
+        if lid is None:
+            continue
+        fam = int(v.family)
+        by_tuple[(int(v.netns), "ipv4" if fam == 2 else "ipv6", addr(fam, bytes(v.laddr)), int(v.lport),
+                  addr(fam, bytes(v.raddr)), int(v.rport))] = lid
+        by_sk[as_int(k)] = lid
+    return by_tuple, by_sk
 
 
 def in_queue(table, mono_to_unix: float) -> dict[tuple[int, str, str, int], float]:
