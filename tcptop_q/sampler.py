@@ -582,11 +582,17 @@ LISTENER_BPF_FIELDS: list[FieldFn] = [
 ]
 
 
-def join_bpf(bpf: BpfReading, listen_rows: Sequence[tuple[ListenerKey, DiagRow]]) -> dict[ListenerKey, BpfListenerCounts]:
+def join_bpf(
+    bpf: BpfReading,
+    listen_rows: Sequence[tuple[ListenerKey, DiagRow]],
+    prev: Mapping[ListenerKey, BpfListenerCounts] | None = None,
+) -> dict[ListenerKey, BpfListenerCounts]:
     """BPF counts per listener row: by key (the socket cookie), else by the socket's inode (an
     entry the probes made before the kernel had a cookie, e.g. reuseport members opened after
     start), else by address for an entry without a cookie when it is the only one there (no
-    inode in BTF). Never one socket's counts on another's row (docs/ARCHITECTURE.md, identity)."""
+    inode in BTF). Never one socket's counts on another's row (docs/ARCHITECTURE.md, identity).
+    A row whose entry is gone although the last tick had one (the socket closed between the
+    dump and the map read) keeps its last counts (`prev`): a count never goes back."""
     tuple_map = {dataclass_replace_cookie(k): v for k, v in bpf.listeners.items() if not k.cookie}
     by_inode = bpf.by_inode
     out: dict[ListenerKey, BpfListenerCounts] = {}
@@ -596,6 +602,8 @@ def join_bpf(bpf: BpfReading, listen_rows: Sequence[tuple[ListenerKey, DiagRow]]
             counts = by_inode.get((key.netns, row.inode))
         if counts is None and not by_inode:
             counts = tuple_map.get(dataclass_replace_cookie(key))
+        if counts is None and prev is not None:
+            counts = prev.get(key)
         out[key] = counts if counts is not None else BpfListenerCounts()
     return out
 
@@ -734,7 +742,8 @@ class Sampler:
                 except Exception as exc:  # a failed map read must not take the view down
                     bpf_error = f"BPF read failed: {exc}"
                     bpf_state = "off"
-        snap = self.accepts.apply(self._build(raw, bpf_reading, bpf_state, bpf_error), bpf_reading, self.bpf)
+        snap = self.accepts.apply(self._build(raw, bpf_reading, bpf_state, bpf_error), bpf_reading, self.bpf,
+                                  self.prev_bpf if bpf_reading is not None else None)
         self.prev = raw
         return snap
 
@@ -846,7 +855,7 @@ class Sampler:
         if bpf is None:
             self.overflows.prune(live)
             return {}
-        counts = join_bpf(bpf, att.listen_rows)
+        counts = join_bpf(bpf, att.listen_rows, self.prev_bpf)
         reqq = {ns.inode: ns.counters.get("TCPReqQFullDrop", 0) for ns in raw.netns.values()}
         over = self.overflows.update(att.listen_rows, counts, reqq, dt, raw.notes)
         self.overflows.prune(live)
