@@ -292,105 +292,112 @@ def counts_since(now: BpfListenerCounts, base: BpfListenerCounts | None) -> BpfL
     )
 
 
-def overflows_since_live(
-    sk_drops_delta: int, counts: BpfListenerCounts, reqq_full_drops: int = 0
-) -> int:
-    """Accept-queue overflows of one listener since the probes went live.
-
-    sk_drops grows by 1 per SYN-path overflow (no tracepoint sees that SYN: it is
-    freed with consume_skb), by 2 per third-ACK overflow (tcp_listendrop, then
-    the ACK is discarded through sk_drops_add) and by 1 per other drop that
-    kfree_skb reports with rx_sk = listener (a TCP_DEFER_ACCEPT bare ACK, a
-    socket filter). SYNs dropped because the SYN queue is full also count 1 and
-    have no event of their own: the caller passes the netns TCPReqQFullDrop
-    delta when this listener is the only one that can have caused it.
-    See docs/JSON.md, "How `overflows` is derived".
-    """
-    third = counts.listen_overflow_drops
-    if counts.syn_overflows is not None:
-        return counts.syn_overflows + third
-    syn_path = sk_drops_delta - 2 * third - counts.other_rx_drops - reqq_full_drops
-    return max(0, syn_path) + third
+def _share(avail: int, bounds: Mapping[ListenerKey, int]) -> tuple[dict[ListenerKey, int], bool]:
+    """`avail` overflows of one netns that no event counted, given to the listeners whose sk_drops
+    grew by more than their counted overflows explain (`bounds`: at most that many each, since
+    every overflow adds at least 1 to its listener's sk_drops). Exact when one listener is a
+    candidate, or when the candidates' bounds add up to no more than `avail`; else split in
+    proportion, and the second value says so."""
+    cands = {k: b for k, b in bounds.items() if b > 0}
+    if avail <= 0 or not cands:
+        return {}, False
+    total = sum(cands.values())
+    if total <= avail:
+        return dict(cands), False
+    if len(cands) == 1:
+        ((k, _b),) = cands.items()
+        return {k: avail}, False
+    return {k: avail * b // total for k, b in cands.items()}, True
 
 
 class OverflowTracker:
-    """Owns every overflow baseline: sk_drops, the BPF event counts and each netns'
-    TCPReqQFullDrop at the first sample after the probes went live, and the last
-    count shown per listener (it never goes back). docs/JSON.md, "How `overflows` is derived"."""
+    """Owns every overflow baseline and the last count shown per listener (it never goes back).
+
+    Per listener, the overflows the probes count one by one (third-ACK overflows, reason
+    TCP_LISTEN_OVERFLOW; SYN-path ones where a kprobe sees them), plus its share of the rest
+    of its netns' ListenOverflows growth: SYN-path overflows (the SYN is consumed, no event)
+    and cookie-path third-ACK overflows (tcp_syncookies). Drops that are not overflows (a SYN
+    queue more than 3/4 full without syncookies, SYN queue full, TCP_DEFER_ACCEPT bare ACKs,
+    filters) raise sk_drops and ListenDrops but never ListenOverflows, so they are never
+    taken for overflows. docs/JSON.md, "How `overflows` is derived"."""
 
     def __init__(self) -> None:
-        self.drops_base: dict[ListenerKey, int] | None = None  # sk_drops when BPF went live
+        self.drops_base: dict[ListenerKey, int] | None = None  # sk_drops at each listener's baseline
         self.counts_base: dict[ListenerKey, BpfListenerCounts] = {}  # BPF counts at that moment
-        self.reqq_base: dict[int, int] = {}
+        self.lo_base: dict[int, int] = {}  # ListenOverflows of each netns at its first sample
+        self.gone: dict[int, int] = {}  # netns -> overflows charged to its listeners that are gone
+        self.charged: dict[ListenerKey, int] = {}  # overflows since its baseline charged to each (last tick)
         self.last: dict[ListenerKey, int] = {}  # the overflows of the previous tick
 
     def update(
         self,
         listen_rows: Sequence[tuple[ListenerKey, DiagRow]],
         counts: Mapping[ListenerKey, BpfListenerCounts],
-        reqq_now: Mapping[int, int],
+        lo_now: Mapping[int, int],
         dt: float,
         notes: list[str],
     ) -> dict[ListenerKey, tuple[int, float | None]]:
-        """(overflows, overflow_rate) per listener. `reqq_now`: netns -> TCPReqQFullDrop."""
+        """(overflows, overflow_rate) per listener. `lo_now`: netns -> ListenOverflows (TcpExt)."""
+        first = self.drops_base is None
         if self.drops_base is None:
-            # The probes counted from attach; sk_drops is read now: take both at this
-            # moment, so the sk_drops delta and the event counts cover the same time.
-            self.drops_base = {key: row.drops for key, row in listen_rows}
-            self.counts_base = {key: counts[key] for key, _ in listen_rows}
-            self.reqq_base = dict(reqq_now)
-        for key, _ in listen_rows:
-            if key not in self.drops_base:
-                # Born after the probes went live: sk_drops counts from its creation,
-                # so every drop it has is one the probes could also see.
-                self.drops_base[key] = 0
-        reqq_for = self._reqq_shares(listen_rows, counts, reqq_now, notes)
-        out: dict[ListenerKey, tuple[int, float | None]] = {}
+            self.drops_base = {}
+        new_ns = set(lo_now) - set(self.lo_base)
+        for netns in new_ns:
+            self.lo_base[netns] = lo_now[netns]
         for key, row in listen_rows:
+            if key in self.drops_base:
+                continue
+            if first or key.netns in new_ns:
+                # The probes counted from attach; sk_drops and ListenOverflows are read now:
+                # take all at this moment, so the deltas cover the same time.
+                self.drops_base[key] = row.drops
+                self.counts_base[key] = counts[key]
+            else:
+                # Born after the probes went live: sk_drops counts from its creation, so every
+                # drop it has is one the probes (and the netns counters since) could also see.
+                self.drops_base[key] = 0
+        exact: dict[ListenerKey, int] = {}
+        bounds: dict[int, dict[ListenerKey, int]] = {}
+        for key, row in listen_rows:
+            since = counts_since(counts[key], self.counts_base.get(key))
+            third = since.listen_overflow_drops
+            exact[key] = third + (since.syn_overflows or 0)
+            if since.syn_overflows is None:
+                # A third-ACK overflow adds 2 to sk_drops (tcp_listendrop, then the discard).
+                bounds.setdefault(key.netns, {})[key] = row.drops - self.drops_base[key] - 2 * third
+        shares: dict[ListenerKey, int] = {}
+        for netns, per in bounds.items():
+            if netns not in lo_now:  # no TcpExt counters: every unexplained drop may be one
+                shares.update({k: max(0, b) for k, b in per.items()})
+                continue
+            counted = sum(exact[k] for k in exact if k.netns == netns)
+            avail = lo_now[netns] - self.lo_base[netns] - counted - self.gone.get(netns, 0)
+            got, split = _share(avail, per)
+            shares.update(got)
+            if split:
+                notes.append(f"netns {netns}: {avail} overflows without an event of their own cannot be told apart "
+                             f"from other drops across {len(got)} listeners: shared in proportion to their sk_drops")
+        out: dict[ListenerKey, tuple[int, float | None]] = {}
+        for key, _row in listen_rows:
+            self.charged[key] = exact[key] + shares.get(key, 0)
+            overflows = self.charged[key]
             before = self.counts_base.get(key)
-            overflows = overflows_since_live(
-                row.drops - self.drops_base[key], counts_since(counts[key], before), reqq_for.get(key, 0)
-            )
             if before is not None:  # overflows the probes saw between attach and the baseline
                 overflows += before.listen_overflow_drops + (before.syn_overflows or 0)
             prev = self.last.get(key)
             if prev is not None and overflows < prev:
-                # A count never goes back: the SYN-queue-full share moved between ticks
-                # (or a third-ACK drop was seen before its second sk_drops increment).
+                # A count never goes back: a share moved between ticks (or a third-ACK drop
+                # was seen before its second sk_drops increment).
                 overflows = prev
             out[key] = (overflows, model.rate(overflows, prev, dt) if prev is not None else 0.0)
             self.last[key] = overflows
         return out
 
-    def _reqq_shares(
-        self,
-        listen_rows: Sequence[tuple[ListenerKey, DiagRow]],
-        counts: Mapping[ListenerKey, BpfListenerCounts],
-        reqq_now: Mapping[int, int],
-        notes: list[str],
-    ) -> dict[ListenerKey, int]:
-        """SYN-queue-full drops have no per-listener event: give a netns' delta to its
-        listener only when exactly one listener there has SYN-path drops."""
-        assert self.drops_base is not None
-        suspects: dict[int, list[ListenerKey]] = {}
-        for key, row in listen_rows:
-            since = counts_since(counts[key], self.counts_base.get(key))
-            if row.drops - self.drops_base.get(key, 0) - 2 * since.listen_overflow_drops - since.other_rx_drops > 0:
-                suspects.setdefault(key.netns, []).append(key)
-        out: dict[ListenerKey, int] = {}
-        for netns, value in reqq_now.items():
-            delta = value - self.reqq_base.get(netns, 0)
-            keys = suspects.get(netns, [])
-            if delta > 0 and len(keys) == 1:
-                out[keys[0]] = delta
-            elif delta > 0 and len(keys) > 1:
-                notes.append(
-                    f"netns {netns}: {delta} SYN-queue-full drops cannot be told from overflows across {len(keys)} listeners"
-                )
-        return out
-
     def prune(self, live: set[ListenerKey]) -> None:
-        """Forget listeners that are gone (a listener re-created under a key starts over)."""
+        """Forget listeners that are gone (a listener re-created under a key starts over); what was
+        charged to them stays charged: it is not another listener's."""
+        for key in [k for k in self.charged if k not in live]:
+            self.gone[key.netns] = self.gone.get(key.netns, 0) + self.charged.pop(key)
         for key in [k for k in self.last if k not in live]:
             del self.last[key]
         if self.drops_base is not None and len(self.drops_base) > len(live):
@@ -856,8 +863,8 @@ class Sampler:
             self.overflows.prune(live)
             return {}
         counts = join_bpf(bpf, att.listen_rows, self.prev_bpf)
-        reqq = {ns.inode: ns.counters.get("TCPReqQFullDrop", 0) for ns in raw.netns.values()}
-        over = self.overflows.update(att.listen_rows, counts, reqq, dt, raw.notes)
+        lo_now = {ns.inode: ns.counters["ListenOverflows"] for ns in raw.netns.values() if "ListenOverflows" in ns.counters}
+        over = self.overflows.update(att.listen_rows, counts, lo_now, dt, raw.notes)
         self.overflows.prune(live)
         out: dict[ListenerKey, dict[str, Any]] = {}
         for key, row in att.listen_rows:
