@@ -173,11 +173,13 @@ def child_states(
         lsk = int(k.listener)
         if lsk:
             alive = live.get(lsk) == int(k.born_ns)
-            if not per and not alive:
+            if not alive:
+                # Its listener closed: nothing reads these counts again, and a child still
+                # open finds no entry (its changes are not counted anywhere): safe to sweep.
                 delete(table, k)
-            elif alive and lsk in inodes:
+            elif lsk in inodes:
                 per_listener[inodes[lsk]] = per
-            elif alive:  # no inode to name the listener by: counted with its port, as before it was queued
+            else:  # no inode to name the listener by: counted with its port, as before it was queued
                 port = per_port.setdefault((int(k.netns), int(k.lport)), {})
                 for state, n in per.items():
                     port[state] = port.get(state, 0) + n

@@ -359,12 +359,12 @@ static __always_inline void tq_child_linked(u64 child, u64 lsk, const struct tq_
     tq_child_states.insert(&lk, &zero);
     struct tq_child_states *to = tq_child_states.lookup(&lk);
     struct tq_child_states *from = tq_child_states.lookup(&pk);
-    if (!to || !from) {
+    if (to)
+        __sync_fetch_and_add(&to->n[state], 1);
+    else
         tq_lost_slot(1);
-        return;
-    }
-    __sync_fetch_and_add(&from->n[state], -1);
-    __sync_fetch_and_add(&to->n[state], 1);
+    if (from)  // user space may have swept it (a port without a listener entry at a read)
+        __sync_fetch_and_add(&from->n[state], -1);
 }
 
 
