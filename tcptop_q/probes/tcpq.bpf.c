@@ -436,24 +436,30 @@ int tq_set_state(struct tq_tp_inet_sock_set_state *args)
             tq_lost_slot(1);
     } else {
         struct tq_child *c = tq_child.lookup(&key);
+        u64 lsk = 0, born = 0;
         if (c && oldstate == TQ_TCP_CLOSE) {
             tq_child.delete(&key);  // a new socket at the address of one whose close was not seen
         } else if (c) {
-            struct tq_cs_key ck = {.listener = c->listener, .born_ns = c->born_ns, .netns = c->netns, .lport = c->lport};
+            lsk = c->listener;
+            born = c->born_ns;
+            struct tq_cs_key ck = {.listener = lsk, .born_ns = born, .netns = c->netns, .lport = c->lport};
             struct tq_child_states *cs = tq_child_states.lookup(&ck);
             if (cs) {
                 __sync_fetch_and_add(&cs->n[oldstate & 15], -1);
                 __sync_fetch_and_add(&cs->n[newstate & 15], 1);
             }
-            if (newstate == TQ_TCP_CLOSE) {
-                int zero = 0;
-                struct tq_closed *cl = tq_closed.lookup(&zero);
-                if (cl) {
-                    cl->child = key;
-                    cl->listener = c->listener;
-                    cl->born_ns = c->born_ns;
-                }
+            if (newstate == TQ_TCP_CLOSE)
                 tq_child.delete(&key);
+        }
+        if (newstate == TQ_TCP_CLOSE) {
+            // Every socket that closes, child or not: a reset it sends next is its own
+            // listener's, and never an earlier socket's at this address.
+            int zero = 0;
+            struct tq_closed *cl = tq_closed.lookup(&zero);
+            if (cl) {
+                cl->child = key;
+                cl->listener = lsk;
+                cl->born_ns = born;
             }
         }
     }

@@ -74,6 +74,64 @@ def test_wildcard_and_v4_mapped_children_find_their_listener():
     assert attribute(tick([any6])).children is None  # no full dump: unknown, not empty
 
 
+def test_reuseport_members_get_their_children_by_the_kernels_link():
+    """Two members of one address: each child row goes to the member the probes linked it to (by
+    tuple, as the kernel took it at enqueue); a child without a link stays with the first member.
+    The links are asked for once per tick, and never where no address is shared."""
+    a, b = listen("127.0.0.1", 80, cookie=1, inode=101), listen("127.0.0.1", 80, cookie=2, inode=102)
+    kids = [row(diag.TCP_ESTABLISHED, "127.0.0.1", 80, raddr="127.0.0.1", rport=p, cookie=20 + p) for p in (1, 2, 3)]
+    cw = row(diag.TCP_CLOSE_WAIT, "127.0.0.1", 80, raddr="127.0.0.1", rport=4, cookie=30)
+    links = {(NS, "ipv4", "127.0.0.1", 80, "127.0.0.1", 1): (NS, 102), (NS, "ipv4", "127.0.0.1", 80, "127.0.0.1", 4): (NS, 102)}
+    calls = []
+
+    def read_links():
+        calls.append(1)
+        return links, {}
+
+    att = attribute(tick([a, b, cw], children=kids), read_links)
+    assert att.children_counts() == {key_of(a): {"ESTABLISHED": 2}, key_of(b): {"ESTABLISHED": 1}}
+    assert [parent for _, _, parent in att.close_wait] == [key_of(b)]
+    assert len(calls) == 1
+    calls.clear()
+    alone = listen("127.0.0.1", 81, cookie=3, inode=103)
+    kid = row(diag.TCP_ESTABLISHED, "127.0.0.1", 81, raddr="127.0.0.1", rport=5)
+    assert attribute(tick([alone], children=[kid]), read_links).children_counts() == {key_of(alone): {"ESTABLISHED": 1}}
+    assert calls == []
+
+
+def test_children_between_dumps_move_per_member_by_listener_deltas():
+    """A shared port's per-port deltas cannot be split; each member's own (by its inode) can."""
+    from tcptop_q.sampler import children_between_dumps
+
+    a, b = key_of(listen("127.0.0.1", 80, cookie=1)), key_of(listen("127.0.0.1", 80, cookie=2))
+    at_dump = {a: {"ESTABLISHED": 2}, b: {"ESTABLISHED": 1}}
+    lids = {a: (NS, 101), b: (NS, 102)}
+    then = {(NS, 101): {"ESTABLISHED": 2}, (NS, 102): {"ESTABLISHED": 1}}
+    now = {(NS, 101): {"ESTABLISHED": 1, "CLOSE_WAIT": 1}, (NS, 102): {"ESTABLISHED": 3}}
+    port = {(NS, 80): {"SYN_RECV": 5}}  # a shared port: stands still
+    out = children_between_dumps(at_dump, port, port, [a, b], then, now, lids)
+    assert out == {a: {"ESTABLISHED": 1, "CLOSE_WAIT": 1}, b: {"ESTABLISHED": 3}}
+
+
+def test_map_walk_fallback_yields_each_key_once():
+    """Without batch lookup, bcc's items() walks get_next_key, which starts over when the key it
+    stands on is deleted meanwhile: decode.items keeps one entry per key (the last value)."""
+    import ctypes
+
+    from tcptop_q.probes import decode
+
+    class Table:
+        def items_lookup_batch(self):
+            raise OSError("no batch ops")
+
+        def items(self):
+            k = [ctypes.c_ulonglong(n) for n in (1, 2, 1, 2, 3)]
+            return list(zip(k, (10, 20, 11, 21, 30), strict=True))
+
+    got = decode.items(Table())
+    assert [(decode.as_int(k), v) for k, v in got] == [(1, 11), (2, 21), (3, 30)]
+
+
 # ------------------------------------------------------------------ overflows
 
 
