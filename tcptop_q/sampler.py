@@ -325,6 +325,7 @@ class OverflowTracker:
         self.drops_base: dict[ListenerKey, int] | None = None  # sk_drops at each listener's baseline
         self.counts_base: dict[ListenerKey, BpfListenerCounts] = {}  # BPF counts at that moment
         self.lo_base: dict[int, int] = {}  # ListenOverflows of each netns at its first sample
+        self.lo_last: dict[int, int] = {}  # ... at the previous sample
         self.gone: dict[int, int] = {}  # netns -> overflows charged to its listeners that are gone
         self.charged: dict[ListenerKey, int] = {}  # overflows since its baseline charged to each (last tick)
         self.last: dict[ListenerKey, int] = {}  # the overflows of the previous tick
@@ -341,6 +342,16 @@ class OverflowTracker:
         first = self.drops_base is None
         if self.drops_base is None:
             self.drops_base = {}
+        for netns in [n for n in self.lo_base if n not in lo_now]:  # gone (or unreadable): forget it
+            self.lo_base.pop(netns)
+            self.gone.pop(netns, None)
+        for netns, value in lo_now.items():
+            if value < self.lo_last.get(netns, 0):
+                # The counter went back: a new netns under a reused inode number (the kernel
+                # reuses them), created after live; its counter started at 0.
+                self.lo_base[netns] = 0
+                self.gone.pop(netns, None)
+        self.lo_last = dict(lo_now)
         new_ns = set(lo_now) - set(self.lo_base)
         for netns in new_ns:
             self.lo_base[netns] = lo_now[netns]

@@ -355,9 +355,12 @@ static __always_inline void tq_child_linked(u64 child, u64 lsk, const struct tq_
     u8 state = tq_sk_state((const void *)child) & 15;
     struct tq_cs_key pk = {.netns = c->netns, .lport = c->lport};
     struct tq_cs_key lk = {.listener = lsk, .born_ns = l->born_ns, .netns = c->netns, .lport = c->lport};
-    struct tq_child_states zero = {};
-    tq_child_states.insert(&lk, &zero);
     struct tq_child_states *to = tq_child_states.lookup(&lk);
+    if (!to) {
+        struct tq_child_states zero = {};
+        tq_child_states.insert(&lk, &zero);  // BPF_NOEXIST: a racing CPU may have created it
+        to = tq_child_states.lookup(&lk);
+    }
     struct tq_child_states *from = tq_child_states.lookup(&pk);
     if (to)
         __sync_fetch_and_add(&to->n[state], 1);
@@ -427,9 +430,12 @@ int tq_set_state(struct tq_tp_inet_sock_set_state *args)
         }
         tq_child.update(&key, &c);
         struct tq_cs_key ck = {.netns = c.netns, .lport = sport};
-        struct tq_child_states zero = {};
-        tq_child_states.insert(&ck, &zero);
         struct tq_child_states *cs = tq_child_states.lookup(&ck);
+        if (!cs) {
+            struct tq_child_states zero = {};
+            tq_child_states.insert(&ck, &zero);  // BPF_NOEXIST: a racing CPU may have created it
+            cs = tq_child_states.lookup(&ck);
+        }
         if (cs)
             __sync_fetch_and_add(&cs->n[TQ_TCP_SYN_RECV], 1);
         else

@@ -226,6 +226,20 @@ def test_several_listeners_with_drops_exact_when_the_bounds_fit_else_a_note():
     assert len(notes) == 1 and "across 2 listeners" in notes[0]
 
 
+def test_a_netns_inode_reused_by_a_new_netns_starts_over():
+    """The kernel reuses netns inode numbers: a new netns under an old one's number has its
+    counters back at 0 and new listeners; its overflows are its own."""
+    t = OverflowTracker()
+    old = listen("0.0.0.0", 80, cookie=1, drops=5)
+    overflows(t, [old], [BpfListenerCounts()], lo=50)
+    overflows(t, [listen("0.0.0.0", 80, cookie=1, drops=9)], [BpfListenerCounts()], lo=54)
+    t.prune(set())
+    new = listen("0.0.0.0", 80, cookie=7, drops=0)
+    assert overflows(t, [new], [BpfListenerCounts()], lo=0)[key_of(new)][0] == 0
+    got = overflows(t, [listen("0.0.0.0", 80, cookie=7, drops=3)], [BpfListenerCounts()], lo=3)
+    assert got[key_of(new)][0] == 3
+
+
 def test_kprobe_syn_overflows_are_taken_as_counted():
     t = OverflowTracker()
     lst = listen("0.0.0.0", 80, cookie=1)
