@@ -144,6 +144,18 @@ int tq_data_ready(struct tq_tp_sk_data_ready *args)
     tq_child_queued(sk);
     return 0;
 }
+
+#ifdef TQ_RTP_DATA_READY
+// raw tracepoint: TP_PROTO(const struct sock *sk), from btf_trace_sk_data_ready (probes/plan.py).
+int tq_r_data_ready(struct bpf_raw_tracepoint_args *ctx)
+{
+    const void *sk = (const void *)ctx->args[TQ_RTP_DATA_READY_SK];
+    if (tq_sk_protocol(sk) != TQ_IPPROTO_TCP || tq_sk_state(sk) != TQ_TCP_LISTEN)
+        return 0;
+    tq_child_queued(sk);
+    return 0;
+}
+#endif
 #endif
 
 // Where sock:sk_data_ready is missing, fallbacks.bpf.c (appended) calls

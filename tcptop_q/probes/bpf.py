@@ -62,10 +62,11 @@ class BpfProbes:
 
     def __init__(
         self, port: int | None = None, netns: int | None = None, feed_capacity: int = 4096, ringbuf: bool | None = None,
-        accept_hook: str | None = None,
+        accept_hook: str | None = None, tracepoints: str | None = None,
     ) -> None:
         self.port = port
         self.accept_hook = accept_hook  # None: chosen from the kernel; "kretprobe" | "syscall" forces one
+        self.tracepoints = tracepoints  # None: raw tracepoints where the kernel has them; "classic" never
         self.ringbuf = ringbuf  # None: BPF ring buffer where the kernel has one, else perf buffer
         self.netns = netns
         self.feed_capacity = max(16, int(feed_capacity))
@@ -127,7 +128,7 @@ class BpfProbes:
             loader.preflight()
             t_plan = time.monotonic()
             plan = build_plan(self.port, self.netns, self.feed_capacity, ringbuf=self.ringbuf,
-                              accept_hook=self.accept_hook)
+                              accept_hook=self.accept_hook, tracepoints=self.tracepoints)
             self._plan = plan
             self.timings["plan"] = time.monotonic() - t_plan
             if self._source_error:
@@ -218,7 +219,7 @@ class BpfProbes:
                 return
             for kind, target in controls.detachable(self._plan.attach, self.hooks, metrics):
                 try:
-                    b.detach_tracepoint(tp=target.encode())
+                    loader.detach_one(b, kind, target)
                 except Exception as exc:
                     self.notes.append(f"detach {kind}:{target} failed: {one_line(exc)}")
                     continue
@@ -396,7 +397,7 @@ class BpfProbes:
         if plan is None:
             try:
                 plan = build_plan(self.port, self.netns, self.feed_capacity, ringbuf=self.ringbuf,
-                              accept_hook=self.accept_hook)
+                              accept_hook=self.accept_hook, tracepoints=self.tracepoints)
             except Exception as exc:  # --ebpf must print something useful, never a traceback
                 return f"// tcpq-top: cannot generate the BPF program: {one_line(exc)}\n" + BPF_C.read_text()
             if self._thread is None:  # not started: `hooks` says what would serve each metric

@@ -176,6 +176,42 @@ static __always_inline u16 tq_sk_lport(const void *sk)
     return lport;
 }
 
+#ifdef TQ_OFF_SK_PROTOCOL
+// Raw tracepoint programs (TQ_RTP_*) get TP_PROTO's arguments, not the trace-event record:
+// they read what the record's TP_fast_assign reads, at BTF offsets.
+static __always_inline u16 tq_sk_protocol(const void *sk)
+{
+    u16 proto = 0;
+    bpf_probe_read_kernel(&proto, TQ_SZ_SK_PROTOCOL, (const char *)sk + TQ_OFF_SK_PROTOCOL);
+    return proto;
+}
+
+// inet_sk(sk)->inet_sport, host byte order (the records' `sport`).
+static __always_inline u16 tq_inet_sport(const void *sk)
+{
+    u16 port = 0;
+    bpf_probe_read_kernel(&port, sizeof(port), (const char *)sk + TQ_OFF_INET_SPORT);
+    return (port >> 8) | (u16)(port << 8);
+}
+
+static __always_inline u16 tq_sk_dport(const void *sk)
+{
+    u16 port = 0;
+    bpf_probe_read_kernel(&port, sizeof(port), (const char *)sk + TQ_OFF_SK_DPORT);
+    return (port >> 8) | (u16)(port << 8);
+}
+
+// The local port the reset records carry: inet_sport of a full socket, else (request and
+// timewait sockets, whose packet's destination the 6.10+ record reads) skc_num.
+static __always_inline u16 tq_reset_lport(const void *sk)
+{
+    u8 state = tq_sk_state(sk);
+    if (state == 6 || state == 12)  // TCP_TIME_WAIT, TCP_NEW_SYN_RECV: not sk_fullsock()
+        return tq_sk_lport(sk);
+    return tq_inet_sport(sk);
+}
+#endif
+
 static __always_inline int tq_wanted(u32 netns, u16 lport)
 {
 #ifdef TQ_FILTER_NETNS
@@ -231,15 +267,11 @@ static __always_inline struct tq_listener *tq_listener_of(const void *sk)
 // ------------------------------------------------------------ sock:inet_sock_set_state
 
 #ifdef TQ_HAVE_SET_STATE
-int tq_set_state(struct tq_tp_inet_sock_set_state *args)
+// One transition, from either entry below. `args` is the classic record, or NULL from the raw
+// tracepoint (then addresses are read from the socket, as the record's TP_fast_assign does).
+static __always_inline int tq_on_set_state(void *ctx, const struct tq_tp_inet_sock_set_state *args,
+                                           const void *sk, int oldstate, int newstate, u16 sport, u16 dport)
 {
-#ifdef TQ_TP_SET_STATE_HAS_PROTOCOL
-    if (args->protocol != TQ_IPPROTO_TCP)
-        return 0;
-#endif
-    const void *sk = (const void *)args->skaddr;
-    u16 sport = args->sport, dport = args->dport;
-    int oldstate = args->oldstate, newstate = args->newstate;
 #ifdef TQ_FILTER_PORT
     if (sport != TQ_FILTER_PORT && dport != TQ_FILTER_PORT)
         return 0;
@@ -344,29 +376,68 @@ int tq_set_state(struct tq_tp_inet_sock_set_state *args)
     ev->pid = bpf_get_current_pid_tgid() >> 32;
     ev->fd = TQ_NO_FD;
     ev->kind = TQ_EV_STATE;
-    ev->family = args->family;
     ev->sport = sport;
     ev->dport = dport;
     ev->oldstate = oldstate;
     ev->newstate = newstate;
-    if (args->family == TQ_AF_INET) {
-        __builtin_memcpy(ev->saddr, args->saddr, 4);
-        __builtin_memcpy(ev->daddr, args->daddr, 4);
-        __builtin_memset(ev->saddr + 4, 0, 12);
-        __builtin_memset(ev->daddr + 4, 0, 12);
-    } else {
-        __builtin_memcpy(ev->saddr, args->saddr_v6, 16);
-        __builtin_memcpy(ev->daddr, args->daddr_v6, 16);
+    if (args) {
+        ev->family = args->family;
+        if (args->family == TQ_AF_INET) {
+            __builtin_memcpy(ev->saddr, args->saddr, 4);
+            __builtin_memcpy(ev->daddr, args->daddr, 4);
+            __builtin_memset(ev->saddr + 4, 0, 12);
+            __builtin_memset(ev->daddr + 4, 0, 12);
+        } else {
+            __builtin_memcpy(ev->saddr, args->saddr_v6, 16);
+            __builtin_memcpy(ev->daddr, args->daddr_v6, 16);
+        }
     }
+#ifdef TQ_RTP_SET_STATE
+    else {
+        ev->family = tq_sk_family(sk);
+        __builtin_memset(ev->saddr, 0, 16);
+        __builtin_memset(ev->daddr, 0, 16);
+        if (ev->family == TQ_AF_INET) {
+            bpf_probe_read_kernel(ev->saddr, 4, (const char *)sk + TQ_OFF_INET_SADDR);
+            bpf_probe_read_kernel(ev->daddr, 4, (const char *)sk + TQ_OFF_SK_DADDR);
+        } else {
+            bpf_probe_read_kernel(ev->saddr, 16, (const char *)sk + TQ_OFF_SK_V6_RCV_SADDR);
+            bpf_probe_read_kernel(ev->daddr, 16, (const char *)sk + TQ_OFF_SK_V6_DADDR);
+        }
+    }
+#endif
     bpf_get_current_comm(&ev->comm, sizeof(ev->comm));
 #if TQ_RINGBUF
     tq_feed.ringbuf_submit(ev, BPF_RB_NO_WAKEUP);  // user space polls once per tick: no wakeups
 #else
-    if (tq_feed.perf_submit(args, ev, sizeof(*ev)) < 0)
+    if (tq_feed.perf_submit(ctx, ev, sizeof(*ev)) < 0)
         tq_lost_one();
 #endif
     return 0;
 }
+
+int tq_set_state(struct tq_tp_inet_sock_set_state *args)
+{
+#ifdef TQ_TP_SET_STATE_HAS_PROTOCOL
+    if (args->protocol != TQ_IPPROTO_TCP)
+        return 0;
+#endif
+    return tq_on_set_state(args, args, (const void *)args->skaddr, args->oldstate, args->newstate,
+                           args->sport, args->dport);
+}
+
+#ifdef TQ_RTP_SET_STATE
+// raw tracepoint: TP_PROTO(const struct sock *sk, const int oldstate, const int newstate),
+// positions from the kernel's btf_trace_inet_sock_set_state (probes/plan.py).
+int tq_r_set_state(struct bpf_raw_tracepoint_args *ctx)
+{
+    const void *sk = (const void *)ctx->args[TQ_RTP_SET_STATE_SK];
+    if (tq_sk_protocol(sk) != TQ_IPPROTO_TCP)
+        return 0;
+    return tq_on_set_state(ctx, 0, sk, (int)ctx->args[TQ_RTP_SET_STATE_OLD], (int)ctx->args[TQ_RTP_SET_STATE_NEW],
+                           tq_inet_sport(sk), tq_sk_dport(sk));
+}
+#endif
 #endif
 
 // Children queued, the child -> listener link and accept(): probes/accept.bpf.c (appended).
@@ -374,9 +445,8 @@ int tq_set_state(struct tq_tp_inet_sock_set_state *args)
 // ------------------------------------------------------------ drops charged to a listener
 
 #ifdef TQ_HAVE_KFREE_SKB
-int tq_kfree_skb(struct tq_tp_kfree_skb *args)
+static __always_inline int tq_on_kfree_skb(const void *sk, u32 reason)
 {
-    const void *sk = (const void *)args->rx_sk;
     if (!sk)
         return 0;
     if (tq_sk_state(sk) != TQ_TCP_LISTEN)
@@ -385,7 +455,6 @@ int tq_kfree_skb(struct tq_tp_kfree_skb *args)
     if (!l)
         return 0;
 #ifdef TQ_HAVE_DROP_REASON
-    u32 reason = args->reason;
 #ifdef TQ_REASON_LISTEN_OVERFLOW
     if (reason == TQ_REASON_LISTEN_OVERFLOW)
         __sync_fetch_and_add(&l->listen_overflow_drops, 1);
@@ -404,14 +473,34 @@ int tq_kfree_skb(struct tq_tp_kfree_skb *args)
 #endif
     return 0;
 }
+
+int tq_kfree_skb(struct tq_tp_kfree_skb *args)
+{
+#ifdef TQ_HAVE_DROP_REASON
+    return tq_on_kfree_skb((const void *)args->rx_sk, args->reason);
+#else
+    return tq_on_kfree_skb((const void *)args->rx_sk, 0);
+#endif
+}
+
+#ifdef TQ_RTP_KFREE_SKB
+// raw tracepoint: TP_PROTO(skb, location, reason, rx_sk), positions from btf_trace_kfree_skb.
+int tq_r_kfree_skb(struct bpf_raw_tracepoint_args *ctx)
+{
+#ifdef TQ_RTP_KFREE_SKB_REASON
+    return tq_on_kfree_skb((const void *)ctx->args[TQ_RTP_KFREE_SKB_RX_SK], (u32)ctx->args[TQ_RTP_KFREE_SKB_REASON]);
+#else
+    return tq_on_kfree_skb((const void *)ctx->args[TQ_RTP_KFREE_SKB_RX_SK], 0);
+#endif
+}
+#endif
 #endif
 
 // ------------------------------------------------------------ SYN-ACK retransmits
 
 #ifdef TQ_HAVE_RETRANSMIT_SYNACK
-int tq_synack(struct tq_tp_tcp_retransmit_synack *args)
+static __always_inline int tq_on_synack(const void *sk)
 {
-    const void *sk = (const void *)args->skaddr;
     if (tq_sk_state(sk) != TQ_TCP_LISTEN)
         return 0;
     struct tq_listener *l = tq_listener_of(sk);
@@ -419,6 +508,18 @@ int tq_synack(struct tq_tp_tcp_retransmit_synack *args)
         __sync_fetch_and_add(&l->synack_retrans, 1);
     return 0;
 }
+
+int tq_synack(struct tq_tp_tcp_retransmit_synack *args)
+{
+    return tq_on_synack((const void *)args->skaddr);
+}
+
+#ifdef TQ_RTP_SYNACK
+int tq_r_synack(struct bpf_raw_tracepoint_args *ctx)
+{
+    return tq_on_synack((const void *)ctx->args[TQ_RTP_SYNACK_SK]);
+}
+#endif
 #endif
 
 // ------------------------------------------------------------ resets
@@ -455,6 +556,20 @@ int tq_send_reset(struct tq_tp_tcp_send_reset *args)
         __sync_fetch_and_add(&l->resets_sent, 1);
     return 0;
 }
+
+#ifdef TQ_RTP_SEND_RESET
+// raw tracepoint: TP_PROTO(const struct sock *sk, const struct sk_buff *skb[, reason]); sk may be NULL.
+int tq_r_send_reset(struct bpf_raw_tracepoint_args *ctx)
+{
+    const void *sk = (const void *)ctx->args[TQ_RTP_SEND_RESET_SK];
+    if (!sk)
+        return 0;
+    struct tq_listener *l = tq_listener_for_reset(sk, tq_reset_lport(sk));
+    if (l)
+        __sync_fetch_and_add(&l->resets_sent, 1);
+    return 0;
+}
+#endif
 #endif
 
 #ifdef TQ_HAVE_RECEIVE_RESET
@@ -470,4 +585,17 @@ int tq_recv_reset(struct tq_tp_tcp_receive_reset *args)
         __sync_fetch_and_add(&l->resets_received, 1);
     return 0;
 }
+
+#ifdef TQ_RTP_RECV_RESET
+int tq_r_recv_reset(struct bpf_raw_tracepoint_args *ctx)
+{
+    const void *sk = (const void *)ctx->args[TQ_RTP_RECV_RESET_SK];
+    if (!sk)
+        return 0;
+    struct tq_listener *l = tq_listener_for_reset(sk, tq_reset_lport(sk));
+    if (l)
+        __sync_fetch_and_add(&l->resets_received, 1);
+    return 0;
+}
+#endif
 #endif
