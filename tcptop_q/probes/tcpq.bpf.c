@@ -269,11 +269,20 @@ static __always_inline struct tq_listener *tq_listener_of(const void *sk)
 #ifdef TQ_HAVE_SET_STATE
 // One transition, from either entry below. `args` is the classic record, or NULL from the raw
 // tracepoint (then addresses are read from the socket, as the record's TP_fast_assign does).
+// The ports are read from the socket only on the paths that need them (each read is a helper call).
+#ifdef TQ_RTP_SET_STATE
+#define TQ_SS_PORT(field, raw) (args ? args->field : (raw))
+#else
+#define TQ_SS_PORT(field, raw) (args->field)
+#endif
+#define TQ_SS_SPORT TQ_SS_PORT(sport, tq_inet_sport(sk))
+#define TQ_SS_DPORT TQ_SS_PORT(dport, tq_sk_dport(sk))
 static __always_inline int tq_on_set_state(void *ctx, const struct tq_tp_inet_sock_set_state *args,
-                                           const void *sk, int oldstate, int newstate, u16 sport, u16 dport)
+                                           const void *sk, int oldstate, int newstate)
 {
 #ifdef TQ_FILTER_PORT
-    if (sport != TQ_FILTER_PORT && dport != TQ_FILTER_PORT)
+    u16 fsport = TQ_SS_SPORT, fdport = TQ_SS_DPORT;
+    if (fsport != TQ_FILTER_PORT && fdport != TQ_FILTER_PORT)
         return 0;
 #endif
     u64 key = (u64)sk;
@@ -282,7 +291,7 @@ static __always_inline int tq_on_set_state(void *ctx, const struct tq_tp_inet_so
         tq_listener_of(sk);
     } else if (oldstate == TQ_TCP_LISTEN && newstate == TQ_TCP_CLOSE) {
         // The address may be reused by the next socket: forget this listener.
-        struct tq_port_key pk = {.netns = tq_netns(sk), .lport = sport};
+        struct tq_port_key pk = {.netns = tq_netns(sk), .lport = TQ_SS_SPORT};
         u64 *owner = tq_by_port.lookup(&pk);
         if (owner && *owner == key)
             tq_by_port.delete(&pk);
@@ -307,8 +316,8 @@ static __always_inline int tq_on_set_state(void *ctx, const struct tq_tp_inet_so
     if (tq_ctl_get(TQ_CTL_CHILDREN_OFF)) {
         // nothing
     } else if (oldstate == TQ_TCP_LISTEN && newstate == TQ_TCP_SYN_RECV) {
-        struct tq_port_key ck = {.netns = tq_netns(sk), .lport = sport};
-        if (!tq_wanted(ck.netns, sport))
+        struct tq_port_key ck = {.netns = tq_netns(sk), .lport = TQ_SS_SPORT};
+        if (!tq_wanted(ck.netns, ck.lport))
             return 0;
         tq_child.update(&key, &ck);
         struct tq_child_states zero = {};
@@ -337,6 +346,7 @@ static __always_inline int tq_on_set_state(void *ctx, const struct tq_tp_inet_so
     u64 mode = tq_ctl_get(TQ_CTL_FEED_MODE);
     if (mode == 0)
         return 0;
+    u16 sport = TQ_SS_SPORT, dport = TQ_SS_DPORT;
     if (mode == 2) {
         u64 port = tq_ctl_get(TQ_CTL_FEED_PORT);
         if (sport != port && dport != port)
@@ -422,8 +432,7 @@ int tq_set_state(struct tq_tp_inet_sock_set_state *args)
     if (args->protocol != TQ_IPPROTO_TCP)
         return 0;
 #endif
-    return tq_on_set_state(args, args, (const void *)args->skaddr, args->oldstate, args->newstate,
-                           args->sport, args->dport);
+    return tq_on_set_state(args, args, (const void *)args->skaddr, args->oldstate, args->newstate);
 }
 
 #ifdef TQ_RTP_SET_STATE
@@ -434,8 +443,7 @@ int tq_r_set_state(struct bpf_raw_tracepoint_args *ctx)
     const void *sk = (const void *)ctx->args[TQ_RTP_SET_STATE_SK];
     if (tq_sk_protocol(sk) != TQ_IPPROTO_TCP)
         return 0;
-    return tq_on_set_state(ctx, 0, sk, (int)ctx->args[TQ_RTP_SET_STATE_OLD], (int)ctx->args[TQ_RTP_SET_STATE_NEW],
-                           tq_inet_sport(sk), tq_sk_dport(sk));
+    return tq_on_set_state(ctx, 0, sk, (int)ctx->args[TQ_RTP_SET_STATE_OLD], (int)ctx->args[TQ_RTP_SET_STATE_NEW]);
 }
 #endif
 #endif
