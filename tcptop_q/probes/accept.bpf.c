@@ -121,14 +121,7 @@ static __always_inline void tq_child_queued(const void *sk)
 #endif
     u32 depth = 0;
     bpf_probe_read_kernel(&depth, sizeof(depth), (const char *)sk + TQ_OFF_SK_ACK_BACKLOG);
-    struct tq_peak_key pk = {.sk = (u64)sk, .epoch = tq_ctl_get(TQ_CTL_EPOCH)};
-    u32 *peak = tq_peaks.lookup(&pk);
-    if (peak) {
-        if (depth > *peak)
-            *peak = depth;
-    } else {
-        tq_peaks.update(&pk, &depth);
-    }
+    tq_peak_note(l, depth);
 }
 
 #ifdef TQ_HAVE_SK_DATA_READY
@@ -218,15 +211,14 @@ static __always_inline void tq_accepted(void *ctx, const void *child, u32 fd)
         u64 *owner = tq_by_port.lookup(&pk);
         if (!owner)
             return;
-        u64 lkey = *owner;
-        struct tq_listener *l = tq_listeners.lookup(&lkey);
+        struct tq_listener *l = tq_listener_at(*owner);
         if (l)
             __sync_fetch_and_add(&l->accepted, 1);
         return;
     }
     struct tq_link lv = *link;
     tq_link.delete(&ckey);
-    struct tq_listener *l = tq_listeners.lookup(&lv.listener);
+    struct tq_listener *l = tq_listener_at(lv.listener);
     if (!l)
         return;
     u64 now = bpf_ktime_get_ns();

@@ -286,18 +286,18 @@ class BpfProbes:
                     self._teardown()
 
     def _read(self, b) -> BpfReading:
-        # Peaks: switch the kernel to a new interval first, then collect the finished ones.
+        # Peaks: switch the kernel to a new interval first, then collect the one that ended
+        # (kept in the listener entries themselves: no map update per tick).
         self._epoch += 1
         controls.set_ctl(b, layout.CTL_EPOCH, self._epoch)
-        peaks = decode.peaks(b[b"tq_peaks"], self._epoch)
         rtbl, htbl = b[b"tq_reasons"], b[b"tq_hist"]
         # Read before the listeners: entries of listeners that closed are deleted below
         # (each was created after its listener's entry, and both were read in that order).
         reason_items = decode.items(rtbl)
         hist_items = decode.items(htbl) if "accept_wait" in self.hooks or "handshake" in self.hooks else []
-        listeners, live, live_ports = self._read_listeners(b, peaks, reason_items, hist_items)
+        listeners, live, live_ports = self._read_listeners(b, reason_items, hist_items)
         if TRANSITIONS in self.hooks:
-            self._child_deltas = decode.child_states(b[b"tq_child_states"], live_ports)
+            self._child_deltas = decode.child_states(b[b"tq_child_states"], live_ports, b[b"tq_child_pcpu"])
         live_sks = set(live)
         for k, _v in reason_items:
             if k.sk not in live_sks:
@@ -314,20 +314,29 @@ class BpfProbes:
             hooks=dict(self.hooks),
         )
 
-    def _read_listeners(self, b, peaks: dict[int, int], reason_items: list, hist_items: list):
+    def _read_listeners(self, b, reason_items: list, hist_items: list):
         reasons = decode.reasons(reason_items, self._reasons)
         hists = decode.histograms(hist_items)
         listeners: dict[ListenerKey, BpfListenerCounts] = {}
         live: dict[int, int] = {}  # listener sk -> born_ns
         live_ports: set[tuple[int, int]] = set()
-        for k, v in decode.items(b[b"tq_listeners"]):
+        # Per-CPU copies first: each is created after its listener's shared entry, so a copy
+        # whose listener is not in the (later) read of tq_listeners belongs to a closed one.
+        ptbl = b[b"tq_pcpu"]
+        pcpu = {decode.as_int(k): v for k, v in decode.per_cpu(ptbl).items()}
+        for k, v0 in decode.items(b[b"tq_listeners"]):
             sk = decode.as_int(k)
+            copies = pcpu.get(sk, [])
+            peak = decode.peak_of([v0, *(c for c in copies if c.born_ns == v0.born_ns)], self._epoch - 1)
+            v = decode.summed(v0, copies)
             live[sk] = int(v.born_ns)
             live_ports.add((v.netns, v.lport))
             key = decode.listener_key(v)
-            counts = decode.listener_counts(v, sk, self.hooks, peaks.get(sk, 0), reasons.get(sk, {}), hists)
+            counts = decode.listener_counts(v, sk, self.hooks, peak, reasons.get(sk, {}), hists)
             prev = listeners.get(key)
             listeners[key] = counts if prev is None else decode.sum_counts(prev, counts)
+        for sk in pcpu.keys() - live.keys():
+            decode.delete(ptbl, ctypes.c_ulonglong(sk))
         return listeners, live, live_ports
 
     def _drain_feed(self, b) -> list[Transition]:

@@ -25,6 +25,12 @@ MAX_LISTENERS = 16384  # listeners; also (netns, port) pairs with children
 MAX_REASON_KEYS = 8192  # (listener, drop reason) pairs
 MAX_SOCKETS = 65536  # LRU: sockets whose state-entry time / listener we remember
 MAX_HIST_KEYS = 65536  # (listener, histogram, bucket) triples
+# Per-CPU copies of the hot counters (tq_pcpu, tq_child_pcpu) cost value x possible CPUs each:
+# each map gets this much, so a 64-CPU host keeps fewer listeners per-CPU (the rest count in
+# the shared entries, atomically; both are summed, so the numbers are the same either way).
+PCPU_BUDGET = 8 << 20
+PCPU_LISTENER_BYTES = 192  # >= sizeof(struct tq_listener) in probes/tcpq.bpf.c
+PCPU_CHILD_BYTES = 64  # sizeof(struct tq_child_states)
 
 # Metric names as in BpfListenerCounts (plus "transitions" for the feed).
 TRANSITIONS = "transitions"
@@ -255,6 +261,18 @@ def read_formats(btf: Btf) -> tuple[dict[str, tracefs.TpFormat | None], str]:
         return out, "btf"
 
 
+def possible_cpus(path: Path = Path("/sys/devices/system/cpu/possible")) -> int:
+    """How many CPUs a per-CPU map allocates for ("0-3,8-11" -> 8)."""
+    try:
+        n = 0
+        for part in path.read_text().strip().split(","):
+            lo, _sep, hi = part.partition("-")
+            n += int(hi or lo) - int(lo) + 1
+        return max(1, n)
+    except (OSError, ValueError):
+        return max(1, os.cpu_count() or 1)
+
+
 def _own_netns() -> int:
     try:
         return os.stat("/proc/self/ns/net").st_ino
@@ -327,8 +345,11 @@ class _Builder:
 
 def _base_defines(btf: Btf, port: int | None, netns: int | None, ringbuf: bool, pages: int,
                   notes: list[str]) -> dict[str, str]:
+    cpus = possible_cpus()
     defines: dict[str, str] = {
         "TQ_MAX_LISTENERS": str(MAX_LISTENERS),
+        "TQ_MAX_PCPU": str(max(64, min(MAX_LISTENERS, PCPU_BUDGET // (cpus * PCPU_LISTENER_BYTES)))),
+        "TQ_MAX_PCPU_CHILD": str(max(64, min(MAX_LISTENERS, PCPU_BUDGET // (cpus * PCPU_CHILD_BYTES)))),
         "TQ_MAX_REASON_KEYS": str(MAX_REASON_KEYS),
         "TQ_MAX_SOCKETS": str(MAX_SOCKETS),
         "TQ_MAX_HIST_KEYS": str(MAX_HIST_KEYS),

@@ -47,11 +47,8 @@ struct tq_listener {
     u32 _pad;
     u64 born_ns;  // when the probes first saw it: with the address, an identity a recycled
                   // struct sock cannot inherit (keys of tq_hist)
-};
-
-struct tq_peak_key {
-    u64 sk;
-    u64 epoch;
+    u32 peak[2];  // deepest accept queue seen in read interval peak_epoch[i] (i = epoch & 1)
+    u32 peak_epoch[2];
 };
 
 struct tq_reason_key {
@@ -94,7 +91,11 @@ struct tq_hist_key {
 // Keyed by the listener's struct sock address: one map update per event, no
 // string work in the kernel. Identity fields travel in the value.
 BPF_HASH(tq_listeners, u64, struct tq_listener, TQ_MAX_LISTENERS);
-BPF_HASH(tq_peaks, struct tq_peak_key, u32, 2 * TQ_MAX_LISTENERS);  // this read's and the next
+// The same counters per CPU (user space sums them with the shared entry's): a busy listener
+// does not bounce one cache line between CPUs. Sized to a memory budget (probes/plan.py
+// PCPU_BUDGET); a listener that finds it full counts in its tq_listeners entry instead.
+BPF_PERCPU_HASH(tq_pcpu, u64, struct tq_listener, TQ_MAX_PCPU);
+BPF_ARRAY(tq_zero, struct tq_listener, 1);  // never written: the zero value tq_pcpu entries start from
 BPF_HASH(tq_reasons, struct tq_reason_key, u64, TQ_MAX_REASON_KEYS);
 // (netns, local port) -> listener, to charge a child's resets to its listener.
 BPF_HASH(tq_by_port, struct tq_port_key, u64, TQ_MAX_LISTENERS);
@@ -104,6 +105,7 @@ BPF_F_TABLE("lru_hash", u64, u64, tq_since, TQ_MAX_SOCKETS, BPF_F_NO_COMMON_LRU)
 // child socket -> its listener's (netns, port), from LISTEN->SYN_RECV to CLOSE.
 BPF_F_TABLE("lru_hash", u64, struct tq_port_key, tq_child, TQ_MAX_SOCKETS, BPF_F_NO_COMMON_LRU);
 BPF_HASH(tq_child_states, struct tq_port_key, struct tq_child_states, TQ_MAX_LISTENERS);
+BPF_PERCPU_HASH(tq_child_pcpu, struct tq_port_key, struct tq_child_states, TQ_MAX_PCPU_CHILD);  // as tq_pcpu
 BPF_F_TABLE("lru_hash", u64, struct tq_link, tq_link, TQ_MAX_SOCKETS, BPF_F_NO_COMMON_LRU);
 BPF_HASH(tq_hist, struct tq_hist_key, u64, TQ_MAX_HIST_KEYS);
 // The child whose SYN_RECV -> ESTABLISHED just ran on this CPU: its listener's
@@ -225,9 +227,9 @@ static __always_inline int tq_wanted(u32 netns, u16 lport)
     return 1;
 }
 
-// The counters of listener sk, created on first sight; NULL if filtered out or
-// sk is not a TCP listener.
-static __always_inline struct tq_listener *tq_listener_of(const void *sk)
+// The shared entry of listener sk (identity, and the counters of listeners without
+// per-CPU room), created on first sight; NULL if filtered out or sk is not a TCP listener.
+static __always_inline struct tq_listener *tq_listener_shared(const void *sk)
 {
     u64 key = (u64)sk;
     struct tq_listener *l = tq_listeners.lookup(&key);
@@ -263,6 +265,86 @@ static __always_inline struct tq_listener *tq_listener_of(const void *sk)
     return l;
 }
 
+// Where listener `key`'s counters go on this CPU: its tq_pcpu copy (identity copied from the
+// shared entry, born_ns last: a program nesting on this CPU in between copies it again, and
+// no counter is ever reset), or the shared entry when tq_pcpu is full. Increments stay atomic:
+// a program in softirq may interrupt another one on the same CPU.
+static __always_inline struct tq_listener *tq_counters(u64 key, struct tq_listener *shared)
+{
+    if (!shared)
+        return 0;
+    struct tq_listener *c = tq_pcpu.lookup(&key);
+    if (!c) {
+        int zero = 0;
+        struct tq_listener *z = tq_zero.lookup(&zero);
+        if (!z)
+            return shared;
+        tq_pcpu.insert(&key, z);  // BPF_NOEXIST; this CPU's copy (the others start zeroed)
+        c = tq_pcpu.lookup(&key);
+        if (!c)
+            return shared;  // full
+    }
+    if (c->born_ns != shared->born_ns) {
+        if (c->born_ns) {  // left by an earlier listener at this address whose close we missed
+            tq_pcpu.delete(&key);
+            return shared;
+        }
+        c->cookie = shared->cookie;
+        c->netns = shared->netns;
+        c->family = shared->family;
+        c->lport = shared->lport;
+        __builtin_memcpy(c->laddr, shared->laddr, 16);
+        c->max_ack_backlog = shared->max_ack_backlog;
+        asm volatile("" ::: "memory");
+        c->born_ns = shared->born_ns;
+    }
+    return c;
+}
+
+// The counters of listener sk on this CPU (see tq_counters); NULL if filtered out or sk is
+// not a TCP listener.
+static __always_inline struct tq_listener *tq_listener_of(const void *sk)
+{
+    return tq_counters((u64)sk, tq_listener_shared(sk));
+}
+
+// The counters of a listener already known by its key (NULL if unknown).
+static __always_inline struct tq_listener *tq_listener_at(u64 key)
+{
+    return tq_counters(key, tq_listeners.lookup(&key));
+}
+
+// Peak accept queue of this read interval (user space bumps TQ_CTL_EPOCH at each read and
+// collects the interval that just ended: probes/decode.py peaks_of); no map update per tick.
+static __always_inline void tq_peak_note(struct tq_listener *l, u32 depth)
+{
+    u32 epoch = (u32)tq_ctl_get(TQ_CTL_EPOCH);
+    u32 i = epoch & 1;
+    if (l->peak_epoch[i] != epoch) {
+        l->peak[i] = depth;
+        l->peak_epoch[i] = epoch;
+    } else if (depth > l->peak[i]) {
+        l->peak[i] = depth;
+    }
+}
+
+// This CPU's child state counts of (netns, port), created when `create`; else the shared ones.
+static __always_inline struct tq_child_states *tq_child_counts(struct tq_port_key *ck, int create)
+{
+    struct tq_child_states *cs = tq_child_pcpu.lookup(ck);
+    if (cs)
+        return cs;
+    if (create) {
+        struct tq_child_states zero = {};
+        tq_child_pcpu.insert(ck, &zero);
+        cs = tq_child_pcpu.lookup(ck);
+        if (cs)
+            return cs;
+        tq_child_states.insert(ck, &zero);
+    }
+    return tq_child_states.lookup(ck);
+}
+
 
 // ------------------------------------------------------------ sock:inet_sock_set_state
 
@@ -288,7 +370,7 @@ static __always_inline int tq_on_set_state(void *ctx, const struct tq_tp_inet_so
     u64 key = (u64)sk;
 
     if (newstate == TQ_TCP_LISTEN) {
-        tq_listener_of(sk);
+        tq_listener_shared(sk);  // per-CPU copies come with the first count
     } else if (oldstate == TQ_TCP_LISTEN && newstate == TQ_TCP_CLOSE) {
         // The address may be reused by the next socket: forget this listener.
         struct tq_port_key pk = {.netns = tq_netns(sk), .lport = TQ_SS_SPORT};
@@ -296,6 +378,7 @@ static __always_inline int tq_on_set_state(void *ctx, const struct tq_tp_inet_so
         if (owner && *owner == key)
             tq_by_port.delete(&pk);
         tq_listeners.delete(&key);
+        tq_pcpu.delete(&key);
     }
 
 #ifdef TQ_HAVE_LINK
@@ -320,9 +403,7 @@ static __always_inline int tq_on_set_state(void *ctx, const struct tq_tp_inet_so
         if (!tq_wanted(ck.netns, ck.lport))
             return 0;
         tq_child.update(&key, &ck);
-        struct tq_child_states zero = {};
-        tq_child_states.insert(&ck, &zero);
-        struct tq_child_states *cs = tq_child_states.lookup(&ck);
+        struct tq_child_states *cs = tq_child_counts(&ck, 1);
         if (cs)
             __sync_fetch_and_add(&cs->n[TQ_TCP_SYN_RECV], 1);
         else
@@ -331,10 +412,11 @@ static __always_inline int tq_on_set_state(void *ctx, const struct tq_tp_inet_so
         struct tq_port_key *ck = tq_child.lookup(&key);
         if (ck) {
             struct tq_port_key ckv = *ck;
-            struct tq_child_states *cs = tq_child_states.lookup(&ckv);
+            struct tq_child_states *cs = tq_child_counts(&ckv, 0);
             if (cs) {
                 __sync_fetch_and_add(&cs->n[oldstate & 15], -1);
-                __sync_fetch_and_add(&cs->n[newstate & 15], 1);
+                if (newstate != TQ_TCP_CLOSE)  // nobody reads n[CLOSE]: a closed child is gone
+                    __sync_fetch_and_add(&cs->n[newstate & 15], 1);
             }
             if (newstate == TQ_TCP_CLOSE)
                 tq_child.delete(&key);
@@ -470,12 +552,16 @@ static __always_inline int tq_on_kfree_skb(const void *sk, u32 reason)
 #endif
         __sync_fetch_and_add(&l->other_rx_drops, 1);
     struct tq_reason_key rk = {.sk = (u64)sk, .reason = reason};
-    u64 one = 1;
     u64 *count = tq_reasons.lookup(&rk);
+    if (!count) {
+        u64 zero = 0;
+        tq_reasons.insert(&rk, &zero);  // BPF_NOEXIST: a racing CPU's entry (and its count) stays
+        count = tq_reasons.lookup(&rk);
+    }
     if (count)
         __sync_fetch_and_add(count, 1);
     else
-        tq_reasons.update(&rk, &one);
+        tq_lost_slot(1);
 #else
     __sync_fetch_and_add(&l->other_rx_drops, 1);
 #endif
@@ -545,8 +631,7 @@ static __always_inline struct tq_listener *tq_listener_for_reset(const void *sk,
     u64 *owner = tq_by_port.lookup(&pk);
     if (!owner)
         return 0;
-    u64 key = *owner;
-    return tq_listeners.lookup(&key);
+    return tq_listener_at(*owner);
 }
 
 #ifdef TQ_HAVE_SEND_RESET
