@@ -35,7 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-from scale_fixture import tcpq_argv  # noqa: E402  (also puts the tree under test on sys.path)
+from scale_fixture import TREE, tcpq_argv  # noqa: E402  (also puts the tree under test on sys.path)
 
 TCPQ = tcpq_argv()
 TCPSTATES = "/usr/sbin/tcpstates-bpfcc"
@@ -97,7 +97,8 @@ class TmuxTracer:
         self.sock = f"tqstorm{os.getpid()}"
         self.t0 = time.monotonic()
         envs = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
-        cmd = f"cd {shlex.quote(str(ROOT))} && exec env {envs} {' '.join(shlex.quote(a) for a in argv)}"
+        # cwd = the tree under test: `python -m` puts the cwd before PYTHONPATH on sys.path
+        cmd = f"cd {shlex.quote(str(TREE))} && exec env {envs} {' '.join(shlex.quote(a) for a in argv)}"
         subprocess.run(["tmux", "-L", self.sock, "-f", "/dev/null", "new-session", "-d", "-s", "tq", "-x", "160",
                         "-y", "48", cmd], check=True)
         self.pid = int(self._tmux("display-message", "-p", "-t", "tq", "#{pane_pid}").strip() or 0)
@@ -192,7 +193,7 @@ def main() -> int:
                     try:
                         tracer: Tracer | TmuxTracer | None = None
                         if cfg and cfg[1] == b"tmux":
-                            tenv_tui = {**tenv, "PYTHONPATH": os.environ.get("PYTHONPATH", str(ROOT))}
+                            tenv_tui = {**tenv, "PYTHONPATH": os.environ.get("PYTHONPATH", str(TREE))}
                             tracer = TmuxTracer(cfg[0], tenv_tui)
                         elif cfg:
                             tracer = Tracer(cfg[0], os.path.join(tmp, "log"), cfg[1], tenv)
