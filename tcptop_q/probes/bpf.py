@@ -26,6 +26,11 @@ What each hook serves (chosen at start from the tracefs format files):
     tcp:tcp_send_reset         resets_sent      (a child's resets go to its port's listener)
     tcp:tcp_receive_reset      resets_received
 
+Each tracepoint except the syscall exits is attached raw (BPF_PROG_TYPE_RAW_TRACEPOINT:
+no trace-event record is built) where the kernel's BTF prototype allows, with the classic
+program as the fallback (probes/plan.py RAW_TRACEPOINTS, probes/loader.py attach_all);
+`tracepoints="classic"` uses classic ones only. Hot counters are per-CPU copies summed here.
+
 A metric whose hook is missing is absent from `hooks` (the sampler reports null)
 and the reason is in `notes`. The feed (ring buffer, perf buffer before 5.8)
 carries every transition unless limited with set_feed("off" | "port", port).

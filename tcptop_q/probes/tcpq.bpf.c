@@ -315,7 +315,7 @@ static __always_inline struct tq_listener *tq_listener_at(u64 key)
 }
 
 // Peak accept queue of this read interval (user space bumps TQ_CTL_EPOCH at each read and
-// collects the interval that just ended: probes/decode.py peaks_of); no map update per tick.
+// collects the interval that just ended: probes/decode.py peak_of); no map update per tick.
 static __always_inline void tq_peak_note(struct tq_listener *l, u32 depth)
 {
     u32 epoch = (u32)tq_ctl_get(TQ_CTL_EPOCH);
