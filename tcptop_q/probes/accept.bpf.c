@@ -143,7 +143,8 @@ int tq_data_ready(struct tq_tp_sk_data_ready *args)
 int tq_r_data_ready(struct bpf_raw_tracepoint_args *ctx)
 {
     const void *sk = (const void *)ctx->args[TQ_RTP_DATA_READY_SK];
-    if (tq_sk_protocol(sk) != TQ_IPPROTO_TCP || tq_sk_state(sk) != TQ_TCP_LISTEN)
+    // state first: most calls are data on connected sockets (one read, then out)
+    if (tq_sk_state(sk) != TQ_TCP_LISTEN || tq_sk_protocol(sk) != TQ_IPPROTO_TCP)
         return 0;
     tq_child_queued(sk);
     return 0;
