@@ -248,3 +248,23 @@ def test_hot_listener_per_cpu_counts_sum_to_the_servers(ns: LabNetns) -> None:
             w.join(5)
         srv.close()
         p.close()
+
+
+def test_ebpf_names_the_hook_kind(bpf) -> None:
+    """`--ebpf` prints what serves each metric: raw tracepoints by default on a kernel that has
+    them, classic ones with `--tracepoints classic`; a wrong value is one usage error, exit 2."""
+    from tests.conftest import tcpq
+
+    def hooks(*args: str) -> dict[str, str]:
+        r = tcpq("--ebpf", *args)
+        assert r.returncode == 0, r.stderr
+        tail = r.stdout[r.stdout.rindex("/* hooks on this kernel:"):]
+        return dict(line.strip(" *").split(None, 1) for line in tail.splitlines()[1:-1])
+
+    auto, classic = hooks(), hooks("--tracepoints", "classic")
+    assert auto["transitions"] == "raw_tracepoint:sock:inet_sock_set_state"
+    assert classic["transitions"] == "tracepoint:sock:inet_sock_set_state"
+    assert auto.keys() == classic.keys()
+    assert not [h for h in classic.values() if h.startswith("raw_tracepoint:")]
+    bad = tcpq("--ebpf", "--tracepoints", "fast")
+    assert bad.returncode == 2 and "--tracepoints" in bad.stderr and "Traceback" not in bad.stderr
