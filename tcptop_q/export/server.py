@@ -10,6 +10,7 @@ own thread, never the sampler.
 from __future__ import annotations
 
 import base64
+import gc
 import math
 import os
 import signal
@@ -533,10 +534,13 @@ class Sampling(threading.Thread):
         self._said_dropped = False
         self._last_error = ""
 
+    GC_EVERY_S = 60.0
+
     def run(self) -> None:
         name_thread(b"tcpq-sample")
         next_at = time.monotonic()
         first = True
+        gc_at = math.inf
         while not self.stop.is_set():
             t0 = time.perf_counter()
             try:
@@ -550,15 +554,37 @@ class Sampling(threading.Thread):
                     self.log(text)
                     self._last_error = text
             else:
-                first = False
                 self._publish(snap, time.perf_counter() - t0)
+                del snap
                 self._quiet_feed()
                 self._say_dropped()
+                if first:
+                    first = False
+                    gc_at = time.monotonic() + self.GC_EVERY_S
+                    self._gc_settle()
+                elif time.monotonic() >= gc_at:
+                    gc_at = time.monotonic() + self.GC_EVERY_S
+                    gc.collect()
             next_at += self.interval
             now = time.monotonic()
             if next_at < now:  # a sample longer than the interval: start again from now
                 next_at = now
             self.stop.wait(next_at - now)
+
+    @staticmethod
+    def _gc_settle() -> None:
+        """The cyclic GC holds the GIL for the whole of a collection: at 10k listeners its
+        full collections took 50-200 ms every few seconds (the snapshot's ~100k objects,
+        promoted each tick, make them frequent), and a scrape arriving meanwhile waited for
+        them. The exporter's per-tick objects are freed by reference counting (a full
+        collection after the first minutes finds 0-10 unreachable objects), so after the
+        first sample: what exists now (modules, bcc, the probes' tables) is frozen out of
+        collections, automatic collections stop, and a full one runs every GC_EVERY_S right
+        after a publish, so that a cycle made by some rare path is still freed
+        (bench/exporter_scale.py; docs/EXPORTER.md, "Cost")."""
+        gc.collect()
+        gc.freeze()
+        gc.disable()
 
     def _publish(self, snap: Snapshot | None, duration_s: float | None, error: bool = False) -> None:
         try:
