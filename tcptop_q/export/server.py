@@ -410,6 +410,12 @@ class _Handler(BaseHTTPRequestHandler):
                     {"WWW-Authenticate": 'Basic realm="tcpq-top"'})
         return False
 
+    def end_headers(self) -> None:
+        # http_server_config.headers of the web config, on every response (errors too)
+        for name, value in self.server.web.headers.items():
+            self.send_header(name, value)
+        super().end_headers()
+
     def _reply(self, code: int, body: bytes, ctype: str, extra: dict[str, str] | None = None) -> None:
         self.send_response(code)
         self.send_header("Content-Type", ctype)
