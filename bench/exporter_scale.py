@@ -29,7 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-from rss import run_tcpq, status_kb  # noqa: E402
+from rss import status_kb  # noqa: E402
 from scale_fixture import tcpq_argv  # noqa: E402
 
 PROM_HEADERS = {
@@ -145,6 +145,26 @@ def exporter_run(netns: int, max_listeners: int, scrapes: int, interval: float) 
             "load": [min(load), med(load), max(load)], "ms": [round(x, 1) for x in lat]}
 
 
+def steady_rss(argv: list[str], warm: float, span: float) -> float:
+    """Median VmRSS of a running process between `warm` and `warm + span` seconds after its
+    start, read every 0.5 s; the process is then stopped. (bench/rss.py's run_tcpq keeps the
+    last reading before exit, which can fall in the teardown, after the probes were freed.)"""
+    p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.monotonic()
+    readings = []
+    try:
+        while time.monotonic() - t0 < warm + span:
+            if p.poll() is not None:
+                raise RuntimeError(f"{argv} exited with {p.returncode}")
+            if time.monotonic() - t0 >= warm:
+                readings.append(status_kb(p.pid).get("VmRSS", 0) / 1024)
+            time.sleep(0.5)
+    finally:
+        p.terminate()  # our own child, by pid
+        p.wait(timeout=30)
+    return med(readings)
+
+
 def ss_run(fx, reps: int) -> list[float]:
     times = []
     for _ in range(reps):
@@ -160,6 +180,7 @@ def main() -> int:
     ap.add_argument("--sockets", type=int, default=0)
     ap.add_argument("--scrapes", type=int, default=200)
     ap.add_argument("--interval", type=float, default=1.0)
+    ap.add_argument("--batch-warm", type=float, default=40.0, help="s before --batch's RSS is read (probes live)")
     ap.add_argument("--caps", default="2000,10000", help="--max-listeners values, comma-separated")
     args = ap.parse_args()
     from scale_fixture import ScaleFixture, install_signal_cleanup, machine, results_dir
@@ -172,13 +193,14 @@ def main() -> int:
             out[f"--serve --max-listeners {cap}"] = exporter_run(fx.inode, cap, args.scrapes, args.interval)
             ss += ss_run(fx, 10)
         load0 = loadavg()
-        rss, _ = run_tcpq([*tcpq_argv(), "--batch", "-n", "40", "-d", str(args.interval), "--netns", str(fx.inode)], 300)
+        rss = steady_rss([*tcpq_argv(), "--batch", "-n", "100000", "-d", str(args.interval), "--netns", str(fx.inode)],
+                         args.batch_warm, 30)
         out["--batch (BPF) steady RSS MB"] = rss
         out["--batch load"] = [load0, loadavg()]
     out["ss -ltnm"] = {"median_ms": med(ss), "p99_ms": pct(ss, 99), "runs": len(ss)}
     ssm = out["ss -ltnm"]["median_ms"]
     print(f"{args.listeners} listeners, {args.sockets} sockets, commit {out['commit']}; ss -ltnm {ssm:.0f} ms median,"
-          f" {out['ss -ltnm']['p99_ms']:.0f} ms p99 ({len(ss)} runs); --batch steady RSS {rss:.0f} MB")
+          f" {out['ss -ltnm']['p99_ms']:.0f} ms p99 ({len(ss)} runs); --batch steady RSS {rss:.0f} MB (median while running)")
     print("| exporter | samples | scrape median ms (/ ss) | p90 | p99 (/ ss p99) | while sampling: n, median, p99 | "
           "between: n, median, p99 | HTTP thread CPU ms median, p99 | RSS MB | RSS - batch | sample s | load min/med/max |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
