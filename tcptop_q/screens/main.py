@@ -13,6 +13,7 @@ from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
 
+from tcptop_q import lifecycle
 from tcptop_q.model import Snapshot, Transition
 from tcptop_q.screens import keys as keycat
 from tcptop_q.widgets.feed import FeedPane
@@ -132,6 +133,12 @@ class MainScreen(Screen):
         self.feed.push(events, snap.sources.lost_events)
 
     def _apply_rows(self) -> None:
+        # 10k rows allocate ~100k objects: the cyclic GC waits until they are in place (as for
+        # a tick, TcpqTopApp.apply_snapshot), also for a re-sort, `t` or the catch-up on resume.
+        with lifecycle.gc_held():
+            self._apply_rows_now()
+
+    def _apply_rows_now(self) -> None:
         app = self.tapp
         snap = app.snapshot
         self._now = snap.time if snap is not None else 0.0
