@@ -144,7 +144,8 @@ class MainScreen(Screen):
         self._now = snap.time if snap is not None else 0.0
         listeners = app.visible_listeners()
         self.table.configure(required=self._required(listeners))
-        self.table.apply(listeners, netns_names(snap.netns) if snap is not None else None)
+        self.table.apply(listeners, netns_names(snap.netns) if snap is not None else None,
+                         epoch=None if snap is None else (snap.seq, app.ticks_applied))
         self._refresh_status(len(listeners))
 
     def refresh_header(self) -> None:

@@ -517,3 +517,29 @@ async def test_ascii_mode_draws_no_unicode_glyphs_in_the_table(make_app):
             assert not any(ch in line for line in table_lines for ch in "█░▼▲…│╭╮→▁▂▃▄▅▆▇")
     finally:
         text.set_ascii_mode(None)
+
+
+async def test_a_resort_of_the_same_tick_keeps_every_cell_and_the_next_tick_redraws(make_app):
+    """A re-sort re-applies the tick on screen: its cells stand (no value is recomputed);
+    the next tick, and a tick that came while paused, are drawn again."""
+    app = make_app()
+    async with app.run_test(size=(160, 48)) as pilot:
+        await feed_ticks(app, pilot)
+        await pilot.press("t")  # totals: DROPS moves every tick (the rates here do not)
+        table = app.screen.table
+        cells = {k: dict(table._data[table._rk[k]]) for k in table.order}
+        order = list(table.order)
+        await pilot.press("r")
+        assert table.order == order[::-1]
+        assert all(table._data[table._rk[k]][c] is cell for k, row in cells.items() for c, cell in row.items())
+        drops = 120 + 10 * (CLOCK_TICK + 1)  # fake_source: seed experiment's sk_drops
+        app.apply_snapshot(build_snapshot(CLOCK_TICK + 1))
+        await wait_for(pilot, lambda: str(table.get_cell(row_key(KEY_8080), "drops")).strip() == str(drops),
+                       what="the new tick's DROPS")
+        await pilot.press("p")
+        app.apply_snapshot(build_snapshot(CLOCK_TICK + 2))
+        await pilot.press("r")  # paused: the frozen tick stays on screen
+        assert str(table.get_cell(row_key(KEY_8080), "drops")).strip() == str(drops)
+        await pilot.press("p")
+        await wait_for(pilot, lambda: str(table.get_cell(row_key(KEY_8080), "drops")).strip() == str(drops + 10),
+                       what="the held tick after the pause")
