@@ -403,7 +403,7 @@ class ListenerTable(KeyedTable):
             self.add_column(label, width=width, key=col.id)
         self.mark_sort(*self.sort_mark)
         if self.last is not None:
-            self.apply(self.last)
+            self.apply(self.last, epoch=self._epoch)  # the same tick: the caller's re-apply then costs nothing
             self.move_cursor(row=cursor_row, animate=False, scroll=False)
             self.scroll_to(y=scroll_y, animate=False, immediate=True)
         return True
@@ -480,7 +480,7 @@ class ListenerTable(KeyedTable):
         idx = [RAW_INDEX[c.id] for c in cols]
         raw_map = self._raw
         changes: list[tuple[str, str, LazyCell]] = []
-        added = False
+        added: list[tuple[str, list[LazyCell]]] = []
         extras = self.extras if any(c.id in ("last", "spark") for c in cols) else None
         shown = self._shown if same_epoch else {}
         for lst, key in zip(listeners, want, strict=False):
@@ -492,10 +492,7 @@ class ListenerTable(KeyedTable):
             if old is None:
                 self.keys[key] = lst.key
                 raw_map[key] = raw
-                self.add_keyed_row(
-                    key, [LazyCell(c.id, raw[i], bar) for c, i in zip(cols, idx, strict=False)]
-                )
-                added = True
+                added.append((key, [LazyCell(c.id, raw[i], bar) for c, i in zip(cols, idx, strict=False)]))
             elif old != raw:
                 raw_map[key] = raw
                 for c, i in zip(cols, idx, strict=False):
@@ -503,6 +500,7 @@ class ListenerTable(KeyedTable):
                         changes.append((key, c.id, LazyCell(c.id, raw[i], bar)))
         self._shown = dict(zip(want, listeners, strict=False))
         if added:
+            self.add_keyed_rows(added)
             # Every column has a fixed width: measuring each new row (DataTable does it on
             # idle for content widths) would only cost time, ~0.2 s per 10k rows.
             self._new_rows.clear()
