@@ -8,8 +8,8 @@ the terminal. Headless Textual renders nothing, so the bench renders every frame
 escape sequences a terminal would get (`CompositorUpdate.render_segments`, what
 `App._display` writes to the real driver) and a frame counts only when the text written since
 the key, for the new screen, holds that screen's content: Enter the listener's address, its
-owner pid and one of its child rows; Escape the main table's status line and the row under the
-bar; `?` the legend. The other keys count when the frame written after the key shows their
+owner pid, one of its child rows and the key hints; Escape the main table's status line, the row
+under the bar and the key hints; `?` the legend. The other keys count when the frame written after the key shows their
 effect (the bar moved, the order reversed, the TOTALS marker, the feed gone).
 "idle" is the time until the app has nothing left to do (for Escape: the tick that arrived
 while drilled in applied to the table after that first frame).
@@ -163,14 +163,14 @@ async def run(n: int, reps: int, profile: str | None = None) -> dict[str, list[f
             lst = app.listener(target)
             assert lst is not None
             await key("enter", "enter", lambda s: isinstance(s, ListenerScreen),
-                      (target.label(), f"pid {lst.pid}", "127.0.0.1:30002"),
+                      (target.label(), f"pid {lst.pid}", "127.0.0.1:30002", "esc Back"),
                       lambda: isinstance(app.screen, ListenerScreen) and app.screen.is_mounted,
                       profiled=last and profile == "enter")
             app.apply_snapshot(snap(2 * i + 2))
             await pilot.pause()
             # Back on the table: its rows as they were left (the bar on the listener opened),
             # then the tick that came meanwhile ("escape, new tick").
-            await key("escape", "escape", lambda s: s is main, (f"/{n} listeners", target.label()),
+            await key("escape", "escape", lambda s: s is main, (f"/{n} listeners", target.label(), "Sort"),
                       lambda: app.screen is main, profiled=last and profile == "escape", fresh="escape, new tick")
             # The other keys, same table, same size.
             row = table.cursor_row
@@ -178,7 +178,7 @@ async def run(n: int, reps: int, profile: str | None = None) -> dict[str, list[f
             await key("up", "up", lambda s: s is main, (), lambda row=row: table.cursor_row == row)
             await key("help ?", "question_mark", lambda s: isinstance(s, HelpScreen),
                       ("legend",), lambda: isinstance(app.screen, HelpScreen))
-            await key("help escape", "escape", lambda s: s is main, (f"/{n} listeners",),
+            await key("help escape", "escape", lambda s: s is main, (f"/{n} listeners", "Sort"),
                       lambda: app.screen is main)
             first = table.listener_at_cursor()
             await key("reverse r", "r", lambda s: s is main, ("▲",), lambda: app.sort_reverse)

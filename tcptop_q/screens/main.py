@@ -11,12 +11,13 @@ from textual import events, on
 from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Input, Static
+from textual.widgets import DataTable, Input, Static
 
 from tcptop_q import lifecycle
 from tcptop_q.model import Snapshot, Transition
 from tcptop_q.screens import keys as keycat
 from tcptop_q.widgets.feed import FeedPane
+from tcptop_q.widgets.footer import KeyFooter
 from tcptop_q.widgets.listener_table import COLUMN_BY_ID, COLUMNS, TOTALS, ListenerTable
 from tcptop_q.widgets.text import ascii_mode, inert, netns_label, netns_names
 from tcptop_q.widgets.topbar import TopBar
@@ -51,7 +52,7 @@ class MainScreen(Screen):
         yield Static(id="status")
         yield Static(id="notes")
         yield Input(id="filter", placeholder="filter: port, address, comm or pid (enter: keep, esc: clear)")
-        yield Footer()
+        yield KeyFooter()
 
     @property
     def table(self) -> ListenerTable:
