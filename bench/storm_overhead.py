@@ -191,7 +191,7 @@ def main() -> int:
         cr = f"{v['paired_cpu_ratio']:.3f}x" if v["paired_cpu_ratio"] is not None else "-"
         print(f"| {k} | {v['median_cps']:.0f} | {v['ratio']:.2f}x | {v['paired_ratio']:.2f}x | {cr} | {rd} |")
     on, off = "tcpq-top --batch (BPF)", "tcpq-top --batch (BPF, --accept-hook off)"
-    if paired[on] and paired[off]:
+    if paired.get(on) and paired.get(off):
         cost = [a / b for a, b in zip(paired[on], paired[off], strict=False)]
         cpu_cost = [a / b for a, b in zip(paired_cpu[on], paired_cpu[off], strict=False)]
         print(f"accept tracking: median per-rep throughput with / without = {statistics.median(cost):.3f} "

@@ -2,9 +2,8 @@
 # The storm ratio (bench/storm_overhead.py) inside a test VM, shortened to fit emulation:
 # traced vs untraced connect/accept/close cycles per second, measured in the same guest run.
 #   KERNEL=5.10 bash tests/compat/storm-vm.sh [storm_overhead.py args]
-# Default args: --reps 3 --count 100000 --max-seconds 15 --ready-timeout 400
-#   --only "tcpq-top --batch --no-bpf" "tcpq-top --batch (BPF)"
-# (none is always run: it is every ratio's baseline). The guest has no C headers, so bench/storm.c
+# Default args: --reps 6 --count 100000 --max-seconds 8 --ready-timeout 400 --only "tcpq-top --batch (BPF)"
+# (none is always run: it is every ratio's baseline; each rep pays one bcc compile, ~1 min). The guest has no C headers, so bench/storm.c
 # is built here (Debian 12 on both sides: the same glibc). Under QEMU TCG every instruction is
 # emulated: the ratio says how much the probes slow the emulated kernel's own storm, not what
 # they cost on hardware (docs/COMPATIBILITY.md, "Storm ratio").
@@ -19,8 +18,8 @@ case "$K" in 6.1|5.10) ;; *) echo "storm-vm.sh: KERNEL must be 6.1 or 5.10, not 
 if [ "$(id -u)" -ne 0 ]; then echo "storm-vm.sh: needs root (boots the VM image)" >&2; exit 2; fi
 if [ ! -x "$TREE/.venv/bin/python" ]; then echo "storm-vm.sh: $TREE/.venv missing: run make deps first" >&2; exit 2; fi
 args=("$@")
-[ ${#args[@]} -gt 0 ] || args=(--reps 3 --count 100000 --max-seconds 15 --ready-timeout 400
-                               --only "tcpq-top --batch --no-bpf" "tcpq-top --batch (BPF)")
+[ ${#args[@]} -gt 0 ] || args=(--reps 6 --count 100000 --max-seconds 8 --ready-timeout 400
+                               --only "tcpq-top --batch (BPF)")
 vmdir=/var/tmp/tq-vm; [ "$K" = 5.10 ] && vmdir=/var/tmp/tq-vm-5.10
 vmdir=${TQ_VM_DIR:-$vmdir}
 KERNEL=$K TQ_VM_DIR=$vmdir bash "$HERE/vm/build.sh"
