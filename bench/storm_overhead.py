@@ -142,12 +142,15 @@ def main() -> int:
     ap.add_argument("--max-seconds", type=float, default=15.0)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--only", nargs="*", help="configurations to run (besides none), by name prefix")
+    ap.add_argument("--storm", help="a storm binary built elsewhere (the test VMs have no C headers)")
+    ap.add_argument("--ready-timeout", type=float, default=120.0,
+                    help="seconds a tracer may take to attach (bcc compiles for minutes under QEMU TCG)")
     args = ap.parse_args()
     from scale_fixture import ScaleFixture, install_signal_cleanup, machine
 
     install_signal_cleanup()
     tmp = tempfile.mkdtemp(prefix="tqbench-storm-")
-    exe = build(tmp)
+    exe = args.storm or build(tmp)
     from tcptop_q.probes.kheaders import find_kernel_source
 
     ksrc, _why = find_kernel_source()  # bcc needs some headers; the project's merged tree works
@@ -194,9 +197,9 @@ def main() -> int:
                         tracer: Tracer | TmuxTracer | None = None
                         if cfg and cfg[1] == b"tmux":
                             tenv_tui = {**tenv, "PYTHONPATH": os.environ.get("PYTHONPATH", str(TREE))}
-                            tracer = TmuxTracer(cfg[0], tenv_tui)
+                            tracer = TmuxTracer(cfg[0], tenv_tui, ready_timeout=args.ready_timeout)
                         elif cfg:
-                            tracer = Tracer(cfg[0], os.path.join(tmp, "log"), cfg[1], tenv)
+                            tracer = Tracer(cfg[0], os.path.join(tmp, "log"), cfg[1], tenv, args.ready_timeout)
                     except RuntimeError as exc:
                         print(f"rep {rep} {name}: skipped, {exc}", flush=True)
                         failures.append(f"{name}: {str(exc)[:200]}")
