@@ -328,6 +328,7 @@ class OverflowTracker:
         self.lo_last: dict[int, int] = {}  # ... at the previous sample
         self.gone: dict[int, int] = {}  # netns -> overflows charged to its listeners that are gone
         self.charged: dict[ListenerKey, int] = {}  # overflows since its baseline charged to each (last tick)
+        self.share: dict[ListenerKey, int] = {}  # of those, the netns remainder given to each so far
         self.last: dict[ListenerKey, int] = {}  # the overflows of the previous tick
 
     def update(
@@ -376,15 +377,18 @@ class OverflowTracker:
             if since.syn_overflows is None:
                 # A third-ACK overflow adds 2 to sk_drops (tcp_listendrop, then the discard).
                 bounds.setdefault(key.netns, {})[key] = row.drops - self.drops_base[key] - 2 * third
-        shares: dict[ListenerKey, int] = {}
+        shares = self.share
         for netns, per in bounds.items():
             if netns not in lo_now:  # no TcpExt counters: every unexplained drop may be one
-                shares.update({k: max(0, b) for k, b in per.items()})
+                shares.update({k: max(shares.get(k, 0), b) for k, b in per.items()})
                 continue
-            counted = sum(exact[k] for k in exact if k.netns == netns)
+            counted = sum(exact[k] + shares.get(k, 0) for k in exact if k.netns == netns)
+            # What no listener has been given yet; it goes only to sk_drops not explained yet
+            # (a listener keeps what it was given: an earlier overflow is never re-shared).
             avail = lo_now[netns] - self.lo_base[netns] - counted - self.gone.get(netns, 0)
-            got, split = _share(avail, per)
-            shares.update(got)
+            got, split = _share(avail, {k: b - shares.get(k, 0) for k, b in per.items()})
+            for k, n in got.items():
+                shares[k] = shares.get(k, 0) + n
             if split:
                 notes.append(f"netns {netns}: {avail} overflows without an event of their own cannot be told apart "
                              f"from other drops across {len(got)} listeners: shared in proportion to their sk_drops")
@@ -409,6 +413,7 @@ class OverflowTracker:
         charged to them stays charged: it is not another listener's."""
         for key in [k for k in self.charged if k not in live]:
             self.gone[key.netns] = self.gone.get(key.netns, 0) + self.charged.pop(key)
+            self.share.pop(key, None)
         for key in [k for k in self.last if k not in live]:
             del self.last[key]
         if self.drops_base is not None and len(self.drops_base) > len(live):

@@ -178,11 +178,11 @@ def test_overflows_never_decrease():
     k = key_of(listen("0.0.0.0", 80, cookie=1))
     overflows(t, [listen("0.0.0.0", 80, cookie=1)], [BpfListenerCounts()])
     assert overflows(t, [listen("0.0.0.0", 80, cookie=1, drops=5)], [BpfListenerCounts()], lo=5)[k][0] == 5
-    # A third-ACK event read before its second sk_drops increment: the bound shrinks for a
-    # tick, the count holds; the next tick has it.
+    # A third-ACK event read before its second sk_drops increment: counted from the event;
+    # the shares given before stay.
     third = [BpfListenerCounts(listen_overflow_drops=1)]
-    assert overflows(t, [listen("0.0.0.0", 80, cookie=1, drops=6)], third, lo=6)[k] == (5, 0.0)
-    assert overflows(t, [listen("0.0.0.0", 80, cookie=1, drops=7)], third, lo=6)[k] == (6, 1.0)
+    assert overflows(t, [listen("0.0.0.0", 80, cookie=1, drops=6)], third, lo=6)[k] == (6, 1.0)
+    assert overflows(t, [listen("0.0.0.0", 80, cookie=1, drops=7)], third, lo=6)[k] == (6, 0.0)
 
 
 def test_a_listener_born_after_live_starts_at_zero_and_counts_every_overflow():
@@ -217,13 +217,27 @@ def test_several_listeners_with_drops_exact_when_the_bounds_fit_else_a_note():
     got = overflows(t, [listen("0.0.0.0", 80, cookie=1, drops=4), listen("0.0.0.0", 81, cookie=2, drops=2)],
                     zero, lo=6, notes=notes)
     assert (got[key_of(a)][0], got[key_of(b)][0], notes) == (4, 2, [])
-    # 4 more sk_drops on each, 4 more overflows: which are which cannot be told. Shared in
-    # proportion (8:6 of 10 -> 5, 4) and said so; never more than the netns counted.
+    # 4 more sk_drops on each, 4 more overflows: which are which cannot be told. The new ones
+    # are shared in proportion to the new drops (4:4 -> 2, 2) and said so; what each had stays.
     got = overflows(t, [listen("0.0.0.0", 80, cookie=1, drops=8), listen("0.0.0.0", 81, cookie=2, drops=6)],
                     zero, lo=10, notes=notes)
     assert got[key_of(a)][0] + got[key_of(b)][0] <= 10
-    assert (got[key_of(a)][0], got[key_of(b)][0]) == (5, 4)
+    assert (got[key_of(a)][0], got[key_of(b)][0]) == (6, 4)
     assert len(notes) == 1 and "across 2 listeners" in notes[0]
+
+
+def test_an_earlier_listeners_overflows_are_never_shared_again():
+    """A listener's earlier overflows stay its own when another one starts dropping (defer-accept
+    ACKs, not overflows) and overflows once: the newcomer gets only the new one."""
+    t = OverflowTracker()
+    a, b = listen("0.0.0.0", 80, cookie=1), listen("0.0.0.0", 81, cookie=2)
+    zero = [BpfListenerCounts(), BpfListenerCounts()]
+    overflows(t, [a, b], zero)
+    assert overflows(t, [listen("0.0.0.0", 80, cookie=1, drops=5), b], zero, lo=5)[key_of(a)][0] == 5
+    third = [BpfListenerCounts(), BpfListenerCounts(listen_overflow_drops=1, other_rx_drops=5)]
+    got = overflows(t, [listen("0.0.0.0", 80, cookie=1, drops=5), listen("0.0.0.0", 81, cookie=2, drops=7)],
+                    third, lo=6)
+    assert (got[key_of(a)][0], got[key_of(b)][0]) == (5, 1)
 
 
 def test_a_netns_inode_reused_by_a_new_netns_starts_over():
