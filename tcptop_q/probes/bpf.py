@@ -293,8 +293,11 @@ class BpfProbes:
         # Read before the listeners: entries of listeners that closed are deleted below
         # (each was created after its listener's entry, and both were read in that order).
         reason_items = decode.items(rtbl)
-        hist_items = decode.items(htbl) if "accept_wait" in self.hooks or "handshake" in self.hooks else []
-        listeners, live, live_ports = self._read_listeners(b, peaks, reason_items, hist_items)
+        hists_on = "accept_wait" in self.hooks or "handshake" in self.hooks
+        hist_items = decode.items(htbl) if hists_on else []
+        mtbl = b[b"tq_hist_max"] if hists_on else None
+        max_items = decode.items(mtbl) if mtbl is not None else []
+        listeners, live, live_ports = self._read_listeners(b, peaks, reason_items, hist_items, max_items)
         if TRANSITIONS in self.hooks:
             self._child_deltas = decode.child_states(b[b"tq_child_states"], live_ports)
         live_sks = set(live)
@@ -304,6 +307,9 @@ class BpfProbes:
         for k, _v in hist_items:  # a listener closed, or another one now at its address
             if live.get(k.sk) != k.born_ns:
                 decode.delete(htbl, k)
+        for k, _v in max_items:
+            if live.get(k.sk) != k.born_ns:
+                decode.delete(mtbl, k)
         events = self._drain_feed(b)
         return BpfReading(
             listeners=listeners,
@@ -313,9 +319,11 @@ class BpfProbes:
             hooks=dict(self.hooks),
         )
 
-    def _read_listeners(self, b, peaks: dict[int, int], reason_items: list, hist_items: list):
+    def _read_listeners(self, b, peaks: dict[int, int], reason_items: list, hist_items: list,
+                        max_items: list | None = None):
         reasons = decode.reasons(reason_items, self._reasons)
         hists = decode.histograms(hist_items)
+        maxima = decode.hist_maxima(max_items or [])
         listeners: dict[ListenerKey, BpfListenerCounts] = {}
         live: dict[int, int] = {}  # listener sk -> born_ns
         live_ports: set[tuple[int, int]] = set()
@@ -324,7 +332,8 @@ class BpfProbes:
             live[sk] = int(v.born_ns)
             live_ports.add((v.netns, v.lport))
             key = decode.listener_key(v)
-            counts = decode.listener_counts(v, sk, self.hooks, peaks.get(sk, 0), reasons.get(sk, {}), hists)
+            counts = decode.listener_counts(v, sk, self.hooks, peaks.get(sk, 0), reasons.get(sk, {}), hists,
+                                            maxima)
             prev = listeners.get(key)
             listeners[key] = counts if prev is None else decode.sum_counts(prev, counts)
         return listeners, live, live_ports
@@ -372,6 +381,26 @@ class BpfProbes:
                 return decode.in_queue(b[b"tq_link"], time.time() - time.monotonic())
             except Exception:
                 return {}
+
+    def accept_diag(self) -> dict[str, int] | None:
+        """Counts of accept tracking's rare paths since live (probes/accept.bpf.c, TQ_DIAG_*;
+        docs/ACCEPT.md): accept() without a link, raced accepts marked for their enqueue,
+        enqueues that fell back to the queue's tail or found no child. None if not live."""
+        with self._lock:
+            b = self._bpf
+            if b is None or self.state != "live" or "accepted" not in self.hooks:
+                return None
+            try:
+                tbl = b[b"tq_acc_diag"]
+            except KeyError:
+                return None
+            names = ("accept_no_link", "accept_marked_early", "accept_no_listener", "enqueue_sampled_early",
+                     "enqueue_took_tail", "enqueue_no_child", "enqueue_note_over_10ms")
+            out = {}
+            for i, name in enumerate(names):
+                v = tbl[tbl.Key(i)]
+                out[name] = sum(decode.as_int(x) for x in v) if hasattr(v, "__len__") else decode.as_int(v)
+            return out
 
     def prog_ids(self) -> list[int]:
         """Kernel ids of the programs this instance loaded (from /proc/self/fdinfo)."""
