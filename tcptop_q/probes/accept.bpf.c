@@ -234,19 +234,13 @@ static __always_inline void tq_link_child(const void *sk, struct tq_listener *l,
 #ifdef TQ_KRP_CSK_ACCEPT
     struct tq_early *early = tq_early.lookup(&ckey);
     if (early) {
-        u64 acc_ns = early->accept_ns, counted_on = early->listener;
+        u64 acc_ns = early->accept_ns;
         tq_early.delete(&ckey);
         if (now >= acc_ns && now - acc_ns < TQ_EARLY_MAX_NS) {
-            // Already accepted (and counted): its wait ends at that accept(), 0 when it
-            // came before this child's own SYN_RECV -> ESTABLISHED. Counted on another
-            // listener of the same (netns, port) (dual stack, reuseport): moved here.
+            // Already accepted (and counted, on the listener of its (netns, port)): its
+            // wait ends at that accept(), 0 when it came before this child's own
+            // SYN_RECV -> ESTABLISHED.
             tq_diag(TQ_DIAG_LINK_EARLY);
-            if (counted_on != (u64)sk) {
-                struct tq_listener *o = tq_listeners.lookup(&counted_on);
-                if (o)
-                    __sync_fetch_and_add(&o->accepted, -1);
-                __sync_fetch_and_add(&l->accepted, 1);
-            }
             tq_hist_add((u64)sk, l->born_ns, TQ_HIST_WAIT, acc_ns >= queued_ns ? acc_ns - queued_ns : 0,
                         &l->wait_count, &l->wait_sum_ns, &l->wait_max_ns);
             goto handshake;
@@ -370,6 +364,8 @@ static __always_inline void tq_accepted(void *ctx, const void *child, u32 fd)
         return;
     u64 ckey = (u64)child;
     struct tq_link *link = tq_link.lookup(&ckey);
+    if (link && !link->listener)
+        return;  // accepted already: an accept() never returns one child twice
     if (!link) {
         // Queued before the probes went live, or taken before its listener's
         // sk_data_ready linked it: charged by (netns, port).
@@ -401,7 +397,9 @@ static __always_inline void tq_accepted(void *ctx, const void *child, u32 fd)
         return;
     }
     struct tq_link lv = *link;
-    tq_link.delete(&ckey);
+    // Marked accepted rather than deleted: the child's CLOSE deletes it anyway
+    // (tcpq.bpf.c tq_set_state), one map delete per child instead of two.
+    link->listener = 0;
     struct tq_listener *l = tq_listeners.lookup(&lv.listener);
     if (!l)
         return;

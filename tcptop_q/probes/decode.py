@@ -184,6 +184,8 @@ def in_queue(table, mono_to_unix: float) -> dict[tuple[int, str, str, int], floa
     """Children linked to a listener and not accepted yet: (netns, family, raddr, rport) -> unix time queued."""
     out: dict[tuple[int, str, str, int], float] = {}
     for _k, v in items(table):
+        if not v.listener:  # accepted: kept until the child closes (probes/accept.bpf.c)
+            continue
         fam = "ipv4" if v.family == 2 else "ipv6"
         out[(int(v.netns), fam, addr(v.family, bytes(v.raddr)), int(v.rport))] = v.queued_ns / 1e9 + mono_to_unix
     return out

@@ -74,7 +74,7 @@ struct tq_child_states {
 };
 
 // child socket -> its own listener, taken in the kernel when the child is queued
-// (probes/accept.bpf.c); deleted when accept() returns it or when it closes.
+// (probes/accept.bpf.c); marked accepted (listener 0) by accept(), deleted when it closes.
 struct tq_link {
     u64 listener;  // the listener's struct sock address (key of tq_listeners)
     u64 queued_ns;  // CLOCK_MONOTONIC when it entered the accept queue

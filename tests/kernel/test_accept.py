@@ -59,6 +59,8 @@ def probes(request) -> Iterator[BpfProbes]:
         assert p.hooks["accepted"].startswith("kretprobe:" if request.param == "kretprobe" else "tracepoint:syscalls:")
         yield p
     finally:
+        # How often each rare path ran over this module (the kretprobe race is visible here).
+        print(f"\naccept diag [{request.param}]: {p.accept_diag()}")
         p.close()
 
 
