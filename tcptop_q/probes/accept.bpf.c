@@ -178,7 +178,8 @@ static __always_inline void tq_diag(int slot)
 // also checked against the listener's netns and port.
 #define TQ_STASH_MAX_NS 1000000000ULL
 #define TQ_STASH_SLOW_NS 10000000ULL
-#define TQ_EARLY_MAX_NS 1000000000ULL  // tq_early: the raced accept() came just before
+#define TQ_EARLY_MAX_NS 1000000000ULL  // a raced accept() came just before its enqueue
+#define TQ_LINK_EARLY 0xFFFF  // tq_link.family of a raced accept()'s mark (listener 0)
 
 #if defined(TQ_OFF_TREQ_SNT_SYNACK) && TQ_OFF_TREQ_SNT_SYNACK >= TQ_OFF_REQ_SK + 8 && \
     TQ_OFF_TREQ_SNT_SYNACK + 8 - TQ_OFF_REQ_SK <= 128
@@ -231,29 +232,31 @@ static __always_inline void tq_link_child(const void *sk, struct tq_listener *l,
         tq_skc_read(&h, child);
     }
     u64 ckey = (u64)child;
-#ifdef TQ_KRP_CSK_ACCEPT
-    struct tq_early *early = tq_early.lookup(&ckey);
-    if (early) {
-        u64 acc_ns = early->accept_ns;
-        tq_early.delete(&ckey);
-        if (now >= acc_ns && now - acc_ns < TQ_EARLY_MAX_NS) {
-            // Already accepted (and counted, on the listener of its (netns, port)): its
-            // wait ends at that accept(), 0 when it came before this child's own
-            // SYN_RECV -> ESTABLISHED.
-            tq_diag(TQ_DIAG_LINK_EARLY);
-            tq_hist_add((u64)sk, l->born_ns, TQ_HIST_WAIT, acc_ns >= queued_ns ? acc_ns - queued_ns : 0,
-                        &l->wait_count, &l->wait_sum_ns, &l->wait_max_ns);
-            goto handshake;
-        }
-    }
-#endif
     struct tq_link link = {.listener = (u64)sk, .queued_ns = queued_ns, .netns = l->netns, .family = l->family};
     link.rport = tq_skc_rport(&h, child);
     tq_skc_addr(link.raddr, &h, child, l->family, TQ_OFF_SK_DADDR, TQ_OFF_SK_V6_DADDR);
-    tq_link.update(&ckey, &link);
-#ifdef TQ_KRP_CSK_ACCEPT
-handshake:
-#endif
+    // Insert, not update: one map operation decides, atomically per key, whether this
+    // link or a raced accept()'s mark (tq_accepted) came first.
+    if (tq_link.insert(&ckey, &link) != 0) {
+        struct tq_link *e = tq_link.lookup(&ckey);
+        if (e && !e->listener && e->family == TQ_LINK_EARLY) {
+            // Already accepted (and counted, on the listener of its (netns, port)): its
+            // wait ends at that accept(), 0 when it came before this child's own
+            // SYN_RECV -> ESTABLISHED. The mark becomes an accepted entry.
+            u64 acc_ns = e->queued_ns;
+            e->family = l->family;
+            if (now >= acc_ns && now - acc_ns < TQ_EARLY_MAX_NS) {
+                tq_diag(TQ_DIAG_LINK_EARLY);
+                tq_hist_add((u64)sk, l->born_ns, TQ_HIST_WAIT, acc_ns >= queued_ns ? acc_ns - queued_ns : 0,
+                            &l->wait_count, &l->wait_sum_ns, &l->wait_max_ns);
+            }
+        } else if (e && !e->listener) {
+            // An accepted socket at this address whose close was not seen: stale.
+            tq_link.update(&ckey, &link);
+        } else {
+            return;  // linked already (the tail, taken for a child that has its link): kept, no second sample
+        }
+    }
 #ifdef TQ_OFF_TREQ_SNT_SYNACK
     // tcp_rsk(req)->snt_synack: when the first SYN-ACK left (tcp_clock_us, the same
     // CLOCK_MONOTONIC as bpf_ktime_get_ns); 0 when unknown (e.g. syncookies). Only
@@ -356,6 +359,24 @@ static __always_inline void tq_feed_accept(const void *child, struct tq_link *li
 }
 #endif
 
+// An accept() of a child without a link: queued before the probes went live, or
+// taken before its listener's sk_data_ready linked it. Charged by (netns, port),
+// without a wait sample (the raced one gets it at enqueue).
+static __always_inline void tq_accepted_by_port(const void *child)
+{
+    tq_diag(TQ_DIAG_ACC_NOLINK);
+    struct tq_port_key pk = {.netns = tq_netns(child), .lport = tq_sk_lport(child)};
+    u64 *owner = tq_by_port.lookup(&pk);
+    if (!owner) {
+        tq_diag(TQ_DIAG_ACC_NOPORT);
+        return;
+    }
+    u64 lkey = *owner;
+    struct tq_listener *l = tq_listeners.lookup(&lkey);
+    if (l)
+        __sync_fetch_and_add(&l->accepted, 1);
+}
+
 // accept() returned `child` (fd, or TQ_NO_FD from the kretprobe): charge it to the
 // listener it was queued on, with its time in the queue.
 static __always_inline void tq_accepted(void *ctx, const void *child, u32 fd)
@@ -366,34 +387,31 @@ static __always_inline void tq_accepted(void *ctx, const void *child, u32 fd)
     struct tq_link *link = tq_link.lookup(&ckey);
     if (link && !link->listener)
         return;  // accepted already: an accept() never returns one child twice
-    if (!link) {
-        // Queued before the probes went live, or taken before its listener's
-        // sk_data_ready linked it: charged by (netns, port).
-        tq_diag(TQ_DIAG_ACC_NOLINK);
-        struct tq_port_key pk = {.netns = tq_netns(child), .lport = tq_sk_lport(child)};
-        u64 *owner = tq_by_port.lookup(&pk);
-        if (!owner) {
-            tq_diag(TQ_DIAG_ACC_NOPORT);
-            return;
-        }
-        u64 lkey = *owner;
-        struct tq_listener *l = tq_listeners.lookup(&lkey);
-        if (!l)
-            return;
-        __sync_fetch_and_add(&l->accepted, 1);
 #ifdef TQ_KRP_CSK_ACCEPT
+    if (!link) {
         // The kretprobe runs as soon as the child is out of the queue, while the CPU
         // that queued it may still be in tcp_child_process (it holds the child's lock
         // until after sk_data_ready; the syscall exits run after inet_accept took that
-        // lock, so they never see this): that CPU's tq_link_child samples the wait.
-        // A child queued before the probes went live leaves an entry until it closes.
+        // lock, so they never see this). A mark is inserted for that CPU's
+        // tq_link_child to sample the wait; if its link got in first, the insert fails
+        // and the link is used. A child queued before the probes went live is marked
+        // too (it was not seen queued: no sample); its CLOSE deletes the mark.
         u8 st = tq_sk_state(child);
         if (st == TQ_TCP_SYN_RECV || st == TQ_TCP_ESTABLISHED) {
-            struct tq_early e = {.listener = lkey, .accept_ns = bpf_ktime_get_ns()};
-            tq_early.update(&ckey, &e);
-            tq_diag(TQ_DIAG_ACC_EARLY);
+            struct tq_link mark = {.queued_ns = bpf_ktime_get_ns(), .family = TQ_LINK_EARLY};
+            if (tq_link.insert(&ckey, &mark) == 0) {
+                tq_diag(TQ_DIAG_ACC_EARLY);
+                tq_accepted_by_port(child);
+                return;
+            }
+            link = tq_link.lookup(&ckey);
+            if (link && !link->listener)
+                return;
         }
+    }
 #endif
+    if (!link) {
+        tq_accepted_by_port(child);
         return;
     }
     struct tq_link lv = *link;

@@ -74,7 +74,8 @@ struct tq_child_states {
 };
 
 // child socket -> its own listener, taken in the kernel when the child is queued
-// (probes/accept.bpf.c); marked accepted (listener 0) by accept(), deleted when it closes.
+// (probes/accept.bpf.c); marked accepted (listener 0) by accept() (or made so by a raced
+// accept(): family TQ_LINK_EARLY, queued_ns its time), deleted when the child closes.
 struct tq_link {
     u64 listener;  // the listener's struct sock address (key of tq_listeners)
     u64 queued_ns;  // CLOCK_MONOTONIC when it entered the accept queue
@@ -113,15 +114,6 @@ struct tq_stash {
     u64 ns;
 };
 BPF_PERCPU_ARRAY(tq_stash, struct tq_stash, 1);
-#ifdef TQ_KRP_CSK_ACCEPT
-// A child that accept() took before its listener's sk_data_ready linked it (the
-// kretprobe fires while the queuing CPU still holds the child), probes/accept.bpf.c.
-struct tq_early {
-    u64 listener;  // the listener its accept() was counted on, by (netns, port)
-    u64 accept_ns;
-};
-BPF_F_TABLE("lru_hash", u64, struct tq_early, tq_early, 4096, BPF_F_NO_COMMON_LRU);
-#endif
 // [0] feed events lost (ring full), [1] events not counted because a map was full.
 BPF_ARRAY(tq_ctl, u64, TQ_CTL_SLOTS);
 BPF_PERCPU_ARRAY(tq_lost, u64, 2);
@@ -267,12 +259,8 @@ int tq_set_state(struct tq_tp_inet_sock_set_state *args)
     }
 
 #ifdef TQ_HAVE_LINK
-    if (newstate == TQ_TCP_CLOSE && oldstate != TQ_TCP_LISTEN) {
+    if (newstate == TQ_TCP_CLOSE && oldstate != TQ_TCP_LISTEN)
         tq_link.delete(&key);  // closed before accept(): the address may be reused
-#ifdef TQ_KRP_CSK_ACCEPT
-        tq_early.delete(&key);
-#endif
-    }
     if (oldstate == TQ_TCP_SYN_RECV && newstate == TQ_TCP_ESTABLISHED) {
         int zero = 0;
         struct tq_stash *st = tq_stash.lookup(&zero);
