@@ -59,25 +59,82 @@ def wait_until(what: str, cond, timeout: float = 5.0, step: float = 0.01) -> Non
         time.sleep(step)
 
 
+# C's retransmission timeout during the recipe: far above any wait below, so C's data is sent
+# once and only once (the default 200 ms minimum is shorter than one poll under QEMU TCG, where a
+# retransmit into the still-full queue overflows a second time). TCP_RTO_MAX is 120 s.
+RECIPE_RTO_MIN_S = 60
+_LO_ROUTE: dict[int, tuple[str, ...]] = {
+    socket.AF_INET: ("local", "127.0.0.1", "dev", "lo", "table", "local", "proto", "kernel",
+                     "scope", "host", "src", "127.0.0.1"),
+    socket.AF_INET6: ("local", "::1", "dev", "lo", "table", "local", "proto", "kernel"),
+}
+
+
+def _loopback_rto_min(ns: LabNetns, family: int, rto_min_s: int | None) -> None:
+    """Set (or clear, None) the rto_min metric of the netns' own loopback host route that a
+    client of FAMILY connects through. IPv4 changes the route in place; IPv6 cannot (its
+    kernel route has metric 0, which `ip route change` cannot name), so it is replaced."""
+    metric = ("rto_min", f"{rto_min_s}s") if rto_min_s is not None else ()
+    if family == socket.AF_INET6:
+        ns.exec("ip", "-6", "route", "del", "local", "::1", "table", "local")
+        ns.exec("ip", "-6", "route", "add", *_LO_ROUTE[family], *metric)
+    else:
+        ns.exec("ip", "route", "change", *_LO_ROUTE[family], *metric)
+
+
+def syn_recv_requests(ns: LabNetns, port: int) -> int:
+    """Request socks (SYN_RECV) of the listener on PORT, as ss lists them."""
+    return len(ns.exec("ss", "-tnH", "state", "syn-recv", f"sport = :{port}").splitlines())
+
+
+def tcp_retransmits(sock: socket.socket) -> tuple[int, int]:
+    """(tcpi_rto in µs, tcpi_total_retrans) of SOCK from the kernel's TCP_INFO."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    return struct.unpack_from("I", info, 8)[0], struct.unpack_from("I", info, 100)[0]
+
+
 def third_ack_overflow(ns: LabNetns, port: int, family: int = socket.AF_INET,
-                       dst: str = "127.0.0.1") -> list[socket.socket]:
-    """One third-ACK overflow on a listener made with listen(ns, port, 1, defer_accept=10):
-    TCP_DEFER_ACCEPT keeps C a request sock while A and B fill the queue (limit 1 holds 2);
-    C's first data segment then completes the handshake into the full queue (one overflow),
-    and C resets at once, before its retransmit timer (>= 200 ms) could overflow again.
-    Returns the client sockets still open (A, B); the caller closes them."""
-    c = ns.socket(family)
-    c.connect((dst, port))
-    socks = []
-    for _ in range(2):
-        s = ns.socket(family)
-        s.connect((dst, port))
-        s.sendall(b"x")
-        socks.append(s)
-    wait_until("A and B in the accept queue", lambda: accept_queue(ns, port) == 2)
-    before = ns.netstat()["TcpExtListenOverflows"]
-    c.sendall(b"x")
-    wait_until("the third-ACK overflow", lambda: ns.netstat()["TcpExtListenOverflows"] > before)
-    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    c.close()
+                       dst: str = "127.0.0.1", timeout: float = 20.0) -> list[socket.socket]:
+    """Exactly one third-ACK overflow on a listener made with listen(ns, port, 1, defer_accept=10):
+    TCP_DEFER_ACCEPT keeps C a request sock (its bare ACK is dropped) while A and B fill the
+    queue (limit 1 holds 2); C's first data segment then completes the handshake into the full
+    queue: one overflow. Every step waits on the kernel's own state (ss, the netns' nstat, C's
+    TCP_INFO) with a deadline, never on time: C's RTO is raised to RECIPE_RTO_MIN_S (route
+    metric, this netns) so its data is not retransmitted while we wait (TCP_INFO must say 0
+    retransmits), and C is reset once the overflow is counted; the recipe returns when the
+    listener has no request sock left, so nothing more can overflow. Returns the client
+    sockets still open (A, B); the caller closes them. FAMILY is the clients' (an AF_INET client
+    of an [::] listener is dual-stack)."""
+    _loopback_rto_min(ns, family, RECIPE_RTO_MIN_S)
+    socks: list[socket.socket] = []
+    try:
+        c = ns.socket(family)
+        try:
+            c.connect((dst, port))
+            wait_until("C deferred as a request sock", lambda: syn_recv_requests(ns, port) == 1, timeout)
+            rto_us, _ = tcp_retransmits(c)
+            if rto_us < RECIPE_RTO_MIN_S * 1_000_000:
+                raise RuntimeError(f"C's RTO is {rto_us} µs: the route's rto_min did not apply")
+            for _ in range(2):
+                s = ns.socket(family)
+                s.connect((dst, port))
+                s.sendall(b"x")
+                socks.append(s)
+            wait_until("A and B in the accept queue", lambda: accept_queue(ns, port) == 2, timeout)
+            before = ns.netstat()["TcpExtListenOverflows"]
+            c.sendall(b"x")
+            wait_until("the third-ACK overflow", lambda: ns.netstat()["TcpExtListenOverflows"] > before, timeout)
+            _, retrans = tcp_retransmits(c)
+            if retrans:
+                raise RuntimeError(f"C's data was retransmitted {retrans} times before the overflow was seen")
+        finally:
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            c.close()  # RST: the listener drops C's request sock
+        wait_until("C's request sock dropped after its reset", lambda: syn_recv_requests(ns, port) == 0, timeout)
+    except BaseException:
+        for s in socks:
+            s.close()
+        raise
+    finally:
+        _loopback_rto_min(ns, family, None)
     return socks

@@ -29,11 +29,11 @@ from pathlib import Path
 
 import pytest
 
+from tcptop_q.lab.experiments import listen, third_ack_overflow
 from tests.conftest import need
 from tests.kernel.test_bpf_cli import Batch, loaded_programs, prog_ids_of
 
 TRACEFS = Path("/sys/kernel/tracing")
-CLONE_NEWNET = 0x40000000
 
 # The seed's tcpstates output, server side (docs/COMPATIBILITY.md cites it): experiment 2
 # (`nc -l 8090`, curl closes first), experiment 3 (`python -m http.server`, server closes first).
@@ -155,50 +155,18 @@ def test_seed_experiment_1(watch: Watch) -> None:
         assert lst["accepted"] == 0
 
 
-def _in_netns(ns, fn, *args):
-    """fn(*args) in a thread that entered NS; a socket made there stays in NS."""
-    return ns.call(fn, *args)
-
-
 def test_third_ack_overflow_counted_and_attributed(watch: Watch) -> None:
     """TCP_DEFER_ACCEPT keeps C a request sock while A and B fill the queue (backlog 1 holds 2);
     C's data then completes the handshake into a full queue: ListenOverflows +1 with no SYN
-    dropped (+1 more per retransmit of C's data before C is reset). The listener it happened on has it; a neighbour in the same netns has 0."""
+    dropped (tcptop_q/lab/experiments.py: every step waits on ss / nstat / TCP_INFO, C's data
+    is sent once and C's request is gone before the counters are read). The listener it
+    happened on has it; a neighbour in the same netns has 0."""
     port, quiet = 8091, 8092
-    sock = lambda: _in_netns(watch.ns, socket.socket, socket.AF_INET, socket.SOCK_STREAM)  # noqa: E731
+    srv, neighbour_srv = listen(watch.ns, port, 1, defer_accept=10), listen(watch.ns, quiet, 1)
     socks = []
     try:
-        for p, defer in ((port, 10), (quiet, 0)):
-            srv = sock()
-            socks.append(srv)
-            srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if defer:
-                srv.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, defer)
-            srv.bind(("127.0.0.1", p))
-            srv.listen(1)
         before = watch.ns.tcpext()
-        c = sock()
-        socks.append(c)
-        c.connect(("127.0.0.1", port))  # bare third ACK: dropped by TCP_DEFER_ACCEPT
-        for _ in range(2):
-            s = sock()
-            socks.append(s)
-            s.connect(("127.0.0.1", port))
-            s.sendall(b"x")
-        deadline = time.monotonic() + 10  # A and B are queued children before C completes
-        while watch.listener(watch.snap_after(time.time()), port)["accept_queue"] < 2:
-            assert time.monotonic() < deadline, "A and B never reached the accept queue"
-        c.sendall(b"x")
-        deadline = time.monotonic() + 10
-        while watch.ns.tcpext()["ListenOverflows"] == before["ListenOverflows"]:
-            assert time.monotonic() < deadline, "C's data never overflowed the queue"
-            time.sleep(0.05)
-        # reset C now: its data would be retransmitted into the full queue (one more
-        # overflow per retransmit, seen by both counters: on a slow guest that happens)
-        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        c.close()
-        socks.remove(c)
-        time.sleep(0.1)
+        socks = third_ack_overflow(watch.ns, port)
         after = watch.ns.tcpext()
         snap = watch.snap_after(time.time() + 0.1)
         lst, neighbour = watch.listener(snap, port), watch.listener(snap, quiet)
@@ -206,14 +174,16 @@ def test_third_ack_overflow_counted_and_attributed(watch: Watch) -> None:
         _record("third-ack", overflows=lst["overflows"], listen_overflows_delta=delta, queued=lst["queued"],
                 peak_accept_queue=lst["peak_accept_queue"], neighbour_overflows=neighbour["overflows"],
                 hook=snap["sources"]["hooks"].get("listen_overflow_drops"))
-        assert delta >= 1
+        assert delta == 1, "the recipe overflows exactly once"
         assert lst["overflows"] == delta
         assert lst["queued"] == 2 and lst["peak_accept_queue"] == 2
         assert neighbour["overflows"] == 0 and neighbour["queued"] == 0
     finally:
-        for s in reversed(socks):
+        for s in socks:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             s.close()
+        srv.close()
+        neighbour_srv.close()
 
 
 def _server_child_sequence(watch: Watch, port: int, deadline_s: float = 30.0) -> list[tuple[str, str]]:
@@ -252,7 +222,7 @@ def test_resets_sent_equal_the_netns_tcpoutrsts(watch: Watch) -> None:
     (tcp:tcp_send_reset, charged to the listener of that port: 5.10, 6.1 and 6.18 each
     have their own layout of that tracepoint); the netns' TcpOutRsts counts the same RSTs."""
     port, n = 8099, 3
-    sock = lambda: _in_netns(watch.ns, socket.socket, socket.AF_INET, socket.SOCK_STREAM)  # noqa: E731
+    sock = watch.ns.socket
     srv = sock()
     clients = []
     try:
