@@ -245,7 +245,8 @@ static __always_inline void tq_link_child(const void *sk, struct tq_listener *l,
             // SYN_RECV -> ESTABLISHED. The mark becomes an accepted entry.
             u64 acc_ns = e->queued_ns;
             e->family = l->family;
-            if (now >= acc_ns && now - acc_ns < TQ_EARLY_MAX_NS) {
+            // `now` was taken before this program looked: the accept() can be later.
+            if (acc_ns >= now || now - acc_ns < TQ_EARLY_MAX_NS) {
                 tq_diag(TQ_DIAG_LINK_EARLY);
                 tq_hist_add((u64)sk, l->born_ns, TQ_HIST_WAIT, acc_ns >= queued_ns ? acc_ns - queued_ns : 0,
                             &l->wait_count, &l->wait_sum_ns, &l->wait_max_ns);
