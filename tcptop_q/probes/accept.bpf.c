@@ -154,7 +154,7 @@ static __always_inline void tq_skc_addr(u8 *dst, const struct tq_skc *h, const v
 // Rare paths of accept tracking, counted per CPU (BpfProbes.accept_diag(); docs/ACCEPT.md).
 #define TQ_DIAG_ACC_NOLINK 0  // accept() returned a child with no link
 #define TQ_DIAG_ACC_EARLY 1  // ... still in SYN_RECV/ESTABLISHED: marked for its enqueue to sample
-#define TQ_DIAG_ACC_NOPORT 2  // ... and no listener on its (netns, port): not counted
+#define TQ_DIAG_ACC_NOPORT 2  // ... and no listener to charge it to: not counted
 #define TQ_DIAG_LINK_EARLY 3  // enqueue found its child already accepted: wait sampled there
 #define TQ_DIAG_LINK_TAIL 4  // enqueue took the queue's tail (no child noted on this CPU)
 #define TQ_DIAG_LINK_NONE 5  // enqueue found no child at all
@@ -237,6 +237,7 @@ static __always_inline void tq_link_child(const void *sk, struct tq_listener *l,
     tq_skc_addr(link.raddr, &h, child, l->family, TQ_OFF_SK_DADDR, TQ_OFF_SK_V6_DADDR);
     // Insert, not update: one map operation decides, atomically per key, whether this
     // link or a raced accept()'s mark (tq_accepted) came first.
+    int fresh = 1;
     if (tq_link.insert(&ckey, &link) != 0) {
         struct tq_link *e = tq_link.lookup(&ckey);
         if (e && !e->listener && e->family == TQ_LINK_EARLY) {
@@ -255,9 +256,12 @@ static __always_inline void tq_link_child(const void *sk, struct tq_listener *l,
             // An accepted socket at this address whose close was not seen: stale.
             tq_link.update(&ckey, &link);
         } else {
-            return;  // linked already (the tail, taken for a child that has its link): kept, no second sample
+            fresh = 0;  // linked already (the tail, taken for a child that has its link): kept
         }
     }
+    tq_child_linked(ckey, (u64)sk, l);
+    if (!fresh)
+        return;  // no second handshake sample
 #ifdef TQ_OFF_TREQ_SNT_SYNACK
     // tcp_rsk(req)->snt_synack: when the first SYN-ACK left (tcp_clock_us, the same
     // CLOCK_MONOTONIC as bpf_ktime_get_ns); 0 when unknown (e.g. syncookies). Only
@@ -367,20 +371,17 @@ static __always_inline void tq_feed_accept(const void *child, struct tq_link *li
 #endif
 
 // An accept() of a child without a link: queued before the probes went live, or
-// taken before its listener's sk_data_ready linked it. Charged by (netns, port),
-// without a wait sample (the raced one gets it at enqueue).
-static __always_inline void tq_accepted_by_port(const void *child)
+// taken before its listener's sk_data_ready linked it. Charged to the listener it was
+// followed on, else by (netns, family, port) (tcpq.bpf.c tq_listener_of_child); no wait
+// sample here (the raced one gets it at enqueue).
+static __always_inline void tq_accepted_unlinked(const void *child)
 {
     tq_diag(TQ_DIAG_ACC_NOLINK);
-    struct tq_port_key pk = {.netns = tq_netns(child), .lport = tq_sk_lport(child)};
-    u64 *owner = tq_by_port.lookup(&pk);
-    if (!owner) {
-        tq_diag(TQ_DIAG_ACC_NOPORT);
-        return;
-    }
-    struct tq_listener *l = tq_listener_at(*owner);
+    struct tq_listener *l = tq_listener_of_child(child, 0);
     if (l)
         __sync_fetch_and_add(&l->accepted, 1);
+    else
+        tq_diag(TQ_DIAG_ACC_NOPORT);
 }
 
 // accept() returned `child` (fd, or TQ_NO_FD from the kretprobe): charge it to the
@@ -407,7 +408,7 @@ static __always_inline void tq_accepted(void *ctx, const void *child, u32 fd)
             struct tq_link mark = {.queued_ns = bpf_ktime_get_ns(), .family = TQ_LINK_EARLY};
             if (tq_link.insert(&ckey, &mark) == 0) {
                 tq_diag(TQ_DIAG_ACC_EARLY);
-                tq_accepted_by_port(child);
+                tq_accepted_unlinked(child);
                 return;
             }
             link = tq_link.lookup(&ckey);
@@ -417,7 +418,7 @@ static __always_inline void tq_accepted(void *ctx, const void *child, u32 fd)
     }
 #endif
     if (!link) {
-        tq_accepted_by_port(child);
+        tq_accepted_unlinked(child);
         return;
     }
     struct tq_link lv = *link;
