@@ -31,9 +31,21 @@ static __always_inline u32 tq_hist_bucket(u64 us)
     return (octave - TQ_HIST_SUB_BITS + 1) * (1 << TQ_HIST_SUB_BITS) + sub;
 }
 
+// Per CPU, the largest sample that CPU added to (listener, born_ns, histogram), key
+// bucket 0; user space takes the largest over CPUs and the shared max below
+// (probes/decode.py). Written only when a sample beats the shared max, so rarely.
+BPF_PERCPU_HASH(tq_hist_max, struct tq_hist_key, u64, 2 * TQ_MAX_LISTENERS);
+
 // One sample into listener sk's histogram `hist`, plus count, sum and max.
 // Lookup-or-init then atomic adds: no increment is lost to a racing CPU. The max
-// is a compare-and-store: two CPUs racing on a new maximum can keep the smaller.
+// is exact: the shared `*max` is a plain compare-and-store (two CPUs racing on a
+// new maximum can leave the smaller there), so a sample that beats it is also kept
+// in this CPU's own slot of tq_hist_max, where nothing races (each histogram has
+// one writer context per CPU: accept() in process context, sk_data_ready in softirq;
+// kprobe and tracepoint programs do not nest). Every value ever stored in the shared
+// max is also in some CPU's slot, and the true maximum either beat the shared max
+// (which only holds real samples) or equals a value stored there: so the largest
+// slot is the exact maximum.
 static __always_inline void tq_hist_add(u64 sk, u64 born_ns, u32 hist, u64 ns, u64 *count, u64 *sum, u64 *max)
 {
     struct tq_hist_key hk = {.sk = sk, .born_ns = born_ns, .hist = hist, .bucket = tq_hist_bucket(ns / 1000)};
@@ -50,14 +62,129 @@ static __always_inline void tq_hist_add(u64 sk, u64 born_ns, u32 hist, u64 ns, u
     __sync_fetch_and_add(n, 1);
     __sync_fetch_and_add(count, 1);
     __sync_fetch_and_add(sum, ns);
-    if (ns > *max)
+    if (ns > *max) {
         *max = ns;
+        hk.bucket = 0;
+        u64 *cpu_max = tq_hist_max.lookup(&hk);
+        if (cpu_max) {
+            if (ns > *cpu_max)
+                *cpu_max = ns;
+        } else {
+            tq_hist_max.update(&hk, &ns);
+        }
+    }
+}
+
+// The head of struct sock_common (addresses, ports, state, netns pointer), read in
+// one bpf_probe_read_kernel instead of one per field, where every field needed lies
+// inside it (the layout has been so for years; the fallback reads field by field).
+#define TQ_SKC_HEAD 96
+#if TQ_OFF_SK_DADDR + 4 <= TQ_SKC_HEAD && TQ_OFF_SK_DPORT + 2 <= TQ_SKC_HEAD && TQ_OFF_SK_NUM + 2 <= TQ_SKC_HEAD && \
+    TQ_OFF_SK_STATE + 1 <= TQ_SKC_HEAD && TQ_OFF_SK_V6_DADDR + 16 <= TQ_SKC_HEAD && \
+    TQ_OFF_SK_RCV_SADDR + 4 <= TQ_SKC_HEAD && TQ_OFF_SK_V6_RCV_SADDR + 16 <= TQ_SKC_HEAD && \
+    (!TQ_HAVE_NETNS || TQ_OFF_SK_NET + 8 <= TQ_SKC_HEAD)
+#define TQ_SKC_ONE_READ 1
+#endif
+
+struct tq_skc {
+    u8 b[TQ_SKC_HEAD];
+};
+
+static __always_inline void tq_skc_read(struct tq_skc *h, const void *sk)
+{
+#ifdef TQ_SKC_ONE_READ
+    bpf_probe_read_kernel(h, sizeof(*h), sk);
+#else
+    __builtin_memset(h, 0, sizeof(*h));
+#endif
+}
+
+static __always_inline u16 tq_skc_lport(const struct tq_skc *h, const void *sk)
+{
+#ifdef TQ_SKC_ONE_READ
+    return *(const u16 *)(h->b + TQ_OFF_SK_NUM);
+#else
+    return tq_sk_lport(sk);
+#endif
+}
+
+static __always_inline u16 tq_skc_rport(const struct tq_skc *h, const void *sk)
+{
+    u16 rport = 0;
+#ifdef TQ_SKC_ONE_READ
+    rport = *(const u16 *)(h->b + TQ_OFF_SK_DPORT);
+#else
+    bpf_probe_read_kernel(&rport, sizeof(rport), (const char *)sk + TQ_OFF_SK_DPORT);
+#endif
+    return (rport >> 8) | (u16)(rport << 8);
+}
+
+static __always_inline u32 tq_skc_netns(const struct tq_skc *h, const void *sk)
+{
+#if defined(TQ_SKC_ONE_READ) && TQ_HAVE_NETNS
+    u32 inum = 0;
+    const void *net = *(void *const *)(h->b + TQ_OFF_SK_NET);
+    if (net)
+        bpf_probe_read_kernel(&inum, sizeof(inum), (const char *)net + TQ_OFF_NET_INUM);
+    return inum;
+#else
+    return tq_netns(sk);
+#endif
+}
+
+// 16 address bytes at offset off of the socket (4 of them for AF_INET).
+static __always_inline void tq_skc_addr(u8 *dst, const struct tq_skc *h, const void *sk, u16 family, u32 off4,
+                                        u32 off6)
+{
+#ifdef TQ_SKC_ONE_READ
+    if (family == TQ_AF_INET) {
+        if (off4 + 4 <= TQ_SKC_HEAD)
+            __builtin_memcpy(dst, h->b + off4, 4);
+    } else if (off6 + 16 <= TQ_SKC_HEAD) {
+        __builtin_memcpy(dst, h->b + off6, 16);
+    }
+#else
+    if (family == TQ_AF_INET)
+        bpf_probe_read_kernel(dst, 4, (const char *)sk + off4);
+    else
+        bpf_probe_read_kernel(dst, 16, (const char *)sk + off6);
+#endif
+}
+
+// Rare paths of accept tracking, counted per CPU (BpfProbes.accept_diag(); docs/ACCEPT.md).
+#define TQ_DIAG_ACC_NOLINK 0  // accept() returned a child with no link
+#define TQ_DIAG_ACC_EARLY 1  // ... still in SYN_RECV/ESTABLISHED: marked for its enqueue to sample
+#define TQ_DIAG_ACC_NOPORT 2  // ... and no listener to charge it to: not counted
+#define TQ_DIAG_LINK_EARLY 3  // enqueue found its child already accepted: wait sampled there
+#define TQ_DIAG_LINK_TAIL 4  // enqueue took the queue's tail (no child noted on this CPU)
+#define TQ_DIAG_LINK_NONE 5  // enqueue found no child at all
+#define TQ_DIAG_STASH_SLOW 6  // the noted child was > 10 ms old (emulated guests under load)
+#define TQ_DIAG_SLOTS 8
+BPF_PERCPU_ARRAY(tq_acc_diag, u64, TQ_DIAG_SLOTS);
+
+static __always_inline void tq_diag(int slot)
+{
+    u64 *v = tq_acc_diag.lookup(&slot);
+    if (v)
+        (*v)++;
 }
 
 // ------------------------------------------------------------ children queued / peak depth
 
 #ifdef TQ_HAVE_LINK
-#define TQ_STASH_MAX_NS 10000000ULL  // 10 ms: microseconds natively, far more under emulation
+// How old the child noted by this CPU's SYN_RECV -> ESTABLISHED may be when the
+// listener's sk_data_ready follows: microseconds natively; an emulated guest whose
+// vCPU thread the host deschedules between the two can take tens of ms. The child is
+// also checked against the listener's netns and port.
+#define TQ_STASH_MAX_NS 1000000000ULL
+#define TQ_STASH_SLOW_NS 10000000ULL
+#define TQ_EARLY_MAX_NS 1000000000ULL  // a raced accept() came just before its enqueue
+#define TQ_LINK_EARLY 0xFFFF  // tq_link.family of a raced accept()'s mark (listener 0)
+
+#if defined(TQ_OFF_TREQ_SNT_SYNACK) && TQ_OFF_TREQ_SNT_SYNACK >= TQ_OFF_REQ_SK + 8 && \
+    TQ_OFF_TREQ_SNT_SYNACK + 8 - TQ_OFF_REQ_SK <= 128
+#define TQ_REQ_ONE_READ (TQ_OFF_TREQ_SNT_SYNACK + 8 - TQ_OFF_REQ_SK)
+#endif
 
 // The child just queued on listener sk: the one whose SYN_RECV -> ESTABLISHED ran on
 // this CPU right before (tcp_child_process: enqueue, the child's state change, then
@@ -67,47 +194,89 @@ static __always_inline void tq_hist_add(u64 sk, u64 born_ns, u32 hist, u64 ns, u
 static __always_inline void tq_link_child(const void *sk, struct tq_listener *l, u64 now)
 {
     const void *child = 0, *req = 0, *tail_child = 0;
-    u64 queued_ns = now;
+    u64 queued_ns = now, snt_us = 0;
+    struct tq_skc h;
     int zero = 0;
     struct tq_stash *st = tq_stash.lookup(&zero);
     if (st && st->child && now >= st->ns && now - st->ns < TQ_STASH_MAX_NS) {
         const void *c = (const void *)st->child;
-        if (tq_sk_lport(c) == l->lport && tq_netns(c) == l->netns) {
+        tq_skc_read(&h, c);
+        if (tq_skc_lport(&h, c) == l->lport && tq_skc_netns(&h, c) == l->netns) {
             child = c;
             queued_ns = st->ns;  // the child's SYN_RECV -> ESTABLISHED
+            if (now - st->ns >= TQ_STASH_SLOW_NS)
+                tq_diag(TQ_DIAG_STASH_SLOW);
         }
     }
     if (st)
         st->child = 0;
     bpf_probe_read_kernel(&req, sizeof(req), (const char *)sk + TQ_OFF_ICSK_ACCEPT_TAIL);
-    if (req)
+    if (req) {
+#ifdef TQ_REQ_ONE_READ
+        // request_sock.sk .. tcp_request_sock.snt_synack in one read
+        u8 rb[TQ_REQ_ONE_READ];
+        bpf_probe_read_kernel(rb, sizeof(rb), (const char *)req + TQ_OFF_REQ_SK);
+        tail_child = *(void *const *)rb;
+        snt_us = *(const u64 *)(rb + (TQ_OFF_TREQ_SNT_SYNACK - TQ_OFF_REQ_SK));
+#else
         bpf_probe_read_kernel(&tail_child, sizeof(tail_child), (const char *)req + TQ_OFF_REQ_SK);
-    if (!child)
+#endif
+    }
+    if (!child) {
         child = tail_child;
-    if (!child)
-        return;
-    struct tq_link link = {.listener = (u64)sk, .queued_ns = queued_ns, .netns = l->netns, .family = l->family};
-    u16 rport = 0;
-    bpf_probe_read_kernel(&rport, sizeof(rport), (const char *)child + TQ_OFF_SK_DPORT);
-    link.rport = (rport >> 8) | (u16)(rport << 8);
-    if (l->family == TQ_AF_INET)
-        bpf_probe_read_kernel(&link.raddr, 4, (const char *)child + TQ_OFF_SK_DADDR);
-    else
-        bpf_probe_read_kernel(&link.raddr, 16, (const char *)child + TQ_OFF_SK_V6_DADDR);
+        if (!child) {
+            tq_diag(TQ_DIAG_LINK_NONE);
+            return;
+        }
+        tq_diag(TQ_DIAG_LINK_TAIL);
+        tq_skc_read(&h, child);
+    }
     u64 ckey = (u64)child;
-    tq_link.update(&ckey, &link);
+    struct tq_link link = {.listener = (u64)sk, .queued_ns = queued_ns, .netns = l->netns, .family = l->family};
+    link.rport = tq_skc_rport(&h, child);
+    tq_skc_addr(link.raddr, &h, child, l->family, TQ_OFF_SK_DADDR, TQ_OFF_SK_V6_DADDR);
+    // Insert, not update: one map operation decides, atomically per key, whether this
+    // link or a raced accept()'s mark (tq_accepted) came first.
+    int fresh = 1;
+    if (tq_link.insert(&ckey, &link) != 0) {
+        struct tq_link *e = tq_link.lookup(&ckey);
+        if (e && !e->listener && e->family == TQ_LINK_EARLY) {
+            // Already accepted (and counted, on the listener of its (netns, port)): its
+            // wait ends at that accept(), 0 when it came before this child's own
+            // SYN_RECV -> ESTABLISHED. The mark becomes an accepted entry.
+            u64 acc_ns = e->queued_ns;
+            e->family = l->family;
+            // `now` was taken before this program looked: the accept() can be later.
+            if (acc_ns >= now || now - acc_ns < TQ_EARLY_MAX_NS) {
+                tq_diag(TQ_DIAG_LINK_EARLY);
+                tq_hist_add((u64)sk, l->born_ns, TQ_HIST_WAIT, acc_ns >= queued_ns ? acc_ns - queued_ns : 0,
+                            &l->wait_count, &l->wait_sum_ns, &l->wait_max_ns);
+            }
+        } else if (e && !e->listener) {
+            // An accepted socket at this address whose close was not seen: stale.
+            tq_link.update(&ckey, &link);
+        } else {
+            fresh = 0;  // linked already (the tail, taken for a child that has its link): kept
+        }
+    }
     tq_child_linked(ckey, (u64)sk, l);
+    if (!fresh)
+        return;  // no second handshake sample
 #ifdef TQ_OFF_TREQ_SNT_SYNACK
     // tcp_rsk(req)->snt_synack: when the first SYN-ACK left (tcp_clock_us, the same
     // CLOCK_MONOTONIC as bpf_ktime_get_ns); 0 when unknown (e.g. syncookies). Only
     // when the tail is this child: otherwise its request is not at hand (no sample).
-    u64 snt_us = 0;
+#ifndef TQ_REQ_ONE_READ
     if (req && tail_child == child)
         bpf_probe_read_kernel(&snt_us, sizeof(snt_us), (const char *)req + TQ_OFF_TREQ_SNT_SYNACK);
+#endif
+    if (tail_child != child)
+        snt_us = 0;
     if (snt_us && queued_ns / 1000 >= snt_us)
         tq_hist_add((u64)sk, l->born_ns, TQ_HIST_HANDSHAKE, queued_ns - snt_us * 1000, &l->hs_count, &l->hs_sum_ns,
                     &l->hs_max_ns);
 #endif
+    return;
 }
 #endif
 
@@ -167,7 +336,9 @@ static __always_inline void tq_feed_accept(const void *child, struct tq_link *li
     u64 mode = tq_ctl_get(TQ_CTL_FEED_MODE);
     if (mode == 0)
         return;
-    u16 lport = tq_sk_lport(child);  // the child's own tuple, as its state events carry
+    struct tq_skc h;
+    tq_skc_read(&h, child);
+    u16 lport = tq_skc_lport(&h, child);  // the child's own tuple, as its state events carry
     if (mode == 2 && lport != tq_ctl_get(TQ_CTL_FEED_PORT))
         return;
     struct tq_event *ev = tq_feed.ringbuf_reserve(sizeof(struct tq_event));
@@ -185,18 +356,36 @@ static __always_inline void tq_feed_accept(const void *child, struct tq_link *li
     ev->family = link->family;
     ev->sport = lport;
     ev->dport = link->rport;
+#ifdef TQ_SKC_ONE_READ
+    ev->oldstate = h.b[TQ_OFF_SK_STATE];
+#else
     ev->oldstate = tq_sk_state(child);
+#endif
     ev->newstate = ev->oldstate;
     __builtin_memset(ev->saddr, 0, 16);
-    if (link->family == TQ_AF_INET)
-        bpf_probe_read_kernel(ev->saddr, 4, (const char *)child + TQ_OFF_SK_RCV_SADDR);
-    else
-        bpf_probe_read_kernel(ev->saddr, 16, (const char *)child + TQ_OFF_SK_V6_RCV_SADDR);
+    tq_skc_addr(ev->saddr, &h, child, link->family, TQ_OFF_SK_RCV_SADDR, TQ_OFF_SK_V6_RCV_SADDR);
     __builtin_memcpy(ev->daddr, link->raddr, 16);
     bpf_get_current_comm(&ev->comm, sizeof(ev->comm));
     tq_feed.ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
 }
 #endif
+
+// An accept() of a child without a link: queued before the probes went live, or
+// taken before its listener's sk_data_ready linked it. Charged to the listener it was
+// followed on, else by (netns, family, port) (tcpq.bpf.c tq_listener_of_child); no wait
+// sample here (the raced one gets it at enqueue).
+static __always_inline void tq_accepted_unlinked(const void *child)
+{
+    tq_diag(TQ_DIAG_ACC_NOLINK);
+    struct tq_listener *l = tq_listener_of_child(child, 0);
+    // A socket just accepted is live: it has its listener's netns and local port. (The
+    // per-CPU note of the last closed child can name a recycled address: another netns'
+    // socket accepted at the address of one of ours that closed; not ours to count.)
+    if (l && l->lport == tq_sk_lport(child) && l->netns == tq_netns(child))
+        __sync_fetch_and_add(&l->accepted, 1);
+    else
+        tq_diag(TQ_DIAG_ACC_NOPORT);
+}
 
 // accept() returned `child` (fd, or TQ_NO_FD from the kretprobe): charge it to the
 // listener it was queued on, with its time in the queue.
@@ -206,19 +395,39 @@ static __always_inline void tq_accepted(void *ctx, const void *child, u32 fd)
         return;
     u64 ckey = (u64)child;
     struct tq_link *link = tq_link.lookup(&ckey);
+    if (link && !link->listener)
+        return;  // accepted already: an accept() never returns one child twice
+#ifdef TQ_KRP_CSK_ACCEPT
     if (!link) {
-        // Queued before the probes went live (or its link was missed): charged to the
-        // listener it was followed on, else by (netns, family, port); no wait sample.
-        struct tq_listener *l = tq_listener_of_child(child, 0);
-        // A socket just accepted is live: it has its listener's netns and local port. (The
-        // per-CPU note of the last closed child can name a recycled address: another netns'
-        // socket accepted at the address of one of ours that closed; not ours to count.)
-        if (l && l->lport == tq_sk_lport(child) && l->netns == tq_netns(child))
-            __sync_fetch_and_add(&l->accepted, 1);
+        // The kretprobe runs as soon as the child is out of the queue, while the CPU
+        // that queued it may still be in tcp_child_process (it holds the child's lock
+        // until after sk_data_ready; the syscall exits run after inet_accept took that
+        // lock, so they never see this). A mark is inserted for that CPU's
+        // tq_link_child to sample the wait; if its link got in first, the insert fails
+        // and the link is used. A child queued before the probes went live is marked
+        // too (it was not seen queued: no sample); its CLOSE deletes the mark.
+        u8 st = tq_sk_state(child);
+        if (st == TQ_TCP_SYN_RECV || st == TQ_TCP_ESTABLISHED) {
+            struct tq_link mark = {.queued_ns = bpf_ktime_get_ns(), .family = TQ_LINK_EARLY};
+            if (tq_link.insert(&ckey, &mark) == 0) {
+                tq_diag(TQ_DIAG_ACC_EARLY);
+                tq_accepted_unlinked(child);
+                return;
+            }
+            link = tq_link.lookup(&ckey);
+            if (link && !link->listener)
+                return;
+        }
+    }
+#endif
+    if (!link) {
+        tq_accepted_unlinked(child);
         return;
     }
     struct tq_link lv = *link;
-    tq_link.delete(&ckey);
+    // Marked accepted rather than deleted: the child's CLOSE deletes it anyway
+    // (tcpq.bpf.c tq_set_state), one map delete per child instead of two.
+    link->listener = 0;
     struct tq_listener *l = tq_listener_at(lv.listener);
     if (!l)
         return;
@@ -249,10 +458,21 @@ int tq_accept_exit(struct tq_tp_sys_exit_accept *args)
     bpf_probe_read_kernel(&fdt, sizeof(fdt), (const char *)files + TQ_OFF_FILES_FDT);
     if (!fdt)
         return 0;
+#if TQ_OFF_FDT_FD == TQ_OFF_FDT_MAX_FDS + 8
+    struct {
+        u32 max_fds;
+        u32 _pad;
+        const void *fd;
+    } head = {};
+    bpf_probe_read_kernel(&head, sizeof(head), (const char *)fdt + TQ_OFF_FDT_MAX_FDS);
+    max_fds = head.max_fds;
+    fds = head.fd;
+#else
     bpf_probe_read_kernel(&max_fds, sizeof(max_fds), (const char *)fdt + TQ_OFF_FDT_MAX_FDS);
+    bpf_probe_read_kernel(&fds, sizeof(fds), (const char *)fdt + TQ_OFF_FDT_FD);
+#endif
     if ((u64)fd >= max_fds)
         return 0;
-    bpf_probe_read_kernel(&fds, sizeof(fds), (const char *)fdt + TQ_OFF_FDT_FD);
     if (!fds)
         return 0;
     bpf_probe_read_kernel(&file, sizeof(file), (const char *)fds + fd * sizeof(void *));

@@ -311,8 +311,12 @@ class BpfProbes:
         # Read before the listeners: entries of listeners that closed are deleted below
         # (each was created after its listener's entry, and both were read in that order).
         reason_items = decode.items(rtbl)
-        hist_items = decode.items(htbl) if "accept_wait" in self.hooks or "handshake" in self.hooks else []
-        listeners, by_inode, live, live_ports, inodes = self._read_listeners(b, reason_items, hist_items)
+        hists_on = "accept_wait" in self.hooks or "handshake" in self.hooks
+        hist_items = decode.items(htbl) if hists_on else []
+        mtbl = b[b"tq_hist_max"] if hists_on else None
+        max_items = decode.items(mtbl) if mtbl is not None else []
+        listeners, by_inode, live, live_ports, inodes = self._read_listeners(b, reason_items, hist_items,
+                                                                               max_items)
         if TRANSITIONS in self.hooks:
             self._child_deltas, self._listener_child_deltas = decode.child_states(
                 b[b"tq_child_states"], live_ports, live, inodes, b[b"tq_child_pcpu"])
@@ -323,6 +327,9 @@ class BpfProbes:
         for k, _v in hist_items:  # a listener closed, or another one now at its address
             if live.get(k.sk) != k.born_ns:
                 decode.delete(htbl, k)
+        for k, _v in max_items:
+            if live.get(k.sk) != k.born_ns:
+                decode.delete(mtbl, k)
         events = self._drain_feed(b)
         return BpfReading(
             listeners=listeners,
@@ -333,13 +340,14 @@ class BpfProbes:
             by_inode=by_inode,
         )
 
-    def _read_listeners(self, b, reason_items: list, hist_items: list):
+    def _read_listeners(self, b, reason_items: list, hist_items: list, max_items: list | None = None):
         """Counts per listener socket: by ListenerKey (with its cookie), and by (netns, inode)
         for the rows of listeners the kernel had no cookie for when the probes first saw
         them (reuseport members opened after start). Entries are never summed: two
         entries are two sockets (docs/ARCHITECTURE.md, identity)."""
         reasons = decode.reasons(reason_items, self._reasons)
         hists = decode.histograms(hist_items)
+        maxima = decode.hist_maxima(max_items or [])
         listeners: dict[ListenerKey, BpfListenerCounts] = {}
         by_inode: dict[tuple[int, int], BpfListenerCounts] = {}
         ambiguous: set[ListenerKey] = set()
@@ -358,7 +366,8 @@ class BpfProbes:
             live[sk] = int(v.born_ns)
             live_ports.add((v.netns, v.lport))
             key = decode.listener_key(v)
-            counts = decode.listener_counts(v, sk, self.hooks, peak, reasons.get((sk, int(v.born_ns)), {}), hists)
+            counts = decode.listener_counts(v, sk, self.hooks, peak, reasons.get((sk, int(v.born_ns)), {}), hists,
+                                            maxima)
             if v.inode:
                 inodes[sk] = (int(v.netns), int(v.inode))
                 by_inode[inodes[sk]] = counts
@@ -435,6 +444,26 @@ class BpfProbes:
                 return decode.in_queue(b[b"tq_link"], time.time() - time.monotonic())
             except Exception:
                 return {}
+
+    def accept_diag(self) -> dict[str, int] | None:
+        """Counts of accept tracking's rare paths since live (probes/accept.bpf.c, TQ_DIAG_*;
+        docs/ACCEPT.md): accept() without a link, raced accepts marked for their enqueue,
+        enqueues that fell back to the queue's tail or found no child. None if not live."""
+        with self._lock:
+            b = self._bpf
+            if b is None or self.state != "live" or "accepted" not in self.hooks:
+                return None
+            try:
+                tbl = b[b"tq_acc_diag"]
+            except KeyError:
+                return None
+            names = ("accept_no_link", "accept_marked_early", "accept_no_listener", "enqueue_sampled_early",
+                     "enqueue_took_tail", "enqueue_no_child", "enqueue_note_over_10ms")
+            out = {}
+            for i, name in enumerate(names):
+                v = tbl[tbl.Key(i)]
+                out[name] = sum(decode.as_int(x) for x in v) if hasattr(v, "__len__") else decode.as_int(v)
+            return out
 
     def prog_ids(self) -> list[int]:
         """Kernel ids of the programs this instance loaded (from /proc/self/fdinfo)."""

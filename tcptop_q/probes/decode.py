@@ -133,6 +133,17 @@ def histograms(entries: Iterable) -> dict[tuple[int, int, int], dict[int, int]]:
     return out
 
 
+def hist_maxima(entries: Iterable) -> dict[tuple[int, int, int], int]:
+    """tq_hist_max (a per-CPU hash, probes/accept.bpf.c): (listener sk, born_ns, layout.HIST_*)
+    -> the largest sample any CPU kept."""
+    out: dict[tuple[int, int, int], int] = {}
+    for k, v in entries:
+        per_cpu = [as_int(x) for x in v] if hasattr(v, "__len__") else [as_int(v)]
+        key = (k.sk, k.born_ns, k.hist)
+        out[key] = max([out.get(key, 0), *per_cpu])
+    return out
+
+
 def listener_key(v) -> ListenerKey:
     if v.family == 2:
         return ListenerKey(v.netns, "ipv4", ipaddress.IPv4Address(bytes(v.laddr[:4])).compressed, v.lport, v.cookie)
@@ -140,13 +151,18 @@ def listener_key(v) -> ListenerKey:
 
 
 def listener_counts(v, sk: int, hooks: Mapping[str, str], peak: int, drop_reasons: dict[str, int],
-                    hists: Mapping[tuple[int, int, int], dict[int, int]]) -> BpfListenerCounts:
-    """One tq_listeners value; histograms only where their hook is attached."""
+                    hists: Mapping[tuple[int, int, int], dict[int, int]],
+                    maxima: Mapping[tuple[int, int, int], int] | None = None) -> BpfListenerCounts:
+    """One tq_listeners value; histograms only where their hook is attached. The exact max
+    is the larger of the shared one and the per-CPU ones (`maxima`, probes/accept.bpf.c)."""
     wait = hs = None
+    mx = maxima or {}
     if "accept_wait" in hooks:
-        wait = HistCounts(v.wait_count, v.wait_sum_ns, v.wait_max_ns, hists.get((sk, v.born_ns, layout.HIST_WAIT), {}))
+        k = (sk, v.born_ns, layout.HIST_WAIT)
+        wait = HistCounts(v.wait_count, v.wait_sum_ns, max(v.wait_max_ns, mx.get(k, 0)), hists.get(k, {}))
     if "handshake" in hooks:
-        hs = HistCounts(v.hs_count, v.hs_sum_ns, v.hs_max_ns, hists.get((sk, v.born_ns, layout.HIST_HANDSHAKE), {}))
+        k = (sk, v.born_ns, layout.HIST_HANDSHAKE)
+        hs = HistCounts(v.hs_count, v.hs_sum_ns, max(v.hs_max_ns, mx.get(k, 0)), hists.get(k, {}))
     return BpfListenerCounts(
         queued=v.queued,
         peak_accept_queue=peak,
@@ -258,6 +274,8 @@ def in_queue(table, mono_to_unix: float) -> dict[tuple[int, str, str, int], floa
     """Children linked to a listener and not accepted yet: (netns, family, raddr, rport) -> unix time queued."""
     out: dict[tuple[int, str, str, int], float] = {}
     for _k, v in items(table):
+        if not v.listener:  # accepted: kept until the child closes (probes/accept.bpf.c)
+            continue
         fam = "ipv4" if v.family == 2 else "ipv6"
         out[(int(v.netns), fam, addr(v.family, bytes(v.raddr)), int(v.rport))] = v.queued_ns / 1e9 + mono_to_unix
     return out

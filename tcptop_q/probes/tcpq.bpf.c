@@ -114,7 +114,8 @@ struct tq_closed {
 };
 
 // child socket -> its own listener, taken in the kernel when the child is queued
-// (probes/accept.bpf.c); deleted when accept() returns it or when it closes.
+// (probes/accept.bpf.c); marked accepted (listener 0) by accept() (or made so by a raced
+// accept(): family TQ_LINK_EARLY, queued_ns its time), deleted when the child closes.
 struct tq_link {
     u64 listener;  // the listener's struct sock address (key of tq_listeners)
     u64 queued_ns;  // CLOCK_MONOTONIC when it entered the accept queue

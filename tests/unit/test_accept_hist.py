@@ -96,3 +96,25 @@ def test_event_layout_is_one_definition() -> None:
     fields = re.findall(r"^    \w+ (\w+)", header.split("struct tq_event {")[1].split("};")[0], re.M)
     assert tuple(fields) == layout.EVENT_NAMES
     assert "#define TQ_CTL_SLOTS 5" in header
+
+
+def test_exact_max_is_the_largest_of_the_shared_and_per_cpu_maxima() -> None:
+    """probes/accept.bpf.c keeps a sample that beats the shared max also in its CPU's slot of
+    tq_hist_max: the reported max is the largest of both, per (listener, born_ns, histogram),
+    whatever a racing CPU left in the shared field."""
+    import ctypes
+    from types import SimpleNamespace
+
+    from tcptop_q.probes import decode
+
+    key = SimpleNamespace(sk=0xFFFF1, born_ns=7, hist=layout.HIST_WAIT, bucket=0)
+    other = SimpleNamespace(sk=0xFFFF1, born_ns=6, hist=layout.HIST_WAIT, bucket=0)  # an older listener there
+    per_cpu = (ctypes.c_ulonglong * 2)(900, 1500)
+    maxima = decode.hist_maxima([(key, per_cpu), (other, (ctypes.c_ulonglong * 2)(99999, 0))])
+    assert maxima == {(0xFFFF1, 7, layout.HIST_WAIT): 1500, (0xFFFF1, 6, layout.HIST_WAIT): 99999}
+    v = SimpleNamespace(queued=3, synack_retrans=0, listen_overflow_drops=0, other_rx_drops=0, resets_sent=0,
+                        resets_received=0, syn_overflows=0, accepted=3, wait_count=3, wait_sum_ns=3000,
+                        wait_max_ns=1200, hs_count=0, hs_sum_ns=0, hs_max_ns=0, born_ns=7)
+    counts = decode.listener_counts(v, 0xFFFF1, {"accept_wait": "x", "handshake": "x"}, 0, {}, {}, maxima)
+    assert counts.accept_wait is not None and counts.accept_wait.max_ns == 1500  # the CPU slot, not 1200
+    assert counts.handshake is not None and counts.handshake.max_ns == 0
