@@ -6,6 +6,11 @@
   tcpq-top --batch           BPF probes live (default feed), polling every second
   tcpq-top --batch --accept-hook off   the same without accept tracking (accepted, accept
                              wait, handshake: probes/accept.bpf.c), to price it
+  tcpq-top --batch (BPF, --tracepoints classic)   the same on trace-event tracepoints only
+                             (the cost raw tracepoints save)
+  tcpq-top TUI (tmux)        the real app in a tmux session (160x48, its own tmux server), BPF
+                             live, the feed on until its policy pauses it under the storm
+  tcpq-top TUI (tmux, --tracepoints classic)
   tcpstates-bpfcc            bcc's tcpstates attached, output to a file
 tcpq-top and tcpstates run on the host (all netns, as an SRE would run them); each is started
 per run and the storm begins only once it has printed its first line (probes attached).
@@ -19,6 +24,7 @@ import argparse
 import json
 import os
 import resource
+import shlex
 import signal
 import statistics
 import subprocess
@@ -29,7 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-from scale_fixture import tcpq_argv  # noqa: E402  (also puts the tree under test on sys.path)
+from scale_fixture import TREE, tcpq_argv  # noqa: E402  (also puts the tree under test on sys.path)
 
 TCPQ = tcpq_argv()
 TCPSTATES = "/usr/sbin/tcpstates-bpfcc"
@@ -82,6 +88,54 @@ class Tracer:
         self.f.close()
 
 
+class TmuxTracer:
+    """The TUI in a detached tmux session on a tmux server of our own (-L), ready once the pane
+    says the probes are live; stopped with `q` (the app detaches its probes), then the server
+    is killed. Not our child: the storm's rusage excludes it, as it excludes --batch's."""
+
+    def __init__(self, argv: list[str], env: dict, ready: str = "BPF: live", ready_timeout: float = 120.0) -> None:
+        self.sock = f"tqstorm{os.getpid()}"
+        self.t0 = time.monotonic()
+        envs = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+        # cwd = the tree under test: `python -m` puts the cwd before PYTHONPATH on sys.path
+        cmd = f"cd {shlex.quote(str(TREE))} && exec env {envs} {' '.join(shlex.quote(a) for a in argv)}"
+        subprocess.run(["tmux", "-L", self.sock, "-f", "/dev/null", "new-session", "-d", "-s", "tq", "-x", "160",
+                        "-y", "48", cmd], check=True)
+        self.pid = int(self._tmux("display-message", "-p", "-t", "tq", "#{pane_pid}").strip() or 0)
+        while ready not in self.screen():
+            if "BPF: off" in self.screen() or not self.alive() or time.monotonic() - self.t0 > ready_timeout:
+                tail = self.screen()[-300:]
+                self.stop()
+                raise RuntimeError(f"TUI not ready: {tail!r}")
+            time.sleep(0.1)
+        self.ready_s = time.monotonic() - self.t0
+        self.log = ""
+
+    def _tmux(self, *args: str) -> str:
+        return subprocess.run(["tmux", "-L", self.sock, *args], capture_output=True, text=True).stdout
+
+    def screen(self) -> str:
+        return self._tmux("capture-pane", "-t", "tq", "-p")
+
+    def alive(self) -> bool:
+        try:
+            os.kill(self.pid, 0)
+        except OSError:
+            return False
+        return self.pid > 0
+
+    def stop(self) -> None:
+        self.last_screen = self.screen()
+        self._tmux("send-keys", "-t", "tq", "q")
+        deadline = time.monotonic() + 20
+        while self.alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self.alive():
+            os.kill(self.pid, signal.SIGTERM)  # by its pid: the app's own handler detaches
+            time.sleep(2)
+        self._tmux("kill-server")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--count", type=int, default=100_000)
@@ -107,6 +161,9 @@ def main() -> int:
         "tcpq-top --batch --no-bpf": ([*TCPQ, "--batch", "--no-bpf"], b"tcpq-top "),
         "tcpq-top --batch (BPF)": ([*TCPQ, "--batch"], b"bpf live"),
         "tcpq-top --batch (BPF, --accept-hook off)": ([*TCPQ, "--batch", "--accept-hook", "off"], b"bpf live"),
+        "tcpq-top --batch (BPF, --tracepoints classic)": ([*TCPQ, "--batch", "--tracepoints", "classic"], b"bpf live"),
+        "tcpq-top TUI (tmux)": ([*TCPQ], b"tmux"),
+        "tcpq-top TUI (tmux, --tracepoints classic)": ([*TCPQ, "--tracepoints", "classic"], b"tmux"),
         "tcpstates-bpfcc": (["/usr/bin/python3", "-u", TCPSTATES], b"SKADDR"),
     }
     if args.only:
@@ -116,9 +173,16 @@ def main() -> int:
     per_cpu: dict[str, list[float]] = {k: [] for k in configs}
     paired_cpu: dict[str, list[float]] = {k: [] for k in configs}
     traced_lines: list[float] = []
+    feed_paused: dict[str, list[bool]] = {}
     failures: list[str] = []
     ready: dict[str, list[float]] = {k: [] for k in configs}
     names = list(configs)
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "tcptop_q"], capture_output=True,
+                           text=True).stdout.strip()
+    commit += "+dirty" if dirty and not os.environ.get("TQBENCH_TREE") else ""
+    loadavg = [os.getloadavg()[0]]
     try:
         with ScaleFixture(listeners=0, sockets=0) as fx:
             storm = fx.argv([exe, str(args.count), str(args.max_seconds), "9100"])
@@ -130,8 +194,12 @@ def main() -> int:
                 for name in order:
                     cfg = configs[name]
                     try:
-                        tracer = (Tracer(cfg[0], os.path.join(tmp, "log"), cfg[1], tenv, args.ready_timeout)
-                                  if cfg else None)
+                        tracer: Tracer | TmuxTracer | None = None
+                        if cfg and cfg[1] == b"tmux":
+                            tenv_tui = {**tenv, "PYTHONPATH": os.environ.get("PYTHONPATH", str(TREE))}
+                            tracer = TmuxTracer(cfg[0], tenv_tui, ready_timeout=args.ready_timeout)
+                        elif cfg:
+                            tracer = Tracer(cfg[0], os.path.join(tmp, "log"), cfg[1], tenv, args.ready_timeout)
                     except RuntimeError as exc:
                         print(f"rep {rep} {name}: skipped, {exc}", flush=True)
                         failures.append(f"{name}: {str(exc)[:200]}")
@@ -151,7 +219,11 @@ def main() -> int:
                         if tracer:
                             tracer.stop()
                             ready[name].append(tracer.ready_s)
-                            os.unlink(tracer.log)
+                            if isinstance(tracer, TmuxTracer):
+                                paused = "feed paused" in tracer.last_screen
+                                feed_paused.setdefault(name, []).append(paused)
+                            else:
+                                os.unlink(tracer.log)
                     runs[name].append(float(out[2]))
                     this[name] = float(out[2])
                     # Cycles per CPU-second of the storm (its own CPU, softirqs and BPF programs
@@ -163,12 +235,14 @@ def main() -> int:
                 for name, v in this.items():
                     paired[name].append(v / this["none"])
                     paired_cpu[name].append(this_cpu[name] / this_cpu["none"])
+                loadavg.append(os.getloadavg()[0])
                 if failures:
                     print(f"{len(failures)} run(s) skipped so far", flush=True)
     finally:
         for f in os.listdir(tmp):
             os.unlink(os.path.join(tmp, f))
         os.rmdir(tmp)
+    loadavg.append(os.getloadavg()[0])
     base = statistics.median(runs["none"])
     res = {k: {"runs": len(v), "median_cps": statistics.median(v), "ratio": statistics.median(v) / base, "all": v,
                "paired_ratio": statistics.median(paired[k]), "paired_all": [round(x, 3) for x in paired[k]],
@@ -181,6 +255,9 @@ def main() -> int:
     (out_dir / "storm_overhead.json").write_text(json.dumps({"machine": machine(), "count": args.count,
                                                              "reps": args.reps, "results": res,
                                                              "tcpstates_lines_per_cycle": traced_lines,
+                                                             "tui_feed_paused_at_end": feed_paused,
+                                                             "loadavg": loadavg,
+                                                             "commit": commit,
                                                              "skipped": failures},
                                                             indent=1) + "\n")
     print("| attached | cycles/s (median) | median / median none | median of per-rep ratios | "
@@ -197,6 +274,9 @@ def main() -> int:
         print(f"accept tracking: median per-rep throughput with / without = {statistics.median(cost):.3f} "
               f"(per rep {[round(x, 3) for x in cost]}); cycles per CPU-s with / without = "
               f"{statistics.median(cpu_cost):.3f} (per rep {[round(x, 3) for x in cpu_cost]})")
+    print(f"commit {commit}; load average (1 min) at start, after each rep, at end: {loadavg}")
+    if feed_paused:
+        print(f"TUI feed paused at the end of each storm: {feed_paused}")
     if traced_lines:
         print(f"tcpstates printed {statistics.median(traced_lines):.2f} lines per cycle (a cycle is ~8 transitions)")
     return 0

@@ -8,6 +8,7 @@ UI thread inside batch_update() -> the visible screen (docs/ARCHITECTURE.md, "Th
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import threading
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.text import Text
-from textual import work
+from textual import events, work
 from textual.app import App, SystemCommand
 from textual.message import Message
 from textual.screen import Screen
@@ -43,6 +44,16 @@ __all__ = ["HISTORY_LEN", "History", "SocketRef", "SnapshotSource", "TcpqTopApp"
 SEVERITY = "severity"  # the TUI's default order: what is wrong now first (diagnosis.severity_rank)
 UI_SORT_KEYS = (SEVERITY, *SORT_KEYS)
 INTERVALS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
+
+# The UI's full (oldest-generation) GC passes are scheduled, not left to chance: with 10k
+# listeners the app holds ~350k objects and one pass costs 40-260 ms of CPU, which, when it
+# fell on a key, was most of the time from Escape to the main table (bench/key_screens.py,
+# docs/BENCHMARKS.md). The young generations still collect as usual; the full pass runs
+# after a tick's frame is out, once no key came for GC_QUIET_S, at least every GC_LATEST_S.
+GC_EVERY_S = 30.0
+GC_QUIET_S = 2.0
+GC_LATEST_S = 120.0
+GC_NO_AUTO_FULL = 1 << 30  # gc threshold2: Python itself never starts a full pass
 
 
 class SnapshotReady(Message):
@@ -113,10 +124,15 @@ class TcpqTopApp(App):
         self._latest = LatestSnapshot()  # collector -> UI, latest-only
         self._paused_latest: Snapshot | None = None  # the newest tick, while paused
         self._paused_connections: Snapshot | None = None
+        self._gc_thresholds: tuple[int, int, int] | None = None
+        self._gc_last = self._last_key = time.monotonic()
 
     # ------------------------------------------------------------ lifecycle
     def on_mount(self) -> None:
         from tcptop_q.screens.main import MainScreen
+
+        self._gc_thresholds = gc.get_threshold()
+        gc.set_threshold(self._gc_thresholds[0], self._gc_thresholds[1], GC_NO_AUTO_FULL)
 
         if ascii_mode():  # LANG=C, TERM=linux/vt100: no box, block or arrow glyphs
             self.add_class("-ascii")
@@ -241,6 +257,9 @@ class TcpqTopApp(App):
             thread.join(timeout=max(2.0, 2 * float(self.source.interval)))
 
     def on_unmount(self) -> None:
+        if self._gc_thresholds is not None:
+            gc.set_threshold(*self._gc_thresholds)
+            self._gc_thresholds = None
         if not self.is_headless:
             # Whatever ends the app, the process must not outlive it by long (see above).
             self._arm_force_exit(1, 10.0)
@@ -273,6 +292,26 @@ class TcpqTopApp(App):
         """
         with lifecycle.gc_held():
             self._apply_snapshot(snap)
+        self._schedule_full_gc()
+
+    async def on_event(self, event: events.Event) -> None:
+        if isinstance(event, events.Key):
+            self._last_key = time.monotonic()
+        await super().on_event(event)
+
+    def _schedule_full_gc(self) -> None:
+        """A full GC pass after this tick's frame, when it is due and the keyboard is quiet."""
+        if self._gc_thresholds is None:
+            return
+        now = time.monotonic()
+        since = now - self._gc_last
+        if since >= GC_LATEST_S or (since >= GC_EVERY_S and now - self._last_key >= GC_QUIET_S):
+            self._gc_last = now  # once per tick at most, even if the frame is slow to come
+            self.call_after_refresh(self._full_gc)
+
+    def _full_gc(self) -> None:
+        self._gc_last = time.monotonic()
+        gc.collect()
 
     def _apply_snapshot(self, snap: Snapshot) -> None:
         if self.snapshot is not None and snap.sources.bpf_state != self.snapshot.sources.bpf_state:

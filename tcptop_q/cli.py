@@ -130,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--accept-hook", choices=("auto", "syscall", "kretprobe", "off"), default="auto",
                    help="how accept() is seen: auto (kretprobe where kprobes exist, else the accept "
                         "syscalls), or off (no accepted/accept_wait/handshake)")
+    p.add_argument("--tracepoints", choices=("auto", "classic"), default="auto",
+                   help="auto: raw tracepoints where the kernel has them (cheaper: no trace-event record), "
+                        "else classic; classic: trace-event tracepoints only")
     p.add_argument("--wide", action="store_true", help="--batch: all columns, wider than 80")
     p.add_argument("--record", metavar="FILE", help="also write every snapshot and feed event to FILE (gzip JSON lines)")
     p.add_argument("--replay", metavar="FILE", help="show a recording instead of the live kernel (no root needed)")
@@ -289,6 +292,7 @@ def _make_source(args: argparse.Namespace, interval: float, blocking_owners: boo
         filters=_filters(args),
         use_bpf=not args.no_bpf,
         accept_hook=None if args.accept_hook == "auto" else args.accept_hook,
+        tracepoints=None if args.tracepoints == "auto" else args.tracepoints,
         blocking_owners=blocking_owners,
         feed=feed,
         # Only the TUI lists children one by one (and a recording keeps them for its replay).
@@ -449,7 +453,8 @@ def run_batch(args: argparse.Namespace, interval: float) -> int:
 def run_ebpf(args: argparse.Namespace) -> int:
     from .source import load_bpf
 
-    probes, error = load_bpf(args.port, args.netns, None if args.accept_hook == "auto" else args.accept_hook)
+    probes, error = load_bpf(args.port, args.netns, None if args.accept_hook == "auto" else args.accept_hook,
+                             None if args.tracepoints == "auto" else args.tracepoints)
     if probes is None:
         print(f"{PROG}: {error}", file=sys.stderr)
         return 1

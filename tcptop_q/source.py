@@ -86,14 +86,15 @@ class BpfControl(Protocol):
     def close(self) -> None: ...
 
 
-def load_bpf(port: int | None, netns: int | None, accept_hook: str | None = None) -> tuple[BpfControl | None, str | None]:
+def load_bpf(port: int | None, netns: int | None, accept_hook: str | None = None,
+             tracepoints: str | None = None) -> tuple[BpfControl | None, str | None]:
     """Create (not yet start) the BPF probes, or say in one line why there are none."""
     try:
         from .probes.bpf import BpfProbes
     except Exception as exc:  # bcc missing, or the module failed to import
         return None, f"BPF probes unavailable: {type(exc).__name__}: {exc}".splitlines()[0]
     try:
-        return BpfProbes(port=port, netns=netns, accept_hook=accept_hook), None
+        return BpfProbes(port=port, netns=netns, accept_hook=accept_hook, tracepoints=tracepoints), None
     except Exception as exc:
         return None, f"BPF probes unavailable: {exc}".splitlines()[0]
 
@@ -149,6 +150,7 @@ class LiveSource:
         feed: bool = True,
         keep_connections: bool = True,
         accept_hook: str | None = None,
+        tracepoints: str | None = None,
     ) -> None:
         self.interval = interval
         self.filters = filters or Filters()
@@ -156,7 +158,7 @@ class LiveSource:
         self.bpf_error: str | None = None
         if use_bpf:
             # The probes' own preflight checks capabilities (CAP_BPF+CAP_PERFMON), not the uid.
-            self.bpf, self.bpf_error = load_bpf(self.filters.port, self.filters.netns, accept_hook)
+            self.bpf, self.bpf_error = load_bpf(self.filters.port, self.filters.netns, accept_hook, tracepoints)
         else:
             self.bpf_error = "BPF off: --no-bpf"
         self._sampler: Sampler | None = None

@@ -105,7 +105,7 @@ def _fake_formats(**override):
 
 @needs_btf
 def test_plan_follows_the_format_files_not_versions() -> None:
-    plan = build_plan(formats=_fake_formats(), kprobes=False)
+    plan = build_plan(formats=_fake_formats(), kprobes=False, tracepoints="classic")
     assert plan.defines["TQ_REASON_LISTEN_OVERFLOW"] == "77"  # decoded, not hard-coded
     assert plan.hooks["listen_overflow_drops"] == "tracepoint:skb:kfree_skb"
     assert plan.hooks["queued"] == "tracepoint:sock:sk_data_ready"
@@ -113,14 +113,15 @@ def test_plan_follows_the_format_files_not_versions() -> None:
         "tq_set_state", "tq_data_ready", "tq_kfree_skb", "tq_synack", "tq_send_reset", "tq_recv_reset"}
 
     old = build_plan(formats=_fake_formats(sk_data_ready=None, kfree_skb=tracefs.parse_format("skb", "kfree_skb", OLD_KFREE_SKB),
-                                           tcp_receive_reset=None), kprobes=False)
+                                           tcp_receive_reset=None), kprobes=False, tracepoints="classic")
     for metric in ("queued", "peak_accept_queue", "listen_overflow_drops", "other_rx_drops", "resets_received"):
         assert metric not in old.hooks
     assert any("sk_data_ready" in n for n in old.notes) and any("rx_sk" in n for n in old.notes)
 
     # Kprobes serve only what the tracepoints leave unserved (probes/kprobes.py chooses them).
     fns = frozenset({"sock_def_readable", "tcp_v4_syn_recv_sock", "tcp_v6_syn_recv_sock", "tcp_conn_request"})
-    fallback = build_plan(formats=_fake_formats(sk_data_ready=None), kprobes=True, kallsyms=fns, blacklist=frozenset())
+    fallback = build_plan(formats=_fake_formats(sk_data_ready=None), kprobes=True, kallsyms=fns, blacklist=frozenset(),
+                          tracepoints="classic")
     assert fallback.hooks["queued"] == "kprobe:sock_def_readable"
     assert fallback.hooks["listen_overflow_drops"] == "tracepoint:skb:kfree_skb"
     assert [a for a in fallback.attach if a[0] == "kprobe"] == [("kprobe", "sock_def_readable", "tq_kp_def_readable")]
@@ -221,8 +222,9 @@ def test_fallback_programs_pass_the_verifier(variant: str) -> None:
         os.environ["BCC_KERNEL_SOURCE"] = src
     b = bcc.BPF(text=plan.body, cflags=plan.cflags)
     try:
-        for kind, _target, fn in plan.attach:
-            b.load_func(fn.encode(), bcc.BPF.KPROBE if kind == "kprobe" else bcc.BPF.TRACEPOINT)
+        for kind, _target, fn in [*plan.attach, *plan.fallbacks.values()]:  # raw ones and their classic twins
+            b.load_func(fn.encode(), {"kprobe": bcc.BPF.KPROBE, "raw_tracepoint": bcc.BPF.RAW_TRACEPOINT}.get(
+                kind, bcc.BPF.TRACEPOINT))
     finally:
         b.cleanup()
 

@@ -10,7 +10,8 @@ own thread, never the sampler.
 from __future__ import annotations
 
 import base64
-import gzip
+import gc
+import math
 import os
 import signal
 import socket
@@ -18,6 +19,7 @@ import ssl
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -53,10 +55,10 @@ class Published:
 
 
 class ListenerCache:
-    """The per-listener part of one exposition format, kept per listener between scrapes.
+    """The per-listener part of one exposition format, kept per listener between samples.
 
     prometheus_client renders every sample line (about 10 per listener); at 10k listeners that
-    is seconds of Python per scrape. Most listeners are the same from one sample to the next
+    is seconds of Python per render. Most listeners are the same from one sample to the next
     (the sampler even hands over the same Listener object), so each listener's lines are
     rendered by prometheus_client's encoder once, cut out of its output by family, and kept
     until the listener (or its netns name) changes. The exposition is then the families'
@@ -68,37 +70,39 @@ class ListenerCache:
 
     def __init__(self, encoder: Callable[[CollectorRegistry], bytes]) -> None:
         self.encoder = encoder
-        # key -> (listener, its netns name, one text chunk per listener family)
-        self.kept: dict[Any, tuple[Listener, str | None, list[str]]] = {}
+        # key -> (listener, its netns name, one chunk per listener family; see _keep)
+        self.kept: dict[Any, tuple[Listener, str | None, tuple[bytes, ...]]] = {}
         self.headers, _ = self._blocks([], {})
 
-    def _blocks(self, listeners: list[Listener], names: dict[int, str | None]) -> tuple[list[str], list[list[str]]]:
+    def _blocks(self, listeners: list[Listener], names: dict[int, str | None]) -> tuple[list[bytes], list[tuple[bytes, ...]]]:
         fams, counts = metrics.listener_families(listeners, names)
-        text = self.encoder(_registry(fams)).decode()
-        headers: list[str] = []
-        lines: list[list[str]] = []
+        text = self.encoder(_registry(fams))
+        headers: list[bytes] = []
+        lines: list[list[bytes]] = []
         for line in text.splitlines(keepends=True):
-            if line.startswith("# HELP "):
+            if line.startswith(b"# HELP "):
                 headers.append(line)
                 lines.append([])
-            elif line.startswith("# EOF"):
+            elif line.startswith(b"# EOF"):
                 continue
-            elif line.startswith("#"):
+            elif line.startswith(b"#"):
                 headers[-1] += line
             else:
                 lines[-1].append(line)
         if len(headers) != len(fams) or any(len(b) != sum(c) for b, c in zip(lines, counts, strict=True)):
             raise RuntimeError("exposition does not split by family and sample")  # a prometheus_client change
         # regroup: chunks[i][f] = the lines of listener i in family f
-        chunks: list[list[str]] = [[] for _ in listeners]
+        per: list[list[bytes]] = [[] for _ in listeners]
         for f, block in enumerate(lines):
             pos = 0
             for i, n in enumerate(counts[f]):
-                chunks[i].append("".join(block[pos:pos + n]))
+                per[i].append(_keep(b"".join(block[pos:pos + n])))
                 pos += n
-        return headers, chunks
+        return headers, [tuple(c) for c in per]
 
-    def render(self, listeners: list[Listener], names: dict[int, str | None]) -> str:
+    def render(self, listeners: list[Listener], names: dict[int, str | None]) -> list[bytes]:
+        """The listener part of the exposition as the kept chunks themselves (no copies; the
+        compressed ones still compressed): Body expands them."""
         kept = self.kept
         changed = []
         for lst in listeners:
@@ -119,11 +123,42 @@ class ListenerCache:
             for key in [k for k in kept if k not in live]:
                 del kept[key]
         per = [kept[lst.key][2] for lst in listeners]
-        out = []
+        out: list[bytes] = []
         for f, header in enumerate(self.headers):
             out.append(header)
             out.extend(chunk[f] for chunk in per)
-        return "".join(out)
+        return out
+
+
+class _Z(bytes):
+    """A kept chunk stored zlib-compressed. A listener's histogram is 21 lines that repeat its
+    label set (~2.5 KB per family); compressed, 5-10x less. Everything else (a line or two per
+    family) is kept as is."""
+
+
+ZLIB_OVER = 1024  # chunks longer than this are kept compressed
+
+
+def _keep(chunk: bytes) -> bytes:
+    return _Z(zlib.compress(chunk, 1)) if len(chunk) > ZLIB_OVER else chunk
+
+
+def _expand(parts: list[bytes], block: int = 256 * 1024) -> Iterator[bytes]:
+    """The exposition's bytes from the parts, ~`block` bytes at a time (never the whole body
+    in memory for gzip)."""
+    buf: list[bytes] = []
+    size = 0
+    decompress = zlib.decompress
+    for part in parts:
+        if type(part) is _Z:
+            part = decompress(part)
+        buf.append(part)
+        size += len(part)
+        if size >= block:
+            yield b"".join(buf)
+            buf, size = [], 0
+    if buf:
+        yield b"".join(buf)
 
 
 def _release_heap() -> None:
@@ -151,22 +186,77 @@ class _Fixed(Collector):
         return iter(self.fams)
 
 
+class Body:
+    """One snapshot in one format: the exposition as byte strings (`parts`), and its plain
+    and gzip encodings, each made once (on the sampling thread for what clients asked for
+    recently, else by the first scrape that asks; never again for this snapshot)."""
+
+    def __init__(self, parts: list[bytes], content_type: str) -> None:
+        self.parts = parts
+        self.content_type = content_type
+        self._bytes: dict[bool, bytes] = {}
+        self._lock = threading.Lock()
+
+    def get(self, gzip_ok: bool) -> bytes:
+        body = self._bytes.get(gzip_ok)
+        if body is None:
+            with self._lock:  # concurrent scrapes of one snapshot encode it once
+                body = self._bytes.get(gzip_ok)
+                if body is None:
+                    body = self._bytes[gzip_ok] = _gzip(self.parts) if gzip_ok else b"".join(_expand(self.parts))
+        return body
+
+
+def _gzip(parts: list[bytes]) -> bytes:
+    """gzip (level 1) of the exposition, fed 256 KiB at a time: never the whole plain body in
+    memory (12 MB at 2000 listeners with the probes' histograms), and zlib runs without the GIL
+    meanwhile."""
+    comp = zlib.compressobj(1, zlib.DEFLATED, 31)  # wbits 31: gzip framing
+    out = [comp.compress(block) for block in _expand(parts)]
+    out.append(comp.flush())
+    return b"".join(out)
+
+
+@dataclass(frozen=True)
+class Rendered:
+    pub: Published
+    bodies: dict[str, Body]  # content type -> the snapshot in that format
+
+
+TEXT = exposition.CONTENT_TYPE_LATEST
+OPENMETRICS = exposition.choose_encoder("application/openmetrics-text; version=1.0.0")[1]
+
+
 class Exporter:
-    """Holds the latest snapshot and renders it once per snapshot and format."""
+    """Holds the latest snapshot, rendered by the thread that publishes it.
+
+    A scrape (render()) only picks the bytes of the last rendered snapshot: it never waits
+    for a sample or a render, and the sampling thread never waits for a scrape. The hand-over
+    is one reference (`_rendered`), replaced whole after each render.
+
+    OpenMetrics (what Prometheus asks for) is rendered after every sample. The text format is
+    rendered after every sample while someone scraped it in the last TEXT_KEEP_S; the first
+    text scrape (or the first after a pause) renders it on its own thread, once."""
+
+    WANTED_S = 120.0  # a (format, gzip) scraped this recently is encoded right after each sample
+    TEXT_KEEP_S = 600.0  # the text format's kept lines are dropped after this long unscraped
 
     def __init__(self, max_listeners: int) -> None:
         self.max_listeners = max_listeners
         self._lock = threading.Lock()
-        self._render_lock = threading.Lock()
+        self._render_lock = threading.Lock()  # the ListenerCaches: one renderer at a time
         self._pub = Published(None, metrics.ExporterState(), [], 0)
-        self._cache: dict[tuple[int, str, bool], bytes] = {}
         self._listener_caches: dict[str, ListenerCache] = {}
         self._wanted: dict[tuple[str, bool], float] = {}  # (content type, gzip) -> last asked
+        self._text_asked = -math.inf
         # process_resident_memory_bytes & co: the exporter's own cost, as every exporter has.
         self._process = CollectorRegistry(auto_describe=False)
         ProcessCollector(namespace="", registry=self._process)
+        self._rendered = self._render_all(self._pub)
 
     def publish(self, snap: Snapshot | None, duration_s: float | None, error: bool = False) -> None:
+        """Take a new sample (None: the sample failed, keep the last one) and render it, on the
+        calling thread. Scrapes meanwhile get the previous rendering."""
         with self._lock:
             old = self._pub
             state = old.state
@@ -181,63 +271,67 @@ class Exporter:
                 listeners_dropped=dropped,
                 samples=state.samples + (0 if error else 1),
             )
-            self._pub = Published(snap, state, listeners, old.seq + 1)
+            self._pub = pub = Published(snap, state, listeners, old.seq + 1)
+        rendered = self._render_all(pub)
+        now = time.monotonic()
+        for (ctype, gz), when in list(self._wanted.items()):
+            if now - when >= self.WANTED_S:
+                self._wanted.pop((ctype, gz), None)
+            elif ctype in rendered.bodies:
+                rendered.bodies[ctype].get(gz)  # encoded here, not by the next scrape
+        self._rendered = rendered  # the hand-over: one reference
 
     @property
     def published(self) -> Published:
         with self._lock:
             return self._pub
 
-    PRERENDER_S = 120.0  # a format scraped this recently is rendered right after each sample
-
-    def prerender(self) -> None:
-        """On the sampling thread, after publish(): render the new snapshot in every format a
-        client asked for in the last PRERENDER_S, so that a scrape finds the bytes ready and
-        never waits for a render. A format nobody scrapes costs nothing."""
-        now = time.monotonic()
-        for (accept, gz), when in list(self._wanted.items()):
-            if now - when < self.PRERENDER_S:
-                self._render_cached(accept, gz)
-            else:
-                self._wanted.pop((accept, gz), None)
+    @property
+    def rendered(self) -> Rendered:
+        return self._rendered
 
     def render(self, accept: str, gzip_ok: bool) -> tuple[bytes, str]:
+        """For a scrape: the last rendered snapshot's bytes in the negotiated format."""
         _, content_type = exposition.choose_encoder(accept)
-        self._wanted[(content_type, gzip_ok)] = time.monotonic()
-        return self._render_cached(content_type, gzip_ok)
+        now = time.monotonic()
+        self._wanted[(content_type, gzip_ok)] = now
+        rendered = self._rendered
+        body = rendered.bodies.get(content_type)
+        if body is None:  # text, not scraped lately: render the served snapshot in it, once
+            self._text_asked = now
+            with self._render_lock:
+                rendered = self._rendered
+                body = rendered.bodies.get(content_type)
+                if body is None:
+                    body = rendered.bodies[content_type] = self._body(rendered.pub, content_type)
+        else:
+            if content_type == TEXT:
+                self._text_asked = now
+        return body.get(gzip_ok), content_type
 
-    def _render_cached(self, accept: str, gzip_ok: bool) -> tuple[bytes, str]:
-        encoder, content_type = exposition.choose_encoder(accept)
-        pub = self.published
-        key = (pub.seq, content_type, gzip_ok)
-        body = self._cache.get(key)
-        if body is not None:
-            return body, content_type
-        with self._render_lock:  # concurrent scrapes of one new snapshot render it once
-            body = self._cache.get(key)
-            if body is None:
-                body = self._render(pub, encoder, content_type).encode()
-                if gzip_ok:
-                    body = gzip.compress(body, compresslevel=1)
-                # Only the newest snapshot's renderings are kept.
-                self._cache = {k: v for k, v in self._cache.items() if k[0] == pub.seq}
-                self._cache[key] = body
-        return body, content_type
+    def _render_all(self, pub: Published) -> Rendered:
+        with self._render_lock:
+            bodies = {OPENMETRICS: self._body(pub, OPENMETRICS)}
+            if time.monotonic() - self._text_asked < self.TEXT_KEEP_S:
+                bodies[TEXT] = self._body(pub, TEXT)
+            else:
+                self._listener_caches.pop(TEXT, None)
+        return Rendered(pub, bodies)
 
-    def _render(self, pub: Published, encoder: Callable[[CollectorRegistry], bytes], content_type: str) -> str:
+    def _body(self, pub: Published, content_type: str) -> Body:
         """head (the exporter) + listeners (spliced) + netns + process: metrics.families()'
         order, then the process collector."""
-        eof = "# EOF\n"
-        head = encoder(_registry(list(metrics.head_families(pub.snap, pub.state)))).decode()
-        parts = [head.removesuffix(eof)]
+        encoder, _ = exposition.choose_encoder(content_type)
+        eof = b"# EOF\n"
+        parts = [encoder(_registry(list(metrics.head_families(pub.snap, pub.state)))).removesuffix(eof)]
         if pub.snap is not None:
             cache = self._listener_caches.get(content_type)
             if cache is None:
                 cache = self._listener_caches[content_type] = ListenerCache(encoder)
-            parts.append(cache.render(pub.listeners, metrics.netns_names(pub.snap)))
-            parts.append(encoder(_registry(list(metrics.netns_families(pub.snap)))).decode().removesuffix(eof))
-        parts.append(encoder(self._process).decode())
-        return "".join(parts)
+            parts.extend(cache.render(pub.listeners, metrics.netns_names(pub.snap)))
+            parts.append(encoder(_registry(list(metrics.netns_families(pub.snap)))).removesuffix(eof))
+        parts.append(encoder(self._process))
+        return Body(parts, content_type)
 
 
 # ------------------------------------------------------------------------- HTTP
@@ -316,6 +410,12 @@ class _Handler(BaseHTTPRequestHandler):
                     {"WWW-Authenticate": 'Basic realm="tcpq-top"'})
         return False
 
+    def end_headers(self) -> None:
+        # http_server_config.headers of the web config, on every response (errors too)
+        for name, value in self.server.web.headers.items():
+            self.send_header(name, value)
+        super().end_headers()
+
     def _reply(self, code: int, body: bytes, ctype: str, extra: dict[str, str] | None = None) -> None:
         self.send_response(code)
         self.send_header("Content-Type", ctype)
@@ -370,6 +470,7 @@ class _Server(ThreadingHTTPServer):
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
+        name_thread(b"tcpq-http")
         try:
             super().process_request_thread(request, client_address)
         finally:
@@ -393,6 +494,36 @@ class _Server(ThreadingHTTPServer):
 # ----------------------------------------------------------------------- running
 
 
+def name_thread(name: bytes) -> None:
+    """The kernel's name of the calling thread (top -H, /proc/PID/task/TID/comm; at most 15
+    bytes): bench/exporter_scale.py tells the sampling thread's CPU time from the HTTP ones."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(15, ctypes.c_char_p(name[:15]), 0, 0, 0)  # PR_SET_NAME
+    except (OSError, AttributeError):
+        pass
+
+
+def tune_for_serving() -> None:
+    """Two process-wide settings for the exporter (docs/EXPORTER.md, "Cost"), before any
+    thread starts:
+    - one glibc malloc arena: each thread that allocates would otherwise get its own 64 MB
+      arena, and the sampling, bcc-load and HTTP threads' arenas kept ~45 MB of freed memory
+      resident at 10k listeners (bench/exporter_memory.py); the GIL serializes their
+      allocations anyway;
+    - a 0.5 ms GIL switch interval (Python's default 5 ms): an HTTP thread that wants the GIL
+      while the sampling thread parses 10k listeners gets it within 0.5 ms at each of the ~20
+      points where a request handler gives it up (socket calls), instead of 5 ms."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).mallopt(-8, 1)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass  # not glibc
+    sys.setswitchinterval(0.0005)
+
+
 class Sampling(threading.Thread):
     """Samples on its own tick. The LiveSource's Sampler is made on this thread (setns is
     per thread). The feed (transitions) is turned off in the kernel once the probes are
@@ -409,9 +540,13 @@ class Sampling(threading.Thread):
         self._said_dropped = False
         self._last_error = ""
 
+    GC_EVERY_S = 60.0
+
     def run(self) -> None:
+        name_thread(b"tcpq-sample")
         next_at = time.monotonic()
         first = True
+        gc_at = math.inf
         while not self.stop.is_set():
             t0 = time.perf_counter()
             try:
@@ -419,25 +554,52 @@ class Sampling(threading.Thread):
             except Exception as exc:
                 if self.stop.is_set():
                     return
-                self.exporter.publish(None, None, error=True)
+                self._publish(None, None, error=True)
                 text = f"{PROG}: sample failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                 if text != self._last_error:  # once per distinct error, not once per tick
                     self.log(text)
                     self._last_error = text
             else:
-                first = False
-                self.exporter.publish(snap, time.perf_counter() - t0)
+                self._publish(snap, time.perf_counter() - t0)
+                del snap
                 self._quiet_feed()
                 self._say_dropped()
-                try:
-                    self.exporter.prerender()
-                except Exception as exc:  # a scrape renders again; never stop sampling for it
-                    self.log(f"{PROG}: render failed: {type(exc).__name__}: {exc}")
+                if first:
+                    first = False
+                    gc_at = time.monotonic() + self.GC_EVERY_S
+                    self._gc_settle()
+                elif time.monotonic() >= gc_at:
+                    gc_at = time.monotonic() + self.GC_EVERY_S
+                    gc.collect()
             next_at += self.interval
             now = time.monotonic()
             if next_at < now:  # a sample longer than the interval: start again from now
                 next_at = now
             self.stop.wait(next_at - now)
+
+    @staticmethod
+    def _gc_settle() -> None:
+        """The cyclic GC holds the GIL for the whole of a collection: at 10k listeners its
+        full collections took 50-200 ms every few seconds (the snapshot's ~100k objects,
+        promoted each tick, make them frequent), and a scrape arriving meanwhile waited for
+        them. The exporter's per-tick objects are freed by reference counting (a full
+        collection after the first minutes finds 0-10 unreachable objects), so after the
+        first sample: what exists now (modules, bcc, the probes' tables) is frozen out of
+        collections, automatic collections stop, and a full one runs every GC_EVERY_S right
+        after a publish, so that a cycle made by some rare path is still freed
+        (bench/exporter_scale.py; docs/EXPORTER.md, "Cost")."""
+        gc.collect()
+        gc.freeze()
+        gc.disable()
+
+    def _publish(self, snap: Snapshot | None, duration_s: float | None, error: bool = False) -> None:
+        try:
+            self.exporter.publish(snap, duration_s, error)
+        except Exception as exc:  # scrapes keep the previous rendering; never stop sampling for it
+            text = f"{PROG}: render failed: {type(exc).__name__}: {exc}"
+            if text != self._last_error:
+                self.log(text)
+                self._last_error = text
 
     def _say_dropped(self) -> None:
         dropped = self.exporter.published.state.listeners_dropped
@@ -472,6 +634,7 @@ def run_serve(args: Any, interval: float) -> int:
             web = webconfig.load(args.web_config)
         except webconfig.WebConfigError as exc:
             raise UsageError(str(exc)) from None
+    tune_for_serving()
     exporter = Exporter(args.max_listeners)
     try:
         server = _Server((host, port), exporter, web)
@@ -498,6 +661,7 @@ def run_serve(args: Any, interval: float) -> int:
         interval=interval,
         filters=Filters(port=args.port, pid=args.pid, netns=args.netns),
         use_bpf=not args.no_bpf,
+        accept_hook=None if getattr(args, "accept_hook", "auto") == "auto" else args.accept_hook,
         blocking_owners=False,
         feed=True,  # turned off in the kernel once live (Sampling._quiet_feed), resets kept
         keep_connections=False,

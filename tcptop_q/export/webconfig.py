@@ -8,6 +8,12 @@
       min_version: TLS12           # optional: TLS12 (default) or TLS13
     basic_auth_users:
       prometheus: $2y$10$...       # bcrypt hashes (htpasswd -nBC 10 "" | tr -d ':\\n')
+    http_server_config:
+      http2: false                 # accepted, true or false: tcpq-top speaks HTTP/1.1 only
+      headers:                     # added to every response; the toolkit's five, blank = unset
+        X-Content-Type-Options: nosniff
+        X-Frame-Options: deny      # or sameorigin
+        Strict-Transport-Security: max-age=31536000
 
 Unknown keys are an error (as in the toolkit): a misspelt `basic_auth_user` must not leave the
 exporter open while its owner believes it is protected.
@@ -27,7 +33,18 @@ class WebConfigError(ValueError):
     pass
 
 
-TOP_KEYS = {"tls_server_config", "basic_auth_users"}  # http_server_config: not supported (an error)
+TOP_KEYS = {"tls_server_config", "basic_auth_users", "http_server_config"}
+HTTP_KEYS = {"http2", "headers"}
+# The exporter toolkit's headers (docs/EXPORTER.md, "Security"), and the values each may take
+# (None: any one-line string).
+HEADERS: dict[str, set[str] | None] = {
+    "Content-Security-Policy": None,
+    "X-Frame-Options": {"deny", "sameorigin"},
+    "X-Content-Type-Options": {"nosniff"},
+    "X-XSS-Protection": None,
+    "Strict-Transport-Security": None,
+}
+NOT_SUPPORTED = {"rate_limit": "rate_limit (put a proxy in front, or let Prometheus' scrape_interval pace it)"}
 TLS_KEYS = {"cert_file", "key_file", "client_auth_type", "client_ca_file", "min_version"}
 CLIENT_AUTH = {"NoClientCert", "RequireAnyClientCert", "VerifyClientCertIfGiven", "RequireAndVerifyClientCert"}
 
@@ -36,6 +53,7 @@ CLIENT_AUTH = {"NoClientCert", "RequireAnyClientCert", "VerifyClientCertIfGiven"
 class WebConfig:
     tls: ssl.SSLContext | None = None
     users: dict[str, bytes] = field(default_factory=dict)  # user -> bcrypt hash
+    headers: dict[str, str] = field(default_factory=dict)  # extra response headers
     _ok: dict[tuple[str, bytes], bool] = field(default_factory=dict)  # verified (user, sha256(password))
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -84,6 +102,9 @@ def load(path: str) -> WebConfig:
         data = {}
     if not isinstance(data, dict):
         raise WebConfigError(f"--web-config {path}: expected a mapping at the top")
+    for key, why in NOT_SUPPORTED.items():
+        if key in data:
+            raise WebConfigError(f"--web-config {path}: {why} is not supported by tcpq-top")
     unknown = set(data) - TOP_KEYS
     if unknown:
         raise WebConfigError(f"--web-config {path}: unknown key(s) {', '.join(sorted(map(str, unknown)))}")
@@ -92,6 +113,9 @@ def load(path: str) -> WebConfig:
     tls = data.get("tls_server_config")
     if tls is not None:
         cfg.tls = _tls_context(path, tls, base)
+    http = data.get("http_server_config")
+    if http is not None:
+        cfg.headers = _http_server_config(path, http)
     users = data.get("basic_auth_users")
     if users is not None:
         if not isinstance(users, dict) or not users:
@@ -111,6 +135,36 @@ def load(path: str) -> WebConfig:
                 raise WebConfigError(f"--web-config {path}: the bcrypt hash of {user!r} is malformed") from None
             cfg.users[str(user)] = hashed.encode()
     return cfg
+
+
+def _http_server_config(path: str, http: object) -> dict[str, str]:
+    if not isinstance(http, dict):
+        raise WebConfigError(f"--web-config {path}: http_server_config must be a mapping")
+    unknown = set(http) - HTTP_KEYS
+    if unknown:
+        raise WebConfigError(f"--web-config {path}: unknown http_server_config key(s) {', '.join(sorted(map(str, unknown)))}")
+    if "http2" in http and not isinstance(http["http2"], bool):
+        raise WebConfigError(f"--web-config {path}: http_server_config.http2 must be true or false")
+    headers = http.get("headers")
+    if headers is None:
+        return {}
+    if not isinstance(headers, dict):
+        raise WebConfigError(f"--web-config {path}: http_server_config.headers must map header names to values")
+    out: dict[str, str] = {}
+    canonical = {name.lower(): name for name in HEADERS}
+    for name, value in headers.items():
+        known = canonical.get(str(name).lower())
+        if known is None:
+            raise WebConfigError(f"--web-config {path}: header {name!r} is not one of {', '.join(HEADERS)}")
+        if value is None or value == "":
+            continue  # blank: unset, as in the toolkit
+        if not isinstance(value, str) or any(c in value for c in "\r\n\0"):
+            raise WebConfigError(f"--web-config {path}: header {known} must be a one-line string")
+        allowed = HEADERS[known]
+        if allowed is not None and value.lower() not in allowed:
+            raise WebConfigError(f"--web-config {path}: header {known} must be {' or '.join(sorted(allowed))}, not {value!r}")
+        out[known] = value
+    return out
 
 
 def _tls_context(path: str, tls: object, base: Path) -> ssl.SSLContext:

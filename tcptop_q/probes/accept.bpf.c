@@ -121,14 +121,7 @@ static __always_inline void tq_child_queued(const void *sk)
 #endif
     u32 depth = 0;
     bpf_probe_read_kernel(&depth, sizeof(depth), (const char *)sk + TQ_OFF_SK_ACK_BACKLOG);
-    struct tq_peak_key pk = {.sk = (u64)sk, .epoch = tq_ctl_get(TQ_CTL_EPOCH)};
-    u32 *peak = tq_peaks.lookup(&pk);
-    if (peak) {
-        if (depth > *peak)
-            *peak = depth;
-    } else {
-        tq_peaks.update(&pk, &depth);
-    }
+    tq_peak_note(l, depth);
 }
 
 #ifdef TQ_HAVE_SK_DATA_READY
@@ -144,6 +137,19 @@ int tq_data_ready(struct tq_tp_sk_data_ready *args)
     tq_child_queued(sk);
     return 0;
 }
+
+#ifdef TQ_RTP_DATA_READY
+// raw tracepoint: TP_PROTO(const struct sock *sk), from btf_trace_sk_data_ready (probes/plan.py).
+int tq_r_data_ready(struct bpf_raw_tracepoint_args *ctx)
+{
+    const void *sk = (const void *)ctx->args[TQ_RTP_DATA_READY_SK];
+    // state first: most calls are data on connected sockets (one read, then out)
+    if (tq_sk_state(sk) != TQ_TCP_LISTEN || tq_sk_protocol(sk) != TQ_IPPROTO_TCP)
+        return 0;
+    tq_child_queued(sk);
+    return 0;
+}
+#endif
 #endif
 
 // Where sock:sk_data_ready is missing, fallbacks.bpf.c (appended) calls
@@ -206,15 +212,14 @@ static __always_inline void tq_accepted(void *ctx, const void *child, u32 fd)
         u64 *owner = tq_by_port.lookup(&pk);
         if (!owner)
             return;
-        u64 lkey = *owner;
-        struct tq_listener *l = tq_listeners.lookup(&lkey);
+        struct tq_listener *l = tq_listener_at(*owner);
         if (l)
             __sync_fetch_and_add(&l->accepted, 1);
         return;
     }
     struct tq_link lv = *link;
     tq_link.delete(&ckey);
-    struct tq_listener *l = tq_listeners.lookup(&lv.listener);
+    struct tq_listener *l = tq_listener_at(lv.listener);
     if (!l)
         return;
     u64 now = bpf_ktime_get_ns();

@@ -26,6 +26,11 @@ What each hook serves (chosen at start from the tracefs format files):
     tcp:tcp_send_reset         resets_sent      (a child's resets go to its port's listener)
     tcp:tcp_receive_reset      resets_received
 
+Each tracepoint except the syscall exits is attached raw (BPF_PROG_TYPE_RAW_TRACEPOINT:
+no trace-event record is built) where the kernel's BTF prototype allows, with the classic
+program as the fallback (probes/plan.py RAW_TRACEPOINTS, probes/loader.py attach_all);
+`tracepoints="classic"` uses classic ones only. Hot counters are per-CPU copies summed here.
+
 A metric whose hook is missing is absent from `hooks` (the sampler reports null)
 and the reason is in `notes`. The feed (ring buffer, perf buffer before 5.8)
 carries every transition unless limited with set_feed("off" | "port", port).
@@ -62,10 +67,11 @@ class BpfProbes:
 
     def __init__(
         self, port: int | None = None, netns: int | None = None, feed_capacity: int = 4096, ringbuf: bool | None = None,
-        accept_hook: str | None = None,
+        accept_hook: str | None = None, tracepoints: str | None = None,
     ) -> None:
         self.port = port
         self.accept_hook = accept_hook  # None: chosen from the kernel; "kretprobe" | "syscall" forces one
+        self.tracepoints = tracepoints  # None: raw tracepoints where the kernel has them; "classic" never
         self.ringbuf = ringbuf  # None: BPF ring buffer where the kernel has one, else perf buffer
         self.netns = netns
         self.feed_capacity = max(16, int(feed_capacity))
@@ -127,7 +133,7 @@ class BpfProbes:
             loader.preflight()
             t_plan = time.monotonic()
             plan = build_plan(self.port, self.netns, self.feed_capacity, ringbuf=self.ringbuf,
-                              accept_hook=self.accept_hook)
+                              accept_hook=self.accept_hook, tracepoints=self.tracepoints)
             self._plan = plan
             self.timings["plan"] = time.monotonic() - t_plan
             if self._source_error:
@@ -218,7 +224,7 @@ class BpfProbes:
                 return
             for kind, target in controls.detachable(self._plan.attach, self.hooks, metrics):
                 try:
-                    b.detach_tracepoint(tp=target.encode())
+                    loader.detach_one(b, kind, target)
                 except Exception as exc:
                     self.notes.append(f"detach {kind}:{target} failed: {one_line(exc)}")
                     continue
@@ -285,18 +291,18 @@ class BpfProbes:
                     self._teardown()
 
     def _read(self, b) -> BpfReading:
-        # Peaks: switch the kernel to a new interval first, then collect the finished ones.
+        # Peaks: switch the kernel to a new interval first, then collect the one that ended
+        # (kept in the listener entries themselves: no map update per tick).
         self._epoch += 1
         controls.set_ctl(b, layout.CTL_EPOCH, self._epoch)
-        peaks = decode.peaks(b[b"tq_peaks"], self._epoch)
         rtbl, htbl = b[b"tq_reasons"], b[b"tq_hist"]
         # Read before the listeners: entries of listeners that closed are deleted below
         # (each was created after its listener's entry, and both were read in that order).
         reason_items = decode.items(rtbl)
         hist_items = decode.items(htbl) if "accept_wait" in self.hooks or "handshake" in self.hooks else []
-        listeners, live, live_ports = self._read_listeners(b, peaks, reason_items, hist_items)
+        listeners, live, live_ports = self._read_listeners(b, reason_items, hist_items)
         if TRANSITIONS in self.hooks:
-            self._child_deltas = decode.child_states(b[b"tq_child_states"], live_ports)
+            self._child_deltas = decode.child_states(b[b"tq_child_states"], live_ports, b[b"tq_child_pcpu"])
         live_sks = set(live)
         for k, _v in reason_items:
             if k.sk not in live_sks:
@@ -313,20 +319,29 @@ class BpfProbes:
             hooks=dict(self.hooks),
         )
 
-    def _read_listeners(self, b, peaks: dict[int, int], reason_items: list, hist_items: list):
+    def _read_listeners(self, b, reason_items: list, hist_items: list):
         reasons = decode.reasons(reason_items, self._reasons)
         hists = decode.histograms(hist_items)
         listeners: dict[ListenerKey, BpfListenerCounts] = {}
         live: dict[int, int] = {}  # listener sk -> born_ns
         live_ports: set[tuple[int, int]] = set()
-        for k, v in decode.items(b[b"tq_listeners"]):
+        # Per-CPU copies first: each is created after its listener's shared entry, so a copy
+        # whose listener is not in the (later) read of tq_listeners belongs to a closed one.
+        ptbl = b[b"tq_pcpu"]
+        pcpu = {decode.as_int(k): v for k, v in decode.per_cpu(ptbl).items()}
+        for k, v0 in decode.items(b[b"tq_listeners"]):
             sk = decode.as_int(k)
+            copies = pcpu.get(sk, [])
+            peak = decode.peak_of([v0, *(c for c in copies if c.born_ns == v0.born_ns)], self._epoch - 1)
+            v = decode.summed(v0, copies)
             live[sk] = int(v.born_ns)
             live_ports.add((v.netns, v.lport))
             key = decode.listener_key(v)
-            counts = decode.listener_counts(v, sk, self.hooks, peaks.get(sk, 0), reasons.get(sk, {}), hists)
+            counts = decode.listener_counts(v, sk, self.hooks, peak, reasons.get(sk, {}), hists)
             prev = listeners.get(key)
             listeners[key] = counts if prev is None else decode.sum_counts(prev, counts)
+        for sk in pcpu.keys() - live.keys():
+            decode.delete(ptbl, ctypes.c_ulonglong(sk))
         return listeners, live, live_ports
 
     def _drain_feed(self, b) -> list[Transition]:
@@ -396,7 +411,7 @@ class BpfProbes:
         if plan is None:
             try:
                 plan = build_plan(self.port, self.netns, self.feed_capacity, ringbuf=self.ringbuf,
-                              accept_hook=self.accept_hook)
+                              accept_hook=self.accept_hook, tracepoints=self.tracepoints)
             except Exception as exc:  # --ebpf must print something useful, never a traceback
                 return f"// tcpq-top: cannot generate the BPF program: {one_line(exc)}\n" + BPF_C.read_text()
             if self._thread is None:  # not started: `hooks` says what would serve each metric

@@ -192,3 +192,45 @@ class Btf:
                     for i in range(vlen)
                 }
         raise BtfError(f"enum {name} not in BTF")
+
+    def type_name(self, tid: int) -> str:
+        """A C-like spelling of a type without qualifiers: "struct sock *", "int", "enum x", "void *"."""
+        tid = self._resolve(tid) if tid else 0
+        if not tid:
+            return "void"
+        kind, _v, _k, ref, name_off = self._type(tid)
+        name = self._str(name_off) if name_off else ""
+        if kind == KIND_PTR:
+            return self.type_name(ref) + " *"
+        if kind == KIND_STRUCT:
+            return f"struct {name}"
+        if kind == KIND_UNION:
+            return f"union {name}"
+        if kind in (KIND_ENUM, KIND_ENUM64):
+            return f"enum {name}"
+        if kind == KIND_FWD:
+            return f"{'union' if _k else 'struct'} {name}"
+        if kind == KIND_FUNC_PROTO:
+            return "fn"
+        return name or f"kind{kind}"
+
+    def trace_proto(self, event: str) -> list[str]:
+        """The arguments a raw tracepoint program gets for `event`, in order: the kernel's
+        typedef btf_trace_<event> is `void (*)(void *__data, <TP_PROTO>)` (include/trace/bpf_probe.h);
+        the leading `void *` is dropped. BtfError when the typedef is missing (no such event)."""
+        for tid in self._by_name.get(f"btf_trace_{event}", []):
+            kind, _v, _k, ref, _n = self._type(tid)
+            if kind != KIND_TYPEDEF:
+                continue
+            pkind, _pv, _pk, fn, _pn = self._type(ref)
+            if pkind != KIND_PTR:
+                break
+            fkind, vlen, _fk, _ret, _fn = self._type(fn)
+            if fkind != KIND_FUNC_PROTO:
+                break
+            base = self._offs[fn] + 12
+            params = [self.type_name(struct.unpack_from("<II", self._data, base + 8 * i)[1]) for i in range(vlen)]
+            if not params or params[0] != "void *":
+                break
+            return params[1:]
+        raise BtfError(f"no btf_trace_{event} prototype in BTF")

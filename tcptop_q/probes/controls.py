@@ -38,7 +38,7 @@ def detachable(attach: Iterable[tuple[str, str, str]], hooks: Mapping[str, str],
     out = []
     for kind, target, _fn in attach:
         served = {m for m, h in hooks.items() if serves(h, kind, target)}
-        if kind == "tracepoint" and served and served <= metrics:
+        if kind in ("tracepoint", "raw_tracepoint") and served and served <= metrics:
             out.append((kind, target))
     return out
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import ipaddress
 from collections.abc import Iterable, Mapping
+from types import SimpleNamespace
 
 from ..model import BpfListenerCounts, HistCounts, ListenerKey, Transition, state_name
 from . import hist, layout
@@ -72,17 +73,38 @@ def event(raw: bytes, mono_to_unix: float) -> Transition:
     )
 
 
-def peaks(table, epoch: int) -> dict[int, int]:
-    """Peak depth per listener over finished intervals (epochs before `epoch`); deletes them."""
-    out: dict[int, int] = {}
-    stale = []
-    for k, v in items(table):
-        if k.epoch < epoch:
-            out[k.sk] = max(out.get(k.sk, 0), as_int(v))
-            stale.append(k)
-    for k in stale:
-        delete(table, k)
-    return out
+# struct tq_listener fields that are not counters (probes/tcpq.bpf.c): copied, not summed.
+IDENTITY = frozenset({"cookie", "netns", "family", "lport", "laddr", "max_ack_backlog", "_pad", "born_ns",
+                      "peak", "peak_epoch"})
+
+
+def per_cpu(table) -> dict:
+    """key -> list of this key's per-CPU values (a bcc per-CPU hash)."""
+    return {k: list(v) for k, v in items(table)}
+
+
+def peak_of(copies: Iterable, epoch: int) -> int:
+    """The deepest accept queue of read interval `epoch` over a listener's copies (shared and
+    per CPU): each keeps the two intervals epoch & 1 (probes/tcpq.bpf.c tq_peak_note)."""
+    i, tag = epoch & 1, epoch & 0xFFFFFFFF
+    return max((int(c.peak[i]) for c in copies if int(c.peak_epoch[i]) == tag), default=0)
+
+
+def summed(v, copies: list) -> SimpleNamespace:
+    """A listener's shared entry plus its per-CPU copies of the same listener (same born_ns):
+    identity from the shared entry (cookie: whichever copy has it), counters summed, the
+    *_max_ns fields the maximum."""
+    live = [v, *(c for c in copies if c.born_ns == v.born_ns)]
+    out = {}
+    for name, _ctype in v._fields_:
+        if name in IDENTITY:
+            out[name] = getattr(v, name)
+        elif name.endswith("_max_ns"):
+            out[name] = max(int(getattr(c, name)) for c in live)
+        else:
+            out[name] = sum(int(getattr(c, name)) for c in live)
+    out["cookie"] = max(int(c.cookie) for c in live)
+    return SimpleNamespace(**out)
 
 
 def reasons(entries: Iterable, names: Mapping[int, str]) -> dict[int, dict[str, int]]:
@@ -152,15 +174,30 @@ def sum_counts(a: BpfListenerCounts, b: BpfListenerCounts) -> BpfListenerCounts:
     )
 
 
-def child_states(table, live_ports: set[tuple[int, int]]) -> dict[tuple[int, int], dict[str, int]]:
-    """Per (netns, port): children entered minus left each state; drops entries of closed ports."""
+def child_states(table, live_ports: set[tuple[int, int]], pcpu_table=None) -> dict[tuple[int, int], dict[str, int]]:
+    """Per (netns, port): children entered minus left each state, the shared entry and the per-CPU
+    copies summed; drops entries of closed ports."""
+    sums: dict[tuple[int, int], list[int]] = {}
+    keys: dict[tuple[int, int], list] = {}
+    sources = [(table, [(k, [v]) for k, v in items(table)])]
+    if pcpu_table is not None:
+        sources.append((pcpu_table, [(k, list(v)) for k, v in items(pcpu_table)]))
+    for tbl, entries in sources:
+        for k, values in entries:
+            port = (int(k.netns), int(k.lport))
+            acc = sums.setdefault(port, [0] * 16)
+            for v in values:
+                for i, n in enumerate(v.n):
+                    acc[i] += int(n)
+            keys.setdefault(port, []).append((tbl, k))
     out: dict[tuple[int, int], dict[str, int]] = {}
-    for k, v in items(table):
-        per = {state_name(i): int(n) for i, n in enumerate(v.n) if n and i not in (7, 10)}
-        if not per and (k.netns, k.lport) not in live_ports:
-            delete(table, k)  # no live child, no listener: a closed port (bounded map)
+    for port, acc in sums.items():
+        per = {state_name(i): n for i, n in enumerate(acc) if n and i not in (7, 10)}
+        if not per and port not in live_ports:
+            for tbl, k in keys[port]:
+                delete(tbl, k)  # no live child, no listener: a closed port (bounded map)
             continue
-        out[(k.netns, k.lport)] = per
+        out[port] = per
     return out
 
 

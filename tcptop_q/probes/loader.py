@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from .plan import Plan, ProbeError, one_line
+from .plan import raw_hooks as _raw_hooks
 from .plan import serves as _serves
 
 
@@ -84,26 +85,58 @@ def compile_plan(bcc, plan: Plan):
     return b
 
 
+def _attach_one(b, kind: str, target: str, fn: str) -> None:
+    if kind == "tracepoint":
+        b.attach_tracepoint(tp=target.encode(), fn_name=fn.encode())
+    elif kind == "raw_tracepoint":  # bcc names a raw tracepoint by its event alone
+        b.attach_raw_tracepoint(tp=target.partition(":")[2].encode(), fn_name=fn.encode())
+    elif kind == "kretprobe":
+        b.attach_kretprobe(event=target.encode(), fn_name=fn.encode())
+    else:
+        b.attach_kprobe(event=target.encode(), fn_name=fn.encode())
+
+
+def detach_one(b, kind: str, target: str) -> None:
+    if kind == "raw_tracepoint":
+        b.detach_raw_tracepoint(tp=target.partition(":")[2].encode())
+    else:
+        b.detach_tracepoint(tp=target.encode())
+
+
 def attach_all(b, plan: Plan) -> tuple[dict[str, str], list[str]]:
-    """Attach every planned hook: (metric -> hook for those attached, notes on failures)."""
+    """Attach every planned hook: (metric -> hook for those attached, notes on failures).
+
+    A raw tracepoint the kernel refuses (no BPF_PROG_TYPE_RAW_TRACEPOINT, the verifier, the
+    attach) is replaced by its classic tracepoint program, which was compiled with it; the
+    hooks and plan.attach then say "tracepoint:" for it (what `--ebpf` and sources.hooks show)."""
     hooks = dict(plan.hooks)
     notes: list[str] = []
     attached = 0
+    done: list[tuple[str, str, str]] = []
     for kind, target, fn in plan.attach:
         try:
-            if kind == "tracepoint":
-                b.attach_tracepoint(tp=target.encode(), fn_name=fn.encode())
-            elif kind == "kretprobe":
-                b.attach_kretprobe(event=target.encode(), fn_name=fn.encode())
-            else:
-                b.attach_kprobe(event=target.encode(), fn_name=fn.encode())
+            _attach_one(b, kind, target, fn)
             attached += 1
+            done.append((kind, target, fn))
+            continue
         except Exception as exc:
-            for metric in [m for m, h in hooks.items() if _serves(h, kind, target)]:
+            fallback = plan.fallbacks.get(fn) if kind == "raw_tracepoint" else None
+            if fallback is not None:
+                try:
+                    _attach_one(b, *fallback)
+                    attached += 1
+                    done.append(fallback)
+                    hooks = _raw_hooks(hooks, [target], kind="tracepoint")
+                    notes.append(f"raw tracepoint {target} refused ({one_line(exc)}): classic tracepoint")
+                    continue
+                except Exception as exc2:
+                    exc = exc2
+            for metric in [m for m, h in hooks.items() if _serves(h, kind, target) or _serves(h, "tracepoint", target)]:
                 del hooks[metric]
             notes.append(f"attach {kind}:{target} failed: {one_line(exc)}")
     if not attached:
         raise ProbeError(notes[-1] if notes else "nothing attached")
+    plan.attach[:] = done
     return hooks, notes
 
 

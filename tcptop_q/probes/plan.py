@@ -25,6 +25,12 @@ MAX_LISTENERS = 16384  # listeners; also (netns, port) pairs with children
 MAX_REASON_KEYS = 8192  # (listener, drop reason) pairs
 MAX_SOCKETS = 65536  # LRU: sockets whose state-entry time / listener we remember
 MAX_HIST_KEYS = 65536  # (listener, histogram, bucket) triples
+# Per-CPU copies of the hot counters (tq_pcpu, tq_child_pcpu) cost value x possible CPUs each:
+# each map gets this much, so a 64-CPU host keeps fewer listeners per-CPU (the rest count in
+# the shared entries, atomically; both are summed, so the numbers are the same either way).
+PCPU_BUDGET = 8 << 20
+PCPU_LISTENER_BYTES = 192  # >= sizeof(struct tq_listener) in probes/tcpq.bpf.c
+PCPU_CHILD_BYTES = 64  # sizeof(struct tq_child_states)
 
 # Metric names as in BpfListenerCounts (plus "transitions" for the feed).
 TRANSITIONS = "transitions"
@@ -56,6 +62,13 @@ LINK_FIELDS = {
     "TQ_OFF_ICSK_ACCEPT_TAIL": ("inet_connection_sock", "icsk_accept_queue.rskq_accept_tail"),
     "TQ_OFF_REQ_SK": ("request_sock", "sk"),
 }
+# Raw tracepoints get TP_PROTO's arguments, not the trace-event record: what the record's
+# TP_fast_assign read from the socket, the raw programs read at these offsets.
+RAW_FIELDS = {
+    "TQ_OFF_INET_SPORT": ("inet_sock", "inet_sport"),
+    "TQ_OFF_INET_SADDR": ("inet_sock", "inet_saddr"),
+    "TQ_OFF_SK_PROTOCOL": ("sock", "sk_protocol"),
+}
 SNT_SYNACK = ("TQ_OFF_TREQ_SNT_SYNACK", ("tcp_request_sock", "snt_synack"))
 # accept()'s returned fd -> struct sock: task->files->fdt->fd[fd]->private_data->sk.
 FD_FIELDS = {
@@ -81,6 +94,41 @@ TP_ACCEPT = ("syscalls", "sys_exit_accept", "tq_accept_exit", ("ret",))
 TRACEPOINTS = (TP_SET_STATE, TP_DATA_READY, TP_KFREE_SKB, TP_SYNACK, TP_SEND_RESET, TP_RECV_RESET,
                TP_ACCEPT4, TP_ACCEPT)
 KRETPROBE_ACCEPT = ("inet_csk_accept", "tq_krp_csk_accept")
+
+
+def _sock_first(proto: list[str], _fmt: tracefs.TpFormat) -> dict[str, int] | None:
+    """(const struct sock *sk, ...): the socket is the first argument."""
+    return {"SK": 0} if proto and proto[0] == "struct sock *" else None
+
+
+def _set_state_args(proto: list[str], _fmt: tracefs.TpFormat) -> dict[str, int] | None:
+    """(const struct sock *sk, const int oldstate, const int newstate): two ints cannot be told
+    apart by type, so only this exact shape is taken (the classic record is used otherwise)."""
+    return {"SK": 0, "OLD": 1, "NEW": 2} if proto == ["struct sock *", "int", "int"] else None
+
+
+def _kfree_skb_args(proto: list[str], fmt: tracefs.TpFormat) -> dict[str, int] | None:
+    """(skb, location[, enum skb_drop_reason reason][, struct sock *rx_sk]): reason came in
+    5.17, rx_sk in 6.11; found by type, so either order would do."""
+    if not proto or proto[0] != "struct sk_buff *" or proto.count("struct sock *") != 1:
+        return None
+    out = {"RX_SK": proto.index("struct sock *")}
+    if "reason" in fmt.fields:
+        if proto.count("enum skb_drop_reason") != 1:
+            return None
+        out["REASON"] = proto.index("enum skb_drop_reason")
+    return out
+
+
+# event -> (raw program, argument positions from the kernel's prototype, or None)
+RAW_TRACEPOINTS = {
+    "inet_sock_set_state": ("tq_r_set_state", _set_state_args),
+    "sk_data_ready": ("tq_r_data_ready", _sock_first),
+    "kfree_skb": ("tq_r_kfree_skb", _kfree_skb_args),
+    "tcp_retransmit_synack": ("tq_r_synack", _sock_first),
+    "tcp_send_reset": ("tq_r_send_reset", _sock_first),
+    "tcp_receive_reset": ("tq_r_recv_reset", _sock_first),
+}
 
 IO_URING_NOTE = ("accepted/accept_wait count accept() and accept4() syscalls only: "
                  "io_uring accepts (IORING_OP_ACCEPT) do not pass through them and are not seen")
@@ -109,6 +157,9 @@ class Plan:
     ringbuf: bool
     feed_pages: int
     layout_source: str  # "tracefs" or "btf"
+    # raw tracepoint program -> the classic (kind, target, function) attached instead if the
+    # kernel refuses it (probes/loader.py attach_all)
+    fallbacks: dict[str, tuple[str, str, str]] = field(default_factory=dict)
 
     @property
     def cflags(self) -> list[str]:
@@ -119,6 +170,8 @@ class Plan:
         head += [f"#define {k} {v}".rstrip() for k, v in self.defines.items()]
         if self.attach:
             head.append("// ---- attached: " + ", ".join(f"{fn} -> {kind}:{tgt}" for kind, tgt, fn in self.attach))
+        if self.fallbacks:
+            head.append("// ---- if refused: " + ", ".join(f"{fn} -> {kind}:{tgt}" for kind, tgt, fn in self.fallbacks.values()))
         for note in self.notes:
             head.append(f"// ---- note: {note}")
         return "\n".join(head) + "\n\n" + self.body
@@ -208,6 +261,18 @@ def read_formats(btf: Btf) -> tuple[dict[str, tracefs.TpFormat | None], str]:
         return out, "btf"
 
 
+def possible_cpus(path: Path = Path("/sys/devices/system/cpu/possible")) -> int:
+    """How many CPUs a per-CPU map allocates for ("0-3,8-11" -> 8)."""
+    try:
+        n = 0
+        for part in path.read_text().strip().split(","):
+            lo, _sep, hi = part.partition("-")
+            n += int(hi or lo) - int(lo) + 1
+        return max(1, n)
+    except (OSError, ValueError):
+        return max(1, os.cpu_count() or 1)
+
+
 def _own_netns() -> int:
     try:
         return os.stat("/proc/self/ns/net").st_ino
@@ -230,6 +295,9 @@ class _Builder:
     attach: list[tuple[str, str, str]] = field(default_factory=list)
     hooks: dict[str, str] = field(default_factory=dict)
     reasons: dict[int, str] = field(default_factory=dict)
+    btf: Btf | None = None
+    raw: bool = True  # raw tracepoints where the kernel has them ("--tracepoints classic": never)
+    fallbacks: dict[str, tuple[str, str, str]] = field(default_factory=dict)  # raw program -> classic attach
 
     def usable(self, tp: tuple, struct_name: str | None = None) -> tracefs.TpFormat | None:
         cat, ev, fn, needed = tp
@@ -243,13 +311,45 @@ class _Builder:
         if struct_name is None:
             self.structs.append(c_struct(f"tq_tp_{ev}", fmt, needed + ("protocol", "reason", "sport", "saddr")))
         self.attach.append(("tracepoint", f"{cat}:{ev}", fn))
+        self._try_raw(cat, ev, fn, fmt)
         return fmt
+
+    def _try_raw(self, cat: str, ev: str, fn: str, fmt: tracefs.TpFormat) -> None:
+        """Attach the raw tracepoint program instead where the kernel's prototype of the event
+        (BTF btf_trace_<event>) has the arguments it needs; the classic one stays compiled
+        as the fallback the loader attaches if the kernel refuses the raw one."""
+        spec = RAW_TRACEPOINTS.get(ev)
+        if not self.raw or spec is None or self.btf is None:
+            return
+        raw_fn, match = spec
+        try:
+            proto = self.btf.trace_proto(ev)
+            offsets = _offsets(self.btf, RAW_FIELDS)
+        except BtfError as exc:
+            self.notes.append(f"{cat}:{ev}: classic tracepoint ({exc})")
+            return
+        args = match(proto, fmt)
+        if args is None:
+            self.notes.append(f"{cat}:{ev}: classic tracepoint (raw arguments ({', '.join(proto)}) not the known shape)")
+            return
+        self.defines.update(offsets)
+        self.defines["TQ_SZ_SK_PROTOCOL"] = str(self.btf.field(*RAW_FIELDS["TQ_OFF_SK_PROTOCOL"]).size)
+        macro = "TQ_RTP_" + raw_fn.removeprefix("tq_r_").upper()
+        self.defines[macro] = ""
+        for name, index in args.items():
+            self.defines[f"{macro}_{name}"] = str(index)
+        classic = self.attach.pop()
+        self.attach.append(("raw_tracepoint", f"{cat}:{ev}", raw_fn))
+        self.fallbacks[raw_fn] = classic
 
 
 def _base_defines(btf: Btf, port: int | None, netns: int | None, ringbuf: bool, pages: int,
                   notes: list[str]) -> dict[str, str]:
+    cpus = possible_cpus()
     defines: dict[str, str] = {
         "TQ_MAX_LISTENERS": str(MAX_LISTENERS),
+        "TQ_MAX_PCPU": str(max(64, min(MAX_LISTENERS, PCPU_BUDGET // (cpus * PCPU_LISTENER_BYTES)))),
+        "TQ_MAX_PCPU_CHILD": str(max(64, min(MAX_LISTENERS, PCPU_BUDGET // (cpus * PCPU_CHILD_BYTES)))),
         "TQ_MAX_REASON_KEYS": str(MAX_REASON_KEYS),
         "TQ_MAX_SOCKETS": str(MAX_SOCKETS),
         "TQ_MAX_HIST_KEYS": str(MAX_HIST_KEYS),
@@ -401,8 +501,11 @@ def build_plan(
     kallsyms: frozenset[str] | None = None,
     blacklist: frozenset[str] | None = None,
     accept_hook: str | None = None,
+    tracepoints: str | None = None,
 ) -> Plan:
-    """Decide hooks and generate the program. Raises ProbeError (one line) when impossible."""
+    """Decide hooks and generate the program. Raises ProbeError (one line) when impossible.
+    `tracepoints`: "classic" uses trace-event tracepoints only; None/"auto" raw tracepoints
+    wherever the kernel's BTF prototype of the event has what the program reads."""
     try:
         btf = btf or Btf.vmlinux()
     except BtfError as exc:
@@ -422,7 +525,9 @@ def build_plan(
             kprobes = False
     blacklist = kprobe_fallbacks.kprobe_blacklist() if blacklist is None else blacklist
 
-    p = _Builder(formats, defines, notes)
+    if tracepoints not in (None, "auto", "classic"):
+        raise ProbeError(f"unknown tracepoint kind {tracepoints!r} (auto or classic)")
+    p = _Builder(formats, defines, notes, btf=btf, raw=tracepoints != "classic")
     _plan_state_and_queue(p)
     _plan_drops(p)
     _plan_tcp_events(p)
@@ -443,9 +548,25 @@ def build_plan(
 
     if layout_source == "btf":
         p.notes.append("tracepoint layouts from BTF trace_event_raw_* (tracefs unreadable)")
+    if p.fallbacks:
+        p.hooks = raw_hooks(p.hooks, [t for k, t, _f in p.attach if k == "raw_tracepoint"])
+    elif tracepoints == "classic":
+        p.notes.append("classic tracepoints only (--tracepoints classic)")
     body = layout.c_header()
     body += "// ---- tracepoint argument layouts (from the format files)\n" + "\n".join(p.structs)
     body += "\n" + BPF_C.read_text() + "\n" + ACCEPT_C.read_text()
     if fallback.used:
         body += "\n" + fallback.body()
-    return Plan(body, p.defines, p.attach, p.hooks, p.notes, p.reasons, ringbuf, pages, layout_source)
+    return Plan(body, p.defines, p.attach, p.hooks, p.notes, p.reasons, ringbuf, pages, layout_source, p.fallbacks)
+
+
+def raw_hooks(hooks: dict[str, str], targets: list[str], kind: str = "raw_tracepoint") -> dict[str, str]:
+    """hooks with "tracepoint:<target>" parts renamed to "<kind>:<target>" (and back with
+    kind="tracepoint" from a raw one)."""
+    other = "tracepoint" if kind == "raw_tracepoint" else "raw_tracepoint"
+    wanted = {f"{other}:{t}" for t in targets}
+    out = {}
+    for metric, hook in hooks.items():
+        out[metric] = "+".join(f"{kind}:{part.partition(':')[2]}" if part in wanted else part
+                               for part in hook.split("+"))
+    return out

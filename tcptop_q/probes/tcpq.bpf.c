@@ -47,11 +47,8 @@ struct tq_listener {
     u32 _pad;
     u64 born_ns;  // when the probes first saw it: with the address, an identity a recycled
                   // struct sock cannot inherit (keys of tq_hist)
-};
-
-struct tq_peak_key {
-    u64 sk;
-    u64 epoch;
+    u32 peak[2];  // deepest accept queue seen in read interval peak_epoch[i] (i = epoch & 1)
+    u32 peak_epoch[2];
 };
 
 struct tq_reason_key {
@@ -94,7 +91,11 @@ struct tq_hist_key {
 // Keyed by the listener's struct sock address: one map update per event, no
 // string work in the kernel. Identity fields travel in the value.
 BPF_HASH(tq_listeners, u64, struct tq_listener, TQ_MAX_LISTENERS);
-BPF_HASH(tq_peaks, struct tq_peak_key, u32, 2 * TQ_MAX_LISTENERS);  // this read's and the next
+// The same counters per CPU (user space sums them with the shared entry's): a busy listener
+// does not bounce one cache line between CPUs. Sized to a memory budget (probes/plan.py
+// PCPU_BUDGET); a listener that finds it full counts in its tq_listeners entry instead.
+BPF_PERCPU_HASH(tq_pcpu, u64, struct tq_listener, TQ_MAX_PCPU);
+BPF_ARRAY(tq_zero, struct tq_listener, 1);  // never written: the zero value tq_pcpu entries start from
 BPF_HASH(tq_reasons, struct tq_reason_key, u64, TQ_MAX_REASON_KEYS);
 // (netns, local port) -> listener, to charge a child's resets to its listener.
 BPF_HASH(tq_by_port, struct tq_port_key, u64, TQ_MAX_LISTENERS);
@@ -104,6 +105,7 @@ BPF_F_TABLE("lru_hash", u64, u64, tq_since, TQ_MAX_SOCKETS, BPF_F_NO_COMMON_LRU)
 // child socket -> its listener's (netns, port), from LISTEN->SYN_RECV to CLOSE.
 BPF_F_TABLE("lru_hash", u64, struct tq_port_key, tq_child, TQ_MAX_SOCKETS, BPF_F_NO_COMMON_LRU);
 BPF_HASH(tq_child_states, struct tq_port_key, struct tq_child_states, TQ_MAX_LISTENERS);
+BPF_PERCPU_HASH(tq_child_pcpu, struct tq_port_key, struct tq_child_states, TQ_MAX_PCPU_CHILD);  // as tq_pcpu
 BPF_F_TABLE("lru_hash", u64, struct tq_link, tq_link, TQ_MAX_SOCKETS, BPF_F_NO_COMMON_LRU);
 BPF_HASH(tq_hist, struct tq_hist_key, u64, TQ_MAX_HIST_KEYS);
 // The child whose SYN_RECV -> ESTABLISHED just ran on this CPU: its listener's
@@ -176,6 +178,42 @@ static __always_inline u16 tq_sk_lport(const void *sk)
     return lport;
 }
 
+#ifdef TQ_OFF_SK_PROTOCOL
+// Raw tracepoint programs (TQ_RTP_*) get TP_PROTO's arguments, not the trace-event record:
+// they read what the record's TP_fast_assign reads, at BTF offsets.
+static __always_inline u16 tq_sk_protocol(const void *sk)
+{
+    u16 proto = 0;
+    bpf_probe_read_kernel(&proto, TQ_SZ_SK_PROTOCOL, (const char *)sk + TQ_OFF_SK_PROTOCOL);
+    return proto;
+}
+
+// inet_sk(sk)->inet_sport, host byte order (the records' `sport`).
+static __always_inline u16 tq_inet_sport(const void *sk)
+{
+    u16 port = 0;
+    bpf_probe_read_kernel(&port, sizeof(port), (const char *)sk + TQ_OFF_INET_SPORT);
+    return (port >> 8) | (u16)(port << 8);
+}
+
+static __always_inline u16 tq_sk_dport(const void *sk)
+{
+    u16 port = 0;
+    bpf_probe_read_kernel(&port, sizeof(port), (const char *)sk + TQ_OFF_SK_DPORT);
+    return (port >> 8) | (u16)(port << 8);
+}
+
+// The local port the reset records carry: inet_sport of a full socket, else (request and
+// timewait sockets, whose packet's destination the 6.10+ record reads) skc_num.
+static __always_inline u16 tq_reset_lport(const void *sk)
+{
+    u8 state = tq_sk_state(sk);
+    if (state == 6 || state == 12)  // TCP_TIME_WAIT, TCP_NEW_SYN_RECV: not sk_fullsock()
+        return tq_sk_lport(sk);
+    return tq_inet_sport(sk);
+}
+#endif
+
 static __always_inline int tq_wanted(u32 netns, u16 lport)
 {
 #ifdef TQ_FILTER_NETNS
@@ -189,9 +227,9 @@ static __always_inline int tq_wanted(u32 netns, u16 lport)
     return 1;
 }
 
-// The counters of listener sk, created on first sight; NULL if filtered out or
-// sk is not a TCP listener.
-static __always_inline struct tq_listener *tq_listener_of(const void *sk)
+// The shared entry of listener sk (identity, and the counters of listeners without
+// per-CPU room), created on first sight; NULL if filtered out or sk is not a TCP listener.
+static __always_inline struct tq_listener *tq_listener_shared(const void *sk)
 {
     u64 key = (u64)sk;
     struct tq_listener *l = tq_listeners.lookup(&key);
@@ -227,34 +265,120 @@ static __always_inline struct tq_listener *tq_listener_of(const void *sk)
     return l;
 }
 
+// Where listener `key`'s counters go on this CPU: its tq_pcpu copy (identity copied from the
+// shared entry, born_ns last: a program nesting on this CPU in between copies it again, and
+// no counter is ever reset), or the shared entry when tq_pcpu is full. Increments stay atomic:
+// a program in softirq may interrupt another one on the same CPU.
+static __always_inline struct tq_listener *tq_counters(u64 key, struct tq_listener *shared)
+{
+    if (!shared)
+        return 0;
+    struct tq_listener *c = tq_pcpu.lookup(&key);
+    if (!c) {
+        int zero = 0;
+        struct tq_listener *z = tq_zero.lookup(&zero);
+        if (!z)
+            return shared;
+        tq_pcpu.insert(&key, z);  // BPF_NOEXIST; this CPU's copy (the others start zeroed)
+        c = tq_pcpu.lookup(&key);
+        if (!c)
+            return shared;  // full
+    }
+    if (c->born_ns != shared->born_ns) {
+        if (c->born_ns) {  // left by an earlier listener at this address whose close we missed
+            tq_pcpu.delete(&key);
+            return shared;
+        }
+        c->cookie = shared->cookie;
+        c->netns = shared->netns;
+        c->family = shared->family;
+        c->lport = shared->lport;
+        __builtin_memcpy(c->laddr, shared->laddr, 16);
+        c->max_ack_backlog = shared->max_ack_backlog;
+        asm volatile("" ::: "memory");
+        c->born_ns = shared->born_ns;
+    }
+    return c;
+}
+
+// The counters of listener sk on this CPU (see tq_counters); NULL if filtered out or sk is
+// not a TCP listener.
+static __always_inline struct tq_listener *tq_listener_of(const void *sk)
+{
+    return tq_counters((u64)sk, tq_listener_shared(sk));
+}
+
+// The counters of a listener already known by its key (NULL if unknown).
+static __always_inline struct tq_listener *tq_listener_at(u64 key)
+{
+    return tq_counters(key, tq_listeners.lookup(&key));
+}
+
+// Peak accept queue of this read interval (user space bumps TQ_CTL_EPOCH at each read and
+// collects the interval that just ended: probes/decode.py peak_of); no map update per tick.
+static __always_inline void tq_peak_note(struct tq_listener *l, u32 depth)
+{
+    u32 epoch = (u32)tq_ctl_get(TQ_CTL_EPOCH);
+    u32 i = epoch & 1;
+    if (l->peak_epoch[i] != epoch) {
+        l->peak[i] = depth;
+        l->peak_epoch[i] = epoch;
+    } else if (depth > l->peak[i]) {
+        l->peak[i] = depth;
+    }
+}
+
+// This CPU's child state counts of (netns, port), created when `create`; else the shared ones.
+static __always_inline struct tq_child_states *tq_child_counts(struct tq_port_key *ck, int create)
+{
+    struct tq_child_states *cs = tq_child_pcpu.lookup(ck);
+    if (cs)
+        return cs;
+    if (create) {
+        struct tq_child_states zero = {};
+        tq_child_pcpu.insert(ck, &zero);
+        cs = tq_child_pcpu.lookup(ck);
+        if (cs)
+            return cs;
+        tq_child_states.insert(ck, &zero);
+    }
+    return tq_child_states.lookup(ck);
+}
+
 
 // ------------------------------------------------------------ sock:inet_sock_set_state
 
 #ifdef TQ_HAVE_SET_STATE
-int tq_set_state(struct tq_tp_inet_sock_set_state *args)
-{
-#ifdef TQ_TP_SET_STATE_HAS_PROTOCOL
-    if (args->protocol != TQ_IPPROTO_TCP)
-        return 0;
+// One transition, from either entry below. `args` is the classic record, or NULL from the raw
+// tracepoint (then addresses are read from the socket, as the record's TP_fast_assign does).
+// The ports are read from the socket only on the paths that need them (each read is a helper call).
+#ifdef TQ_RTP_SET_STATE
+#define TQ_SS_PORT(field, raw) (args ? args->field : (raw))
+#else
+#define TQ_SS_PORT(field, raw) (args->field)
 #endif
-    const void *sk = (const void *)args->skaddr;
-    u16 sport = args->sport, dport = args->dport;
-    int oldstate = args->oldstate, newstate = args->newstate;
+#define TQ_SS_SPORT TQ_SS_PORT(sport, tq_inet_sport(sk))
+#define TQ_SS_DPORT TQ_SS_PORT(dport, tq_sk_dport(sk))
+static __always_inline int tq_on_set_state(void *ctx, const struct tq_tp_inet_sock_set_state *args,
+                                           const void *sk, int oldstate, int newstate)
+{
 #ifdef TQ_FILTER_PORT
-    if (sport != TQ_FILTER_PORT && dport != TQ_FILTER_PORT)
+    u16 fsport = TQ_SS_SPORT, fdport = TQ_SS_DPORT;
+    if (fsport != TQ_FILTER_PORT && fdport != TQ_FILTER_PORT)
         return 0;
 #endif
     u64 key = (u64)sk;
 
     if (newstate == TQ_TCP_LISTEN) {
-        tq_listener_of(sk);
+        tq_listener_shared(sk);  // per-CPU copies come with the first count
     } else if (oldstate == TQ_TCP_LISTEN && newstate == TQ_TCP_CLOSE) {
         // The address may be reused by the next socket: forget this listener.
-        struct tq_port_key pk = {.netns = tq_netns(sk), .lport = sport};
+        struct tq_port_key pk = {.netns = tq_netns(sk), .lport = TQ_SS_SPORT};
         u64 *owner = tq_by_port.lookup(&pk);
         if (owner && *owner == key)
             tq_by_port.delete(&pk);
         tq_listeners.delete(&key);
+        tq_pcpu.delete(&key);
     }
 
 #ifdef TQ_HAVE_LINK
@@ -275,13 +399,11 @@ int tq_set_state(struct tq_tp_inet_sock_set_state *args)
     if (tq_ctl_get(TQ_CTL_CHILDREN_OFF)) {
         // nothing
     } else if (oldstate == TQ_TCP_LISTEN && newstate == TQ_TCP_SYN_RECV) {
-        struct tq_port_key ck = {.netns = tq_netns(sk), .lport = sport};
-        if (!tq_wanted(ck.netns, sport))
+        struct tq_port_key ck = {.netns = tq_netns(sk), .lport = TQ_SS_SPORT};
+        if (!tq_wanted(ck.netns, ck.lport))
             return 0;
         tq_child.update(&key, &ck);
-        struct tq_child_states zero = {};
-        tq_child_states.insert(&ck, &zero);
-        struct tq_child_states *cs = tq_child_states.lookup(&ck);
+        struct tq_child_states *cs = tq_child_counts(&ck, 1);
         if (cs)
             __sync_fetch_and_add(&cs->n[TQ_TCP_SYN_RECV], 1);
         else
@@ -290,10 +412,11 @@ int tq_set_state(struct tq_tp_inet_sock_set_state *args)
         struct tq_port_key *ck = tq_child.lookup(&key);
         if (ck) {
             struct tq_port_key ckv = *ck;
-            struct tq_child_states *cs = tq_child_states.lookup(&ckv);
+            struct tq_child_states *cs = tq_child_counts(&ckv, 0);
             if (cs) {
                 __sync_fetch_and_add(&cs->n[oldstate & 15], -1);
-                __sync_fetch_and_add(&cs->n[newstate & 15], 1);
+                if (newstate != TQ_TCP_CLOSE)  // nobody reads n[CLOSE]: a closed child is gone
+                    __sync_fetch_and_add(&cs->n[newstate & 15], 1);
             }
             if (newstate == TQ_TCP_CLOSE)
                 tq_child.delete(&key);
@@ -305,6 +428,7 @@ int tq_set_state(struct tq_tp_inet_sock_set_state *args)
     u64 mode = tq_ctl_get(TQ_CTL_FEED_MODE);
     if (mode == 0)
         return 0;
+    u16 sport = TQ_SS_SPORT, dport = TQ_SS_DPORT;
     if (mode == 2) {
         u64 port = tq_ctl_get(TQ_CTL_FEED_PORT);
         if (sport != port && dport != port)
@@ -344,29 +468,66 @@ int tq_set_state(struct tq_tp_inet_sock_set_state *args)
     ev->pid = bpf_get_current_pid_tgid() >> 32;
     ev->fd = TQ_NO_FD;
     ev->kind = TQ_EV_STATE;
-    ev->family = args->family;
     ev->sport = sport;
     ev->dport = dport;
     ev->oldstate = oldstate;
     ev->newstate = newstate;
-    if (args->family == TQ_AF_INET) {
-        __builtin_memcpy(ev->saddr, args->saddr, 4);
-        __builtin_memcpy(ev->daddr, args->daddr, 4);
-        __builtin_memset(ev->saddr + 4, 0, 12);
-        __builtin_memset(ev->daddr + 4, 0, 12);
-    } else {
-        __builtin_memcpy(ev->saddr, args->saddr_v6, 16);
-        __builtin_memcpy(ev->daddr, args->daddr_v6, 16);
+    if (args) {
+        ev->family = args->family;
+        if (args->family == TQ_AF_INET) {
+            __builtin_memcpy(ev->saddr, args->saddr, 4);
+            __builtin_memcpy(ev->daddr, args->daddr, 4);
+            __builtin_memset(ev->saddr + 4, 0, 12);
+            __builtin_memset(ev->daddr + 4, 0, 12);
+        } else {
+            __builtin_memcpy(ev->saddr, args->saddr_v6, 16);
+            __builtin_memcpy(ev->daddr, args->daddr_v6, 16);
+        }
     }
+#ifdef TQ_RTP_SET_STATE
+    else {
+        ev->family = tq_sk_family(sk);
+        __builtin_memset(ev->saddr, 0, 16);
+        __builtin_memset(ev->daddr, 0, 16);
+        if (ev->family == TQ_AF_INET) {
+            bpf_probe_read_kernel(ev->saddr, 4, (const char *)sk + TQ_OFF_INET_SADDR);
+            bpf_probe_read_kernel(ev->daddr, 4, (const char *)sk + TQ_OFF_SK_DADDR);
+        } else {
+            bpf_probe_read_kernel(ev->saddr, 16, (const char *)sk + TQ_OFF_SK_V6_RCV_SADDR);
+            bpf_probe_read_kernel(ev->daddr, 16, (const char *)sk + TQ_OFF_SK_V6_DADDR);
+        }
+    }
+#endif
     bpf_get_current_comm(&ev->comm, sizeof(ev->comm));
 #if TQ_RINGBUF
     tq_feed.ringbuf_submit(ev, BPF_RB_NO_WAKEUP);  // user space polls once per tick: no wakeups
 #else
-    if (tq_feed.perf_submit(args, ev, sizeof(*ev)) < 0)
+    if (tq_feed.perf_submit(ctx, ev, sizeof(*ev)) < 0)
         tq_lost_one();
 #endif
     return 0;
 }
+
+int tq_set_state(struct tq_tp_inet_sock_set_state *args)
+{
+#ifdef TQ_TP_SET_STATE_HAS_PROTOCOL
+    if (args->protocol != TQ_IPPROTO_TCP)
+        return 0;
+#endif
+    return tq_on_set_state(args, args, (const void *)args->skaddr, args->oldstate, args->newstate);
+}
+
+#ifdef TQ_RTP_SET_STATE
+// raw tracepoint: TP_PROTO(const struct sock *sk, const int oldstate, const int newstate),
+// positions from the kernel's btf_trace_inet_sock_set_state (probes/plan.py).
+int tq_r_set_state(struct bpf_raw_tracepoint_args *ctx)
+{
+    const void *sk = (const void *)ctx->args[TQ_RTP_SET_STATE_SK];
+    if (tq_sk_protocol(sk) != TQ_IPPROTO_TCP)
+        return 0;
+    return tq_on_set_state(ctx, 0, sk, (int)ctx->args[TQ_RTP_SET_STATE_OLD], (int)ctx->args[TQ_RTP_SET_STATE_NEW]);
+}
+#endif
 #endif
 
 // Children queued, the child -> listener link and accept(): probes/accept.bpf.c (appended).
@@ -374,9 +535,8 @@ int tq_set_state(struct tq_tp_inet_sock_set_state *args)
 // ------------------------------------------------------------ drops charged to a listener
 
 #ifdef TQ_HAVE_KFREE_SKB
-int tq_kfree_skb(struct tq_tp_kfree_skb *args)
+static __always_inline int tq_on_kfree_skb(const void *sk, u32 reason)
 {
-    const void *sk = (const void *)args->rx_sk;
     if (!sk)
         return 0;
     if (tq_sk_state(sk) != TQ_TCP_LISTEN)
@@ -385,7 +545,6 @@ int tq_kfree_skb(struct tq_tp_kfree_skb *args)
     if (!l)
         return 0;
 #ifdef TQ_HAVE_DROP_REASON
-    u32 reason = args->reason;
 #ifdef TQ_REASON_LISTEN_OVERFLOW
     if (reason == TQ_REASON_LISTEN_OVERFLOW)
         __sync_fetch_and_add(&l->listen_overflow_drops, 1);
@@ -393,25 +552,49 @@ int tq_kfree_skb(struct tq_tp_kfree_skb *args)
 #endif
         __sync_fetch_and_add(&l->other_rx_drops, 1);
     struct tq_reason_key rk = {.sk = (u64)sk, .reason = reason};
-    u64 one = 1;
     u64 *count = tq_reasons.lookup(&rk);
+    if (!count) {
+        u64 zero = 0;
+        tq_reasons.insert(&rk, &zero);  // BPF_NOEXIST: a racing CPU's entry (and its count) stays
+        count = tq_reasons.lookup(&rk);
+    }
     if (count)
         __sync_fetch_and_add(count, 1);
     else
-        tq_reasons.update(&rk, &one);
+        tq_lost_slot(1);
 #else
     __sync_fetch_and_add(&l->other_rx_drops, 1);
 #endif
     return 0;
 }
+
+int tq_kfree_skb(struct tq_tp_kfree_skb *args)
+{
+#ifdef TQ_HAVE_DROP_REASON
+    return tq_on_kfree_skb((const void *)args->rx_sk, args->reason);
+#else
+    return tq_on_kfree_skb((const void *)args->rx_sk, 0);
+#endif
+}
+
+#ifdef TQ_RTP_KFREE_SKB
+// raw tracepoint: TP_PROTO(skb, location, reason, rx_sk), positions from btf_trace_kfree_skb.
+int tq_r_kfree_skb(struct bpf_raw_tracepoint_args *ctx)
+{
+#ifdef TQ_RTP_KFREE_SKB_REASON
+    return tq_on_kfree_skb((const void *)ctx->args[TQ_RTP_KFREE_SKB_RX_SK], (u32)ctx->args[TQ_RTP_KFREE_SKB_REASON]);
+#else
+    return tq_on_kfree_skb((const void *)ctx->args[TQ_RTP_KFREE_SKB_RX_SK], 0);
+#endif
+}
+#endif
 #endif
 
 // ------------------------------------------------------------ SYN-ACK retransmits
 
 #ifdef TQ_HAVE_RETRANSMIT_SYNACK
-int tq_synack(struct tq_tp_tcp_retransmit_synack *args)
+static __always_inline int tq_on_synack(const void *sk)
 {
-    const void *sk = (const void *)args->skaddr;
     if (tq_sk_state(sk) != TQ_TCP_LISTEN)
         return 0;
     struct tq_listener *l = tq_listener_of(sk);
@@ -419,6 +602,18 @@ int tq_synack(struct tq_tp_tcp_retransmit_synack *args)
         __sync_fetch_and_add(&l->synack_retrans, 1);
     return 0;
 }
+
+int tq_synack(struct tq_tp_tcp_retransmit_synack *args)
+{
+    return tq_on_synack((const void *)args->skaddr);
+}
+
+#ifdef TQ_RTP_SYNACK
+int tq_r_synack(struct bpf_raw_tracepoint_args *ctx)
+{
+    return tq_on_synack((const void *)ctx->args[TQ_RTP_SYNACK_SK]);
+}
+#endif
 #endif
 
 // ------------------------------------------------------------ resets
@@ -436,8 +631,7 @@ static __always_inline struct tq_listener *tq_listener_for_reset(const void *sk,
     u64 *owner = tq_by_port.lookup(&pk);
     if (!owner)
         return 0;
-    u64 key = *owner;
-    return tq_listeners.lookup(&key);
+    return tq_listener_at(*owner);
 }
 
 #ifdef TQ_HAVE_SEND_RESET
@@ -455,6 +649,20 @@ int tq_send_reset(struct tq_tp_tcp_send_reset *args)
         __sync_fetch_and_add(&l->resets_sent, 1);
     return 0;
 }
+
+#ifdef TQ_RTP_SEND_RESET
+// raw tracepoint: TP_PROTO(const struct sock *sk, const struct sk_buff *skb[, reason]); sk may be NULL.
+int tq_r_send_reset(struct bpf_raw_tracepoint_args *ctx)
+{
+    const void *sk = (const void *)ctx->args[TQ_RTP_SEND_RESET_SK];
+    if (!sk)
+        return 0;
+    struct tq_listener *l = tq_listener_for_reset(sk, tq_reset_lport(sk));
+    if (l)
+        __sync_fetch_and_add(&l->resets_sent, 1);
+    return 0;
+}
+#endif
 #endif
 
 #ifdef TQ_HAVE_RECEIVE_RESET
@@ -470,4 +678,17 @@ int tq_recv_reset(struct tq_tp_tcp_receive_reset *args)
         __sync_fetch_and_add(&l->resets_received, 1);
     return 0;
 }
+
+#ifdef TQ_RTP_RECV_RESET
+int tq_r_recv_reset(struct bpf_raw_tracepoint_args *ctx)
+{
+    const void *sk = (const void *)ctx->args[TQ_RTP_RECV_RESET_SK];
+    if (!sk)
+        return 0;
+    struct tq_listener *l = tq_listener_for_reset(sk, tq_reset_lport(sk));
+    if (l)
+        __sync_fetch_and_add(&l->resets_received, 1);
+    return 0;
+}
+#endif
 #endif

@@ -7,11 +7,12 @@ from dataclasses import dataclass
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import DataTable, Static
 
 from tcptop_q.model import CloseWait
 from tcptop_q.screens import keys as keycat
 from tcptop_q.screens.base import DetailScreen
+from tcptop_q.widgets.footer import KeyFooter
 from tcptop_q.widgets.keyed_table import KeyedTable
 from tcptop_q.widgets.text import fmt_age, inert, short_netns
 from tcptop_q.widgets.topbar import TopBar
@@ -120,7 +121,7 @@ class CloseWaitScreen(DetailScreen):
             ("PORTS", 18, "ports"),
         ), id="groups")
         yield table
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.refresh_header()
@@ -188,7 +189,7 @@ class CloseWaitSocketsScreen(DetailScreen):
             ("INODE", 10, "inode"),
         ), id="sockets")
         yield table
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.refresh_header()

@@ -10,7 +10,7 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.widgets import DataTable, Footer, Sparkline, Static
+from textual.widgets import DataTable, Sparkline, Static
 
 from tcptop_q.diagnosis import diagnose
 from tcptop_q.model import Connection, LatencySummary, Listener, ListenerKey, NetnsCounters
@@ -18,6 +18,7 @@ from tcptop_q.reuseport import ReuseportGroup, members_of
 from tcptop_q.screens import keys as keycat
 from tcptop_q.screens.base import DetailScreen
 from tcptop_q.source import FeedFocus
+from tcptop_q.widgets.footer import KeyFooter
 from tcptop_q.widgets.keyed_table import KeyedTable
 from tcptop_q.widgets.listener_table import accept_cell
 from tcptop_q.widgets.text import (
@@ -294,7 +295,7 @@ class ListenerScreen(DetailScreen):
                     yield Sparkline([], id="spark-accept")
                     yield Static(id="process")
             yield Static(id="reuseport")
-        yield Footer()
+        yield KeyFooter()
 
     def on_resize(self, event) -> None:
         self.set_class(event.size.width < 120, "-narrow")

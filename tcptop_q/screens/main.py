@@ -11,11 +11,13 @@ from textual import events, on
 from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Input, Static
+from textual.widgets import DataTable, Input, Static
 
+from tcptop_q import lifecycle
 from tcptop_q.model import Snapshot, Transition
 from tcptop_q.screens import keys as keycat
 from tcptop_q.widgets.feed import FeedPane
+from tcptop_q.widgets.footer import KeyFooter
 from tcptop_q.widgets.listener_table import COLUMN_BY_ID, COLUMNS, TOTALS, ListenerTable
 from tcptop_q.widgets.text import ascii_mode, inert, netns_label, netns_names
 from tcptop_q.widgets.topbar import TopBar
@@ -50,7 +52,7 @@ class MainScreen(Screen):
         yield Static(id="status")
         yield Static(id="notes")
         yield Input(id="filter", placeholder="filter: port, address, comm or pid (enter: keep, esc: clear)")
-        yield Footer()
+        yield KeyFooter()
 
     @property
     def table(self) -> ListenerTable:
@@ -132,12 +134,19 @@ class MainScreen(Screen):
         self.feed.push(events, snap.sources.lost_events)
 
     def _apply_rows(self) -> None:
+        # 10k rows allocate ~100k objects: the cyclic GC waits until they are in place (as for
+        # a tick, TcpqTopApp.apply_snapshot), also for a re-sort, `t` or the catch-up on resume.
+        with lifecycle.gc_held():
+            self._apply_rows_now()
+
+    def _apply_rows_now(self) -> None:
         app = self.tapp
         snap = app.snapshot
         self._now = snap.time if snap is not None else 0.0
         listeners = app.visible_listeners()
         self.table.configure(required=self._required(listeners))
-        self.table.apply(listeners, netns_names(snap.netns) if snap is not None else None)
+        self.table.apply(listeners, netns_names(snap.netns) if snap is not None else None,
+                         epoch=None if snap is None else (snap.seq, app.ticks_applied))
         self._refresh_status(len(listeners))
 
     def refresh_header(self) -> None:

@@ -9,11 +9,12 @@ from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
-from textual.widgets import Footer, Static
+from textual.widgets import Static
 
 from tcptop_q.model import Transition
 from tcptop_q.screens.base import DetailScreen
 from tcptop_q.widgets.feed import STATE_STYLE
+from tcptop_q.widgets.footer import KeyFooter
 from tcptop_q.widgets.keyed_table import KeyedTable
 from tcptop_q.widgets.text import fmt_age, inert, short_netns
 from tcptop_q.widgets.topbar import TopBar
@@ -67,7 +68,7 @@ class SocketScreen(DetailScreen):
                 ("ON CPU", 20, "proc"),
             ), id="timeline")
             yield table
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.refresh_header()

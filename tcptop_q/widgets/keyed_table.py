@@ -10,12 +10,13 @@ one place; tests/ui pin the behaviour against the installed Textual.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from itertools import zip_longest
 from typing import Any, TypeVar
 
 from textual._two_way_dict import TwoWayDict
 from textual.binding import Binding
 from textual.widgets import DataTable
-from textual.widgets.data_table import CellKey, ColumnKey, RowKey
+from textual.widgets.data_table import CellKey, ColumnKey, DuplicateKey, Row, RowKey
 
 V = TypeVar("V")
 
@@ -114,6 +115,32 @@ class KeyedTable(DataTable):
     def add_keyed_row(self, key: str, cells: Sequence[Any]) -> None:
         self._rk[key] = self.add_row(*cells, key=key)
         self.order.append(key)
+
+    def add_keyed_rows(self, rows: Iterable[tuple[str, Sequence[Any]]]) -> None:
+        """add_row() for many rows at the bottom (height 1, no label): the same row index,
+        cells and Row records, with one cursor check, one update count and one refresh
+        instead of one each per row (add_row costs ~70 us a row: 0.7 s for 10k)."""
+        columns = [c.key for c in self.ordered_columns]
+        had_rows = bool(self.rows)
+        locations, data, records, new_rows = self._row_locations, self._data, self.rows, self._new_rows
+        for key, cells in rows:
+            if len(cells) > len(columns):
+                raise ValueError("More values provided than there are columns.")
+            row_key = RowKey(key)
+            if row_key in locations:
+                raise DuplicateKey(f"The row key {row_key!r} already exists.")
+            locations[row_key] = len(records)
+            data[row_key] = dict(zip_longest(columns, cells))
+            records[row_key] = Row(row_key, 1, None, False)
+            new_rows.add(row_key)
+            self._rk[key] = row_key
+            self.order.append(key)
+        self._require_update_dimensions = True
+        self.cursor_coordinate = self.cursor_coordinate
+        if not had_rows and self.rows and self.columns and self.show_cursor and self.cursor_type != "none":
+            self._highlight_cursor()
+        self._update_count += 1
+        self.check_idle()
 
     def set_cells(self, updates: Iterable[tuple[str, str, Any]]) -> int:
         """Replace many cells at once: one refresh instead of one per update_cell().

@@ -6,7 +6,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from rich.style import Style
 from rich.text import Text
+from textual.cache import LRUCache
 from textual.widgets.data_table import ColumnKey
 
 from tcptop_q.model import Listener, ListenerKey
@@ -321,8 +323,11 @@ class ListenerTable(KeyedTable):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self._cells_drawn: LRUCache[tuple, Any] = LRUCache(4000)  # see _render_cell
         self.keys: dict[str, ListenerKey] = {}
         self._raw: dict[str, tuple] = {}
+        self._shown: dict[str, Listener] = {}  # row key -> the Listener its cells were built from
+        self._epoch: object = None
         self.cols: list[Col] = []
         self.bar = 0
         self.term_width = 0
@@ -344,6 +349,37 @@ class ListenerTable(KeyedTable):
     def on_resize(self, event) -> None:
         self.setup_columns(event.size.width)
 
+    # ------------------------------------------------------------ painting
+    # DataTable keys its cell-render cache on a table-wide update counter, so every tick
+    # re-rendered every visible cell (~40 rows x 16 columns of Rich layout, most of a tick's
+    # paint). A cell here is replaced, never edited in place (apply() builds a new LazyCell
+    # for a changed value), so the cell object itself tells whether its rendering still
+    # holds; the row index stays in the key because DataTable puts it in the segments' meta.
+    def _render_cell(self, row_index: int, column_index: int, base_style: Style, width: int,
+                     cursor: bool = False, hover: bool = False):
+        if row_index < 0 or column_index < 0:  # header and row labels: DataTable's own cache
+            return super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
+        row_key = self._row_locations.get_key(row_index)
+        column_key = self._column_locations.get_key(column_index)
+        if row_key is None or column_key is None:
+            return super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
+        cell = self._data[row_key][column_key]
+        key = (cell, row_index, column_index, base_style, width, cursor, hover, self._show_hover_cursor,
+               self.show_cursor, self._pseudo_class_state)
+        lines = self._cells_drawn.get(key)
+        if lines is None:
+            lines = self._cells_drawn[key] = super()._render_cell(
+                row_index, column_index, base_style, width, cursor, hover)
+        return lines
+
+    def _clear_caches(self) -> None:
+        super()._clear_caches()
+        self._cells_drawn.clear()
+
+    def notify_style_update(self) -> None:
+        self._cells_drawn.clear()
+        super().notify_style_update()
+
     def setup_columns(self, width: int) -> bool:
         """(Re)build the columns to fit `width`; True if they changed.
 
@@ -359,6 +395,7 @@ class ListenerTable(KeyedTable):
         self.order = []
         self.keys.clear()
         self._raw.clear()
+        self._shown = {}
         self.cols, self.bar = cols, bar
         for col in cols:
             width = col.width + (bar + 2 if col.id == "acceptq" else 0)
@@ -366,7 +403,7 @@ class ListenerTable(KeyedTable):
             self.add_column(label, width=width, key=col.id)
         self.mark_sort(*self.sort_mark)
         if self.last is not None:
-            self.apply(self.last)
+            self.apply(self.last, epoch=self._epoch)  # the same tick: the caller's re-apply then costs nothing
             self.move_cursor(row=cursor_row, animate=False, scroll=False)
             self.scroll_to(y=scroll_y, animate=False, immediate=True)
         return True
@@ -404,9 +441,15 @@ class ListenerTable(KeyedTable):
         key = self.cursor_key()
         return self.keys.get(key) if key else None
 
-    def apply(self, listeners: Sequence[Listener], netns_names: Mapping[int, str] | None = None) -> None:
+    def apply(self, listeners: Sequence[Listener], netns_names: Mapping[int, str] | None = None,
+              epoch: object = None) -> None:
         """Show exactly `listeners`, in this order, keeping the cursor on its listener.
-        `netns_names`: inode -> name of the snapshot's named namespaces."""
+        `netns_names`: inode -> name of the snapshot's named namespaces. `epoch`: what the
+        rows' values and extras come from (the caller's tick); with the same epoch as the last
+        call, a row whose Listener is the same object keeps its cells without recomputing them
+        (a re-sort, a filter or `t` re-applies the same tick: bench/key_screens.py)."""
+        same_epoch = epoch is not None and epoch == self._epoch
+        self._epoch = epoch
         self.last = listeners
         if netns_names is not None:
             self.netns_names = netns_names
@@ -437,25 +480,27 @@ class ListenerTable(KeyedTable):
         idx = [RAW_INDEX[c.id] for c in cols]
         raw_map = self._raw
         changes: list[tuple[str, str, LazyCell]] = []
-        added = False
+        added: list[tuple[str, list[LazyCell]]] = []
         extras = self.extras if any(c.id in ("last", "spark") for c in cols) else None
+        shown = self._shown if same_epoch else {}
         for lst, key in zip(listeners, want, strict=False):
+            if shown.get(key) is lst and key in raw_map:
+                continue  # same tick, same record: its cells stand
             netns_name = names.get(lst.key.netns)
             raw = raw_values(lst, NO_EXTRAS if extras is None else extras(lst.key), netns_name)
             old = raw_map.get(key)
             if old is None:
                 self.keys[key] = lst.key
                 raw_map[key] = raw
-                self.add_keyed_row(
-                    key, [LazyCell(c.id, raw[i], bar) for c, i in zip(cols, idx, strict=False)]
-                )
-                added = True
+                added.append((key, [LazyCell(c.id, raw[i], bar) for c, i in zip(cols, idx, strict=False)]))
             elif old != raw:
                 raw_map[key] = raw
                 for c, i in zip(cols, idx, strict=False):
                     if old[i] != raw[i]:
                         changes.append((key, c.id, LazyCell(c.id, raw[i], bar)))
+        self._shown = dict(zip(want, listeners, strict=False))
         if added:
+            self.add_keyed_rows(added)
             # Every column has a fixed width: measuring each new row (DataTable does it on
             # idle for content widths) would only cost time, ~0.2 s per 10k rows.
             self._new_rows.clear()

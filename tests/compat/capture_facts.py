@@ -11,7 +11,8 @@ and btf.json: the offset and size of every struct member the plan reads
 (probes/plan.py SK_FIELDS, NETNS_FIELDS, LINK_FIELDS, SNT_SYNACK, FD_FIELDS and the
 kprobe fallbacks' fields), from /sys/kernel/btf/vmlinux, whether struct bpf_ringbuf
 exists, the top-level layouts the plan reads when tracefs is unreadable
-(syscall_trace_exit, trace_event_raw_<event or its event class>) and enum skb_drop_reason.
+(syscall_trace_exit, trace_event_raw_<event or its event class>), enum skb_drop_reason and
+the raw tracepoints' arguments (btf_trace_<event> typedefs).
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ FUNCTIONS = set(kprobes.all_functions()) | {"inet_csk_reqsk_queue_add", "inet_cs
 def plan_fields() -> list[tuple[str, str]]:
     """Every (struct, member path) probes/plan.py reads from BTF, in its own tables."""
     out = []
-    for table in (probe_plan.SK_FIELDS, probe_plan.NETNS_FIELDS, probe_plan.LINK_FIELDS, probe_plan.FD_FIELDS):
+    for table in (probe_plan.SK_FIELDS, probe_plan.NETNS_FIELDS, probe_plan.LINK_FIELDS, probe_plan.FD_FIELDS,
+                  probe_plan.RAW_FIELDS):
         out += list(table.values())
     return [*out, probe_plan.SNT_SYNACK[1]]
 
@@ -85,12 +87,20 @@ def main(out: Path) -> None:
             layouts[sname] = [list(m) for m in btf.layout(sname)]
         except BtfError as exc:
             layouts[sname] = {"error": str(exc)}
+    protos: dict[str, object] = {}  # raw tracepoint arguments (btf_trace_<event> typedefs)
+    for cat, ev, _fn, _f in probe_plan.TRACEPOINTS:
+        if cat == "syscalls":
+            continue
+        try:
+            protos[ev] = btf.trace_proto(ev)
+        except BtfError as exc:
+            protos[ev] = {"error": str(exc)}
     enums: dict[str, object] = {}
     try:
         enums["skb_drop_reason"] = {str(v): n for v, n in sorted(btf.enum_values("skb_drop_reason").items())}
     except BtfError as exc:
         enums["skb_drop_reason"] = {"error": str(exc)}
-    facts = {"fields": fields, "layouts": layouts, "enums": enums,
+    facts = {"fields": fields, "layouts": layouts, "enums": enums, "protos": protos,
              "structs": {s: btf.has_struct(s) for s in ("bpf_ringbuf", "tcp_skb_cb", "net")}}
     (out / "btf.json").write_text(json.dumps(facts, indent=1, sort_keys=True) + "\n")
     print(f"capture_facts: {len(os.listdir(out))} files in {out}")

@@ -105,7 +105,8 @@ def test_fallback_programs_pass_the_verifier() -> None:
         os.environ["BCC_KERNEL_SOURCE"] = src
     b = bcc.BPF(text=plan.body.encode(), cflags=plan.cflags)
     try:
-        for kind, _target, fn in plan.attach:
-            b.load_func(fn.encode(), bcc.BPF.KPROBE if kind == "kprobe" else bcc.BPF.TRACEPOINT)
+        for kind, _target, fn in [*plan.attach, *plan.fallbacks.values()]:  # raw ones and their classic twins
+            b.load_func(fn.encode(), {"kprobe": bcc.BPF.KPROBE, "raw_tracepoint": bcc.BPF.RAW_TRACEPOINT}.get(
+                kind, bcc.BPF.TRACEPOINT))
     finally:
         b.cleanup()

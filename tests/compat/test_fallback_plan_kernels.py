@@ -34,6 +34,7 @@ class RecordedBtf:
         self.structs = facts["structs"]
         self.layouts = facts["layouts"]
         self.enums = facts["enums"]
+        self.protos = facts.get("protos", {})
 
     def field(self, struct_name: str, path: str) -> Field:
         f = self.fields.get(f"{struct_name}.{path}")
@@ -49,6 +50,12 @@ class RecordedBtf:
         if not isinstance(got, list):
             raise BtfError(f"no struct {struct_name} in BTF")
         return [tuple(m) for m in got]  # type: ignore[misc]
+
+    def trace_proto(self, event: str) -> list[str]:
+        got = self.protos.get(event)
+        if not isinstance(got, list):
+            raise BtfError(f"no btf_trace_{event} prototype in BTF")
+        return list(got)
 
     def enum_values(self, name: str) -> dict[int, str]:
         got = self.enums.get(name)
@@ -79,7 +86,8 @@ def formats_from_btf(kernel: str) -> dict[str, tracefs.TpFormat | None]:
     return out
 
 
-def plan(kernel: str, accept_hook: str | None = None, from_btf: bool = False) -> probe_plan.Plan:
+def plan(kernel: str, accept_hook: str | None = None, from_btf: bool = False,
+         tracepoints: str | None = None) -> probe_plan.Plan:
     d = FIXTURES / kernel
     return probe_plan.build_plan(
         btf=RecordedBtf(kernel),  # type: ignore[arg-type]
@@ -90,6 +98,7 @@ def plan(kernel: str, accept_hook: str | None = None, from_btf: bool = False) ->
         blacklist=frozenset((d / "blacklist.txt").read_text().split()),
         ringbuf=RecordedBtf(kernel).has_struct("bpf_ringbuf"),
         accept_hook=accept_hook,
+        tracepoints=tracepoints,
     )
 
 
@@ -110,10 +119,10 @@ def test_fixtures_are_what_they_say() -> None:
 def test_kernels_without_the_tracepoints_get_the_kprobes(kernel: str) -> None:
     p = plan(kernel)
     assert p.hooks == {
-        "transitions": "tracepoint:sock:inet_sock_set_state",
-        "synack_retrans": "tracepoint:tcp:tcp_retransmit_synack",
-        "resets_sent": "tracepoint:tcp:tcp_send_reset",
-        "resets_received": "tracepoint:tcp:tcp_receive_reset",
+        "transitions": "raw_tracepoint:sock:inet_sock_set_state",
+        "synack_retrans": "raw_tracepoint:tcp:tcp_retransmit_synack",
+        "resets_sent": "raw_tracepoint:tcp:tcp_send_reset",
+        "resets_received": "raw_tracepoint:tcp:tcp_receive_reset",
         "queued": "kprobe:sock_def_readable",
         "peak_accept_queue": "kprobe:sock_def_readable",
         "listen_overflow_drops": "kprobe:tcp_v4_syn_recv_sock+tcp_v6_syn_recv_sock",
@@ -133,8 +142,8 @@ def test_kernels_without_the_tracepoints_get_the_kprobes(kernel: str) -> None:
 def test_6_18_needs_no_kprobe() -> None:
     p = plan("6.18")
     assert not [a for a in p.attach if a[0] == "kprobe"]
-    assert p.hooks["queued"] == "tracepoint:sock:sk_data_ready"
-    assert p.hooks["listen_overflow_drops"] == p.hooks["drop_reasons"] == "tracepoint:skb:kfree_skb"
+    assert p.hooks["queued"] == "raw_tracepoint:sock:sk_data_ready"
+    assert p.hooks["listen_overflow_drops"] == p.hooks["drop_reasons"] == "raw_tracepoint:skb:kfree_skb"
     assert "syn_overflows" not in p.hooks
 
 
@@ -182,7 +191,8 @@ def test_ebpf_text_of_5_10_names_every_hook() -> None:
     text = plan("5.10").text()
     assert "// ---- attached: " in text
     for prog in ("tq_kp_def_readable -> kprobe:sock_def_readable", "tq_kp_syn_recv4 -> kprobe:tcp_v4_syn_recv_sock",
-                 "tq_kp_conn_request -> kprobe:tcp_conn_request", "tq_set_state -> tracepoint:sock:inet_sock_set_state"):
+                 "tq_kp_conn_request -> kprobe:tcp_conn_request",
+                 "tq_r_set_state -> raw_tracepoint:sock:inet_sock_set_state"):
         assert prog in text
     assert "// ---- note: " in text and "int tq_kp_def_readable(struct pt_regs *ctx)" in text
 
@@ -286,3 +296,97 @@ def test_plan_from_btf_alone_is_the_tracefs_plan(kernel: str) -> None:
     assert b.hooks == a.hooks
     assert b.attach == a.attach
     assert {k: v for k, v in b.defines.items()} == a.defines
+
+
+# ---- raw tracepoints (BPF_PROG_TYPE_RAW_TRACEPOINT): chosen from each kernel's btf_trace_<event>
+
+RAW = {"inet_sock_set_state": "tq_r_set_state", "sk_data_ready": "tq_r_data_ready",
+       "kfree_skb": "tq_r_kfree_skb", "tcp_retransmit_synack": "tq_r_synack",
+       "tcp_send_reset": "tq_r_send_reset", "tcp_receive_reset": "tq_r_recv_reset"}
+CLASSIC = {"inet_sock_set_state": "tq_set_state", "sk_data_ready": "tq_data_ready", "kfree_skb": "tq_kfree_skb",
+           "tcp_retransmit_synack": "tq_synack", "tcp_send_reset": "tq_send_reset", "tcp_receive_reset": "tq_recv_reset"}
+
+
+def test_recorded_prototypes_are_each_kernels() -> None:
+    """What the raw programs' argument positions come from: the typedefs recorded in each guest.
+    kfree_skb grew `reason` (5.17) and `rx_sk` (6.11); tcp_send_reset a reason (6.10);
+    sk_data_ready exists from 6.3."""
+    protos = {k: RecordedBtf(k).protos for k in KERNELS}
+    assert protos["5.10"]["kfree_skb"] == ["struct sk_buff *", "void *"]
+    assert protos["6.1"]["kfree_skb"] == ["struct sk_buff *", "void *", "enum skb_drop_reason"]
+    assert protos["6.18"]["kfree_skb"] == ["struct sk_buff *", "void *", "enum skb_drop_reason", "struct sock *"]
+    assert protos["6.1"]["tcp_send_reset"] == ["struct sock *", "struct sk_buff *"]
+    assert protos["6.18"]["tcp_send_reset"] == ["struct sock *", "struct sk_buff *", "enum sk_rst_reason"]
+    for k in ("5.10", "6.1"):
+        assert "error" in protos[k]["sk_data_ready"]
+    for k in KERNELS:
+        assert protos[k]["inet_sock_set_state"] == ["struct sock *", "int", "int"]
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_raw_tracepoints_where_each_kernel_has_them(kernel: str) -> None:
+    """Every tracepoint the plan uses is attached raw (its classic program kept as the fallback),
+    with argument positions from that kernel's prototype and socket fields at its BTF offsets."""
+    btf = RecordedBtf(kernel)
+    p = plan(kernel)
+    classic = plan(kernel, tracepoints="classic")
+    used = {t.partition(":")[2] for k, t, _f in classic.attach if k == "tracepoint" and not t.startswith("syscalls:")}
+    assert used == ({"inet_sock_set_state", "tcp_retransmit_synack", "tcp_send_reset", "tcp_receive_reset"}
+                    | ({"sk_data_ready", "kfree_skb"} if kernel == "6.18" else set()))
+    for ev in used:
+        cat = next(t for _k, t, _f in classic.attach if t.endswith(":" + ev)).partition(":")[0]
+        assert ("raw_tracepoint", f"{cat}:{ev}", RAW[ev]) in p.attach, (kernel, ev)
+        assert ("tracepoint", f"{cat}:{ev}", CLASSIC[ev]) not in p.attach
+        assert p.fallbacks[RAW[ev]] == ("tracepoint", f"{cat}:{ev}", CLASSIC[ev])
+    # the same metrics, each served by the raw form of the same event
+    assert p.hooks.keys() == classic.hooks.keys()
+    raw_targets = [t for k, t, _f in p.attach if k == "raw_tracepoint"]
+    assert p.hooks == probe_plan.raw_hooks(classic.hooks, raw_targets)
+    assert probe_plan.raw_hooks(p.hooks, raw_targets, kind="tracepoint") == classic.hooks
+    assert p.defines["TQ_RTP_SET_STATE_SK"] == "0"
+    assert (p.defines["TQ_RTP_SET_STATE_OLD"], p.defines["TQ_RTP_SET_STATE_NEW"]) == ("1", "2")
+    for macro, (sname, path) in probe_plan.RAW_FIELDS.items():
+        assert p.defines[macro] == str(btf.field(sname, path).offset), (kernel, macro)
+    assert p.defines["TQ_SZ_SK_PROTOCOL"] == "2"
+    if kernel == "6.18":
+        assert (p.defines["TQ_RTP_KFREE_SKB_RX_SK"], p.defines["TQ_RTP_KFREE_SKB_REASON"]) == ("3", "2")
+        assert p.defines["TQ_RTP_DATA_READY_SK"] == "0"
+    else:
+        assert "TQ_RTP_KFREE_SKB" not in p.defines and "TQ_RTP_DATA_READY" not in p.defines
+    # classic: no raw program attached, no raw define, and the notes say it was asked for
+    assert not [a for a in classic.attach if a[0] == "raw_tracepoint"] and not classic.fallbacks
+    assert not [d for d in classic.defines if d.startswith("TQ_RTP_")]
+    assert any("--tracepoints classic" in n for n in classic.notes)
+
+
+def test_inet_sock_set_state_offsets_differ_between_kernels() -> None:
+    """inet_sport/inet_saddr/sk_protocol move between kernels: never one kernel's numbers."""
+    got = {k: tuple(int(plan(k).defines[m]) for m in ("TQ_OFF_INET_SPORT", "TQ_OFF_INET_SADDR", "TQ_OFF_SK_PROTOCOL"))
+           for k in KERNELS}
+    assert got == {"5.10": (776, 768, 540), "6.1": (804, 784, 516), "6.18": (814, 808, 532)}
+
+
+def test_unknown_prototype_keeps_the_classic_tracepoint() -> None:
+    """A prototype of another shape (arguments moved or retyped) is not guessed at: that event
+    stays classic and the note says why; the others stay raw."""
+    btf = RecordedBtf("6.18")
+    btf.protos = dict(btf.protos, inet_sock_set_state=["struct sock *", "int"],
+                      kfree_skb=["struct sk_buff *", "void *", "struct sock *"])  # reason missing
+    del btf.protos["tcp_receive_reset"]
+    p = probe_plan.build_plan(btf=btf, formats=formats("6.18"), kprobes=False, kallsyms=frozenset(),  # type: ignore[arg-type]
+                              blacklist=frozenset(), ringbuf=True)
+    assert p.hooks["transitions"] == "tracepoint:sock:inet_sock_set_state"
+    assert p.hooks["listen_overflow_drops"] == "tracepoint:skb:kfree_skb"
+    assert p.hooks["resets_received"] == "tracepoint:tcp:tcp_receive_reset"
+    assert p.hooks["queued"] == "raw_tracepoint:sock:sk_data_ready"
+    assert any("inet_sock_set_state: classic" in n and "not the known shape" in n for n in p.notes)
+    assert any("tcp_receive_reset: classic" in n for n in p.notes)
+    assert "TQ_RTP_SET_STATE" not in p.defines and "TQ_RTP_KFREE_SKB" not in p.defines
+
+
+def test_ebpf_text_names_the_raw_programs_and_their_fallbacks() -> None:
+    text = plan("6.18").text()
+    assert "tq_r_set_state -> raw_tracepoint:sock:inet_sock_set_state" in text
+    assert "int tq_r_set_state(struct bpf_raw_tracepoint_args *ctx)" in text
+    assert "int tq_set_state(struct tq_tp_inet_sock_set_state *args)" in text  # compiled as the fallback
+    assert "// ---- if refused: tq_set_state -> tracepoint:sock:inet_sock_set_state" in text

@@ -426,8 +426,9 @@ def test_kretprobe_and_perf_buffer_programs_pass_this_verifier(root) -> None:
         assert "accepted" in plan.hooks
         b = bcc.BPF(text=plan.body, cflags=plan.cflags)
         try:
-            for kind, _target, fn in plan.attach:
-                b.load_func(fn.encode(), bcc.BPF.KPROBE if kind in ("kprobe", "kretprobe") else bcc.BPF.TRACEPOINT)
+            for kind, _target, fn in [*plan.attach, *plan.fallbacks.values()]:
+                b.load_func(fn.encode(), bcc.BPF.KPROBE if kind in ("kprobe", "kretprobe") else
+                            bcc.BPF.RAW_TRACEPOINT if kind == "raw_tracepoint" else bcc.BPF.TRACEPOINT)
         finally:
             b.cleanup()
 

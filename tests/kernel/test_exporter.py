@@ -127,7 +127,10 @@ def test_tls_and_basic_auth_401_without_200_with_and_prometheus_scrapes_with_the
     cert = _cert(tmp_path)
     hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=10)).decode().replace("$2b$", "$2y$", 1)
     (tmp_path / "web.yml").write_text(
-        f"tls_server_config:\n  cert_file: cert.pem\n  key_file: key.pem\nbasic_auth_users:\n  prom: '{hashed}'\n")
+        f"tls_server_config:\n  cert_file: cert.pem\n  key_file: key.pem\nbasic_auth_users:\n  prom: '{hashed}'\n"
+        "http_server_config:\n  http2: true\n  headers:\n    Strict-Transport-Security: max-age=31536000\n"
+        "    X-Content-Type-Options: nosniff\n")
+    extra = {"Strict-Transport-Security": "max-age=31536000", "X-Content-Type-Options": "nosniff"}
     exp = Exporter("--no-bpf", "--interval", "0.5", "--web-config", str(tmp_path / "web.yml"))
     prom = None
     try:
@@ -137,12 +140,15 @@ def test_tls_and_basic_auth_401_without_200_with_and_prometheus_scrapes_with_the
         wrong = {"Authorization": "Basic " + base64.b64encode(b"prom:nope").decode()}
         code, _, headers = exp.get(context=ctx)
         assert code == 401 and headers.get("WWW-Authenticate", "").startswith("Basic")
+        assert {k: headers.get(k) for k in extra} == extra  # http_server_config.headers, on errors too
         assert exp.get(headers=wrong, context=ctx)[0] == 401
         assert exp.get("/", context=ctx)[0] == 401  # every path is behind the credentials
-        assert exp.get(headers=auth, context=ctx)[0] == 200
+        code, _, headers = exp.get(headers=auth, context=ctx)
+        assert code == 200 and {k: headers.get(k) for k in extra} == extra
         wait_until(lambda: b"tcpq_listener_accept_queue_limit{" in exp.get(headers=auth, context=ctx)[1], 20,
                    "listener series over TLS")
-        assert exp.get("/nope", headers=auth, context=ctx)[0] == 404
+        code, _, headers = exp.get("/nope", headers=auth, context=ctx)
+        assert code == 404 and {k: headers.get(k) for k in extra} == extra
         with pytest.raises(ssl.SSLError):  # plain HTTP is not served on the TLS port
             ssl.create_default_context().wrap_socket(socket.create_connection(("127.0.0.1", exp.port), 5),
                                                       server_hostname="127.0.0.1")

@@ -48,3 +48,30 @@ async def test_sync_adds_removes_reorders_and_redraws_only_changes():
         table.sync({}, cells)
         await pilot.pause()
         assert table.row_count == 0 and table.order == [] and table.cursor_key() is None
+
+
+async def test_add_keyed_rows_leaves_the_table_as_add_row_does():
+    """The bulk add writes DataTable's row index, cells and Row records itself: the table it
+    leaves must read back, render and move like one built by add_row()."""
+    app = TableApp()
+    async with app.run_test() as pilot:
+        table = app.query_one(KeyedTable)
+        table.add_keyed_rows([("a", [Text("a"), Text("1")]), ("b", [Text("b")])])
+        table.add_keyed_row("c", [Text("c"), Text("3")])
+        table.add_keyed_rows([("d", [Text("d"), Text("4")])])
+        await pilot.pause()
+        assert shown(table) == ["a", "b", "c", "d"] and table.order == ["a", "b", "c", "d"]
+        assert table.get_row("b")[1] is None  # missing cells are empty, as add_row leaves them
+        assert table.get_row_index("d") == 3 and table.get_cell("c", "n").plain == "3"
+        assert table.cursor_key() == "a"  # the first rows put the cursor on the top row
+        await pilot.press("down", "down", "down")
+        assert table.cursor_key() == "d"
+        table.remove_keys(["b"])
+        await pilot.pause()
+        assert shown(table) == ["a", "c", "d"]
+        try:
+            table.add_keyed_rows([("a", [Text("x")])])
+        except Exception as exc:  # the same error add_row raises
+            assert type(exc).__name__ == "DuplicateKey"
+        else:
+            raise AssertionError("a duplicate key was accepted")

@@ -18,7 +18,7 @@ from .fake_source import (
     KEY_SSH,
     build_snapshot,
 )
-from .helpers import feed_ticks, wait_for
+from .helpers import feed_ticks, wait_for, wait_screen
 from .screen_text import screen_text
 
 
@@ -291,9 +291,11 @@ async def test_layout_80x24_fits_without_feed(make_app):
     app = make_app()
     async with app.run_test(size=(80, 24)) as pilot:
         await feed_ticks(app, pilot)
-        # once the layout has settled (a loaded machine may sample a frame before it)
-        await wait_for(pilot, lambda: len(screen_text(app).splitlines()) == 24, what="24 lines")
-        text = screen_text(app)
+        # Wait for the settled layout (the table's columns built for 80 columns and the rows
+        # in), on a condition with a deadline: a loaded machine may paint a frame before it.
+        await wait_for(pilot, lambda: app.screen.table.term_width == 80 and app.screen.table.row_count == 6,
+                       what="the table laid out at 80 columns")
+        text = await wait_screen(pilot, app, "cols hidden (F2)", "6/5!", size=(80, 24))
         lines = text.splitlines()
         assert len(lines) == 24 and all(len(line) <= 80 for line in lines)
         assert not app.screen.feed.display
@@ -305,7 +307,7 @@ async def test_layout_80x24_fits_without_feed(make_app):
         assert "6/5!" in text  # full queue marked in text, not only colour
         assert sum(1 for line in lines if line.lstrip().startswith(("0.0.0.0", "[::]", "10.", "127."))) == 6
         await pilot.press("f")
-        assert app.screen.feed.display
+        await wait_for(pilot, lambda: app.screen.feed.display, what="the feed shown")
 
 
 async def test_resize_rebuilds_columns_and_keeps_the_cursor(make_app):
@@ -515,3 +517,29 @@ async def test_ascii_mode_draws_no_unicode_glyphs_in_the_table(make_app):
             assert not any(ch in line for line in table_lines for ch in "█░▼▲…│╭╮→▁▂▃▄▅▆▇")
     finally:
         text.set_ascii_mode(None)
+
+
+async def test_a_resort_of_the_same_tick_keeps_every_cell_and_the_next_tick_redraws(make_app):
+    """A re-sort re-applies the tick on screen: its cells stand (no value is recomputed);
+    the next tick, and a tick that came while paused, are drawn again."""
+    app = make_app()
+    async with app.run_test(size=(160, 48)) as pilot:
+        await feed_ticks(app, pilot)
+        await pilot.press("t")  # totals: DROPS moves every tick (the rates here do not)
+        table = app.screen.table
+        cells = {k: dict(table._data[table._rk[k]]) for k in table.order}
+        order = list(table.order)
+        await pilot.press("r")
+        assert table.order == order[::-1]
+        assert all(table._data[table._rk[k]][c] is cell for k, row in cells.items() for c, cell in row.items())
+        drops = 120 + 10 * (CLOCK_TICK + 1)  # fake_source: seed experiment's sk_drops
+        app.apply_snapshot(build_snapshot(CLOCK_TICK + 1))
+        await wait_for(pilot, lambda: str(table.get_cell(row_key(KEY_8080), "drops")).strip() == str(drops),
+                       what="the new tick's DROPS")
+        await pilot.press("p")
+        app.apply_snapshot(build_snapshot(CLOCK_TICK + 2))
+        await pilot.press("r")  # paused: the frozen tick stays on screen
+        assert str(table.get_cell(row_key(KEY_8080), "drops")).strip() == str(drops)
+        await pilot.press("p")
+        await wait_for(pilot, lambda: str(table.get_cell(row_key(KEY_8080), "drops")).strip() == str(drops + 10),
+                       what="the held tick after the pause")

@@ -13,7 +13,7 @@ from tcptop_q.screens.socket import SocketScreen
 from tcptop_q.uimodel import History
 
 from .fake_source import CLOCK_TICK, KEY_8080, SERVER_PID, FakeSource, build_snapshot, close_waits
-from .helpers import feed_ticks, wait_for
+from .helpers import feed_ticks, wait_for, wait_screen
 from .screen_text import screen_text
 
 
@@ -256,8 +256,7 @@ async def test_listener_screen_at_80x24_shows_owner_headline_queue_and_children(
         await feed_ticks(app, pilot)
         await pilot.press("enter")
         await wait_for(pilot, lambda: isinstance(app.screen, ListenerScreen), what="listener screen")
-        await pilot.pause()
-        text = screen_text(app)
+        text = await wait_screen(pilot, app, "pid 1234 server", "127.0.0.1:41010", size=(80, 24))
         assert "pid 1234 server" in text and "accept 6/5!" in text
         assert "✖ accept queue full 6/5" in text and "more: D" in text
         assert "127.0.0.1:41010" in text and "CLOSE_WAIT" in text  # a child row, no scrolling
@@ -274,8 +273,7 @@ async def test_listener_screen_at_120x40_shows_children_and_details(make_app):
         await feed_ticks(app, pilot)
         await pilot.press("enter")
         await wait_for(pilot, lambda: isinstance(app.screen, ListenerScreen), what="listener screen")
-        await pilot.pause()
-        text = screen_text(app)
+        text = await wait_screen(pilot, app, "127.0.0.1:41010", "sk_drops", size=(120, 40))
         assert "127.0.0.1:41000" in text  # all six children
         assert "sk_drops 170 since the socket was created" in text and "overflows 170 since 22:13" in text
 

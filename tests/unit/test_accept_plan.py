@@ -23,7 +23,7 @@ def _formats(**override):
 
 @needs_btf
 def test_syscall_path_without_kprobes_names_io_uring() -> None:
-    plan = build_plan(formats=_formats(), kprobes=False)
+    plan = build_plan(formats=_formats(), kprobes=False, tracepoints="classic")
     hook = "tracepoint:syscalls:sys_exit_accept4+tracepoint:syscalls:sys_exit_accept"
     assert plan.hooks["accepted"] == plan.hooks["accept_wait"] == hook
     assert plan.hooks["handshake"] == plan.hooks["queued"] == "tracepoint:sock:sk_data_ready"

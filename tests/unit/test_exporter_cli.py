@@ -45,7 +45,14 @@ WEB_CASES = [
     ("tls_server_config:\n  cert_file: a.crt\n", "key_file"),
     ("tls_server_config:\n  cert_file: a\n  key_file: b\n  min_version: SSL3\n", "min_version"),
     ("tls_server_config:\n  cert_file: a\n  key_file: b\n  cipher_suites: [x]\n", "cipher_suites"),
-    ("http_server_config:\n  http2: true\n", "unknown key"),
+    ("http_server_config:\n  http3: true\n", "unknown http_server_config key"),
+    ("http_server_config:\n  http2: maybe\n", "http2 must be true or false"),
+    ("http_server_config:\n  headers:\n    X-Powered-By: me\n", "'X-Powered-By' is not one of"),
+    ("http_server_config:\n  headers:\n    X-Frame-Options: allow\n", "X-Frame-Options must be deny or sameorigin"),
+    ("http_server_config:\n  headers:\n    X-Content-Type-Options: sniff\n", "must be nosniff"),
+    ("http_server_config:\n  headers:\n    Content-Security-Policy: [a]\n", "one-line string"),
+    ("http_server_config:\n  headers: [a]\n", "headers must map"),
+    ("rate_limit:\n  interval: 1s\n  burst: 5\n", "rate_limit"),
 ]
 
 
@@ -82,3 +89,15 @@ def test_a_valid_hash_is_accepted_by_the_loader(tmp_path):
     cfg = webconfig.load(str(path))
     assert cfg.check("prom", "secret") and not cfg.check("prom", "Secret") and not cfg.check("other", "secret")
     assert cfg.check("prom", "secret")  # the cached path answers the same
+
+
+def test_http_server_config_headers_are_loaded_blank_unset_http2_accepted(tmp_path):
+    from tcptop_q.export import webconfig
+
+    path = tmp_path / "web.yml"
+    path.write_text("http_server_config:\n  http2: true\n  headers:\n    x-content-type-options: nosniff\n"
+                    "    X-Frame-Options: SAMEORIGIN\n    Content-Security-Policy: ''\n"
+                    "    Strict-Transport-Security: max-age=31536000; includeSubDomains\n")
+    cfg = webconfig.load(str(path))
+    assert cfg.headers == {"X-Content-Type-Options": "nosniff", "X-Frame-Options": "SAMEORIGIN",
+                           "Strict-Transport-Security": "max-age=31536000; includeSubDomains"}

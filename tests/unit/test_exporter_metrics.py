@@ -261,22 +261,85 @@ def test_spliced_rendering_equals_prometheus_clients_own_rendering(accept, monke
     assert "renamed" in body.decode()
 
 
-def test_a_scraped_format_is_rendered_after_each_sample_and_an_unscraped_one_is_not(monkeypatch):
-    exp = Exporter(10)
-    exp.publish(snap([lst(accept_queue=1)]), 0.01)
-    exp.render("application/openmetrics-text; version=1.0.0", True)  # a client asks for this one
-    exp.publish(snap([lst(accept_queue=2)]), 0.01)
-    exp.prerender()  # what the sampling thread does after publish()
-    calls = []
-    monkeypatch.setattr(exp, "_render", lambda *a: calls.append(a) or "")
+def _accept_queue_values(text: str) -> list[float]:
+    return [s.value for f in text_string_to_metric_families(text.replace("# EOF\n", ""))
+            for s in f.samples if s.name == "tcpq_listener_accept_queue_length"]
+
+
+def test_a_scraped_encoding_is_made_by_the_publishing_thread_and_others_once_per_snapshot(monkeypatch):
     import gzip as gz
 
-    body, _ = exp.render("application/openmetrics-text; version=1.0.0", True)
-    assert not calls  # served from the prerendered bytes
-    assert b"tcpq_listener_accept_queue_length{" in gz.decompress(body)
-    text = gz.decompress(body).decode()
-    assert [v for lab, v, _ in (
-        (s.labels, s.value, s.name) for f in text_string_to_metric_families(text.replace("# EOF\n", ""))
-        for s in f.samples if s.name == "tcpq_listener_accept_queue_length")] == [2.0]  # the new snapshot
-    exp.render("text/plain", False)  # never asked before: rendered on demand
+    from tcptop_q.export import server
+
+    calls = []
+    real = server._gzip
+    monkeypatch.setattr(server, "_gzip", lambda parts: calls.append(1) or real(parts))
+    exp = Exporter(10)
+    exp.publish(snap([lst(accept_queue=1)]), 0.01)
+    om = "application/openmetrics-text; version=1.0.0"
+    exp.render(om, True)  # a client asks for this one: compressed by this scrape (once)
     assert len(calls) == 1
+    exp.publish(snap([lst(accept_queue=2)]), 0.01)  # what the sampling thread does
+    assert len(calls) == 2  # compressed while publishing, not by the next scrape
+    body, _ = exp.render(om, True)
+    assert len(calls) == 2 and _accept_queue_values(gz.decompress(body).decode()) == [2.0]
+    text, ctype = exp.render("text/plain", False)  # never asked before: joined by this scrape
+    assert ctype.startswith("text/plain") and _accept_queue_values(text.decode()) == [2.0]
+    assert exp.render("text/plain", False)[0] is text  # once per snapshot
+    assert len(calls) == 2
+
+
+def test_a_scrape_never_waits_for_a_render(monkeypatch):
+    """While the publishing thread renders a new snapshot, a scrape gets the previous one's
+    bytes at once; the new one is served after the hand-over."""
+    import gzip
+    import threading
+
+    from tcptop_q.export.server import ListenerCache
+
+    exp = Exporter(10)
+    exp.publish(snap([lst(accept_queue=1)]), 0.01)
+    entered, release = threading.Event(), threading.Event()
+    real = ListenerCache.render
+
+    def slow(self, listeners, names):
+        entered.set()
+        assert release.wait(30)
+        return real(self, listeners, names)
+
+    monkeypatch.setattr(ListenerCache, "render", slow)
+    om = "application/openmetrics-text; version=1.0.0"
+    t = threading.Thread(target=exp.publish, args=(snap([lst(accept_queue=2)]), 0.01))
+    t.start()
+    try:
+        assert entered.wait(30)
+        body, _ = exp.render(om, True)  # returns while the render is blocked
+        assert _accept_queue_values(gzip.decompress(body).decode()) == [1.0]
+    finally:
+        release.set()
+        t.join(30)
+    assert _accept_queue_values(gzip.decompress(exp.render(om, True)[0]).decode()) == [2.0]
+
+
+def test_the_text_format_is_rendered_from_its_first_scrape_and_dropped_when_unscraped(monkeypatch):
+    exp = Exporter(10)
+    exp.publish(snap([lst(accept_queue=1)]), 0.01)
+    assert "text/plain; version=0.0.4; charset=utf-8" not in exp.rendered.bodies  # nobody asked
+    assert _accept_queue_values(exp.render("", False)[0].decode()) == [1.0]  # rendered by this scrape
+    exp.publish(snap([lst(accept_queue=2)]), 0.01)
+    assert _accept_queue_values(b"".join(exp.rendered.bodies[exp.render("", False)[1]].parts).decode()) == [2.0]
+    monkeypatch.setattr(Exporter, "TEXT_KEEP_S", 0.0)
+    exp.publish(snap([lst(accept_queue=3)]), 0.01)
+    assert len(exp.rendered.bodies) == 1  # OpenMetrics only, the text lines dropped
+    assert _accept_queue_values(exp.render("", False)[0].decode()) == [3.0]
+
+
+def test_gzip_body_is_the_plain_body_compressed():
+    import gzip as gz
+
+    exp = Exporter(3000)
+    exp.publish(snap([lst(port=1000 + i % 60000, cookie=i, accept_queue=i % 7) for i in range(3000)]), 0.01)
+    for accept in ("", "application/openmetrics-text; version=1.0.0"):
+        plain, _ = exp.render(accept, False)
+        assert len(plain) > 600_000  # several 256 KiB blocks
+        assert gz.decompress(exp.render(accept, True)[0]) == plain
