@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 APT_PKGS=(python3 python3-venv python3-pip python3-bpfcc bpfcc-tools bpftool linux-headers-amd64
-          iproute2 tmux procps libcap2-bin
+          iproute2 nftables tmux procps libcap2-bin
           python3-prometheus-client python3-yaml python3-bcrypt prometheus openssl systemd
           podman runc busybox-static)  # podman: the real-container tests (tests/kernel/test_netns_names.py)
 

@@ -8,9 +8,11 @@ the terminal. Headless Textual renders nothing, so the bench renders every frame
 escape sequences a terminal would get (`CompositorUpdate.render_segments`, what
 `App._display` writes to the real driver) and a frame counts only when the text written since
 the key, for the new screen, holds that screen's content: Enter the listener's address, its
-owner pid, one of its child rows and the key hints; Escape the main table's status line, the row
-under the bar and the key hints; `?` the legend. The other keys count when the frame written after the key shows their
-effect (the bar moved, the order reversed, the TOTALS marker, the feed gone).
+owner pid, one of its child rows and the key hints; Escape the main table's status line, the
+row under the bar and the key hints; `?` the legend. The other keys count when the frame
+written after the key shows their effect (the bar moved, the sort arrow flipped, the TOTALS
+marker and DROPS header, DROP/s back). "escape, new tick" is the first frame after the tick
+that arrived while drilled in is applied to the table.
 "idle" is the time until the app has nothing left to do (for Escape: the tick that arrived
 while drilled in applied to the table after that first frame).
 

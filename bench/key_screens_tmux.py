@@ -9,7 +9,9 @@ Each rep: Enter, poll the pane (tmux capture-pane, every 5 ms) until the listene
 drawn (its footer, the owner pid, the children line); wait for a tick to arrive while drilled
 in (the header changes); Escape, poll until the main table is back (status line and header).
 Wall time from send-keys to the pane showing it: the terminal's own view, polling and the
-machine's neighbours included (bench/key_screens.py gives the app's CPU time, per key).
+machine's neighbours included (bench/key_screens.py gives the app's CPU time, per key); "ui
+cpu": CPU of the app's main (UI) thread over the same span, a tick applied meanwhile included;
+"per s, no key": what the ticks alone cost the UI thread and the process, 3 x 3 s before the keys.
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ def cpu(pid: int, tid: int | None = None) -> float:
 
 
 def run(n: int, reps: int) -> dict[str, list[float]]:
-    out: dict[str, list[float]] = {"enter": [], "escape": [], "enter ui cpu": [], "escape ui cpu": []}
+    out: dict[str, list[float]] = {"enter": [], "escape": [], "enter ui cpu": [], "escape ui cpu": [],
+                                   "ui cpu per s, no key": [], "process cpu per s, no key": []}
     with ScaleFixture(n, 0) as fx:
         session = f"tqkeys{os.getpid()}_{n}"
         subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "160", "-y", "48",
@@ -68,6 +71,12 @@ def run(n: int, reps: int) -> dict[str, list[float]]:
 
         try:
             until(session, lambda s: main_shown(s) and ("BPF: live" in s or "BPF: off" in s), 120)
+            for _ in range(3):  # what the ticks alone cost the UI thread (keys wait behind it)
+                c0, p0, t0 = cpu(pid, pid), cpu(pid), time.monotonic()
+                time.sleep(3.0)
+                dt = time.monotonic() - t0
+                out["ui cpu per s, no key"].append((cpu(pid, pid) - c0) / dt)
+                out["process cpu per s, no key"].append((cpu(pid) - p0) / dt)
             for _ in range(reps):
                 c0, t0 = cpu(pid, pid), time.monotonic()
                 tmux("send-keys", "-t", session, "Enter")

@@ -34,7 +34,11 @@ class AcceptTracker:
         self._accepted: dict[ListenerKey, int] = {}
         self._waits: dict[ListenerKey, collections.deque[HistCounts]] = {}
 
-    def apply(self, snap: Snapshot, reading: BpfReading | None, probes: object | None) -> Snapshot:
+    def apply(self, snap: Snapshot, reading: BpfReading | None, probes: object | None,
+              joined: Mapping[ListenerKey, BpfListenerCounts] | None = None) -> Snapshot:
+        """`joined`: the reading's counts per listener row as the sampler joined them
+        (sampler.join_bpf: cookie, socket inode; never another socket's); without it, by key
+        or address."""
         if reading is None:
             return snap
         hooks = reading.hooks
@@ -42,7 +46,10 @@ class AcceptTracker:
         listeners = []
         live = set()
         for lst in snap.listeners:
-            counts = reading.listeners.get(lst.key) or by_tuple.get(_no_cookie(lst.key))
+            if joined is not None:
+                counts = joined.get(lst.key)
+            else:
+                counts = reading.listeners.get(lst.key) or by_tuple.get(_no_cookie(lst.key))
             live.add(lst.key)
             listeners.append(self._listener(lst, counts, hooks, snap.interval))
         for gone in [k for k in self._accepted if k not in live]:

@@ -19,7 +19,8 @@ Index = Mapping[tuple[int, int, str], ListenerKey]
 
 
 def listener_index(listeners: Iterable[tuple[ListenerKey, Any]]) -> dict[tuple[int, int, str], ListenerKey]:
-    """(netns, lport, laddr) -> listener key; for SO_REUSEPORT groups the first socket stands for all."""
+    """(netns, lport, laddr) -> listener key; for SO_REUSEPORT groups the first socket stands for
+    all (the sampler then asks the kernel's child -> listener link, sampler._Parents)."""
     index: dict[tuple[int, int, str], ListenerKey] = {}
     for key, _ in listeners:
         index.setdefault((key.netns, key.lport, key.laddr), key)

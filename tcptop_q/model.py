@@ -456,6 +456,9 @@ class BpfReading:
     lost_events: int  # cumulative
     live_since: float  # unix time the probes attached
     hooks: Mapping[str, str]  # metric -> hook, e.g. {"queued": "tracepoint:sock:sk_data_ready"}
+    # The same counts by listener (netns, socket inode): joins the rows of listeners whose
+    # entry has no cookie (the kernel generated none before the probes first saw them).
+    by_inode: Mapping[tuple[int, int], BpfListenerCounts] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------ safe text

@@ -30,6 +30,7 @@ from .model import (
     NetnsCounters,
     Snapshot,
     Sources,
+    Transition,
 )
 from .probes import diag as diagmod
 from .probes.diag import DiagRow, DiagSocket
@@ -171,6 +172,7 @@ class Attributed:
     close_wait: list[tuple[int, DiagRow, ListenerKey | None]]
     children: list[tuple[int, DiagRow, ListenerKey]] | None  # None: no full dump this tick
     syn_recv: dict[ListenerKey, int] = field(default_factory=dict)  # every SYN_RECV row (Fast Open children too)
+    parents: _Parents | None = None
 
     def close_wait_counts(self) -> dict[ListenerKey, int]:
         out: dict[ListenerKey, int] = {}
@@ -191,12 +193,63 @@ class Attributed:
         return out
 
 
-def attribute(raw: RawTick) -> Attributed:
-    """Listeners first; then request socks, CLOSE_WAIT and children given to them."""
+Links = tuple[Mapping[tuple[int, str, str, int, str, int], tuple[int, int]], Mapping[int, tuple[int, int]]]
+
+
+def shared_addresses(listen_rows: Sequence[tuple[ListenerKey, DiagRow]]) -> set[tuple[int, int, str]]:
+    """(netns, lport, laddr) of every address more than one listener has (SO_REUSEPORT groups):
+    there the address does not tell a child's listener."""
+    seen: set[tuple[int, int, str]] = set()
+    shared: set[tuple[int, int, str]] = set()
+    for key, _ in listen_rows:
+        where = (key.netns, key.lport, key.laddr)
+        (shared if where in seen else seen).add(where)
+    return shared
+
+
+class _Parents:
+    """A socket's listener: by address (attribution.owner_listener), and where several listeners
+    share that address, by the link the probes took in the kernel when the child was queued
+    (BpfProbes.child_links, read once per tick and only then). A child without a link (queued
+    before the probes went live) stays with the address's first listener."""
+
+    def __init__(self, listen_rows: Sequence[tuple[ListenerKey, DiagRow]],
+                 links: Callable[[], Links] | None) -> None:
+        self.index = listener_index(listen_rows)
+        self.shared = shared_addresses(listen_rows) if links is not None else set()
+        self.by_lid = {(key.netns, row.inode): key for key, row in listen_rows if row.inode}
+        self._links = links
+        self._read: Links | None = None
+
+    def links(self) -> Links:
+        if self._read is None:
+            self._read = self._links() if self._links is not None else ({}, {})
+        return self._read
+
+    def of(self, netns: int, family: str, laddr: str, lport: int, raddr: str, rport: int) -> ListenerKey | None:
+        key = owner_listener(self.index, netns, family, laddr, lport)
+        if key is None or (key.netns, key.lport, key.laddr) not in self.shared:
+            return key
+        lid = self.links()[0].get((netns, family, laddr, lport, raddr, rport))
+        return self.by_lid.get(lid, key) if lid is not None else key
+
+    def event(self, ev: Transition) -> Transition:
+        key = ev.listener
+        if key is None or (key.netns, key.lport, key.laddr) not in self.shared:
+            return ev
+        lid = self.links()[1].get(ev.skaddr)
+        member = self.by_lid.get(lid) if lid is not None else None
+        return ev if member is None or member == key else dataclasses.replace(ev, listener=member)
+
+
+def attribute(raw: RawTick, links: Callable[[], Links] | None = None) -> Attributed:
+    """Listeners first; then request socks, CLOSE_WAIT and children given to them. `links`:
+    the probes' child -> listener links, asked for only where an address has several listeners."""
     listen_rows = [
         (_key(ns.inode, row), row) for ns in raw.netns.values() for row in ns.rows if row.state == diagmod.TCP_LISTEN
     ]
-    index = listener_index(listen_rows)
+    parents = _Parents(listen_rows, links)
+    index = parents.index
     syn_queue: dict[ListenerKey, int] = {}
     syn_recv: dict[ListenerKey, int] = {}
     close_wait: list[tuple[int, DiagRow, ListenerKey | None]] = []
@@ -204,22 +257,24 @@ def attribute(raw: RawTick) -> Attributed:
     for ns in raw.netns.values():
         for row in ns.rows:
             if row.state in (diagmod.TCP_SYN_RECV, diagmod.TCP_NEW_SYN_RECV):
+                # Request socks have no link (they are not sockets the probes see): by address.
                 parent = owner_listener(index, ns.inode, FAMILY[row.family], row.laddr, row.lport)
                 if parent is not None:
                     syn_recv[parent] = syn_recv.get(parent, 0) + 1
                     if row.inode == 0:
                         syn_queue[parent] = syn_queue.get(parent, 0) + 1
             elif row.state == diagmod.TCP_CLOSE_WAIT:
-                close_wait.append((ns.inode, row, owner_listener(index, ns.inode, FAMILY[row.family], row.laddr, row.lport)))
+                close_wait.append((ns.inode, row, parents.of(ns.inode, FAMILY[row.family], row.laddr, row.lport,
+                                                             row.raddr, row.rport)))
         if ns.children is None:
             continue
         if children is None:
             children = []
         for row in ns.children:
-            parent = owner_listener(index, ns.inode, FAMILY[row.family], row.laddr, row.lport)
+            parent = parents.of(ns.inode, FAMILY[row.family], row.laddr, row.lport, row.raddr, row.rport)
             if parent is not None:
                 children.append((ns.inode, row, parent))
-    return Attributed(listen_rows, index, syn_queue, close_wait, children, syn_recv)
+    return Attributed(listen_rows, index, syn_queue, close_wait, children, syn_recv, parents)
 
 
 # ------------------------------------------------------------------ overflows
@@ -237,105 +292,128 @@ def counts_since(now: BpfListenerCounts, base: BpfListenerCounts | None) -> BpfL
     )
 
 
-def overflows_since_live(
-    sk_drops_delta: int, counts: BpfListenerCounts, reqq_full_drops: int = 0
-) -> int:
-    """Accept-queue overflows of one listener since the probes went live.
-
-    sk_drops grows by 1 per SYN-path overflow (no tracepoint sees that SYN: it is
-    freed with consume_skb), by 2 per third-ACK overflow (tcp_listendrop, then
-    the ACK is discarded through sk_drops_add) and by 1 per other drop that
-    kfree_skb reports with rx_sk = listener (a TCP_DEFER_ACCEPT bare ACK, a
-    socket filter). SYNs dropped because the SYN queue is full also count 1 and
-    have no event of their own: the caller passes the netns TCPReqQFullDrop
-    delta when this listener is the only one that can have caused it.
-    See docs/JSON.md, "How `overflows` is derived".
-    """
-    third = counts.listen_overflow_drops
-    if counts.syn_overflows is not None:
-        return counts.syn_overflows + third
-    syn_path = sk_drops_delta - 2 * third - counts.other_rx_drops - reqq_full_drops
-    return max(0, syn_path) + third
+def _share(avail: int, bounds: Mapping[ListenerKey, int]) -> tuple[dict[ListenerKey, int], bool]:
+    """`avail` overflows of one netns that no event counted, given to the listeners whose sk_drops
+    grew by more than their counted overflows explain (`bounds`: at most that many each, since
+    every overflow adds at least 1 to its listener's sk_drops). Exact when one listener is a
+    candidate, or when the candidates' bounds add up to no more than `avail`; else split in
+    proportion, and the second value says so."""
+    cands = {k: b for k, b in bounds.items() if b > 0}
+    if avail <= 0 or not cands:
+        return {}, False
+    total = sum(cands.values())
+    if total <= avail:
+        return dict(cands), False
+    if len(cands) == 1:
+        ((k, _b),) = cands.items()
+        return {k: avail}, False
+    return {k: avail * b // total for k, b in cands.items()}, True
 
 
 class OverflowTracker:
-    """Owns every overflow baseline: sk_drops, the BPF event counts and each netns'
-    TCPReqQFullDrop at the first sample after the probes went live, and the last
-    count shown per listener (it never goes back). docs/JSON.md, "How `overflows` is derived"."""
+    """Owns every overflow baseline and the last count shown per listener (it never goes back).
+
+    Per listener, the overflows the probes count one by one (third-ACK overflows, reason
+    TCP_LISTEN_OVERFLOW; SYN-path ones where a kprobe sees them), plus its share of the rest
+    of its netns' ListenOverflows growth: SYN-path overflows (the SYN is consumed, no event)
+    and cookie-path third-ACK overflows (tcp_syncookies). Drops that are not overflows (a SYN
+    queue more than 3/4 full without syncookies, SYN queue full, TCP_DEFER_ACCEPT bare ACKs,
+    filters) raise sk_drops and ListenDrops but never ListenOverflows, so they are never
+    taken for overflows. docs/JSON.md, "How `overflows` is derived"."""
 
     def __init__(self) -> None:
-        self.drops_base: dict[ListenerKey, int] | None = None  # sk_drops when BPF went live
+        self.drops_base: dict[ListenerKey, int] | None = None  # sk_drops at each listener's baseline
         self.counts_base: dict[ListenerKey, BpfListenerCounts] = {}  # BPF counts at that moment
-        self.reqq_base: dict[int, int] = {}
+        self.lo_base: dict[int, int] = {}  # ListenOverflows of each netns at its first sample
+        self.lo_last: dict[int, int] = {}  # ... at the previous sample
+        self.gone: dict[int, int] = {}  # netns -> overflows charged to its listeners that are gone
+        self.charged: dict[ListenerKey, int] = {}  # overflows since its baseline charged to each (last tick)
+        self.share: dict[ListenerKey, int] = {}  # of those, the netns remainder given to each so far
         self.last: dict[ListenerKey, int] = {}  # the overflows of the previous tick
 
     def update(
         self,
         listen_rows: Sequence[tuple[ListenerKey, DiagRow]],
         counts: Mapping[ListenerKey, BpfListenerCounts],
-        reqq_now: Mapping[int, int],
+        lo_now: Mapping[int, int],
         dt: float,
         notes: list[str],
     ) -> dict[ListenerKey, tuple[int, float | None]]:
-        """(overflows, overflow_rate) per listener. `reqq_now`: netns -> TCPReqQFullDrop."""
+        """(overflows, overflow_rate) per listener. `lo_now`: netns -> ListenOverflows (TcpExt)."""
+        first = self.drops_base is None
         if self.drops_base is None:
-            # The probes counted from attach; sk_drops is read now: take both at this
-            # moment, so the sk_drops delta and the event counts cover the same time.
-            self.drops_base = {key: row.drops for key, row in listen_rows}
-            self.counts_base = {key: counts[key] for key, _ in listen_rows}
-            self.reqq_base = dict(reqq_now)
-        for key, _ in listen_rows:
-            if key not in self.drops_base:
-                # Born after the probes went live: sk_drops counts from its creation,
-                # so every drop it has is one the probes could also see.
-                self.drops_base[key] = 0
-        reqq_for = self._reqq_shares(listen_rows, counts, reqq_now, notes)
-        out: dict[ListenerKey, tuple[int, float | None]] = {}
+            self.drops_base = {}
+        for netns in [n for n in self.lo_base if n not in lo_now]:  # gone (or unreadable): forget it
+            self.lo_base.pop(netns)
+            self.gone.pop(netns, None)
+        for netns, value in lo_now.items():
+            if value < self.lo_last.get(netns, 0):
+                # The counter went back: a new netns under a reused inode number (the kernel
+                # reuses them), created after live; its counter started at 0.
+                self.lo_base[netns] = 0
+                self.gone.pop(netns, None)
+        self.lo_last = dict(lo_now)
+        new_ns = set(lo_now) - set(self.lo_base)
+        for netns in new_ns:
+            self.lo_base[netns] = lo_now[netns]
         for key, row in listen_rows:
+            if key in self.drops_base:
+                continue
+            if first or key.netns in new_ns:
+                # The probes counted from attach; sk_drops and ListenOverflows are read now:
+                # take all at this moment, so the deltas cover the same time.
+                self.drops_base[key] = row.drops
+                self.counts_base[key] = counts[key]
+            else:
+                # Born after the probes went live: sk_drops counts from its creation, so every
+                # drop it has is one the probes (and the netns counters since) could also see.
+                self.drops_base[key] = 0
+        exact: dict[ListenerKey, int] = {}
+        bounds: dict[int, dict[ListenerKey, int]] = {}
+        for key, row in listen_rows:
+            since = counts_since(counts[key], self.counts_base.get(key))
+            third = since.listen_overflow_drops
+            exact[key] = third + (since.syn_overflows or 0)
+            if since.syn_overflows is None:
+                # A third-ACK overflow adds 2 to sk_drops (tcp_listendrop, then the discard).
+                bounds.setdefault(key.netns, {})[key] = row.drops - self.drops_base[key] - 2 * third
+        shares = self.share
+        for netns, per in bounds.items():
+            if netns not in lo_now:  # no TcpExt counters: every unexplained drop may be one
+                shares.update({k: max(shares.get(k, 0), b) for k, b in per.items()})
+                continue
+            counted = sum(exact[k] + shares.get(k, 0) for k in exact if k.netns == netns)
+            # What no listener has been given yet; it goes only to sk_drops not explained yet
+            # (a listener keeps what it was given: an earlier overflow is never re-shared).
+            avail = lo_now[netns] - self.lo_base[netns] - counted - self.gone.get(netns, 0)
+            got, split = _share(avail, {k: b - shares.get(k, 0) for k, b in per.items()})
+            for k, n in got.items():
+                shares[k] = shares.get(k, 0) + n
+            if split:
+                notes.append(f"netns {netns}: {avail} overflows without an event of their own cannot be told apart "
+                             f"from other drops across {len(got)} listeners: shared in proportion to their sk_drops")
+        out: dict[ListenerKey, tuple[int, float | None]] = {}
+        for key, _row in listen_rows:
+            self.charged[key] = exact[key] + shares.get(key, 0)
+            overflows = self.charged[key]
             before = self.counts_base.get(key)
-            overflows = overflows_since_live(
-                row.drops - self.drops_base[key], counts_since(counts[key], before), reqq_for.get(key, 0)
-            )
             if before is not None:  # overflows the probes saw between attach and the baseline
                 overflows += before.listen_overflow_drops + (before.syn_overflows or 0)
             prev = self.last.get(key)
             if prev is not None and overflows < prev:
-                # A count never goes back: the SYN-queue-full share moved between ticks
-                # (or a third-ACK drop was seen before its second sk_drops increment).
+                # A count never goes back: a share moved between ticks (or a third-ACK drop
+                # was seen before its second sk_drops increment).
                 overflows = prev
             out[key] = (overflows, model.rate(overflows, prev, dt) if prev is not None else 0.0)
             self.last[key] = overflows
         return out
 
-    def _reqq_shares(
-        self,
-        listen_rows: Sequence[tuple[ListenerKey, DiagRow]],
-        counts: Mapping[ListenerKey, BpfListenerCounts],
-        reqq_now: Mapping[int, int],
-        notes: list[str],
-    ) -> dict[ListenerKey, int]:
-        """SYN-queue-full drops have no per-listener event: give a netns' delta to its
-        listener only when exactly one listener there has SYN-path drops."""
-        assert self.drops_base is not None
-        suspects: dict[int, list[ListenerKey]] = {}
-        for key, row in listen_rows:
-            since = counts_since(counts[key], self.counts_base.get(key))
-            if row.drops - self.drops_base.get(key, 0) - 2 * since.listen_overflow_drops - since.other_rx_drops > 0:
-                suspects.setdefault(key.netns, []).append(key)
-        out: dict[ListenerKey, int] = {}
-        for netns, value in reqq_now.items():
-            delta = value - self.reqq_base.get(netns, 0)
-            keys = suspects.get(netns, [])
-            if delta > 0 and len(keys) == 1:
-                out[keys[0]] = delta
-            elif delta > 0 and len(keys) > 1:
-                notes.append(
-                    f"netns {netns}: {delta} SYN-queue-full drops cannot be told from overflows across {len(keys)} listeners"
-                )
-        return out
-
     def prune(self, live: set[ListenerKey]) -> None:
-        """Forget listeners that are gone (a listener re-created under a key starts over)."""
+        """Forget listeners that are gone (a listener re-created under a key starts over); what was
+        charged to them stays charged: it is not another listener's."""
+        for key in [k for k in self.charged if k not in live]:
+            self.gone[key.netns] = self.gone.get(key.netns, 0) + self.charged.pop(key)
+            self.share.pop(key, None)
         for key in [k for k in self.last if k not in live]:
             del self.last[key]
         if self.drops_base is not None and len(self.drops_base) > len(live):
@@ -384,60 +462,80 @@ def _with_main_states(counts: Mapping[str, int] | None) -> dict[str, int]:
     return out
 
 
+Deltas = Mapping[tuple[int, int], Mapping[str, int]]
+
+
+def _moved(counts: dict[str, int], now: Mapping[str, int], then: Mapping[str, int]) -> None:
+    for state in set(now) | set(then):
+        value = counts.get(state, 0) + now.get(state, 0) - then.get(state, 0)
+        if value > 0:
+            counts[state] = value
+        else:
+            counts.pop(state, None)
+
+
 def children_between_dumps(
     at_dump: Mapping[ListenerKey, Mapping[str, int]],
-    deltas_at_dump: Mapping[tuple[int, int], Mapping[str, int]],
-    deltas_now: Mapping[tuple[int, int], Mapping[str, int]] | None,
+    deltas_at_dump: Deltas,
+    deltas_now: Deltas | None,
     listeners: Sequence[ListenerKey],
+    ldeltas_at_dump: Deltas | None = None,
+    ldeltas_now: Deltas | None = None,
+    lids: Mapping[ListenerKey, tuple[int, int]] | None = None,
 ) -> dict[ListenerKey, dict[str, int]]:
     """Children by state between two full dumps: the last dump's counts moved on by the
-    transitions BPF counted per (netns, port) since then. Where a port has several
-    listeners in one netns the deltas cannot be split, and the dump's counts stand."""
-    if not deltas_now:
+    transitions BPF counted since then: per listener (netns, inode) for children queued on it
+    (`ldeltas`, the kernel's link), per (netns, port) for those not queued yet. Where a port has
+    several listeners in one netns the per-port deltas cannot be split: those stand still."""
+    if not deltas_now and not ldeltas_now:
         return {k: dict(v) for k, v in at_dump.items()}
+    deltas_now = deltas_now or {}
     per_port: dict[tuple[int, int], int] = {}
     for key in listeners:
         per_port[(key.netns, key.lport)] = per_port.get((key.netns, key.lport), 0) + 1
     out: dict[ListenerKey, dict[str, int]] = {}
+    empty: Mapping[str, int] = {}
     for key in listeners:
         counts = dict(at_dump.get(key, {}))
         port = (key.netns, key.lport)
-        if per_port[port] == 1:
-            now, then = deltas_now.get(port, {}), deltas_at_dump.get(port, {})
-            for state in set(now) | set(then):
-                value = counts.get(state, 0) + now.get(state, 0) - then.get(state, 0)
-                if value > 0:
-                    counts[state] = value
-                else:
-                    counts.pop(state, None)
+        if per_port[port] == 1 and deltas_now:
+            _moved(counts, deltas_now.get(port, empty), deltas_at_dump.get(port, empty))
+        lid = lids.get(key) if lids else None
+        if lid is not None and ldeltas_now:
+            _moved(counts, ldeltas_now.get(lid, empty), (ldeltas_at_dump or {}).get(lid, empty))
         out[key] = counts
     return out
 
 
 class ChildrenTracker:
     """Children by state per listener between full dumps: the last dump's counts, moved on
-    by BPF's per-port transition deltas; CLOSE_WAIT always from this tick's dump."""
+    by BPF's per-listener and per-port transition deltas; CLOSE_WAIT always from this tick's dump."""
 
     def __init__(self) -> None:
         self.at_dump: dict[ListenerKey, dict[str, int]] | None = None  # None: no dump yet
-        self.deltas_at_dump: Mapping[tuple[int, int], Mapping[str, int]] = {}
+        self.deltas_at_dump: Deltas = {}
+        self.ldeltas_at_dump: Deltas = {}
 
     def update(
         self,
         dumped: dict[ListenerKey, dict[str, int]] | None,
-        deltas_now: Mapping[tuple[int, int], Mapping[str, int]] | None,
+        deltas_now: Deltas | None,
         listeners: Sequence[ListenerKey],
         close_wait: Mapping[ListenerKey, int],
+        ldeltas_now: Deltas | None = None,
+        lids: Mapping[ListenerKey, tuple[int, int]] | None = None,
     ) -> dict[ListenerKey, dict[str, int]] | None:
         """Counts per listener this tick; None until the first full dump."""
         if dumped is not None:
             self.at_dump = dumped
             self.deltas_at_dump = deltas_now or {}
+            self.ldeltas_at_dump = ldeltas_now or {}
             counts: Mapping[ListenerKey, Mapping[str, int]] = dumped
         elif self.at_dump is None:
             return None
         else:
-            counts = children_between_dumps(self.at_dump, self.deltas_at_dump, deltas_now, listeners)
+            counts = children_between_dumps(self.at_dump, self.deltas_at_dump, deltas_now, listeners,
+                                            self.ldeltas_at_dump, ldeltas_now, lids)
         return {key: _with_close_wait(counts.get(key), close_wait.get(key, 0)) for key in listeners}
 
 
@@ -507,12 +605,28 @@ LISTENER_BPF_FIELDS: list[FieldFn] = [
 ]
 
 
-def join_bpf(bpf: BpfReading, listen_rows: Sequence[tuple[ListenerKey, DiagRow]]) -> dict[ListenerKey, BpfListenerCounts]:
-    """BPF counts per listener: by key (cookie), or by tuple when the kernel had no cookie yet."""
-    tuple_map = {dataclass_replace_cookie(k): v for k, v in bpf.listeners.items()}
+def join_bpf(
+    bpf: BpfReading,
+    listen_rows: Sequence[tuple[ListenerKey, DiagRow]],
+    prev: Mapping[ListenerKey, BpfListenerCounts] | None = None,
+) -> dict[ListenerKey, BpfListenerCounts]:
+    """BPF counts per listener row: by key (the socket cookie), else by the socket's inode (an
+    entry the probes made before the kernel had a cookie, e.g. reuseport members opened after
+    start), else by address for an entry without a cookie when it is the only one there (no
+    inode in BTF). Never one socket's counts on another's row (docs/ARCHITECTURE.md, identity).
+    A row whose entry is gone although the last tick had one (the socket closed between the
+    dump and the map read) keeps its last counts (`prev`): a count never goes back."""
+    tuple_map = {dataclass_replace_cookie(k): v for k, v in bpf.listeners.items() if not k.cookie}
+    by_inode = bpf.by_inode
     out: dict[ListenerKey, BpfListenerCounts] = {}
-    for key, _row in listen_rows:
-        counts = bpf.listeners.get(key) or tuple_map.get(dataclass_replace_cookie(key))
+    for key, row in listen_rows:
+        counts = bpf.listeners.get(key)
+        if counts is None and row.inode:
+            counts = by_inode.get((key.netns, row.inode))
+        if counts is None and not by_inode:
+            counts = tuple_map.get(dataclass_replace_cookie(key))
+        if counts is None and prev is not None:
+            counts = prev.get(key)
         out[key] = counts if counts is not None else BpfListenerCounts()
     return out
 
@@ -651,7 +765,8 @@ class Sampler:
                 except Exception as exc:  # a failed map read must not take the view down
                     bpf_error = f"BPF read failed: {exc}"
                     bpf_state = "off"
-        snap = self.accepts.apply(self._build(raw, bpf_reading, bpf_state, bpf_error), bpf_reading, self.bpf)
+        snap = self.accepts.apply(self._build(raw, bpf_reading, bpf_state, bpf_error), bpf_reading, self.bpf,
+                                  self.prev_bpf if bpf_reading is not None else None)
         self.prev = raw
         return snap
 
@@ -659,13 +774,18 @@ class Sampler:
         self, raw: RawTick, bpf: BpfReading | None, bpf_state: str, bpf_error: str | None
     ) -> Snapshot:
         dt = (raw.mono - self.prev.mono) if self.prev else 0.0
-        att = attribute(raw)
+        links_fn = getattr(self.bpf, "child_links", None) if bpf is not None else None
+        att = attribute(raw, links_fn if callable(links_fn) else None)
         owners = self._resolve_owners(att, raw.notes)
         keys = [key for key, _ in att.listen_rows]
         conns = self._connections(att, raw.wall, owners, bpf is not None)
         deltas_fn = getattr(self.bpf, "child_deltas", None) if bpf is not None else None
         deltas_now = deltas_fn() if callable(deltas_fn) else None
-        children = self.children.update(att.children_counts(), deltas_now, keys, att.close_wait_counts())
+        ldeltas_fn = getattr(self.bpf, "listener_child_deltas", None) if bpf is not None else None
+        ldeltas_now = ldeltas_fn() if callable(ldeltas_fn) else None
+        lids = {key: (key.netns, row.inode) for key, row in att.listen_rows if row.inode}
+        children = self.children.update(att.children_counts(), deltas_now, keys, att.close_wait_counts(),
+                                        ldeltas_now, lids)
         if children is not None:
             children = with_tick_syn_recv(children, att.syn_recv)
         fields = self._bpf_fields(att, bpf, dt, raw)
@@ -682,10 +802,21 @@ class Sampler:
             netns=netns_counters(raw, self.prev, dt, names),
             listeners=listeners,
             close_wait=close_wait,
-            events=attribution.attribute_events(bpf.events, att.index) if bpf is not None else (),
+            events=self._events(att, bpf),
             connections=conns,
             seq=self.seq,
         )
+
+    def _events(self, att: Attributed, bpf: BpfReading | None) -> tuple[Transition, ...]:
+        """Feed events, each with its listener: by address, by the kernel's link where several
+        listeners share the address (a reuseport member's children, timelines, `ms in old`)."""
+        if bpf is None:
+            return ()
+        events = attribution.attribute_events(bpf.events, att.index)
+        parents = att.parents
+        if parents is None or not parents.shared:
+            return events
+        return tuple(parents.event(ev) for ev in events)
 
     def _netns_names(self, raw: RawTick) -> dict[int, NetnsName]:
         """Names of this tick's namespaces (probes/names.py, cached there); its notes join the tick's."""
@@ -747,9 +878,9 @@ class Sampler:
         if bpf is None:
             self.overflows.prune(live)
             return {}
-        counts = join_bpf(bpf, att.listen_rows)
-        reqq = {ns.inode: ns.counters.get("TCPReqQFullDrop", 0) for ns in raw.netns.values()}
-        over = self.overflows.update(att.listen_rows, counts, reqq, dt, raw.notes)
+        counts = join_bpf(bpf, att.listen_rows, self.prev_bpf)
+        lo_now = {ns.inode: ns.counters["ListenOverflows"] for ns in raw.netns.values() if "ListenOverflows" in ns.counters}
+        over = self.overflows.update(att.listen_rows, counts, lo_now, dt, raw.notes)
         self.overflows.prune(live)
         out: dict[ListenerKey, dict[str, Any]] = {}
         for key, row in att.listen_rows:

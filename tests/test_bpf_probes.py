@@ -412,7 +412,10 @@ def test_child_states_and_resets_charged_to_listener(netns: Netns, probes: BpfPr
             c.sendall(b"unread")
             clients.append(c)
         settle(probes)
-        assert probes.child_deltas()[(netns.inode, port)] == {"ESTABLISHED": 3}
+        # Counted per port until queued, then on the listener they were queued on (the link).
+        lid = (netns.inode, os.fstat(srv.fileno()).st_ino)
+        assert probes.child_deltas().get((netns.inode, port), {}) == {}
+        assert probes.listener_child_deltas()[lid] == {"ESTABLISHED": 3}
         clients[0].close()  # -> one child in CLOSE_WAIT
         conn, _ = srv.accept()
         time.sleep(0.05)
@@ -420,7 +423,7 @@ def test_child_states_and_resets_charged_to_listener(netns: Netns, probes: BpfPr
         clients[2].setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         clients[2].close()  # RST to a queued child (resets_received)
         reading = settle(probes)
-        deltas = probes.child_deltas()[(netns.inode, port)]
+        deltas = probes.listener_child_deltas()[lid]
         assert deltas.get("ESTABLISHED", 0) + deltas.get("CLOSE_WAIT", 0) == 1, deltas
         counts = the_listener(reading, netns.inode, port)[1]
         assert (counts.resets_sent, counts.resets_received) == (1, 1)
@@ -450,6 +453,7 @@ def test_closed_listeners_leave_no_map_entries(netns: Netns, probes: BpfProbes) 
     assert [k for k in probes.read().listeners if k.netns == netns.inode] == []
     assert reasons_of() == []
     assert (netns.inode, port) not in probes.child_deltas()
+    assert [k for k in probes.listener_child_deltas() if k[0] == netns.inode] == []
 
 
 def test_perf_buffer_feed(netns: Netns) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import subprocess
 import time
 
 from .netns import LabNetns
@@ -137,4 +138,69 @@ def third_ack_overflow(ns: LabNetns, port: int, family: int = socket.AF_INET,
         raise
     finally:
         _loopback_rto_min(ns, family, None)
+    return socks
+
+
+def syn_queue_three_quarters(ns: LabNetns, port: int, clients: int = 30) -> list[socket.socket]:
+    """SYNs dropped that are not overflows, on a listener made with listen(ns, port, 64,
+    defer_accept=30) after `ns.sysctl("net.ipv4.tcp_syncookies", "0")` and
+    `ns.sysctl("net.ipv4.tcp_max_syn_backlog", "16")`: the clients' bare third ACKs are dropped
+    (TCP_DEFER_ACCEPT: the final ACKs are lost to the listener), so their request socks stay in
+    the SYN queue; past 3/4 of tcp_max_syn_backlog the kernel drops new SYNs from unproven
+    peers (ListenDrops, sk_drops; not ListenOverflows, the accept queue is empty). Returns
+    the clients (connects in progress); the caller closes them."""
+    socks = []
+    for _ in range(clients):
+        c = ns.socket()
+        c.setblocking(False)
+        c.connect_ex(("127.0.0.1", port))
+        socks.append(c)
+    before = ns.netstat()["TcpExtListenDrops"]
+    wait_until("SYNs dropped past 3/4 of the SYN queue",
+               lambda: ns.netstat()["TcpExtListenDrops"] - before >= clients - 16)
+    return socks
+
+
+def cookie_third_ack_overflow(ns: LabNetns, port: int) -> list[socket.socket]:
+    """A cookie-path third-ACK overflow, then SYN-path overflows, on a listener made with
+    listen(ns, port, 1) after `ns.sysctl("net.ipv4.tcp_syncookies", "2")` (a cookie for every
+    SYN: no request sock). C's handshake completes on its side while an nftables rule in the
+    netns drops its ACK; A and B then fill the queue (limit 1 holds 2); the rule goes and C's
+    first data segment carries the cookie into the full queue (ListenOverflows, 1 sk_drops, no
+    TCP_LISTEN_OVERFLOW event: the segment is freed by other paths). C resets at once. D then
+    connects into the full queue: each of its SYNs overflows until it gives up (1.5 s).
+    Returns A and B; the caller closes them. Needs nft (nftables)."""
+    def nft(*args: str) -> None:
+        subprocess.run(ns.argv(["nft", *args]), check=True, capture_output=True, timeout=10)
+
+    c = ns.socket()
+    c.bind(("127.0.0.1", 0))
+    cport = c.getsockname()[1]
+    nft("add", "table", "inet", "tq_lab")
+    try:
+        nft("add", "chain", "inet", "tq_lab", "out", "{ type filter hook output priority 0; }")
+        nft("add", "rule", "inet", "tq_lab", "out", "tcp", "sport", str(cport), "tcp", "dport", str(port),
+            "tcp", "flags", "&", "syn", "==", "0", "drop")
+        c.connect(("127.0.0.1", port))
+        socks = []
+        for _ in range(2):
+            s = ns.socket()
+            s.connect(("127.0.0.1", port))
+            s.sendall(b"x")
+            socks.append(s)
+        wait_until("A and B in the accept queue", lambda: accept_queue(ns, port) == 2)
+    finally:
+        nft("delete", "table", "inet", "tq_lab")
+    before = ns.netstat()["TcpExtListenOverflows"]
+    c.sendall(b"x")
+    wait_until("the cookie third-ACK overflow", lambda: ns.netstat()["TcpExtListenOverflows"] > before)
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    c.close()
+    d = ns.socket()
+    d.settimeout(1.5)
+    try:
+        d.connect(("127.0.0.1", port))
+        socks.append(d)
+    except OSError:
+        d.close()
     return socks

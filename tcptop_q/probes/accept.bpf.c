@@ -96,6 +96,7 @@ static __always_inline void tq_link_child(const void *sk, struct tq_listener *l,
         bpf_probe_read_kernel(&link.raddr, 16, (const char *)child + TQ_OFF_SK_V6_DADDR);
     u64 ckey = (u64)child;
     tq_link.update(&ckey, &link);
+    tq_child_linked(ckey, (u64)sk, l);
 #ifdef TQ_OFF_TREQ_SNT_SYNACK
     // tcp_rsk(req)->snt_synack: when the first SYN-ACK left (tcp_clock_us, the same
     // CLOCK_MONOTONIC as bpf_ktime_get_ns); 0 when unknown (e.g. syncookies). Only
@@ -206,13 +207,9 @@ static __always_inline void tq_accepted(void *ctx, const void *child, u32 fd)
     u64 ckey = (u64)child;
     struct tq_link *link = tq_link.lookup(&ckey);
     if (!link) {
-        // Queued before the probes went live (or its link was missed): charged by
-        // (netns, port), without a wait sample.
-        struct tq_port_key pk = {.netns = tq_netns(child), .lport = tq_sk_lport(child)};
-        u64 *owner = tq_by_port.lookup(&pk);
-        if (!owner)
-            return;
-        struct tq_listener *l = tq_listener_at(*owner);
+        // Queued before the probes went live (or its link was missed): charged to the
+        // listener it was followed on, else by (netns, family, port); no wait sample.
+        struct tq_listener *l = tq_listener_of_child(child, 0);
         if (l)
             __sync_fetch_and_add(&l->accepted, 1);
         return;

@@ -97,8 +97,12 @@ class BpfProbes:
         self._atexit_registered = False
         self._cb: Callable | None = None
         self._child_deltas: dict[tuple[int, int], dict[str, int]] = {}
+        self._listener_child_deltas: dict[tuple[int, int], dict[str, int]] = {}
+        self._feed_slots = controls.feed_slots("all", None)
+        self._feed_gen = 0
         self._reader: int | None = None  # thread inside read(), if any
         self._uncounted = 0
+        self._inodes: dict[int, tuple[int, int]] = {}
         self._source_error: str | None = None
 
     # ---- lifecycle
@@ -244,7 +248,15 @@ class BpfProbes:
         Counters stay exact whatever the feed does; timelines are built from the feed.
         """
         with self._lock:
-            for slot, value in controls.feed_slots(mode, port):
+            slots = controls.feed_slots(mode, port)
+            if slots != self._feed_slots:
+                # First a new generation: state-entry times taken before this change belong to
+                # sockets whose later changes (or close, and a new socket at the address) the
+                # feed may not have seen; the programs treat them as unknown.
+                self._feed_gen += 1
+                controls.set_ctl(self._bpf, layout.CTL_FEED_GEN, self._feed_gen)
+                self._feed_slots = slots
+            for slot, value in slots:
                 controls.set_ctl(self._bpf, slot, value)
 
     # ---- feed
@@ -300,12 +312,13 @@ class BpfProbes:
         # (each was created after its listener's entry, and both were read in that order).
         reason_items = decode.items(rtbl)
         hist_items = decode.items(htbl) if "accept_wait" in self.hooks or "handshake" in self.hooks else []
-        listeners, live, live_ports = self._read_listeners(b, reason_items, hist_items)
+        listeners, by_inode, live, live_ports, inodes = self._read_listeners(b, reason_items, hist_items)
         if TRANSITIONS in self.hooks:
-            self._child_deltas = decode.child_states(b[b"tq_child_states"], live_ports, b[b"tq_child_pcpu"])
-        live_sks = set(live)
-        for k, _v in reason_items:
-            if k.sk not in live_sks:
+            self._child_deltas, self._listener_child_deltas = decode.child_states(
+                b[b"tq_child_states"], live_ports, live, inodes, b[b"tq_child_pcpu"])
+        self._inodes = inodes
+        for k, _v in reason_items:  # a listener closed, or another one now at its address
+            if live.get(k.sk) != k.born_ns:
                 decode.delete(rtbl, k)
         for k, _v in hist_items:  # a listener closed, or another one now at its address
             if live.get(k.sk) != k.born_ns:
@@ -317,13 +330,21 @@ class BpfProbes:
             lost_events=self._lost(b),
             live_since=self.live_since,
             hooks=dict(self.hooks),
+            by_inode=by_inode,
         )
 
     def _read_listeners(self, b, reason_items: list, hist_items: list):
+        """Counts per listener socket: by ListenerKey (with its cookie), and by (netns, inode)
+        for the rows of listeners the kernel had no cookie for when the probes first saw
+        them (reuseport members opened after start). Entries are never summed: two
+        entries are two sockets (docs/ARCHITECTURE.md, identity)."""
         reasons = decode.reasons(reason_items, self._reasons)
         hists = decode.histograms(hist_items)
         listeners: dict[ListenerKey, BpfListenerCounts] = {}
+        by_inode: dict[tuple[int, int], BpfListenerCounts] = {}
+        ambiguous: set[ListenerKey] = set()
         live: dict[int, int] = {}  # listener sk -> born_ns
+        inodes: dict[int, tuple[int, int]] = {}  # listener sk -> (netns, inode)
         live_ports: set[tuple[int, int]] = set()
         # Per-CPU copies first: each is created after its listener's shared entry, so a copy
         # whose listener is not in the (later) read of tq_listeners belongs to a closed one.
@@ -337,12 +358,18 @@ class BpfProbes:
             live[sk] = int(v.born_ns)
             live_ports.add((v.netns, v.lport))
             key = decode.listener_key(v)
-            counts = decode.listener_counts(v, sk, self.hooks, peak, reasons.get(sk, {}), hists)
-            prev = listeners.get(key)
-            listeners[key] = counts if prev is None else decode.sum_counts(prev, counts)
+            counts = decode.listener_counts(v, sk, self.hooks, peak, reasons.get((sk, int(v.born_ns)), {}), hists)
+            if v.inode:
+                inodes[sk] = (int(v.netns), int(v.inode))
+                by_inode[inodes[sk]] = counts
+            if key in listeners:  # two sockets without a cookie on one address: no tuple join
+                ambiguous.add(key)
+            listeners[key] = counts
+        for key in ambiguous:
+            del listeners[key]
         for sk in pcpu.keys() - live.keys():
             decode.delete(ptbl, ctypes.c_ulonglong(sk))
-        return listeners, live, live_ports
+        return listeners, by_inode, live, live_ports, inodes
 
     def _drain_feed(self, b) -> list[Transition]:
         """Feed events since the last read: bounded by the ring size and feed_capacity."""
@@ -370,9 +397,30 @@ class BpfProbes:
 
     def child_deltas(self) -> dict[tuple[int, int], dict[str, int]]:
         """At the last read(): per (netns, listening port), children that entered minus left each
-        state since live (only children born after live are followed). Add to the per-state
-        counts of the last full dump minus this value as it was at that dump."""
+        state since live and before they were queued on a listener (only children born after
+        live are followed). Add to the per-state counts of the last full dump minus this value
+        as it was at that dump."""
         return {k: dict(v) for k, v in self._child_deltas.items()}
+
+    def listener_child_deltas(self) -> dict[tuple[int, int], dict[str, int]]:
+        """At the last read(): per listener (netns, socket inode), its children's states entered
+        minus left since they were queued on it (the link taken in the kernel at enqueue)."""
+        return {k: dict(v) for k, v in self._listener_child_deltas.items()}
+
+    def child_links(self) -> tuple[dict[decode.Tuple6, tuple[int, int]], dict[int, tuple[int, int]]]:
+        """Children queued since live -> their listener (netns, socket inode): by tuple (netns,
+        family, laddr, lport, raddr, rport) and by socket address. Read from the kernel on call
+        (a walk of the whole map: the sampler asks only when several listeners share an address)."""
+        if self.state != "live" or TRANSITIONS not in self.hooks:
+            return {}, {}
+        with self._lock:
+            b = self._bpf
+            if b is None:
+                return {}, {}
+            try:
+                return decode.child_links(b[b"tq_child"], self._inodes)
+            except Exception:
+                return {}, {}
 
     def in_queue(self) -> dict[tuple[int, str, str, int], float]:
         """Children queued since live and not accepted yet, by (netns, family, raddr, rport):

@@ -10,6 +10,7 @@ import ctypes
 import ipaddress
 from collections.abc import Iterable, Mapping
 from types import SimpleNamespace
+from typing import Any
 
 from ..model import BpfListenerCounts, HistCounts, ListenerKey, Transition, state_name
 from . import hist, layout
@@ -42,10 +43,17 @@ def as_int(x) -> int:
 
 
 def items(table) -> list:
+    """Every (key, value) of a map, each key once. The get_next_key walk (kernels or maps
+    without batch lookup) starts over from the first key when the one it stands on is
+    deleted meanwhile, and would then yield entries twice: the last value of each key wins."""
     try:
         return list(table.items_lookup_batch())
     except Exception:
-        return list(table.items())
+        pass
+    seen: dict[bytes, tuple] = {}
+    for k, v in table.items():
+        seen[bytes(k)] = (k, v)
+    return list(seen.values())
 
 
 def event(raw: bytes, mono_to_unix: float) -> Transition:
@@ -75,7 +83,7 @@ def event(raw: bytes, mono_to_unix: float) -> Transition:
 
 # struct tq_listener fields that are not counters (probes/tcpq.bpf.c): copied, not summed.
 IDENTITY = frozenset({"cookie", "netns", "family", "lport", "laddr", "max_ack_backlog", "_pad", "born_ns",
-                      "peak", "peak_epoch"})
+                      "peak", "peak_epoch", "inode"})
 
 
 def per_cpu(table) -> dict:
@@ -107,11 +115,12 @@ def summed(v, copies: list) -> SimpleNamespace:
     return SimpleNamespace(**out)
 
 
-def reasons(entries: Iterable, names: Mapping[int, str]) -> dict[int, dict[str, int]]:
-    out: dict[int, dict[str, int]] = {}
+def reasons(entries: Iterable, names: Mapping[int, str]) -> dict[tuple[int, int], dict[str, int]]:
+    """(listener sk, its born_ns) -> reason name -> count."""
+    out: dict[tuple[int, int], dict[str, int]] = {}
     for k, v in entries:
         name = names.get(k.reason, f"REASON_{k.reason}")
-        per = out.setdefault(k.sk, {})
+        per = out.setdefault((int(k.sk), int(k.born_ns)), {})
         per[name] = per.get(name, 0) + as_int(v)
     return out
 
@@ -174,31 +183,75 @@ def sum_counts(a: BpfListenerCounts, b: BpfListenerCounts) -> BpfListenerCounts:
     )
 
 
-def child_states(table, live_ports: set[tuple[int, int]], pcpu_table=None) -> dict[tuple[int, int], dict[str, int]]:
-    """Per (netns, port): children entered minus left each state, the shared entry and the per-CPU
-    copies summed; drops entries of closed ports."""
-    sums: dict[tuple[int, int], list[int]] = {}
-    keys: dict[tuple[int, int], list] = {}
+def child_states(
+    table, live_ports: set[tuple[int, int]], live: Mapping[int, int], inodes: Mapping[int, tuple[int, int]],
+    pcpu_table=None,
+) -> tuple[dict[tuple[int, int], dict[str, int]], dict[tuple[int, int], dict[str, int]]]:
+    """Children entered minus left each state (the shared entry and the per-CPU copies summed):
+    per (netns, port) for those not queued on a listener yet, and per listener (netns, socket
+    inode) for those queued on it. Deletes the entries of closed listeners, and of closed ports
+    once no child of theirs is left (bounded maps)."""
+    sums: dict[tuple[Any, ...], list[int]] = {}
+    keys: dict[tuple[Any, ...], list] = {}
     sources = [(table, [(k, [v]) for k, v in items(table)])]
     if pcpu_table is not None:
         sources.append((pcpu_table, [(k, list(v)) for k, v in items(pcpu_table)]))
     for tbl, entries in sources:
         for k, values in entries:
-            port = (int(k.netns), int(k.lport))
-            acc = sums.setdefault(port, [0] * 16)
+            lsk = int(k.listener)
+            group: tuple[Any, ...] = ("L", lsk, int(k.born_ns), int(k.netns), int(k.lport)) if lsk else ("P", int(k.netns), int(k.lport))
+            acc = sums.setdefault(group, [0] * 16)
             for v in values:
                 for i, n in enumerate(v.n):
                     acc[i] += int(n)
-            keys.setdefault(port, []).append((tbl, k))
-    out: dict[tuple[int, int], dict[str, int]] = {}
-    for port, acc in sums.items():
+            keys.setdefault(group, []).append((tbl, k))
+    per_port: dict[tuple[int, int], dict[str, int]] = {}
+    per_listener: dict[tuple[int, int], dict[str, int]] = {}
+    for group, acc in sums.items():
         per = {state_name(i): n for i, n in enumerate(acc) if n and i not in (7, 10)}
-        if not per and port not in live_ports:
-            for tbl, k in keys[port]:
+        if group[0] == "L":
+            lsk, born, netns, lport = group[1], group[2], group[3], group[4]
+            if live.get(lsk) != born:
+                # Its listener closed: nothing reads these counts again, and a child still
+                # open finds no entry (its changes are not counted anywhere): safe to sweep.
+                for tbl, k in keys[group]:
+                    delete(tbl, k)
+            elif lsk in inodes:
+                per_listener[inodes[lsk]] = per
+            else:  # no inode to name the listener by: counted with its port, as before it was queued
+                port = per_port.setdefault((netns, lport), {})
+                for state, n in per.items():
+                    port[state] = port.get(state, 0) + n
+            continue
+        where = (group[1], group[2])
+        if not per and where not in live_ports:
+            for tbl, k in keys[group]:
                 delete(tbl, k)  # no live child, no listener: a closed port (bounded map)
             continue
-        out[port] = per
-    return out
+        port = per_port.setdefault(where, {})
+        for state, n in per.items():
+            port[state] = port.get(state, 0) + n
+    return per_port, per_listener
+
+
+Tuple6 = tuple[int, str, str, int, str, int]
+
+
+def child_links(table, inodes: Mapping[int, tuple[int, int]]) -> tuple[dict[Tuple6, tuple[int, int]], dict[int, tuple[int, int]]]:
+    """Children queued on a listener, each -> (netns, inode) of that listener: by tuple
+    (netns, family, laddr, lport, raddr, rport), for sock_diag rows, and by socket address,
+    for feed events."""
+    by_tuple: dict[Tuple6, tuple[int, int]] = {}
+    by_sk: dict[int, tuple[int, int]] = {}
+    for k, v in items(table):
+        lid = inodes.get(int(v.listener)) if v.listener else None
+        if lid is None:
+            continue
+        fam = int(v.family)
+        by_tuple[(int(v.netns), "ipv4" if fam == 2 else "ipv6", addr(fam, bytes(v.laddr)), int(v.lport),
+                  addr(fam, bytes(v.raddr)), int(v.rport))] = lid
+        by_sk[as_int(k)] = lid
+    return by_tuple, by_sk
 
 
 def in_queue(table, mono_to_unix: float) -> dict[tuple[int, str, str, int], float]:

@@ -16,7 +16,8 @@ CTL_FEED_MODE = 0  # 0 off, 1 every transition, 2 only CTL_FEED_PORT
 CTL_FEED_PORT = 1
 CTL_EPOCH = 2  # peak_accept_queue interval, bumped on every read
 CTL_CHILDREN_OFF = 3  # 1: no per-port child state counts (a view that only dumps)
-CTL_SLOTS = 4
+CTL_FEED_GEN = 4  # bumped at every feed change: state-entry times from before it are unknown
+CTL_SLOTS = 5
 
 FEED_OFF, FEED_ALL, FEED_PORT = 0, 1, 2
 
@@ -67,7 +68,8 @@ def c_header() -> str:
     out = ["// ---- shared with Python: generated from probes/layout.py"]
     for name, value in (
         ("TQ_CTL_FEED_MODE", CTL_FEED_MODE), ("TQ_CTL_FEED_PORT", CTL_FEED_PORT),
-        ("TQ_CTL_EPOCH", CTL_EPOCH), ("TQ_CTL_CHILDREN_OFF", CTL_CHILDREN_OFF), ("TQ_CTL_SLOTS", CTL_SLOTS),
+        ("TQ_CTL_EPOCH", CTL_EPOCH), ("TQ_CTL_CHILDREN_OFF", CTL_CHILDREN_OFF), ("TQ_CTL_FEED_GEN", CTL_FEED_GEN),
+        ("TQ_CTL_SLOTS", CTL_SLOTS),
         ("TQ_EV_STATE", EV_STATE), ("TQ_EV_ACCEPT", EV_ACCEPT), ("TQ_NO_FD", f"{NO_FD:#x}U"),
         ("TQ_HIST_SUB_BITS", HIST_SUB_BITS), ("TQ_HIST_OCTAVES", HIST_OCTAVES), ("TQ_HIST_BUCKETS", HIST_BUCKETS),
         ("TQ_HIST_WAIT", HIST_WAIT), ("TQ_HIST_HANDSHAKE", HIST_HANDSHAKE),

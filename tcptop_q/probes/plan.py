@@ -370,6 +370,14 @@ def _base_defines(btf: Btf, port: int | None, netns: int | None, ringbuf: bool, 
     defines["TQ_FEED_PAGES"] = str(pages)
     if not ringbuf:
         notes.append("no BPF ring buffer on this kernel: feed uses a perf buffer")
+    try:  # the listener's socket inode (a join key before the kernel has its cookie)
+        ino = btf.field("socket_alloc", "vfs_inode.i_ino")
+        sock = btf.field("socket_alloc", "socket")
+        defines["TQ_OFF_SK_SOCKET"] = str(btf.field("sock", "sk_socket").offset)
+        defines["TQ_OFF_SOCKET_INO"] = str(ino.offset - sock.offset)
+        defines["TQ_SZ_SOCKET_INO"] = str(min(ino.size, 8))
+    except BtfError:
+        pass  # listeners the kernel has no cookie for yet are joined by address (sampler.join_bpf)
     if port is not None:
         defines["TQ_FILTER_PORT"] = str(int(port))
     if netns is not None:

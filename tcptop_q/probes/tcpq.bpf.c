@@ -46,13 +46,16 @@ struct tq_listener {
     u32 max_ack_backlog;
     u32 _pad;
     u64 born_ns;  // when the probes first saw it: with the address, an identity a recycled
-                  // struct sock cannot inherit (keys of tq_hist)
+                  // struct sock cannot inherit (keys of tq_hist, tq_reasons, tq_child_states)
     u32 peak[2];  // deepest accept queue seen in read interval peak_epoch[i] (i = epoch & 1)
     u32 peak_epoch[2];
+    u64 inode;  // its socket's inode (sock_diag's idiag_inode): joins rows whose cookie the
+                // kernel had not generated yet (docs/ARCHITECTURE.md, identity); 0 if unknown
 };
 
 struct tq_reason_key {
     u64 sk;
+    u64 born_ns;  // the listener's: a recycled address does not inherit its counts
     u32 reason;
     u32 _pad;
 };
@@ -60,14 +63,54 @@ struct tq_reason_key {
 struct tq_port_key {
     u32 netns;
     u16 lport;
+    u16 family;  // a child's family is its listener's: 0.0.0.0:P and [::]:P are two keys
+};
+
+// A child the probes followed from LISTEN -> SYN_RECV: its listener once it was queued
+// (taken in the kernel at enqueue, probes/accept.bpf.c), and its tuple, which joins the
+// sock_diag rows of a full dump. Deleted when it closes.
+struct tq_child {
+    u64 listener;  // key of tq_listeners; 0 until queued
+    u64 born_ns;  // that listener's born_ns
+    u32 netns;
+    u16 lport;
+    u16 rport;
+    u16 family;
+    u16 _pad[3];
+    u8 laddr[16];
+    u8 raddr[16];
+};
+
+// Children's states: per listener (sk, born_ns) once queued, per (netns, port) before
+// (listener 0): how many entered minus left each state since the probes went live. User
+// space adds these to the counts of its last full sock_diag dump (docs/ARCHITECTURE.md:
+// transition counts, reconciled by dumps).
+struct tq_cs_key {
+    u64 listener;
+    u64 born_ns;
+    u32 netns;
+    u16 lport;
     u16 _pad;
 };
 
-// Children of the listener(s) on one (netns, port): how many entered minus left
-// each state since the probes went live. User space adds these to the counts of
-// its last full sock_diag dump (docs/ARCHITECTURE.md: transition counts, reconciled by dumps).
 struct tq_child_states {
     s32 n[16];  // indexed by TCP state
+};
+
+// tq_since value: when the socket entered its current state, under feed generation gen
+// (TQ_CTL_FEED_GEN, bumped at every feed change: an entry from before a pause or a
+// narrowing may belong to a socket whose later changes, or close, were not seen).
+struct tq_since_val {
+    u64 ns;
+    u64 gen;
+};
+
+// The socket whose CLOSE just ran on this CPU and its listener: tcp_close() and
+// tcp_disconnect() move to CLOSE before they send the reset (its link is gone by then).
+struct tq_closed {
+    u64 child;
+    u64 listener;
+    u64 born_ns;
 };
 
 // child socket -> its own listener, taken in the kernel when the child is queued
@@ -97,15 +140,16 @@ BPF_HASH(tq_listeners, u64, struct tq_listener, TQ_MAX_LISTENERS);
 BPF_PERCPU_HASH(tq_pcpu, u64, struct tq_listener, TQ_MAX_PCPU);
 BPF_ARRAY(tq_zero, struct tq_listener, 1);  // never written: the zero value tq_pcpu entries start from
 BPF_HASH(tq_reasons, struct tq_reason_key, u64, TQ_MAX_REASON_KEYS);
-// (netns, local port) -> listener, to charge a child's resets to its listener.
+// (netns, local port, family) -> listener: a fallback for children the probes did not follow.
 BPF_HASH(tq_by_port, struct tq_port_key, u64, TQ_MAX_LISTENERS);
 // socket -> time it entered its current state (for ns_in_old).
 // Per-CPU LRU lists: no global lock at storm rates.
-BPF_F_TABLE("lru_hash", u64, u64, tq_since, TQ_MAX_SOCKETS, BPF_F_NO_COMMON_LRU);
-// child socket -> its listener's (netns, port), from LISTEN->SYN_RECV to CLOSE.
-BPF_F_TABLE("lru_hash", u64, struct tq_port_key, tq_child, TQ_MAX_SOCKETS, BPF_F_NO_COMMON_LRU);
-BPF_HASH(tq_child_states, struct tq_port_key, struct tq_child_states, TQ_MAX_LISTENERS);
-BPF_PERCPU_HASH(tq_child_pcpu, struct tq_port_key, struct tq_child_states, TQ_MAX_PCPU_CHILD);  // as tq_pcpu
+BPF_F_TABLE("lru_hash", u64, struct tq_since_val, tq_since, TQ_MAX_SOCKETS, BPF_F_NO_COMMON_LRU);
+// child socket -> its listener, from LISTEN->SYN_RECV to CLOSE.
+BPF_F_TABLE("lru_hash", u64, struct tq_child, tq_child, TQ_MAX_SOCKETS, BPF_F_NO_COMMON_LRU);
+BPF_HASH(tq_child_states, struct tq_cs_key, struct tq_child_states, 2 * TQ_MAX_LISTENERS);
+BPF_PERCPU_HASH(tq_child_pcpu, struct tq_cs_key, struct tq_child_states, TQ_MAX_PCPU_CHILD);  // as tq_pcpu
+BPF_PERCPU_ARRAY(tq_closed, struct tq_closed, 1);
 BPF_F_TABLE("lru_hash", u64, struct tq_link, tq_link, TQ_MAX_SOCKETS, BPF_F_NO_COMMON_LRU);
 BPF_HASH(tq_hist, struct tq_hist_key, u64, TQ_MAX_HIST_KEYS);
 // The child whose SYN_RECV -> ESTABLISHED just ran on this CPU: its listener's
@@ -227,17 +271,30 @@ static __always_inline int tq_wanted(u32 netns, u16 lport)
     return 1;
 }
 
-// The shared entry of listener sk (identity, and the counters of listeners without
-// per-CPU room), created on first sight; NULL if filtered out or sk is not a TCP listener.
-static __always_inline struct tq_listener *tq_listener_shared(const void *sk)
+static __always_inline u64 tq_sk_cookie(const void *sk)
 {
-    u64 key = (u64)sk;
-    struct tq_listener *l = tq_listeners.lookup(&key);
-    if (l) {
-        if (!l->cookie)  // sock_diag generates it lazily: pick it up once it exists
-            bpf_probe_read_kernel(&l->cookie, sizeof(l->cookie), (const char *)sk + TQ_OFF_SK_COOKIE);
-        return l;
-    }
+    u64 cookie = 0;  // 0 until something (sock_diag) asks the kernel for it
+    bpf_probe_read_kernel(&cookie, sizeof(cookie), (const char *)sk + TQ_OFF_SK_COOKIE);
+    return cookie;
+}
+
+// The inode of sk's socket (SOCK_INODE: struct socket_alloc puts the inode after the
+// socket), fixed from socket() on: what sock_diag reports as idiag_inode.
+static __always_inline u64 tq_sk_inode(const void *sk)
+{
+    u64 ino = 0;
+#ifdef TQ_OFF_SOCKET_INO
+    const void *sock = 0;
+    bpf_probe_read_kernel(&sock, sizeof(sock), (const char *)sk + TQ_OFF_SK_SOCKET);
+    if (sock)
+        bpf_probe_read_kernel(&ino, TQ_SZ_SOCKET_INO, (const char *)sock + TQ_OFF_SOCKET_INO);
+#endif
+    return ino;
+}
+
+// A new shared entry for listener sk (replacing one of a socket that had this address before).
+static __always_inline struct tq_listener *tq_listener_new(const void *sk, u64 key, u64 cookie, int replace)
+{
     u16 family = tq_sk_family(sk);
     if (family != TQ_AF_INET && family != TQ_AF_INET6)
         return 0;
@@ -249,20 +306,45 @@ static __always_inline struct tq_listener *tq_listener_shared(const void *sk)
     init.netns = netns;
     init.family = family;
     init.lport = lport;
-    bpf_probe_read_kernel(&init.cookie, sizeof(init.cookie), (const char *)sk + TQ_OFF_SK_COOKIE);
+    init.cookie = cookie;
+    init.inode = tq_sk_inode(sk);
     if (family == TQ_AF_INET)
         bpf_probe_read_kernel(&init.laddr, 4, (const char *)sk + TQ_OFF_SK_RCV_SADDR);
     else
         bpf_probe_read_kernel(&init.laddr, 16, (const char *)sk + TQ_OFF_SK_V6_RCV_SADDR);
     bpf_probe_read_kernel(&init.max_ack_backlog, 4, (const char *)sk + TQ_OFF_SK_MAX_ACK_BACKLOG);
     init.born_ns = bpf_ktime_get_ns();
-    tq_listeners.insert(&key, &init);  // BPF_NOEXIST: a racing CPU may have won
-    struct tq_port_key pk = {.netns = netns, .lport = lport};
+    if (replace)
+        tq_listeners.update(&key, &init);  // per-CPU copies of the old one: tq_counters drops them
+    else
+        tq_listeners.insert(&key, &init);  // BPF_NOEXIST: a racing CPU may have won
+    struct tq_port_key pk = {.netns = netns, .lport = lport, .family = family};
     tq_by_port.update(&pk, &key);
-    l = tq_listeners.lookup(&key);
+    struct tq_listener *l = tq_listeners.lookup(&key);
     if (!l)
         tq_lost_slot(1);  // map full: said in the notes, never shown as a zero
     return l;
+}
+
+// The shared entry of listener sk (identity, and the counters of listeners without
+// per-CPU room), created on first sight; NULL if filtered out or sk is not a TCP listener.
+// An entry whose cookie is not sk's is another socket's that had this address (its close
+// was not seen): it starts over, never inherited.
+static __always_inline struct tq_listener *tq_listener_shared(const void *sk)
+{
+    u64 key = (u64)sk;
+    u64 cookie = tq_sk_cookie(sk);
+    struct tq_listener *l = tq_listeners.lookup(&key);
+    if (l) {
+        if (l->cookie == cookie)
+            return l;
+        if (!l->cookie) {  // sock_diag generates it lazily: pick it up once it exists
+            l->cookie = cookie;
+            return l;
+        }
+        return tq_listener_new(sk, key, cookie, 1);
+    }
+    return tq_listener_new(sk, key, cookie, 0);
 }
 
 // Where listener `key`'s counters go on this CPU: its tq_pcpu copy (identity copied from the
@@ -295,6 +377,7 @@ static __always_inline struct tq_listener *tq_counters(u64 key, struct tq_listen
         c->lport = shared->lport;
         __builtin_memcpy(c->laddr, shared->laddr, 16);
         c->max_ack_backlog = shared->max_ack_backlog;
+        c->inode = shared->inode;
         asm volatile("" ::: "memory");
         c->born_ns = shared->born_ns;
     }
@@ -328,8 +411,8 @@ static __always_inline void tq_peak_note(struct tq_listener *l, u32 depth)
     }
 }
 
-// This CPU's child state counts of (netns, port), created when `create`; else the shared ones.
-static __always_inline struct tq_child_states *tq_child_counts(struct tq_port_key *ck, int create)
+// This CPU's child state counts of `ck` (a listener, or a port), created when `create`; else the shared ones.
+static __always_inline struct tq_child_states *tq_child_counts(struct tq_cs_key *ck, int create)
 {
     struct tq_child_states *cs = tq_child_pcpu.lookup(ck);
     if (cs)
@@ -343,6 +426,63 @@ static __always_inline struct tq_child_states *tq_child_counts(struct tq_port_ke
         tq_child_states.insert(ck, &zero);
     }
     return tq_child_states.lookup(ck);
+}
+
+// The listener a child (or a socket that was one) belongs to, on this CPU: the one it was
+// queued on (tq_child), the one whose child just closed on this CPU (tq_closed: resets on
+// close), else the listener of its (netns, family, port), for children born before the
+// probes went live or not followed (children off).
+static __always_inline struct tq_listener *tq_listener_of_child(const void *sk, u16 lport)
+{
+    u64 key = (u64)sk;
+    u64 lkey = 0, born = 0;
+    int linked = 0;
+    struct tq_child *c = tq_child.lookup(&key);
+    if (c) {
+        lkey = c->listener;
+        born = c->born_ns;
+    } else {
+        int zero = 0;
+        struct tq_closed *cl = tq_closed.lookup(&zero);
+        if (cl && cl->child == key) {
+            lkey = cl->listener;
+            born = cl->born_ns;
+        }
+    }
+    if (lkey) {
+        struct tq_listener *l = tq_listeners.lookup(&lkey);
+        if (!l || l->born_ns != born)
+            return 0;  // its listener closed
+        return tq_counters(lkey, l);
+    }
+    struct tq_port_key pk = {.netns = tq_netns(sk), .lport = lport ? lport : tq_sk_lport(sk), .family = tq_sk_family(sk)};
+    u64 *owner = tq_by_port.lookup(&pk);
+    if (!owner)
+        return 0;
+    return tq_listener_at(*owner);
+}
+
+// The child `child` was just queued on listener `lsk`: from now on its state changes count
+// for that listener (tq_child_states), and its resets go to it. Called from tq_link_child
+// (probes/accept.bpf.c).
+static __always_inline void tq_child_linked(u64 child, u64 lsk, const struct tq_listener *l)
+{
+    struct tq_child *c = tq_child.lookup(&child);
+    if (!c || c->listener)
+        return;  // not followed (born before live, children off), or linked already
+    c->listener = lsk;
+    c->born_ns = l->born_ns;
+    u8 state = tq_sk_state((const void *)child) & 15;
+    struct tq_cs_key pk = {.netns = c->netns, .lport = c->lport};
+    struct tq_cs_key lk = {.listener = lsk, .born_ns = l->born_ns, .netns = c->netns, .lport = c->lport};
+    struct tq_child_states *to = tq_child_counts(&lk, 1);
+    struct tq_child_states *from = tq_child_counts(&pk, 0);
+    if (to)
+        __sync_fetch_and_add(&to->n[state], 1);
+    else
+        tq_lost_slot(1);
+    if (from)  // user space may have swept it (a port without a listener entry at a read)
+        __sync_fetch_and_add(&from->n[state], -1);
 }
 
 
@@ -373,7 +513,7 @@ static __always_inline int tq_on_set_state(void *ctx, const struct tq_tp_inet_so
         tq_listener_shared(sk);  // per-CPU copies come with the first count
     } else if (oldstate == TQ_TCP_LISTEN && newstate == TQ_TCP_CLOSE) {
         // The address may be reused by the next socket: forget this listener.
-        struct tq_port_key pk = {.netns = tq_netns(sk), .lport = TQ_SS_SPORT};
+        struct tq_port_key pk = {.netns = tq_netns(sk), .lport = TQ_SS_SPORT, .family = tq_sk_family(sk)};
         u64 *owner = tq_by_port.lookup(&pk);
         if (owner && *owner == key)
             tq_by_port.delete(&pk);
@@ -399,20 +539,48 @@ static __always_inline int tq_on_set_state(void *ctx, const struct tq_tp_inet_so
     if (tq_ctl_get(TQ_CTL_CHILDREN_OFF)) {
         // nothing
     } else if (oldstate == TQ_TCP_LISTEN && newstate == TQ_TCP_SYN_RECV) {
-        struct tq_port_key ck = {.netns = tq_netns(sk), .lport = TQ_SS_SPORT};
-        if (!tq_wanted(ck.netns, ck.lport))
+        struct tq_child c = {.netns = tq_netns(sk), .lport = TQ_SS_SPORT, .rport = TQ_SS_DPORT};
+        if (!tq_wanted(c.netns, c.lport))
             return 0;
-        tq_child.update(&key, &ck);
+        if (args) {
+            c.family = args->family;
+            if (args->family == TQ_AF_INET) {
+                __builtin_memcpy(c.laddr, args->saddr, 4);
+                __builtin_memcpy(c.raddr, args->daddr, 4);
+            } else {
+                __builtin_memcpy(c.laddr, args->saddr_v6, 16);
+                __builtin_memcpy(c.raddr, args->daddr_v6, 16);
+            }
+        }
+#ifdef TQ_RTP_SET_STATE
+        else {
+            c.family = tq_sk_family(sk);
+            if (c.family == TQ_AF_INET) {
+                bpf_probe_read_kernel(c.laddr, 4, (const char *)sk + TQ_OFF_INET_SADDR);
+                bpf_probe_read_kernel(c.raddr, 4, (const char *)sk + TQ_OFF_SK_DADDR);
+            } else {
+                bpf_probe_read_kernel(c.laddr, 16, (const char *)sk + TQ_OFF_SK_V6_RCV_SADDR);
+                bpf_probe_read_kernel(c.raddr, 16, (const char *)sk + TQ_OFF_SK_V6_DADDR);
+            }
+        }
+#endif
+        tq_child.update(&key, &c);
+        struct tq_cs_key ck = {.netns = c.netns, .lport = c.lport};
         struct tq_child_states *cs = tq_child_counts(&ck, 1);
         if (cs)
             __sync_fetch_and_add(&cs->n[TQ_TCP_SYN_RECV], 1);
         else
             tq_lost_slot(1);
     } else {
-        struct tq_port_key *ck = tq_child.lookup(&key);
-        if (ck) {
-            struct tq_port_key ckv = *ck;
-            struct tq_child_states *cs = tq_child_counts(&ckv, 0);
+        struct tq_child *c = tq_child.lookup(&key);
+        u64 lsk = 0, born = 0;
+        if (c && oldstate == TQ_TCP_CLOSE) {
+            tq_child.delete(&key);  // a new socket at the address of one whose close was not seen
+        } else if (c) {
+            lsk = c->listener;
+            born = c->born_ns;
+            struct tq_cs_key ck = {.listener = lsk, .born_ns = born, .netns = c->netns, .lport = c->lport};
+            struct tq_child_states *cs = tq_child_counts(&ck, 0);
             if (cs) {
                 __sync_fetch_and_add(&cs->n[oldstate & 15], -1);
                 if (newstate != TQ_TCP_CLOSE)  // nobody reads n[CLOSE]: a closed child is gone
@@ -420,6 +588,17 @@ static __always_inline int tq_on_set_state(void *ctx, const struct tq_tp_inet_so
             }
             if (newstate == TQ_TCP_CLOSE)
                 tq_child.delete(&key);
+        }
+        if (newstate == TQ_TCP_CLOSE) {
+            // Every socket that closes, child or not: a reset it sends next is its own
+            // listener's, and never an earlier socket's at this address.
+            int zero = 0;
+            struct tq_closed *cl = tq_closed.lookup(&zero);
+            if (cl) {
+                cl->child = key;
+                cl->listener = lsk;
+                cl->born_ns = born;
+            }
         }
     }
 
@@ -441,15 +620,18 @@ static __always_inline int tq_on_set_state(void *ctx, const struct tq_tp_inet_so
 #endif
     u64 now = bpf_ktime_get_ns();
     u64 ns_in_old = ~0ULL;  // unknown: the previous change happened while we were not looking
+    u64 gen = tq_ctl_get(TQ_CTL_FEED_GEN);
     if (oldstate != TQ_TCP_LISTEN) {  // a child inherits LISTEN from its parent
-        u64 *since = tq_since.lookup(&key);
-        if (since && now >= *since)
-            ns_in_old = now - *since;
+        struct tq_since_val *since = tq_since.lookup(&key);
+        if (since && since->gen == gen && now >= since->ns)
+            ns_in_old = now - since->ns;
     }
-    if (newstate == TQ_TCP_CLOSE)
+    if (newstate == TQ_TCP_CLOSE) {
         tq_since.delete(&key);
-    else
-        tq_since.update(&key, &now);
+    } else {
+        struct tq_since_val sv = {.ns = now, .gen = gen};
+        tq_since.update(&key, &sv);
+    }
 
 #if TQ_RINGBUF
     struct tq_event *ev = tq_feed.ringbuf_reserve(sizeof(struct tq_event));
@@ -551,7 +733,7 @@ static __always_inline int tq_on_kfree_skb(const void *sk, u32 reason)
     else
 #endif
         __sync_fetch_and_add(&l->other_rx_drops, 1);
-    struct tq_reason_key rk = {.sk = (u64)sk, .reason = reason};
+    struct tq_reason_key rk = {.sk = (u64)sk, .born_ns = l->born_ns, .reason = reason};
     u64 *count = tq_reasons.lookup(&rk);
     if (!count) {
         u64 zero = 0;
@@ -618,7 +800,7 @@ int tq_r_synack(struct bpf_raw_tracepoint_args *ctx)
 
 // ------------------------------------------------------------ resets
 
-// A listener's own resets, or a child's charged to the listener of its port.
+// A listener's own resets, or a child's charged to its own listener (tq_listener_of_child).
 // lport comes from the tracepoint when it has one: a socket that has just gone
 // to CLOSE (reset on close with unread data) has already released skc_num.
 static __always_inline struct tq_listener *tq_listener_for_reset(const void *sk, u16 lport)
@@ -627,11 +809,7 @@ static __always_inline struct tq_listener *tq_listener_for_reset(const void *sk,
         return 0;
     if (tq_sk_state(sk) == TQ_TCP_LISTEN)
         return tq_listener_of(sk);
-    struct tq_port_key pk = {.netns = tq_netns(sk), .lport = lport ? lport : tq_sk_lport(sk)};
-    u64 *owner = tq_by_port.lookup(&pk);
-    if (!owner)
-        return 0;
-    return tq_listener_at(*owner);
+    return tq_listener_of_child(sk, lport);
 }
 
 #ifdef TQ_HAVE_SEND_RESET

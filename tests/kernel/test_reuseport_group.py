@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 PORT = 8094
 
 # argv: [[family, addr, port, v6only, backlog, accept], ...]; every socket sets SO_REUSEPORT.
@@ -158,3 +160,127 @@ def test_dual_stack_and_v6only_are_separate_groups(labns):
                 proc.terminate()
                 proc.wait(timeout=10)
 
+
+
+# The members of argv [[addr, port, backlog, accept], ...] (SO_REUSEPORT); accepting ones keep
+# every child they accept (ESTABLISHED until the client closes). Prints the members' socket
+# inodes, then on each stdin line the number accepted so far.
+HOLDING_SERVER = """
+import json, os, signal, socket, sys, threading
+signal.alarm(120)
+socks, held, lock = [], [], threading.Lock()
+for addr, port, backlog, accept in json.loads(sys.argv[1]):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.bind((addr, port))
+    s.listen(backlog)
+    socks.append(s)
+    if accept:
+        def loop(s=s):
+            while True:
+                c, _ = s.accept()
+                with lock:
+                    held.append(c)
+        threading.Thread(target=loop, daemon=True).start()
+print(json.dumps([os.fstat(s.fileno()).st_ino for s in socks]), flush=True)
+for _line in sys.stdin:
+    with lock:
+        print(len(held), flush=True)
+"""
+
+
+def ss_server_children(labns, port: int) -> dict[str, int]:
+    out = labns.run(["ss", "-tanH", "state", "established", "state", "close-wait", f"sport = :{port}"]).stdout
+    states: dict[str, int] = {}
+    for line in out.splitlines():
+        if line.strip():
+            name = {"ESTAB": "ESTABLISHED", "CLOSE-WAIT": "CLOSE_WAIT"}[line.split()[0]]
+            states[name] = states.get(name, 0) + 1
+    return states
+
+
+def _stop(*procs) -> None:
+    for proc in procs:
+        if proc is not None and proc.poll() is None:
+            proc.stdin.close()
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+@pytest.mark.parametrize("group_first", [True, False], ids=["group-before-live", "group-after-live"])
+def test_four_members_one_accepting_per_member_counts(labns, bpf, group_first):
+    """Each member's accept_queue, drops, queued, accepted and children are the kernel's for that
+    member, with the group opened before the probes went live and after (then the kernel has no
+    cookie for the members when the probes first see them). A non-accepting member's children are
+    its accept queue; the accepting member's are the ones it accepted (held open) plus its queue.
+    Then every client closes: each member's children move to CLOSE_WAIT, between full dumps too."""
+    from tcptop_q.sampler import Sampler
+    from tcptop_q.source import load_bpf
+
+    port = PORT + 2
+    spec = [["127.0.0.1", port, 2, i == 0] for i in range(4)]
+    server = clients = None
+    probes, error = load_bpf(None, labns.inode)
+    assert probes is not None, error
+    sampler = Sampler(bpf=probes, netns=labns.inode, blocking_owners=True, children_every=3600)
+    try:
+        if group_first:
+            server = start(labns, HOLDING_SERVER, spec)
+            inodes = json.loads(server.stdout.readline())
+        probes.start()
+        assert probes.wait_ready(90), probes.error
+        if not group_first:
+            server = start(labns, HOLDING_SERVER, spec)
+            inodes = json.loads(server.stdout.readline())
+        sampler.sample(0.2, children=True)  # the baseline tick (overflows, rates)
+
+        def held() -> int:
+            server.stdin.write("n\n")
+            server.stdin.flush()
+            return int(server.stdout.readline())
+
+        clients = start(labns, CLIENTS, [4, "127.0.0.1", port, 40])
+        assert 0 < int(clients.stdout.readline()) < 40
+
+        def at_rest(children: bool):
+            deadline = time.monotonic() + 20
+            while True:
+                before, n = ss_members(labns, port), held()
+                kids = ss_server_children(labns, port)
+                snap = sampler.sample(0.2, children=children)
+                if (before, n, kids) == (ss_members(labns, port), held(), ss_server_children(labns, port)):
+                    return snap, before, n, kids
+                assert time.monotonic() < deadline, "the group never came to rest"
+
+        snap, ss_now, accepted, kids = at_rest(children=True)
+        by_inode = {x.inode: x for x in snap.listeners if x.lport == port}
+        assert set(by_inode) == set(inodes)
+        assert accepted > 0 and kids == {"ESTABLISHED": accepted + sum(m["rqueue"] for m in ss_now.values())}
+        for i, ino in enumerate(inodes):
+            lst = by_inode[ino]
+            want = ss_now[lst.key.cookie]
+            mine = accepted if i == 0 else 0
+            assert (lst.accept_queue, lst.drops) == (want["rqueue"], want["drops"]), i
+            assert (lst.queued, lst.accepted) == (want["rqueue"] + mine, mine), i
+            assert lst.children["ESTABLISHED"] == want["rqueue"] + mine, (i, lst.children)
+        assert any(by_inode[ino].accept_queue == 3 for ino in inodes[1:])  # members filled up
+
+        clients.stdin.close()  # every client closes: the server's children go to CLOSE_WAIT
+        clients.wait(timeout=10)
+        deadline = time.monotonic() + 20
+        while ss_server_children(labns, port).get("ESTABLISHED"):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        snap, ss_now, accepted, kids = at_rest(children=False)
+        assert snap.connections is None  # between full dumps: the kernel's deltas per member
+        assert kids == {"CLOSE_WAIT": accepted + sum(m["rqueue"] for m in ss_now.values())}
+        by_inode = {x.inode: x for x in snap.listeners if x.lport == port}
+        for i, ino in enumerate(inodes):
+            lst = by_inode[ino]
+            mine = accepted if i == 0 else 0
+            assert (lst.children["ESTABLISHED"], lst.children["CLOSE_WAIT"]) == (
+                0, ss_now[lst.key.cookie]["rqueue"] + mine), (i, lst.children)
+    finally:
+        sampler.close()
+        probes.close()
+        _stop(clients, server)

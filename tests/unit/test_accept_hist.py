@@ -95,4 +95,4 @@ def test_event_layout_is_one_definition() -> None:
     assert layout.EVENT.size == layout.EVENT_SIZE
     fields = re.findall(r"^    \w+ (\w+)", header.split("struct tq_event {")[1].split("};")[0], re.M)
     assert tuple(fields) == layout.EVENT_NAMES
-    assert "#define TQ_CTL_SLOTS 4" in header
+    assert "#define TQ_CTL_SLOTS 5" in header

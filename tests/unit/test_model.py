@@ -7,7 +7,7 @@ import pytest
 from tcptop_q import model
 from tcptop_q.model import BpfListenerCounts, Listener, ListenerKey
 from tcptop_q.probes.netstat import parse_netstat
-from tcptop_q.sampler import _listener_index, overflows_since_live, owner_listener
+from tcptop_q.sampler import _listener_index, owner_listener
 
 
 def key(laddr: str, port: int, fam: str = "ipv4", ns: int = 1, cookie: int = 0) -> ListenerKey:
@@ -30,23 +30,6 @@ def test_v4_mapped_child_falls_back_to_the_v6_wildcard():
     v6wild = key("::", 443, "ipv6")
     index = _listener_index([(v6wild, None)])
     assert owner_listener(index, 1, "ipv6", "::ffff:7f00:1", 443) == v6wild
-
-
-@pytest.mark.parametrize(
-    "delta, third, other, reqq, syn_kprobe, expected",
-    [
-        (17, 0, 0, 0, None, 17),  # seed experiment 1: SYN-path only
-        (2, 1, 0, 0, None, 1),  # one third-ACK overflow adds 2 to sk_drops
-        (5, 1, 1, 0, None, 3),  # + a defer-accept bare-ACK drop (+1, not an overflow)
-        (9, 0, 0, 4, None, 5),  # SYN-queue-full drops are not overflows
-        (0, 0, 0, 0, None, 0),
-        (1, 1, 0, 0, None, 1),  # drops read before the ACK's second increment: never negative
-        (99, 2, 0, 0, 7, 9),  # a kprobe that sees SYN-path overflows directly wins
-    ],
-)
-def test_overflows_from_sk_drops_and_events(delta, third, other, reqq, syn_kprobe, expected):
-    counts = BpfListenerCounts(listen_overflow_drops=third, other_rx_drops=other, syn_overflows=syn_kprobe)
-    assert overflows_since_live(delta, counts, reqq) == expected
 
 
 def test_rate():

@@ -74,76 +74,191 @@ def test_wildcard_and_v4_mapped_children_find_their_listener():
     assert attribute(tick([any6])).children is None  # no full dump: unknown, not empty
 
 
+def test_reuseport_members_get_their_children_by_the_kernels_link():
+    """Two members of one address: each child row goes to the member the probes linked it to (by
+    tuple, as the kernel took it at enqueue); a child without a link stays with the first member.
+    The links are asked for once per tick, and never where no address is shared."""
+    a, b = listen("127.0.0.1", 80, cookie=1, inode=101), listen("127.0.0.1", 80, cookie=2, inode=102)
+    kids = [row(diag.TCP_ESTABLISHED, "127.0.0.1", 80, raddr="127.0.0.1", rport=p, cookie=20 + p) for p in (1, 2, 3)]
+    cw = row(diag.TCP_CLOSE_WAIT, "127.0.0.1", 80, raddr="127.0.0.1", rport=4, cookie=30)
+    links = {(NS, "ipv4", "127.0.0.1", 80, "127.0.0.1", 1): (NS, 102), (NS, "ipv4", "127.0.0.1", 80, "127.0.0.1", 4): (NS, 102)}
+    calls = []
+
+    def read_links():
+        calls.append(1)
+        return links, {}
+
+    att = attribute(tick([a, b, cw], children=kids), read_links)
+    assert att.children_counts() == {key_of(a): {"ESTABLISHED": 2}, key_of(b): {"ESTABLISHED": 1}}
+    assert [parent for _, _, parent in att.close_wait] == [key_of(b)]
+    assert len(calls) == 1
+    calls.clear()
+    alone = listen("127.0.0.1", 81, cookie=3, inode=103)
+    kid = row(diag.TCP_ESTABLISHED, "127.0.0.1", 81, raddr="127.0.0.1", rport=5)
+    assert attribute(tick([alone], children=[kid]), read_links).children_counts() == {key_of(alone): {"ESTABLISHED": 1}}
+    assert calls == []
+
+
+def test_children_between_dumps_move_per_member_by_listener_deltas():
+    """A shared port's per-port deltas cannot be split; each member's own (by its inode) can."""
+    from tcptop_q.sampler import children_between_dumps
+
+    a, b = key_of(listen("127.0.0.1", 80, cookie=1)), key_of(listen("127.0.0.1", 80, cookie=2))
+    at_dump = {a: {"ESTABLISHED": 2}, b: {"ESTABLISHED": 1}}
+    lids = {a: (NS, 101), b: (NS, 102)}
+    then = {(NS, 101): {"ESTABLISHED": 2}, (NS, 102): {"ESTABLISHED": 1}}
+    now = {(NS, 101): {"ESTABLISHED": 1, "CLOSE_WAIT": 1}, (NS, 102): {"ESTABLISHED": 3}}
+    port = {(NS, 80): {"SYN_RECV": 5}}  # a shared port: stands still
+    out = children_between_dumps(at_dump, port, port, [a, b], then, now, lids)
+    assert out == {a: {"ESTABLISHED": 1, "CLOSE_WAIT": 1}, b: {"ESTABLISHED": 3}}
+
+
+def test_map_walk_fallback_yields_each_key_once():
+    """Without batch lookup, bcc's items() walks get_next_key, which starts over when the key it
+    stands on is deleted meanwhile: decode.items keeps one entry per key (the last value)."""
+    import ctypes
+
+    from tcptop_q.probes import decode
+
+    class Table:
+        def items_lookup_batch(self):
+            raise OSError("no batch ops")
+
+        def items(self):
+            k = [ctypes.c_ulonglong(n) for n in (1, 2, 1, 2, 3)]
+            return list(zip(k, (10, 20, 11, 21, 30), strict=True))
+
+    got = decode.items(Table())
+    assert [(decode.as_int(k), v) for k, v in got] == [(1, 11), (2, 21), (3, 30)]
+
+
 # ------------------------------------------------------------------ overflows
 
 
-def overflows(tracker: OverflowTracker, rows, counts, *, reqq: int = 0, dt: float = 1.0, notes=None):
+def overflows(tracker: OverflowTracker, rows, counts, *, lo: int = 0, dt: float = 1.0, notes=None):
+    """One tick of the tracker; `lo`: the netns' ListenOverflows (TcpExt) at that tick."""
     lr = [(key_of(r), r) for r in rows]
-    return tracker.update(lr, {key_of(r): c for r, c in zip(rows, counts, strict=True)}, {NS: reqq}, dt,
+    return tracker.update(lr, {key_of(r): c for r, c in zip(rows, counts, strict=True)}, {NS: lo}, dt,
                           notes if notes is not None else [])
 
 
-def test_overflows_count_from_the_live_baseline_by_the_documented_formula():
+def test_overflows_count_from_the_live_baseline():
     t = OverflowTracker()
     k = key_of(listen("0.0.0.0", 80, cookie=1))
-    # 100 sk_drops before the probes went live: none of them is an overflow seen since.
-    assert overflows(t, [listen("0.0.0.0", 80, cookie=1, drops=100)], [BpfListenerCounts()])[k] == (0, 0.0)
-    # +3 SYN-path overflows (1 each) +2 third-ACK overflows (2 each) +1 filter drop (1) = +8 sk_drops.
+    # 100 sk_drops and 40 ListenOverflows before the probes went live: none counts.
+    assert overflows(t, [listen("0.0.0.0", 80, cookie=1, drops=100)], [BpfListenerCounts()], lo=40)[k] == (0, 0.0)
+    # +3 SYN-path overflows (1 sk_drops each) +2 third-ACK overflows (2 each, 2 events) +1 filter
+    # drop (1): +8 sk_drops, +5 ListenOverflows.
     counts = BpfListenerCounts(listen_overflow_drops=2, other_rx_drops=1)
-    assert overflows(t, [listen("0.0.0.0", 80, cookie=1, drops=108)], [counts], dt=2.0)[k] == (5, 2.5)
+    assert overflows(t, [listen("0.0.0.0", 80, cookie=1, drops=108)], [counts], lo=45, dt=2.0)[k] == (5, 2.5)
 
 
-def test_overflows_never_decrease_when_the_syn_queue_share_moves():
+def test_drops_that_are_not_overflows_never_count_as_overflows():
+    """Syncookies off, SYN queue over 3/4 full: the kernel drops SYNs (sk_drops, ListenDrops)
+    without ListenOverflows; TCP_DEFER_ACCEPT bare ACKs (+1 each, an event) the same."""
     t = OverflowTracker()
     k = key_of(listen("0.0.0.0", 80, cookie=1))
     overflows(t, [listen("0.0.0.0", 80, cookie=1)], [BpfListenerCounts()])
-    assert overflows(t, [listen("0.0.0.0", 80, cookie=1, drops=5)], [BpfListenerCounts()])[k][0] == 5
-    # Three of those five were SYN-queue-full drops after all: the formula now says 2.
-    got = overflows(t, [listen("0.0.0.0", 80, cookie=1, drops=5)], [BpfListenerCounts()], reqq=3)[k]
-    assert got == (5, 0.0)
+    got = overflows(t, [listen("0.0.0.0", 80, cookie=1, drops=64)], [BpfListenerCounts(other_rx_drops=13)])[k]
+    assert got == (0, 0.0)
 
 
-def test_a_listener_born_after_live_starts_at_zero_and_counts_every_drop():
+def test_cookie_path_overflows_count_although_other_events_fire():
+    """tcp_syncookies=2: a cookie third-ACK overflow adds 1 to sk_drops and has no event of its own,
+    while the client's segments around it are freed with other reasons (no sk_drops)."""
+    t = OverflowTracker()
+    k = key_of(listen("0.0.0.0", 80, cookie=1))
+    overflows(t, [listen("0.0.0.0", 80, cookie=1)], [BpfListenerCounts()])
+    got = overflows(t, [listen("0.0.0.0", 80, cookie=1, drops=3)], [BpfListenerCounts(other_rx_drops=2)], lo=3)[k]
+    assert got[0] == 3
+
+
+def test_overflows_never_decrease():
+    t = OverflowTracker()
+    k = key_of(listen("0.0.0.0", 80, cookie=1))
+    overflows(t, [listen("0.0.0.0", 80, cookie=1)], [BpfListenerCounts()])
+    assert overflows(t, [listen("0.0.0.0", 80, cookie=1, drops=5)], [BpfListenerCounts()], lo=5)[k][0] == 5
+    # A third-ACK event read before its second sk_drops increment: counted from the event;
+    # the shares given before stay.
+    third = [BpfListenerCounts(listen_overflow_drops=1)]
+    assert overflows(t, [listen("0.0.0.0", 80, cookie=1, drops=6)], third, lo=6)[k] == (6, 1.0)
+    assert overflows(t, [listen("0.0.0.0", 80, cookie=1, drops=7)], third, lo=6)[k] == (6, 0.0)
+
+
+def test_a_listener_born_after_live_starts_at_zero_and_counts_every_overflow():
     t = OverflowTracker()
     old = listen("0.0.0.0", 80, cookie=1, drops=7)
-    overflows(t, [old], [BpfListenerCounts()])
+    overflows(t, [old], [BpfListenerCounts()], lo=7)
     new = listen("0.0.0.0", 81, cookie=2, drops=4)
-    got = overflows(t, [old, new], [BpfListenerCounts(), BpfListenerCounts()])
+    got = overflows(t, [old, new], [BpfListenerCounts(), BpfListenerCounts()], lo=11)
     assert got[key_of(old)] == (0, 0.0)
     assert got[key_of(new)] == (4, 0.0)  # its sk_drops counted from its creation, after live
 
 
-def test_a_recreated_listener_starts_over_after_it_was_gone():
+def test_a_recreated_listener_starts_over_and_a_gone_ones_overflows_are_not_inherited():
     t = OverflowTracker()
     lst = listen("0.0.0.0", 80, cookie=1)
     overflows(t, [lst], [BpfListenerCounts()])
-    assert overflows(t, [listen("0.0.0.0", 80, cookie=1, drops=9)], [BpfListenerCounts()])[key_of(lst)][0] == 9
+    assert overflows(t, [listen("0.0.0.0", 80, cookie=1, drops=9)], [BpfListenerCounts()], lo=9)[key_of(lst)][0] == 9
     t.prune(set())
-    # Same key, new socket: its sk_drops restarted at 0; the old count is not held.
-    assert overflows(t, [listen("0.0.0.0", 80, cookie=1, drops=1)], [BpfListenerCounts()])[key_of(lst)][0] == 1
+    # Same key, new socket: its sk_drops restarted; 1 drop that is not an overflow (lo unchanged).
+    assert overflows(t, [listen("0.0.0.0", 80, cookie=1, drops=1)], [BpfListenerCounts()], lo=9)[key_of(lst)][0] == 0
+    got = overflows(t, [listen("0.0.0.0", 80, cookie=1, drops=2)], [BpfListenerCounts()], lo=10)
+    assert got[key_of(lst)][0] == 1
 
 
-def test_syn_queue_full_drops_go_to_the_only_suspect_else_a_note():
+def test_several_listeners_with_drops_exact_when_the_bounds_fit_else_a_note():
     t = OverflowTracker()
     a, b = listen("0.0.0.0", 80, cookie=1), listen("0.0.0.0", 81, cookie=2)
     zero = [BpfListenerCounts(), BpfListenerCounts()]
     overflows(t, [a, b], zero)
-    # a: 4 sk_drops, 3 of them SYN-queue-full (netns delta 3, only a has SYN-path drops).
-    got = overflows(t, [listen("0.0.0.0", 80, cookie=1, drops=4), b], zero, reqq=3)
-    assert got[key_of(a)][0] == 1 and got[key_of(b)][0] == 0
     notes: list[str] = []
+    # a: 4 sk_drops, b: 2; the netns counted 6 overflows: every drop was one.
     got = overflows(t, [listen("0.0.0.0", 80, cookie=1, drops=4), listen("0.0.0.0", 81, cookie=2, drops=2)],
-                    zero, reqq=3, notes=notes)
-    # Two suspects: the share cannot be split, both keep every SYN-path drop, and a note says so.
-    assert got[key_of(a)][0] == 4 and got[key_of(b)][0] == 2
+                    zero, lo=6, notes=notes)
+    assert (got[key_of(a)][0], got[key_of(b)][0], notes) == (4, 2, [])
+    # 4 more sk_drops on each, 4 more overflows: which are which cannot be told. The new ones
+    # are shared in proportion to the new drops (4:4 -> 2, 2) and said so; what each had stays.
+    got = overflows(t, [listen("0.0.0.0", 80, cookie=1, drops=8), listen("0.0.0.0", 81, cookie=2, drops=6)],
+                    zero, lo=10, notes=notes)
+    assert got[key_of(a)][0] + got[key_of(b)][0] <= 10
+    assert (got[key_of(a)][0], got[key_of(b)][0]) == (6, 4)
     assert len(notes) == 1 and "across 2 listeners" in notes[0]
+
+
+def test_an_earlier_listeners_overflows_are_never_shared_again():
+    """A listener's earlier overflows stay its own when another one starts dropping (defer-accept
+    ACKs, not overflows) and overflows once: the newcomer gets only the new one."""
+    t = OverflowTracker()
+    a, b = listen("0.0.0.0", 80, cookie=1), listen("0.0.0.0", 81, cookie=2)
+    zero = [BpfListenerCounts(), BpfListenerCounts()]
+    overflows(t, [a, b], zero)
+    assert overflows(t, [listen("0.0.0.0", 80, cookie=1, drops=5), b], zero, lo=5)[key_of(a)][0] == 5
+    third = [BpfListenerCounts(), BpfListenerCounts(listen_overflow_drops=1, other_rx_drops=5)]
+    got = overflows(t, [listen("0.0.0.0", 80, cookie=1, drops=5), listen("0.0.0.0", 81, cookie=2, drops=7)],
+                    third, lo=6)
+    assert (got[key_of(a)][0], got[key_of(b)][0]) == (5, 1)
+
+
+def test_a_netns_inode_reused_by_a_new_netns_starts_over():
+    """The kernel reuses netns inode numbers: a new netns under an old one's number has its
+    counters back at 0 and new listeners; its overflows are its own."""
+    t = OverflowTracker()
+    old = listen("0.0.0.0", 80, cookie=1, drops=5)
+    overflows(t, [old], [BpfListenerCounts()], lo=50)
+    overflows(t, [listen("0.0.0.0", 80, cookie=1, drops=9)], [BpfListenerCounts()], lo=54)
+    t.prune(set())
+    new = listen("0.0.0.0", 80, cookie=7, drops=0)
+    assert overflows(t, [new], [BpfListenerCounts()], lo=0)[key_of(new)][0] == 0
+    got = overflows(t, [listen("0.0.0.0", 80, cookie=7, drops=3)], [BpfListenerCounts()], lo=3)
+    assert got[key_of(new)][0] == 3
 
 
 def test_kprobe_syn_overflows_are_taken_as_counted():
     t = OverflowTracker()
     lst = listen("0.0.0.0", 80, cookie=1)
     overflows(t, [lst], [BpfListenerCounts(syn_overflows=0)])
-    got = overflows(t, [listen("0.0.0.0", 80, cookie=1, drops=50)], [BpfListenerCounts(syn_overflows=3)])
+    got = overflows(t, [listen("0.0.0.0", 80, cookie=1, drops=50)], [BpfListenerCounts(syn_overflows=3)], lo=3)
     assert got[key_of(lst)][0] == 3
 
 
