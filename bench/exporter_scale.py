@@ -142,7 +142,9 @@ def exporter_run(netns: int, max_listeners: int, scrapes: int, interval: float) 
             "rss_mb": med(rss), "gzip_bytes": rows[-1][3], "plain_bytes": len(final),
             "samples": final.count(b"\ntcpq_"), "scrapes": scrapes,
             "sample_duration_s": float(dur.group(1)) if dur else None,
-            "load": [min(load), med(load), max(load)], "ms": [round(x, 1) for x in lat]}
+            "load": [min(load), med(load), max(load)], "ms": [round(x, 1) for x in lat],
+            # the 5 slowest: (latency ms, sampling thread CPU ms, HTTP thread CPU ms) during each
+            "slowest": sorted(((round(r[0] * 1e3, 1), round(r[1], 1), round(r[2], 2)) for r in rows), reverse=True)[:5]}
 
 
 def steady_rss(argv: list[str], warm: float, span: float) -> float:

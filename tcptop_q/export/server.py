@@ -579,18 +579,18 @@ class Sampling(threading.Thread):
 
     @staticmethod
     def _gc_settle() -> None:
-        """The cyclic GC holds the GIL for the whole of a collection: at 10k listeners its
-        full collections took 50-200 ms every few seconds (the snapshot's ~100k objects,
-        promoted each tick, make them frequent), and a scrape arriving meanwhile waited for
-        them. The exporter's per-tick objects are freed by reference counting (a full
-        collection after the first minutes finds 0-10 unreachable objects), so after the
-        first sample: what exists now (modules, bcc, the probes' tables) is frozen out of
-        collections, automatic collections stop, and a full one runs every GC_EVERY_S right
-        after a publish, so that a cycle made by some rare path is still freed
+        """A full (generation 2) collection holds the GIL throughout: at 10k listeners they
+        took 50-200 ms every few seconds (the snapshot's ~100k objects are promoted every
+        tick, which keeps triggering them), and a scrape arriving meanwhile waited. So after
+        the first sample what exists now (modules, bcc, the probes' tables) is frozen out of
+        collections, and automatic full collections stop: the young generations are still
+        collected as usual (short pauses; cycles made by a tick die young), and a full one
+        runs every GC_EVERY_S right after a publish, for whatever cycle got old first
         (bench/exporter_scale.py; docs/EXPORTER.md, "Cost")."""
         gc.collect()
         gc.freeze()
-        gc.disable()
+        young0, young1, _ = gc.get_threshold()
+        gc.set_threshold(young0, young1, 1 << 30)  # generation 2: only by the explicit collect
 
     def _publish(self, snap: Snapshot | None, duration_s: float | None, error: bool = False) -> None:
         try:

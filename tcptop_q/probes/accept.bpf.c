@@ -210,7 +210,10 @@ static __always_inline void tq_accepted(void *ctx, const void *child, u32 fd)
         // Queued before the probes went live (or its link was missed): charged to the
         // listener it was followed on, else by (netns, family, port); no wait sample.
         struct tq_listener *l = tq_listener_of_child(child, 0);
-        if (l)
+        // A socket just accepted is live: it has its listener's netns and local port. (The
+        // per-CPU note of the last closed child can name a recycled address: another netns'
+        // socket accepted at the address of one of ours that closed; not ours to count.)
+        if (l && l->lport == tq_sk_lport(child) && l->netns == tq_netns(child))
             __sync_fetch_and_add(&l->accepted, 1);
         return;
     }

@@ -342,6 +342,10 @@ static __always_inline struct tq_listener *tq_listener_shared(const void *sk)
             l->cookie = cookie;
             return l;
         }
+        // Read again before calling it another socket: our read may predate the cookie's
+        // generation that another CPU has since stored in l (a race that lost counts).
+        if (!cookie && tq_sk_cookie(sk) == l->cookie)
+            return l;
         return tq_listener_new(sk, key, cookie, 1);
     }
     return tq_listener_new(sk, key, cookie, 0);
@@ -349,7 +353,7 @@ static __always_inline struct tq_listener *tq_listener_shared(const void *sk)
 
 // Where listener `key`'s counters go on this CPU: its tq_pcpu copy (identity copied from the
 // shared entry, born_ns last: a program nesting on this CPU in between copies it again, and
-// no counter is ever reset), or the shared entry when tq_pcpu is full. Increments stay atomic:
+// a live listener's counter is never reset), or the shared entry when tq_pcpu is full. Increments stay atomic:
 // a program in softirq may interrupt another one on the same CPU.
 static __always_inline struct tq_listener *tq_counters(u64 key, struct tq_listener *shared)
 {
@@ -367,9 +371,16 @@ static __always_inline struct tq_listener *tq_counters(u64 key, struct tq_listen
             return shared;  // full
     }
     if (c->born_ns != shared->born_ns) {
-        if (c->born_ns) {  // left by an earlier listener at this address whose close we missed
-            tq_pcpu.delete(&key);
-            return shared;
+        if (c->born_ns) {
+            // This CPU's copy still holds an earlier listener at this address (replaced, or its
+            // close missed): start this CPU's slot over. Only this slot: deleting the entry
+            // would take the new listener's counts on the other CPUs with it. (User space
+            // never sums a copy whose born_ns is not its shared entry's.)
+            int zero = 0;
+            struct tq_listener *z = tq_zero.lookup(&zero);
+            if (!z)
+                return shared;
+            __builtin_memcpy(c, z, sizeof(*c));
         }
         c->cookie = shared->cookie;
         c->netns = shared->netns;
