@@ -378,7 +378,10 @@ static __always_inline void tq_accepted_unlinked(const void *child)
 {
     tq_diag(TQ_DIAG_ACC_NOLINK);
     struct tq_listener *l = tq_listener_of_child(child, 0);
-    if (l)
+    // A socket just accepted is live: it has its listener's netns and local port. (The
+    // per-CPU note of the last closed child can name a recycled address: another netns'
+    // socket accepted at the address of one of ours that closed; not ours to count.)
+    if (l && l->lport == tq_sk_lport(child) && l->netns == tq_netns(child))
         __sync_fetch_and_add(&l->accepted, 1);
     else
         tq_diag(TQ_DIAG_ACC_NOPORT);

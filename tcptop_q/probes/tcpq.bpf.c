@@ -343,6 +343,10 @@ static __always_inline struct tq_listener *tq_listener_shared(const void *sk)
             l->cookie = cookie;
             return l;
         }
+        // Read again before calling it another socket: our read may predate the cookie's
+        // generation that another CPU has since stored in l (a race that lost counts).
+        if (!cookie && tq_sk_cookie(sk) == l->cookie)
+            return l;
         return tq_listener_new(sk, key, cookie, 1);
     }
     return tq_listener_new(sk, key, cookie, 0);
@@ -350,7 +354,7 @@ static __always_inline struct tq_listener *tq_listener_shared(const void *sk)
 
 // Where listener `key`'s counters go on this CPU: its tq_pcpu copy (identity copied from the
 // shared entry, born_ns last: a program nesting on this CPU in between copies it again, and
-// no counter is ever reset), or the shared entry when tq_pcpu is full. Increments stay atomic:
+// a live listener's counter is never reset), or the shared entry when tq_pcpu is full. Increments stay atomic:
 // a program in softirq may interrupt another one on the same CPU.
 static __always_inline struct tq_listener *tq_counters(u64 key, struct tq_listener *shared)
 {
@@ -368,9 +372,16 @@ static __always_inline struct tq_listener *tq_counters(u64 key, struct tq_listen
             return shared;  // full
     }
     if (c->born_ns != shared->born_ns) {
-        if (c->born_ns) {  // left by an earlier listener at this address whose close we missed
-            tq_pcpu.delete(&key);
-            return shared;
+        if (c->born_ns) {
+            // This CPU's copy still holds an earlier listener at this address (replaced, or its
+            // close missed): start this CPU's slot over. Only this slot: deleting the entry
+            // would take the new listener's counts on the other CPUs with it. (User space
+            // never sums a copy whose born_ns is not its shared entry's.)
+            int zero = 0;
+            struct tq_listener *z = tq_zero.lookup(&zero);
+            if (!z)
+                return shared;
+            __builtin_memcpy(c, z, sizeof(*c));
         }
         c->cookie = shared->cookie;
         c->netns = shared->netns;
@@ -473,6 +484,18 @@ static __always_inline void tq_child_linked(u64 child, u64 lsk, const struct tq_
         return;  // not followed (born before live, children off), or linked already
     c->listener = lsk;
     c->born_ns = l->born_ns;
+    const void *csk = (const void *)child;
+    u16 rport = 0;
+    bpf_probe_read_kernel(&rport, sizeof(rport), (const char *)csk + TQ_OFF_SK_DPORT);
+    c->rport = (rport >> 8) | (u16)(rport << 8);
+    c->family = l->family;
+    if (l->family == TQ_AF_INET) {
+        bpf_probe_read_kernel(c->laddr, 4, (const char *)csk + TQ_OFF_SK_RCV_SADDR);
+        bpf_probe_read_kernel(c->raddr, 4, (const char *)csk + TQ_OFF_SK_DADDR);
+    } else {
+        bpf_probe_read_kernel(c->laddr, 16, (const char *)csk + TQ_OFF_SK_V6_RCV_SADDR);
+        bpf_probe_read_kernel(c->raddr, 16, (const char *)csk + TQ_OFF_SK_V6_DADDR);
+    }
     u8 state = tq_sk_state((const void *)child) & 15;
     struct tq_cs_key pk = {.netns = c->netns, .lport = c->lport};
     struct tq_cs_key lk = {.listener = lsk, .born_ns = l->born_ns, .netns = c->netns, .lport = c->lport};
@@ -540,31 +563,11 @@ static __always_inline int tq_on_set_state(void *ctx, const struct tq_tp_inet_so
     if (tq_ctl_get(TQ_CTL_CHILDREN_OFF)) {
         // nothing
     } else if (oldstate == TQ_TCP_LISTEN && newstate == TQ_TCP_SYN_RECV) {
-        struct tq_child c = {.netns = tq_netns(sk), .lport = TQ_SS_SPORT, .rport = TQ_SS_DPORT};
+        // The tuple is read at enqueue (tq_child_linked): the clone's addresses are set after
+        // this state change on some kernels (6.1), so neither the record nor the socket has them yet.
+        struct tq_child c = {.netns = tq_netns(sk), .lport = TQ_SS_SPORT};
         if (!tq_wanted(c.netns, c.lport))
             return 0;
-        if (args) {
-            c.family = args->family;
-            if (args->family == TQ_AF_INET) {
-                __builtin_memcpy(c.laddr, args->saddr, 4);
-                __builtin_memcpy(c.raddr, args->daddr, 4);
-            } else {
-                __builtin_memcpy(c.laddr, args->saddr_v6, 16);
-                __builtin_memcpy(c.raddr, args->daddr_v6, 16);
-            }
-        }
-#ifdef TQ_RTP_SET_STATE
-        else {
-            c.family = tq_sk_family(sk);
-            if (c.family == TQ_AF_INET) {
-                bpf_probe_read_kernel(c.laddr, 4, (const char *)sk + TQ_OFF_INET_SADDR);
-                bpf_probe_read_kernel(c.raddr, 4, (const char *)sk + TQ_OFF_SK_DADDR);
-            } else {
-                bpf_probe_read_kernel(c.laddr, 16, (const char *)sk + TQ_OFF_SK_V6_RCV_SADDR);
-                bpf_probe_read_kernel(c.raddr, 16, (const char *)sk + TQ_OFF_SK_V6_DADDR);
-            }
-        }
-#endif
         tq_child.update(&key, &c);
         struct tq_cs_key ck = {.netns = c.netns, .lport = c.lport};
         struct tq_child_states *cs = tq_child_counts(&ck, 1);

@@ -137,7 +137,7 @@ def test_seed_experiment_1(watch: Watch) -> None:
     """backlog 5, never accept, 10 clients sending helloworld: 6 queued (backlog + 1), peak 6,
     overflows == the netns' ListenOverflows delta, and no accept() call."""
     port = 8080
-    watch.ns.serve(addr="0.0.0.0", port=port, backlog=5, mode="no-accept")
+    watch.ns.serve(timeout=60, addr="0.0.0.0", port=port, backlog=5, mode="no-accept")  # 60: a starved TCG guest
     before = watch.ns.tcpext()
     established = watch.ns.clients(addr="127.0.0.1", port=port, count=10, connect_timeout=1.0, gap=0.05)
     after = watch.ns.tcpext()
@@ -205,7 +205,7 @@ def _server_child_sequence(watch: Watch, port: int, deadline_s: float = 30.0) ->
 def test_seed_experiments_2_and_3_state_sequences(watch: Watch, experiment: str) -> None:
     server_first = experiment.startswith("3")
     port = 8000 if server_first else 8090  # the seed's ports (http.server, nc -l)
-    watch.ns.serve(addr="0.0.0.0", port=port, backlog=16, mode="echo-close" if server_first else "read-until-eof")
+    watch.ns.serve(timeout=60, addr="0.0.0.0", port=port, backlog=16, mode="echo-close" if server_first else "read-until-eof")
     # experiment 3: the client holds its end open until the server has closed its own
     n = watch.ns.clients(addr="127.0.0.1", port=port, count=1, hold=1.0 if server_first else 0.0)
     assert n == 1
