@@ -10,7 +10,6 @@ repetition, medians of --reps; feed off, probes filtered to the storm's netns. R
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -20,6 +19,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from _bpfbench import bpftool_progs  # noqa: E402
 
 PROGRAMS = ("tq_accept_exit", "tq_data_ready", "tq_r_data_ready", "tq_set_state", "tq_r_set_state")
 
@@ -62,11 +63,9 @@ def main() -> int:
                     p.set_feed("off")
                     ids = set(p.prog_ids())
                     try:
-                        show = ["bpftool", "-j", "prog", "show"]
-                        before = {x["id"]: x for x in json.loads(subprocess.run(show, capture_output=True,
-                                                                                text=True).stdout)}
+                        before = bpftool_progs()
                         ns.run([storm, str(args.cycles), "10", "9100"], timeout=60)
-                        for pr in json.loads(subprocess.run(show, capture_output=True, text=True).stdout):
+                        for pr in bpftool_progs().values():
                             if pr["id"] in ids and pr["name"] in PROGRAMS and pr["id"] in before:
                                 b = before[pr["id"]]
                                 runs = pr.get("run_cnt", 0) - b.get("run_cnt", 0)

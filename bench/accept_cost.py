@@ -10,7 +10,6 @@ Configurations alternate, medians of --reps. Root only; the sysctl is restored.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -20,23 +19,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-LOOP_C = r"""
-#include <stdio.h>
-#include <stdlib.h>
-#include <time.h>
-#include <unistd.h>
-#include <sys/syscall.h>
-int main(int argc, char **argv) {
-    long n = atol(argv[1]);
-    struct timespec a, b;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &a);
-    for (long i = 0; i < n; i++) syscall(SYS_getppid);
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &b);
-    printf("%.1f\n", ((b.tv_sec - a.tv_sec) * 1e9 + (b.tv_nsec - a.tv_nsec)) / n);
-    return 0;
-}
-"""
+sys.path.insert(0, str(ROOT / "bench"))
+from _bpfbench import LOOP_C, bpftool_progs  # noqa: E402
 
 
 def main() -> int:
@@ -68,12 +52,9 @@ def main() -> int:
                     p.set_feed("off")
                     ids = set(p.prog_ids())
                     try:
-                        before = {x["id"]: x for x in json.loads(subprocess.run(
-                            ["bpftool", "-j", "prog", "show"], capture_output=True, text=True).stdout)}
+                        before = bpftool_progs()
                         ns.run([storm, str(args.cycles), "10", "9100"], timeout=60)
-                        after = json.loads(subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True,
-                                                          text=True).stdout)
-                        for pr in after:
+                        for pr in bpftool_progs().values():
                             if pr["id"] in ids and pr["id"] in before:
                                 runs = pr.get("run_cnt", 0) - before[pr["id"]].get("run_cnt", 0)
                                 t = pr.get("run_time_ns", 0) - before[pr["id"]].get("run_time_ns", 0)

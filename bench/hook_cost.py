@@ -24,11 +24,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-
-def bpftool_progs() -> dict[int, dict]:
-    return {x["id"]: x for x in json.loads(subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True,
-                                                          text=True).stdout)}
+sys.path.insert(0, str(ROOT / "bench"))
+from _bpfbench import bpftool_progs  # noqa: E402
 
 
 def main() -> int:

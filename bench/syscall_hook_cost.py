@@ -24,23 +24,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-LOOP_C = r"""
-#include <stdio.h>
-#include <stdlib.h>
-#include <time.h>
-#include <unistd.h>
-#include <sys/syscall.h>
-int main(int argc, char **argv) {
-    long n = atol(argv[1]);
-    struct timespec a, b;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &a);
-    for (long i = 0; i < n; i++) syscall(SYS_getppid);
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &b);
-    printf("%.1f\n", ((b.tv_sec - a.tv_sec) * 1e9 + (b.tv_nsec - a.tv_nsec)) / n);
-    return 0;
-}
-"""
+sys.path.insert(0, str(ROOT / "bench"))
+from _bpfbench import LOOP_C  # noqa: E402
 
 CLASSIC = r"""
 BPF_PERCPU_ARRAY(hits, u64, 1);

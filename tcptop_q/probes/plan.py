@@ -130,6 +130,10 @@ RAW_TRACEPOINTS = {
     "tcp_receive_reset": ("tq_r_recv_reset", _sock_first),
 }
 
+KRETPROBE_BLOCKED_NOTE = ("accepted/accept_wait: an accept() already waiting in inet_csk_accept when the "
+                          "probes attached is not seen (a kretprobe catches calls that begin after it): "
+                          "at most one per thread blocked in accept() at that moment")
+
 IO_URING_NOTE = ("accepted/accept_wait count accept() and accept4() syscalls only: "
                  "io_uring accepts (IORING_OP_ACCEPT) do not pass through them and are not seen")
 
@@ -475,6 +479,7 @@ def _plan_accept(p: _Builder, btf: Btf, kprobes: bool, functions: frozenset[str]
         p.attach.append(("kretprobe", fn, prog))
         for m in ACCEPT_METRICS:
             p.hooks[m] = f"kretprobe:{fn}"
+        p.notes.append(KRETPROBE_BLOCKED_NOTE)
         return
     try:
         p.defines.update(_offsets(btf, FD_FIELDS))

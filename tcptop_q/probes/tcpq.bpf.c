@@ -484,6 +484,18 @@ static __always_inline void tq_child_linked(u64 child, u64 lsk, const struct tq_
         return;  // not followed (born before live, children off), or linked already
     c->listener = lsk;
     c->born_ns = l->born_ns;
+    const void *csk = (const void *)child;
+    u16 rport = 0;
+    bpf_probe_read_kernel(&rport, sizeof(rport), (const char *)csk + TQ_OFF_SK_DPORT);
+    c->rport = (rport >> 8) | (u16)(rport << 8);
+    c->family = l->family;
+    if (l->family == TQ_AF_INET) {
+        bpf_probe_read_kernel(c->laddr, 4, (const char *)csk + TQ_OFF_SK_RCV_SADDR);
+        bpf_probe_read_kernel(c->raddr, 4, (const char *)csk + TQ_OFF_SK_DADDR);
+    } else {
+        bpf_probe_read_kernel(c->laddr, 16, (const char *)csk + TQ_OFF_SK_V6_RCV_SADDR);
+        bpf_probe_read_kernel(c->raddr, 16, (const char *)csk + TQ_OFF_SK_V6_DADDR);
+    }
     u8 state = tq_sk_state((const void *)child) & 15;
     struct tq_cs_key pk = {.netns = c->netns, .lport = c->lport};
     struct tq_cs_key lk = {.listener = lsk, .born_ns = l->born_ns, .netns = c->netns, .lport = c->lport};
@@ -551,31 +563,11 @@ static __always_inline int tq_on_set_state(void *ctx, const struct tq_tp_inet_so
     if (tq_ctl_get(TQ_CTL_CHILDREN_OFF)) {
         // nothing
     } else if (oldstate == TQ_TCP_LISTEN && newstate == TQ_TCP_SYN_RECV) {
-        struct tq_child c = {.netns = tq_netns(sk), .lport = TQ_SS_SPORT, .rport = TQ_SS_DPORT};
+        // The tuple is read at enqueue (tq_child_linked): the clone's addresses are set after
+        // this state change on some kernels (6.1), so neither the record nor the socket has them yet.
+        struct tq_child c = {.netns = tq_netns(sk), .lport = TQ_SS_SPORT};
         if (!tq_wanted(c.netns, c.lport))
             return 0;
-        if (args) {
-            c.family = args->family;
-            if (args->family == TQ_AF_INET) {
-                __builtin_memcpy(c.laddr, args->saddr, 4);
-                __builtin_memcpy(c.raddr, args->daddr, 4);
-            } else {
-                __builtin_memcpy(c.laddr, args->saddr_v6, 16);
-                __builtin_memcpy(c.raddr, args->daddr_v6, 16);
-            }
-        }
-#ifdef TQ_RTP_SET_STATE
-        else {
-            c.family = tq_sk_family(sk);
-            if (c.family == TQ_AF_INET) {
-                bpf_probe_read_kernel(c.laddr, 4, (const char *)sk + TQ_OFF_INET_SADDR);
-                bpf_probe_read_kernel(c.raddr, 4, (const char *)sk + TQ_OFF_SK_DADDR);
-            } else {
-                bpf_probe_read_kernel(c.laddr, 16, (const char *)sk + TQ_OFF_SK_V6_RCV_SADDR);
-                bpf_probe_read_kernel(c.raddr, 16, (const char *)sk + TQ_OFF_SK_V6_DADDR);
-            }
-        }
-#endif
         tq_child.update(&key, &c);
         struct tq_cs_key ck = {.netns = c.netns, .lport = c.lport};
         struct tq_child_states *cs = tq_child_counts(&ck, 1);

@@ -256,12 +256,18 @@ def test_four_members_one_accepting_per_member_counts(labns, bpf, group_first):
         by_inode = {x.inode: x for x in snap.listeners if x.lport == port}
         assert set(by_inode) == set(inodes)
         assert accepted > 0 and kids == {"ESTABLISHED": accepted + sum(m["rqueue"] for m in ss_now.values())}
+        # The accepting thread entered accept() before the probes attached when the group came
+        # first: a kretprobe only catches calls that begin after it, so that one accept() is not
+        # seen there (and the plan says so in its notes); the syscall exits see it.
+        unseen = 1 if group_first and probes.hooks["accepted"].startswith("kretprobe:") else 0
+        if unseen:
+            assert any("already waiting in inet_csk_accept" in n for n in probes.notes)
         for i, ino in enumerate(inodes):
             lst = by_inode[ino]
             want = ss_now[lst.key.cookie]
             mine = accepted if i == 0 else 0
             assert (lst.accept_queue, lst.drops) == (want["rqueue"], want["drops"]), i
-            assert (lst.queued, lst.accepted) == (want["rqueue"] + mine, mine), i
+            assert (lst.queued, lst.accepted) == (want["rqueue"] + mine, mine - unseen if i == 0 else 0), i
             assert lst.children["ESTABLISHED"] == want["rqueue"] + mine, (i, lst.children)
         assert any(by_inode[ino].accept_queue == 3 for ino in inodes[1:])  # members filled up
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tcptop_q.probes import tracefs
-from tcptop_q.probes.plan import IO_URING_NOTE, build_plan
+from tcptop_q.probes.plan import IO_URING_NOTE, KRETPROBE_BLOCKED_NOTE, build_plan
 from tests.test_bpf_units import _fake_formats
 
 needs_btf = pytest.mark.usefixtures("btf_required")
@@ -29,6 +29,7 @@ def test_syscall_path_without_kprobes_names_io_uring() -> None:
     assert plan.hooks["handshake"] == plan.hooks["queued"] == "tracepoint:sock:sk_data_ready"
     assert ("tracepoint", "syscalls:sys_exit_accept4", "tq_accept_exit") in plan.attach
     assert IO_URING_NOTE in plan.notes and "io_uring" in IO_URING_NOTE
+    assert KRETPROBE_BLOCKED_NOTE not in plan.notes
     assert "-DTQ_HAVE_ACCEPT_SYSCALL" in plan.cflags and "struct tq_tp_sys_exit_accept {" in plan.body
 
 
@@ -39,6 +40,7 @@ def test_kretprobe_where_kprobes_exist_and_no_io_uring_note() -> None:
     assert ("kretprobe", "inet_csk_accept", "tq_krp_csk_accept") in plan.attach
     assert not any(a[0] == "tracepoint" and a[1].startswith("syscalls:") for a in plan.attach)
     assert IO_URING_NOTE not in plan.notes
+    assert KRETPROBE_BLOCKED_NOTE in plan.notes  # accept() calls already blocked at attach are named
     forced = build_plan(formats=_formats(), kprobes=True, kallsyms=frozenset({"inet_csk_accept"}),
                         blacklist=frozenset(), accept_hook="syscall")
     assert forced.hooks["accepted"].startswith("tracepoint:syscalls:")
