@@ -31,3 +31,16 @@ def bpftool_progs() -> dict[int, dict]:
     """Every loaded BPF program by id, as `bpftool -j prog show` reports it."""
     out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True).stdout
     return {x["id"]: x for x in json.loads(out)}
+
+
+def prog_deltas(before: dict[int, dict], after: dict[int, dict], ids: set[int]) -> dict[str, tuple[int, int]]:
+    """(runs, run time in ns) between two bpftool_progs() readings, by program name, for the
+    programs in ids that ran in between."""
+    out: dict[str, tuple[int, int]] = {}
+    for pid, pr in after.items():
+        b = before.get(pid)
+        if pid in ids and b is not None:
+            runs = pr.get("run_cnt", 0) - b.get("run_cnt", 0)
+            if runs:
+                out[pr["name"]] = (runs, pr.get("run_time_ns", 0) - b.get("run_time_ns", 0))
+    return out

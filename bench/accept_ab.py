@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from _bpfbench import bpftool_progs  # noqa: E402
+from _bpfbench import bpftool_progs, prog_deltas  # noqa: E402
 
 PROGRAMS = ("tq_accept_exit", "tq_data_ready", "tq_r_data_ready", "tq_set_state", "tq_r_set_state")
 
@@ -65,13 +65,9 @@ def main() -> int:
                     try:
                         before = bpftool_progs()
                         ns.run([storm, str(args.cycles), "10", "9100"], timeout=60)
-                        for pr in bpftool_progs().values():
-                            if pr["id"] in ids and pr["name"] in PROGRAMS and pr["id"] in before:
-                                b = before[pr["id"]]
-                                runs = pr.get("run_cnt", 0) - b.get("run_cnt", 0)
-                                if runs:
-                                    t = pr.get("run_time_ns", 0) - b.get("run_time_ns", 0)
-                                    res.setdefault((pr["name"], name), []).append(t / runs)
+                        for prog, (runs, t) in prog_deltas(before, bpftool_progs(), ids).items():
+                            if prog in PROGRAMS:
+                                res.setdefault((prog, name), []).append(t / runs)
                     finally:
                         p.close()
                 print(f"rep {rep} done", flush=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from _bpfbench import LOOP_C, bpftool_progs  # noqa: E402
+from _bpfbench import LOOP_C, bpftool_progs, prog_deltas  # noqa: E402
 
 
 def main() -> int:
@@ -54,12 +54,8 @@ def main() -> int:
                     try:
                         before = bpftool_progs()
                         ns.run([storm, str(args.cycles), "10", "9100"], timeout=60)
-                        for pr in bpftool_progs().values():
-                            if pr["id"] in ids and pr["id"] in before:
-                                runs = pr.get("run_cnt", 0) - before[pr["id"]].get("run_cnt", 0)
-                                t = pr.get("run_time_ns", 0) - before[pr["id"]].get("run_time_ns", 0)
-                                if runs:
-                                    per_run[mode].setdefault(pr["name"], []).append(t / runs)
+                        for name, (runs, t) in prog_deltas(before, bpftool_progs(), ids).items():
+                            per_run[mode].setdefault(name, []).append(t / runs)
                         syscall_ns[mode].append(float(subprocess.run([loop, "3000000"], capture_output=True,
                                                                      text=True, check=True).stdout))
                     finally:

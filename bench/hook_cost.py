@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from _bpfbench import bpftool_progs  # noqa: E402
+from _bpfbench import bpftool_progs, prog_deltas  # noqa: E402
 
 
 def main() -> int:
@@ -78,14 +78,10 @@ def main() -> int:
                     cpu = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
                     cps_cpu[mode].append(cycles / cpu)
                     spent = 0.0
-                    for pid, pr in after.items():
-                        if pid in ids and pid in before:
-                            runs = pr.get("run_cnt", 0) - before[pid].get("run_cnt", 0)
-                            t = pr.get("run_time_ns", 0) - before[pid].get("run_time_ns", 0)
-                            if runs:
-                                per_run[mode].setdefault(pr["name"], []).append(t / runs)
-                                per_cycle[mode].setdefault(pr["name"], []).append(runs / cycles)
-                                spent += t
+                    for prog, (runs, t) in prog_deltas(before, after, ids).items():
+                        per_run[mode].setdefault(prog, []).append(t / runs)
+                        per_cycle[mode].setdefault(prog, []).append(runs / cycles)
+                        spent += t
                     total_ns[mode].append(spent / cycles)
                     print(f"rep {rep} {mode}: {cycles / cpu:.0f} cycles per CPU-s, program ns per cycle "
                           f"{spent / cycles:.0f}", flush=True)
