@@ -14,11 +14,15 @@ import pytest
 
 PORT = 8094
 
-# argv: [[family, addr, port, v6only, backlog, accept], ...]; every socket sets SO_REUSEPORT.
+# argv[1]: [[family, addr, port, v6only, backlog, accept], ...]; every socket sets SO_REUSEPORT.
+# argv[2] "hold": accepting members keep every child they accept (ESTABLISHED until the client
+# closes); "close": they close it at once. Prints the members' socket inodes when all listen,
+# then on each stdin line the number accepted so far.
 SERVER = """
-import json, signal, socket, sys, threading
-signal.alarm(90)
-socks = []
+import json, os, signal, socket, sys, threading
+signal.alarm(120)
+socks, held, lock = [], [], threading.Lock()
+hold = sys.argv[2] == "hold"
 for family, addr, port, v6only, backlog, accept in json.loads(sys.argv[1]):
     s = socket.socket(socket.AF_INET6 if family == 6 else socket.AF_INET)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -31,11 +35,17 @@ for family, addr, port, v6only, backlog, accept in json.loads(sys.argv[1]):
         def loop(s=s):
             while True:
                 c, _ = s.accept()
-                c.close()
+                with lock:
+                    held.append(c)
+                if not hold:
+                    c.close()
         threading.Thread(target=loop, daemon=True).start()
-print("ready", flush=True)
-sys.stdin.read()
+print(json.dumps([os.fstat(s.fileno()).st_ino for s in socks]), flush=True)
+for _line in sys.stdin:
+    with lock:
+        print(len(held), flush=True)
 """
+
 
 # Sequential non-blocking connects: one that does not complete in 0.3 s (its SYN was dropped by
 # a full member) is closed before its SYN is retried, so the counts stop moving once this ends.
@@ -58,9 +68,25 @@ sys.stdin.read()
 """
 
 
-def start(labns, script: str, arg) -> subprocess.Popen:
-    return labns.spawn([sys.executable, "-c", script, json.dumps(arg)], stdin=subprocess.PIPE,
+def start(labns, script: str, arg, *extra: str) -> subprocess.Popen:
+    return labns.spawn([sys.executable, "-c", script, json.dumps(arg), *extra], stdin=subprocess.PIPE,
                        stdout=subprocess.PIPE, text=True)
+
+
+def start_server(labns, spec, mode: str) -> tuple[subprocess.Popen, list[int]]:
+    """SERVER with members `spec` ("hold" or "close"), once every member listens: it and their inodes."""
+    server = start(labns, SERVER, spec, mode)
+    inodes = json.loads(server.stdout.readline())
+    assert len(inodes) == len(spec)
+    return server, inodes
+
+
+def _stop(*procs) -> None:
+    for proc in procs:
+        if proc is not None and proc.poll() is None:
+            proc.stdin.close()
+            proc.terminate()
+            proc.wait(timeout=10)
 
 
 def ss_members(labns, port: int) -> dict[int, dict[str, int]]:
@@ -82,11 +108,10 @@ def test_four_members_one_accepting(labns):
     from tcptop_q.sampler import Sampler
 
     spec = [[4, "127.0.0.1", PORT, 0, 2, i == 0] for i in range(4)]
-    server = start(labns, SERVER, spec)
+    server, _inodes = start_server(labns, spec, "close")
     clients = None
     sampler = Sampler(netns=labns.inode, blocking_owners=True)
     try:
-        assert server.stdout.readline().strip() == "ready"
         clients = start(labns, CLIENTS, [4, "127.0.0.1", PORT, 40])
         connected = int(clients.stdout.readline())
         assert 0 < connected < 40
@@ -117,11 +142,7 @@ def test_four_members_one_accepting(labns):
         assert group["queued_imbalance"] is None  # no BPF in this test: queued unknown, never 0
     finally:
         sampler.close()
-        for proc in (clients, server):
-            if proc is not None and proc.poll() is None:
-                proc.stdin.close()
-                proc.terminate()
-                proc.wait(timeout=10)
+        _stop(clients, server)
 
 
 def test_dual_stack_and_v6only_are_separate_groups(labns):
@@ -133,11 +154,10 @@ def test_dual_stack_and_v6only_are_separate_groups(labns):
     q = PORT + 1
     spec = [[4, "0.0.0.0", PORT, 0, 64, False], [6, "::", PORT, 0, 64, False],
             [6, "::", q, 0, 64, False], [6, "::", q, 0, 64, False], [6, "::", q, 1, 64, False]]
-    server = start(labns, SERVER, spec)
+    server, _inodes = start_server(labns, spec, "close")
     clients = None
     sampler = Sampler(netns=labns.inode, blocking_owners=True)
     try:
-        assert server.stdout.readline().strip() == "ready"
         snap = sampler.sample(0.2)
         pair = [x for x in snap.listeners if x.lport == PORT]
         assert sorted(x.family for x in pair) == ["ipv4", "ipv6"]
@@ -154,39 +174,8 @@ def test_dual_stack_and_v6only_are_separate_groups(labns):
         assert busy <= {x.key.cookie for x in grouped} or busy == {x.key.cookie for x in members if x not in grouped}
     finally:
         sampler.close()
-        for proc in (clients, server):
-            if proc is not None and proc.poll() is None:
-                proc.stdin.close()
-                proc.terminate()
-                proc.wait(timeout=10)
+        _stop(clients, server)
 
-
-
-# The members of argv [[addr, port, backlog, accept], ...] (SO_REUSEPORT); accepting ones keep
-# every child they accept (ESTABLISHED until the client closes). Prints the members' socket
-# inodes, then on each stdin line the number accepted so far.
-HOLDING_SERVER = """
-import json, os, signal, socket, sys, threading
-signal.alarm(120)
-socks, held, lock = [], [], threading.Lock()
-for addr, port, backlog, accept in json.loads(sys.argv[1]):
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    s.bind((addr, port))
-    s.listen(backlog)
-    socks.append(s)
-    if accept:
-        def loop(s=s):
-            while True:
-                c, _ = s.accept()
-                with lock:
-                    held.append(c)
-        threading.Thread(target=loop, daemon=True).start()
-print(json.dumps([os.fstat(s.fileno()).st_ino for s in socks]), flush=True)
-for _line in sys.stdin:
-    with lock:
-        print(len(held), flush=True)
-"""
 
 
 def ss_server_children(labns, port: int) -> dict[str, int]:
@@ -197,14 +186,6 @@ def ss_server_children(labns, port: int) -> dict[str, int]:
             name = {"ESTAB": "ESTABLISHED", "CLOSE-WAIT": "CLOSE_WAIT"}[line.split()[0]]
             states[name] = states.get(name, 0) + 1
     return states
-
-
-def _stop(*procs) -> None:
-    for proc in procs:
-        if proc is not None and proc.poll() is None:
-            proc.stdin.close()
-            proc.terminate()
-            proc.wait(timeout=10)
 
 
 @pytest.mark.parametrize("group_first", [True, False], ids=["group-before-live", "group-after-live"])
@@ -218,20 +199,18 @@ def test_four_members_one_accepting_per_member_counts(labns, bpf, group_first):
     from tcptop_q.source import load_bpf
 
     port = PORT + 2
-    spec = [["127.0.0.1", port, 2, i == 0] for i in range(4)]
+    spec = [[4, "127.0.0.1", port, 0, 2, i == 0] for i in range(4)]
     server = clients = None
     probes, error = load_bpf(None, labns.inode)
     assert probes is not None, error
     sampler = Sampler(bpf=probes, netns=labns.inode, blocking_owners=True, children_every=3600)
     try:
         if group_first:
-            server = start(labns, HOLDING_SERVER, spec)
-            inodes = json.loads(server.stdout.readline())
+            server, inodes = start_server(labns, spec, "hold")
         probes.start()
         assert probes.wait_ready(90), probes.error
         if not group_first:
-            server = start(labns, HOLDING_SERVER, spec)
-            inodes = json.loads(server.stdout.readline())
+            server, inodes = start_server(labns, spec, "hold")
         sampler.sample(0.2, children=True)  # the baseline tick (overflows, rates)
 
         def held() -> int:
