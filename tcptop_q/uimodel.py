@@ -149,6 +149,12 @@ class SocketRef:
     pid: int | None = None
     comm: str | None = None
 
+    @classmethod
+    def of(cls, row) -> SocketRef:
+        """The ref of a dumped connection row (model.Connection, model.CloseWait: both carry these fields)."""
+        return cls(row.netns, row.family, row.laddr, row.lport, row.raddr, row.rport, row.cookie, row.inode,
+                   row.pid, row.comm)
+
     def label(self) -> str:
         def host(a: str) -> str:
             return f"[{a}]" if self.family == "ipv6" else a

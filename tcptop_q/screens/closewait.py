@@ -225,17 +225,4 @@ class CloseWaitSocketsScreen(DetailScreen):
         key = self.query_one("#sockets", KeyedTable).cursor_key()
         cw = self.rows.get(key) if key else None
         if cw is not None:
-            self.tapp.open_socket(
-                SocketRef(
-                    cw.netns,
-                    cw.family,
-                    cw.laddr,
-                    cw.lport,
-                    cw.raddr,
-                    cw.rport,
-                    cw.cookie,
-                    cw.inode,
-                    cw.pid,
-                    cw.comm,
-                )
-            )
+            self.tapp.open_socket(SocketRef.of(cw))

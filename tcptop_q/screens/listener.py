@@ -460,6 +460,4 @@ class ListenerScreen(DetailScreen):
         c = self.conns.get(key) if key else None
         if c is None:
             return
-        self.tapp.open_socket(
-            SocketRef(c.netns, c.family, c.laddr, c.lport, c.raddr, c.rport, c.cookie, c.inode, c.pid, c.comm)
-        )
+        self.tapp.open_socket(SocketRef.of(c))

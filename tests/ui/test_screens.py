@@ -70,9 +70,13 @@ async def test_close_wait_view_groups_by_process(make_app):
         await pilot.press("enter")
         assert isinstance(app.screen, CloseWaitSocketsScreen)
         assert len(app.screen.rows) == 6
+        cw = app.screen.rows[app.screen.query_one("#sockets").cursor_key()]
         await pilot.press("enter")
         assert isinstance(app.screen, SocketScreen)
-        assert app.screen.ref.pid == SERVER_PID
+        ref = app.screen.ref
+        assert ref.pid == SERVER_PID
+        fields = ("netns", "family", "laddr", "lport", "raddr", "rport", "cookie", "inode", "pid", "comm")
+        assert [getattr(ref, f) for f in fields] == [getattr(cw, f) for f in fields]  # the row it was opened on
 
 
 def test_group_close_wait_sorts_by_age_count_recv_q():
