@@ -105,11 +105,20 @@ sys.stdin.read()
 """
 
 
-def nstat(ns, name: str) -> int:
+def nstat_all(ns) -> dict[str, int]:
     import json
 
     data = json.loads(ns.run(["nstat", "-a", "-s", "-z", "-j"]).stdout)
-    return int(data.get("kernel", data)[name])
+    return {k: int(v) for k, v in data.get("kernel", data).items()}
+
+
+def nstat(ns, name: str) -> int:
+    return nstat_all(ns)[name]
+
+
+def moved(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """The netns' counters that changed: says what else the kernel did when a count is off."""
+    return {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
 
 
 def test_dual_stack_resets_land_on_their_own_listener(labns, bpf):
@@ -127,7 +136,8 @@ def test_dual_stack_resets_land_on_their_own_listener(labns, bpf):
     server = None
     try:
         sampler.sample(0.1)
-        rsts_before = nstat(labns, "TcpOutRsts")
+        counters_before = nstat_all(labns)
+        rsts_before = counters_before["TcpOutRsts"]
         server = labns.spawn([sys.executable, "-c", DUAL_SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                              text=True)
         assert server.stdout is not None and server.stdout.readline().strip() == "done"
@@ -140,7 +150,9 @@ def test_dual_stack_resets_land_on_their_own_listener(labns, bpf):
             if got == ABORT or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
-        assert sent == sum(ABORT.values())  # the kernel's count: the server's aborts, nothing else
+        # the kernel's count: the server's aborts, nothing else (on failure: what else moved, and
+        # what the probes charged; a 6.1 TCG guest once counted 8, cause not yet known)
+        assert sent == sum(ABORT.values()), (got, moved(counters_before, nstat_all(labns)))
         assert got == ABORT
         assert sum(got.values()) == sent
         assert {fam: lst.resets_received for fam, lst in pair.items()} == {"ipv4": 0, "ipv6": 0}
