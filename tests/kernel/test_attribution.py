@@ -151,7 +151,7 @@ def test_dual_stack_resets_land_on_their_own_listener(labns, bpf):
                 break
             time.sleep(0.05)
         # the kernel's count: the server's aborts, nothing else (on failure: what else moved, and
-        # what the probes charged; a 6.1 TCG guest once counted 8, cause not yet known)
+        # what the probes charged; a 6.1 TCG guest counted 8, cause not yet known)
         assert sent == sum(ABORT.values()), (got, moved(counters_before, nstat_all(labns)))
         assert got == ABORT
         assert sum(got.values()) == sent
