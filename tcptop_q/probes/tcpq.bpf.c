@@ -479,6 +479,8 @@ static __always_inline struct tq_listener *tq_listener_of_child(const void *sk, 
 // (probes/accept.bpf.c).
 static __always_inline void tq_child_linked(u64 child, u64 lsk, const struct tq_listener *l)
 {
+    if (tq_ctl_get(TQ_CTL_CHILDREN_OFF))
+        return;  // no child entries kept: no lookup per enqueue
     struct tq_child *c = tq_child.lookup(&child);
     if (!c || c->listener)
         return;  // not followed (born before live, children off), or linked already
@@ -522,6 +524,27 @@ static __always_inline void tq_child_linked(u64 child, u64 lsk, const struct tq_
 #define TQ_SS_PORT(field, raw) (args->field)
 #endif
 #define TQ_SS_SPORT TQ_SS_PORT(sport, tq_inet_sport(sk))
+#define TQ_TCP_SYN_SENT 2
+
+// Whether transition oldstate -> newstate has any work in the current mode, decided from the
+// tracepoint's own arguments and two array slots before any helper call: with the feed off
+// (`--batch`, or the TUI's feed paused) and child counts off, most of a storm's transitions
+// (a client's connect, the FIN_WAIT steps of an active close, a child's LISTEN -> SYN_RECV)
+// have none. What remains: listeners made and closed, every CLOSE (links, child entries and
+// the closed note dropped on every path) and SYN_RECV -> ESTABLISHED (the enqueue's note).
+static __always_inline int tq_ss_needed(int oldstate, int newstate)
+{
+    if (newstate == TQ_TCP_LISTEN || newstate == TQ_TCP_CLOSE)
+        return 1;
+#ifdef TQ_HAVE_LINK
+    if (oldstate == TQ_TCP_SYN_RECV && newstate == TQ_TCP_ESTABLISHED)
+        return 1;
+#endif
+    if (tq_ctl_get(TQ_CTL_FEED_MODE))
+        return 1;
+    // Child counts: a socket leaving SYN_SENT is a client's (connect), never a listener's child.
+    return !tq_ctl_get(TQ_CTL_CHILDREN_OFF) && oldstate != TQ_TCP_SYN_SENT;
+}
 #define TQ_SS_DPORT TQ_SS_PORT(dport, tq_sk_dport(sk))
 static __always_inline int tq_on_set_state(void *ctx, const struct tq_tp_inet_sock_set_state *args,
                                            const void *sk, int oldstate, int newstate)
@@ -576,7 +599,9 @@ static __always_inline int tq_on_set_state(void *ctx, const struct tq_tp_inet_so
         else
             tq_lost_slot(1);
     } else {
-        struct tq_child *c = tq_child.lookup(&key);
+        // A socket leaving SYN_SENT is a client's: no child entry to look up (its CLOSE ->
+        // SYN_SENT dropped any stale one at its address).
+        struct tq_child *c = oldstate == TQ_TCP_SYN_SENT ? 0 : tq_child.lookup(&key);
         u64 lsk = 0, born = 0;
         if (c && oldstate == TQ_TCP_CLOSE) {
             tq_child.delete(&key);  // a new socket at the address of one whose close was not seen
@@ -700,6 +725,8 @@ int tq_set_state(struct tq_tp_inet_sock_set_state *args)
     if (args->protocol != TQ_IPPROTO_TCP)
         return 0;
 #endif
+    if (!tq_ss_needed(args->oldstate, args->newstate))
+        return 0;
     return tq_on_set_state(args, args, (const void *)args->skaddr, args->oldstate, args->newstate);
 }
 
@@ -708,10 +735,13 @@ int tq_set_state(struct tq_tp_inet_sock_set_state *args)
 // positions from the kernel's btf_trace_inet_sock_set_state (probes/plan.py).
 int tq_r_set_state(struct bpf_raw_tracepoint_args *ctx)
 {
+    int oldstate = (int)ctx->args[TQ_RTP_SET_STATE_OLD], newstate = (int)ctx->args[TQ_RTP_SET_STATE_NEW];
+    if (!tq_ss_needed(oldstate, newstate))
+        return 0;  // before the protocol read: the states are arguments
     const void *sk = (const void *)ctx->args[TQ_RTP_SET_STATE_SK];
     if (tq_sk_protocol(sk) != TQ_IPPROTO_TCP)
         return 0;
-    return tq_on_set_state(ctx, 0, sk, (int)ctx->args[TQ_RTP_SET_STATE_OLD], (int)ctx->args[TQ_RTP_SET_STATE_NEW]);
+    return tq_on_set_state(ctx, 0, sk, oldstate, newstate);
 }
 #endif
 #endif
