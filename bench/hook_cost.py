@@ -32,6 +32,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--cycles", type=int, default=50_000)
+    ap.add_argument("--modes", nargs="+", default=["auto", "classic"], choices=["auto", "classic"],
+                    help="hook kinds to measure (each against no probes)")
+    ap.add_argument("--children", action="store_true",
+                    help="child state counts on, as the TUI runs them (feed still off: the TUI's paused feed)")
+    ap.add_argument("--out", default="hook_cost.json", help="file name under bench/results")
     args = ap.parse_args()
     from tcptop_q.lab.netns import LabNetns
     from tcptop_q.probes.bpf import BpfProbes
@@ -41,7 +46,7 @@ def main() -> int:
     subprocess.run(["gcc", "-O2", "-pthread", "-o", storm, str(ROOT / "bench" / "storm.c")], check=True)
     stats = Path("/proc/sys/kernel/bpf_stats_enabled")
     old = stats.read_text().strip()
-    modes = ("auto", "classic", "none")
+    modes = (*args.modes, "none")
     per_run: dict[str, dict[str, list[float]]] = {m: {} for m in modes}
     per_cycle: dict[str, dict[str, list[float]]] = {m: {} for m in modes}
     cps_cpu: dict[str, list[float]] = {m: [] for m in modes}
@@ -62,7 +67,7 @@ def main() -> int:
                         if not p.wait_ready(180):
                             raise SystemExit(f"probes not live: {p.error}")
                         p.set_feed("off")
-                        p.set_children(False)
+                        p.set_children(args.children)
                         hooks[mode] = dict(p.hooks)
                     ids = set(p.prog_ids()) if p else set()
                     try:
@@ -94,7 +99,7 @@ def main() -> int:
     med = statistics.median
     print("| program | ns per run | runs per cycle |")
     print("|---|---:|---:|")
-    for mode in ("auto", "classic"):
+    for mode in args.modes:
         for name in sorted(per_run[mode]):
             print(f"| {mode}: {name} | {med(per_run[mode][name]):.0f} | {med(per_cycle[mode][name]):.2f} |")
     base = med(cps_cpu["none"])
@@ -107,8 +112,8 @@ def main() -> int:
     print(f"commit {commit}; load average {load}")
     out_dir = ROOT / "bench" / "results"
     out_dir.mkdir(exist_ok=True)
-    (out_dir / "hook_cost.json").write_text(json.dumps({
-        "commit": commit, "loadavg": load, "cycles": args.cycles, "reps": args.reps, "hooks": hooks,
+    (out_dir / args.out).write_text(json.dumps({
+        "commit": commit, "children": args.children, "loadavg": load, "cycles": args.cycles, "reps": args.reps, "hooks": hooks,
         "ns_per_run": per_run, "runs_per_cycle": per_cycle, "cycles_per_cpu_s": cps_cpu,
         "program_ns_per_cycle": total_ns}, indent=1) + "\n")
     return 0

@@ -75,82 +75,6 @@ static __always_inline void tq_hist_add(u64 sk, u64 born_ns, u32 hist, u64 ns, u
     }
 }
 
-// The head of struct sock_common (addresses, ports, state, netns pointer), read in
-// one bpf_probe_read_kernel instead of one per field, where every field needed lies
-// inside it (the layout has been so for years; the fallback reads field by field).
-#define TQ_SKC_HEAD 96
-#if TQ_OFF_SK_DADDR + 4 <= TQ_SKC_HEAD && TQ_OFF_SK_DPORT + 2 <= TQ_SKC_HEAD && TQ_OFF_SK_NUM + 2 <= TQ_SKC_HEAD && \
-    TQ_OFF_SK_STATE + 1 <= TQ_SKC_HEAD && TQ_OFF_SK_V6_DADDR + 16 <= TQ_SKC_HEAD && \
-    TQ_OFF_SK_RCV_SADDR + 4 <= TQ_SKC_HEAD && TQ_OFF_SK_V6_RCV_SADDR + 16 <= TQ_SKC_HEAD && \
-    (!TQ_HAVE_NETNS || TQ_OFF_SK_NET + 8 <= TQ_SKC_HEAD)
-#define TQ_SKC_ONE_READ 1
-#endif
-
-struct tq_skc {
-    u8 b[TQ_SKC_HEAD];
-};
-
-static __always_inline void tq_skc_read(struct tq_skc *h, const void *sk)
-{
-#ifdef TQ_SKC_ONE_READ
-    bpf_probe_read_kernel(h, sizeof(*h), sk);
-#else
-    __builtin_memset(h, 0, sizeof(*h));
-#endif
-}
-
-static __always_inline u16 tq_skc_lport(const struct tq_skc *h, const void *sk)
-{
-#ifdef TQ_SKC_ONE_READ
-    return *(const u16 *)(h->b + TQ_OFF_SK_NUM);
-#else
-    return tq_sk_lport(sk);
-#endif
-}
-
-static __always_inline u16 tq_skc_rport(const struct tq_skc *h, const void *sk)
-{
-    u16 rport = 0;
-#ifdef TQ_SKC_ONE_READ
-    rport = *(const u16 *)(h->b + TQ_OFF_SK_DPORT);
-#else
-    bpf_probe_read_kernel(&rport, sizeof(rport), (const char *)sk + TQ_OFF_SK_DPORT);
-#endif
-    return (rport >> 8) | (u16)(rport << 8);
-}
-
-static __always_inline u32 tq_skc_netns(const struct tq_skc *h, const void *sk)
-{
-#if defined(TQ_SKC_ONE_READ) && TQ_HAVE_NETNS
-    u32 inum = 0;
-    const void *net = *(void *const *)(h->b + TQ_OFF_SK_NET);
-    if (net)
-        bpf_probe_read_kernel(&inum, sizeof(inum), (const char *)net + TQ_OFF_NET_INUM);
-    return inum;
-#else
-    return tq_netns(sk);
-#endif
-}
-
-// 16 address bytes at offset off of the socket (4 of them for AF_INET).
-static __always_inline void tq_skc_addr(u8 *dst, const struct tq_skc *h, const void *sk, u16 family, u32 off4,
-                                        u32 off6)
-{
-#ifdef TQ_SKC_ONE_READ
-    if (family == TQ_AF_INET) {
-        if (off4 + 4 <= TQ_SKC_HEAD)
-            __builtin_memcpy(dst, h->b + off4, 4);
-    } else if (off6 + 16 <= TQ_SKC_HEAD) {
-        __builtin_memcpy(dst, h->b + off6, 16);
-    }
-#else
-    if (family == TQ_AF_INET)
-        bpf_probe_read_kernel(dst, 4, (const char *)sk + off4);
-    else
-        bpf_probe_read_kernel(dst, 16, (const char *)sk + off6);
-#endif
-}
-
 // Rare paths of accept tracking, counted per CPU (BpfProbes.accept_diag(); docs/ACCEPT.md).
 #define TQ_DIAG_ACC_NOLINK 0  // accept() returned a child with no link
 #define TQ_DIAG_ACC_EARLY 1  // ... still in SYN_RECV/ESTABLISHED: marked for its enqueue to sample
@@ -259,7 +183,7 @@ static __always_inline void tq_link_child(const void *sk, struct tq_listener *l,
             fresh = 0;  // linked already (the tail, taken for a child that has its link): kept
         }
     }
-    tq_child_linked(ckey, (u64)sk, l);
+    tq_child_linked(ckey, (u64)sk, l, &h);
     if (!fresh)
         return;  // no second handshake sample
 #ifdef TQ_OFF_TREQ_SNT_SYNACK

@@ -248,15 +248,6 @@ static __always_inline u16 tq_sk_dport(const void *sk)
     return (port >> 8) | (u16)(port << 8);
 }
 
-// The local port the reset records carry: inet_sport of a full socket, else (request and
-// timewait sockets, whose packet's destination the 6.10+ record reads) skc_num.
-static __always_inline u16 tq_reset_lport(const void *sk)
-{
-    u8 state = tq_sk_state(sk);
-    if (state == 6 || state == 12)  // TCP_TIME_WAIT, TCP_NEW_SYN_RECV: not sk_fullsock()
-        return tq_sk_lport(sk);
-    return tq_inet_sport(sk);
-}
 #endif
 
 static __always_inline int tq_wanted(u32 netns, u16 lport)
@@ -423,6 +414,100 @@ static __always_inline void tq_peak_note(struct tq_listener *l, u32 depth)
     }
 }
 
+// The head of struct sock_common (addresses, ports, state, netns pointer), read in
+// one bpf_probe_read_kernel instead of one per field, where every field needed lies
+// inside it (the layout has been so for years; the fallback reads field by field).
+#define TQ_SKC_HEAD 96
+#if TQ_OFF_SK_DADDR + 4 <= TQ_SKC_HEAD && TQ_OFF_SK_DPORT + 2 <= TQ_SKC_HEAD && TQ_OFF_SK_NUM + 2 <= TQ_SKC_HEAD && \
+    TQ_OFF_SK_STATE + 1 <= TQ_SKC_HEAD && TQ_OFF_SK_FAMILY + 2 <= TQ_SKC_HEAD && TQ_OFF_SK_V6_DADDR + 16 <= TQ_SKC_HEAD && \
+    TQ_OFF_SK_RCV_SADDR + 4 <= TQ_SKC_HEAD && TQ_OFF_SK_V6_RCV_SADDR + 16 <= TQ_SKC_HEAD && \
+    (!TQ_HAVE_NETNS || TQ_OFF_SK_NET + 8 <= TQ_SKC_HEAD)
+#define TQ_SKC_ONE_READ 1
+#endif
+
+struct tq_skc {
+    u8 b[TQ_SKC_HEAD];
+};
+
+static __always_inline void tq_skc_read(struct tq_skc *h, const void *sk)
+{
+#ifdef TQ_SKC_ONE_READ
+    bpf_probe_read_kernel(h, sizeof(*h), sk);
+#else
+    __builtin_memset(h, 0, sizeof(*h));
+#endif
+}
+
+static __always_inline u16 tq_skc_lport(const struct tq_skc *h, const void *sk)
+{
+#ifdef TQ_SKC_ONE_READ
+    return *(const u16 *)(h->b + TQ_OFF_SK_NUM);
+#else
+    return tq_sk_lport(sk);
+#endif
+}
+
+static __always_inline u16 tq_skc_family(const struct tq_skc *h, const void *sk)
+{
+#ifdef TQ_SKC_ONE_READ
+    return *(const u16 *)(h->b + TQ_OFF_SK_FAMILY);
+#else
+    return tq_sk_family(sk);
+#endif
+}
+
+static __always_inline u8 tq_skc_state(const struct tq_skc *h, const void *sk)
+{
+#ifdef TQ_SKC_ONE_READ
+    return h->b[TQ_OFF_SK_STATE];
+#else
+    return tq_sk_state(sk);
+#endif
+}
+
+static __always_inline u16 tq_skc_rport(const struct tq_skc *h, const void *sk)
+{
+    u16 rport = 0;
+#ifdef TQ_SKC_ONE_READ
+    rport = *(const u16 *)(h->b + TQ_OFF_SK_DPORT);
+#else
+    bpf_probe_read_kernel(&rport, sizeof(rport), (const char *)sk + TQ_OFF_SK_DPORT);
+#endif
+    return (rport >> 8) | (u16)(rport << 8);
+}
+
+static __always_inline u32 tq_skc_netns(const struct tq_skc *h, const void *sk)
+{
+#if defined(TQ_SKC_ONE_READ) && TQ_HAVE_NETNS
+    u32 inum = 0;
+    const void *net = *(void *const *)(h->b + TQ_OFF_SK_NET);
+    if (net)
+        bpf_probe_read_kernel(&inum, sizeof(inum), (const char *)net + TQ_OFF_NET_INUM);
+    return inum;
+#else
+    return tq_netns(sk);
+#endif
+}
+
+// 16 address bytes at offset off of the socket (4 of them for AF_INET).
+static __always_inline void tq_skc_addr(u8 *dst, const struct tq_skc *h, const void *sk, u16 family, u32 off4,
+                                        u32 off6)
+{
+#ifdef TQ_SKC_ONE_READ
+    if (family == TQ_AF_INET) {
+        if (off4 + 4 <= TQ_SKC_HEAD)
+            __builtin_memcpy(dst, h->b + off4, 4);
+    } else if (off6 + 16 <= TQ_SKC_HEAD) {
+        __builtin_memcpy(dst, h->b + off6, 16);
+    }
+#else
+    if (family == TQ_AF_INET)
+        bpf_probe_read_kernel(dst, 4, (const char *)sk + off4);
+    else
+        bpf_probe_read_kernel(dst, 16, (const char *)sk + off6);
+#endif
+}
+
 // This CPU's child state counts of `ck` (a listener, or a port), created when `create`; else the shared ones.
 static __always_inline struct tq_child_states *tq_child_counts(struct tq_cs_key *ck, int create)
 {
@@ -443,8 +528,9 @@ static __always_inline struct tq_child_states *tq_child_counts(struct tq_cs_key 
 // The listener a child (or a socket that was one) belongs to, on this CPU: the one it was
 // queued on (tq_child), the one whose child just closed on this CPU (tq_closed: resets on
 // close), else the listener of its (netns, family, port), for children born before the
-// probes went live or not followed (children off).
-static __always_inline struct tq_listener *tq_listener_of_child(const void *sk, u16 lport)
+// probes went live or not followed (children off). lport 0: the socket's own, read only
+// for that last lookup (reset_lport: the one the reset records carry, for the raw reset programs).
+static __always_inline struct tq_listener *tq_listener_of_child_x(const void *sk, u16 lport, int reset_lport)
 {
     u64 key = (u64)sk;
     u64 lkey = 0, born = 0;
@@ -467,36 +553,52 @@ static __always_inline struct tq_listener *tq_listener_of_child(const void *sk, 
             return 0;  // its listener closed
         return tq_counters(lkey, l);
     }
-    struct tq_port_key pk = {.netns = tq_netns(sk), .lport = lport ? lport : tq_sk_lport(sk), .family = tq_sk_family(sk)};
+    struct tq_skc h;
+    tq_skc_read(&h, sk);  // netns pointer, port, family, state: one read
+    if (!lport) {
+        lport = tq_skc_lport(&h, sk);
+#ifdef TQ_OFF_SK_PROTOCOL
+        u8 state = tq_skc_state(&h, sk);
+        if (reset_lport && state != 6 && state != 12) {
+            // A full socket: inet_sport, as the reset records carry; skc_num for request and
+            // timewait sockets (not sk_fullsock()), whose packet's destination the 6.10+ record reads.
+            u16 sport = tq_inet_sport(sk);
+            if (sport)
+                lport = sport;
+        }
+#endif
+    }
+    struct tq_port_key pk = {.netns = tq_skc_netns(&h, sk), .lport = lport, .family = tq_skc_family(&h, sk)};
     u64 *owner = tq_by_port.lookup(&pk);
     if (!owner)
         return 0;
     return tq_listener_at(*owner);
 }
 
+static __always_inline struct tq_listener *tq_listener_of_child(const void *sk, u16 lport)
+{
+    return tq_listener_of_child_x(sk, lport, 0);
+}
+
 // The child `child` was just queued on listener `lsk`: from now on its state changes count
 // for that listener (tq_child_states), and its resets go to it. Called from tq_link_child
 // (probes/accept.bpf.c).
-static __always_inline void tq_child_linked(u64 child, u64 lsk, const struct tq_listener *l)
+// h: the child's sock_common head, read by the caller (tq_skc_read).
+static __always_inline void tq_child_linked(u64 child, u64 lsk, const struct tq_listener *l, const struct tq_skc *h)
 {
+    if (tq_ctl_get(TQ_CTL_CHILDREN_OFF))
+        return;  // no child entries kept: no lookup per enqueue
     struct tq_child *c = tq_child.lookup(&child);
     if (!c || c->listener)
         return;  // not followed (born before live, children off), or linked already
     c->listener = lsk;
     c->born_ns = l->born_ns;
     const void *csk = (const void *)child;
-    u16 rport = 0;
-    bpf_probe_read_kernel(&rport, sizeof(rport), (const char *)csk + TQ_OFF_SK_DPORT);
-    c->rport = (rport >> 8) | (u16)(rport << 8);
+    c->rport = tq_skc_rport(h, csk);
     c->family = l->family;
-    if (l->family == TQ_AF_INET) {
-        bpf_probe_read_kernel(c->laddr, 4, (const char *)csk + TQ_OFF_SK_RCV_SADDR);
-        bpf_probe_read_kernel(c->raddr, 4, (const char *)csk + TQ_OFF_SK_DADDR);
-    } else {
-        bpf_probe_read_kernel(c->laddr, 16, (const char *)csk + TQ_OFF_SK_V6_RCV_SADDR);
-        bpf_probe_read_kernel(c->raddr, 16, (const char *)csk + TQ_OFF_SK_V6_DADDR);
-    }
-    u8 state = tq_sk_state((const void *)child) & 15;
+    tq_skc_addr(c->laddr, h, csk, l->family, TQ_OFF_SK_RCV_SADDR, TQ_OFF_SK_V6_RCV_SADDR);
+    tq_skc_addr(c->raddr, h, csk, l->family, TQ_OFF_SK_DADDR, TQ_OFF_SK_V6_DADDR);
+    u8 state = tq_skc_state(h, csk) & 15;
     struct tq_cs_key pk = {.netns = c->netns, .lport = c->lport};
     struct tq_cs_key lk = {.listener = lsk, .born_ns = l->born_ns, .netns = c->netns, .lport = c->lport};
     struct tq_child_states *to = tq_child_counts(&lk, 1);
@@ -522,6 +624,27 @@ static __always_inline void tq_child_linked(u64 child, u64 lsk, const struct tq_
 #define TQ_SS_PORT(field, raw) (args->field)
 #endif
 #define TQ_SS_SPORT TQ_SS_PORT(sport, tq_inet_sport(sk))
+#define TQ_TCP_SYN_SENT 2
+
+// Whether transition oldstate -> newstate has any work in the current mode, decided from the
+// tracepoint's own arguments and two array slots before any helper call: with the feed off
+// (`--batch`, or the TUI's feed paused) and child counts off, most of a storm's transitions
+// (a client's connect, the FIN_WAIT steps of an active close, a child's LISTEN -> SYN_RECV)
+// have none. What remains: listeners made and closed, every CLOSE (links, child entries and
+// the closed note dropped on every path) and SYN_RECV -> ESTABLISHED (the enqueue's note).
+static __always_inline int tq_ss_needed(int oldstate, int newstate)
+{
+    if (newstate == TQ_TCP_LISTEN || newstate == TQ_TCP_CLOSE)
+        return 1;
+#ifdef TQ_HAVE_LINK
+    if (oldstate == TQ_TCP_SYN_RECV && newstate == TQ_TCP_ESTABLISHED)
+        return 1;
+#endif
+    if (tq_ctl_get(TQ_CTL_FEED_MODE))
+        return 1;
+    // Child counts: a socket leaving SYN_SENT is a client's (connect), never a listener's child.
+    return !tq_ctl_get(TQ_CTL_CHILDREN_OFF) && oldstate != TQ_TCP_SYN_SENT;
+}
 #define TQ_SS_DPORT TQ_SS_PORT(dport, tq_sk_dport(sk))
 static __always_inline int tq_on_set_state(void *ctx, const struct tq_tp_inet_sock_set_state *args,
                                            const void *sk, int oldstate, int newstate)
@@ -576,7 +699,9 @@ static __always_inline int tq_on_set_state(void *ctx, const struct tq_tp_inet_so
         else
             tq_lost_slot(1);
     } else {
-        struct tq_child *c = tq_child.lookup(&key);
+        // A socket leaving SYN_SENT is a client's: no child entry to look up (its CLOSE ->
+        // SYN_SENT dropped any stale one at its address).
+        struct tq_child *c = oldstate == TQ_TCP_SYN_SENT ? 0 : tq_child.lookup(&key);
         u64 lsk = 0, born = 0;
         if (c && oldstate == TQ_TCP_CLOSE) {
             tq_child.delete(&key);  // a new socket at the address of one whose close was not seen
@@ -700,6 +825,8 @@ int tq_set_state(struct tq_tp_inet_sock_set_state *args)
     if (args->protocol != TQ_IPPROTO_TCP)
         return 0;
 #endif
+    if (!tq_ss_needed(args->oldstate, args->newstate))
+        return 0;
     return tq_on_set_state(args, args, (const void *)args->skaddr, args->oldstate, args->newstate);
 }
 
@@ -708,10 +835,13 @@ int tq_set_state(struct tq_tp_inet_sock_set_state *args)
 // positions from the kernel's btf_trace_inet_sock_set_state (probes/plan.py).
 int tq_r_set_state(struct bpf_raw_tracepoint_args *ctx)
 {
+    int oldstate = (int)ctx->args[TQ_RTP_SET_STATE_OLD], newstate = (int)ctx->args[TQ_RTP_SET_STATE_NEW];
+    if (!tq_ss_needed(oldstate, newstate))
+        return 0;  // before the protocol read: the states are arguments
     const void *sk = (const void *)ctx->args[TQ_RTP_SET_STATE_SK];
     if (tq_sk_protocol(sk) != TQ_IPPROTO_TCP)
         return 0;
-    return tq_on_set_state(ctx, 0, sk, (int)ctx->args[TQ_RTP_SET_STATE_OLD], (int)ctx->args[TQ_RTP_SET_STATE_NEW]);
+    return tq_on_set_state(ctx, 0, sk, oldstate, newstate);
 }
 #endif
 #endif
@@ -839,7 +969,8 @@ int tq_r_send_reset(struct bpf_raw_tracepoint_args *ctx)
     const void *sk = (const void *)ctx->args[TQ_RTP_SEND_RESET_SK];
     if (!sk)
         return 0;
-    struct tq_listener *l = tq_listener_for_reset(sk, tq_reset_lport(sk));
+    // One state read; the local port only if the by-port lookup needs it.
+    struct tq_listener *l = tq_sk_state(sk) == TQ_TCP_LISTEN ? tq_listener_of(sk) : tq_listener_of_child_x(sk, 0, 1);
     if (l)
         __sync_fetch_and_add(&l->resets_sent, 1);
     return 0;
@@ -867,7 +998,8 @@ int tq_r_recv_reset(struct bpf_raw_tracepoint_args *ctx)
     const void *sk = (const void *)ctx->args[TQ_RTP_RECV_RESET_SK];
     if (!sk)
         return 0;
-    struct tq_listener *l = tq_listener_for_reset(sk, tq_reset_lport(sk));
+    // One state read; the local port only if the by-port lookup needs it.
+    struct tq_listener *l = tq_sk_state(sk) == TQ_TCP_LISTEN ? tq_listener_of(sk) : tq_listener_of_child_x(sk, 0, 1);
     if (l)
         __sync_fetch_and_add(&l->resets_received, 1);
     return 0;
