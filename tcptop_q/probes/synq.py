@@ -27,6 +27,7 @@ from .btf import Btf, BtfError
 
 SYNQ_C = Path(__file__).with_name("synq.bpf.c")
 PROG_NAME = "bpf_iter__tcp"  # bcc finds the iterator target from this name (bpf_iter_tcp)
+KERNEL_NAME = "tcp"  # what bpftool shows for it: bcc strips "bpf_iter__", so no tq_ prefix
 HOOK = "iter:tcp"
 METRIC = "syn_queue_members"  # the key in hooks: SO_REUSEPORT members' SYN queue by the kernel's link
 
