@@ -273,6 +273,7 @@ def attribute(raw: RawTick, links: Callable[[], Links] | None = None, walks: Wal
     walked: Mapping[int, Walk] = {}
     if shared and walks is not None:
         walked = walks({netns for netns, _port, _addr in shared})
+    by_cookie = {(key.netns, key.cookie): key for key, _row in listen_rows} if walked else {}
     syn_queue: dict[ListenerKey, int] = {}
     syn_recv: dict[ListenerKey, int] = {}
     close_wait: list[tuple[int, DiagRow, ListenerKey | None]] = []
@@ -295,8 +296,14 @@ def attribute(raw: RawTick, links: Callable[[], Links] | None = None, walks: Wal
             continue
         if children is None:
             children = []
+        walk = walked.get(ns.inode)
         for row in ns.children:
             parent = parents.of(ns.inode, FAMILY[row.family], row.laddr, row.lport, row.raddr, row.rport)
+            if (walk is not None and parent is not None and row.state == diagmod.TCP_SYN_RECV
+                    and (parent.netns, parent.lport, parent.laddr) in shared):
+                # A request (or Fast Open child) row: to the member the walk saw it wait on.
+                cookie = walk.peers.get((row.family, row.raddr, row.rport))
+                parent = by_cookie.get((ns.inode, cookie), parent) if cookie else parent
             if parent is not None:
                 children.append((ns.inode, row, parent))
     for key, _row in listen_rows:

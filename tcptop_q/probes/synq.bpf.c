@@ -3,7 +3,7 @@
 // A BPF tcp iterator (bpf_iter__tcp, kernel >= 5.9) run on demand: it walks the TCP sockets
 // of the network namespace the reading thread was in when it created the iterator fd, and
 // writes one struct tq_synq_rec per listener, per request socket (NEW_SYN_RECV) and per Fast
-// Open child still in SYN_RECV. A request socket names its listener (rsk_listener), which
+// Open child still in SYN_RECV (with its peer: the sampler finds its sock_diag row by it). A request socket names its listener (rsk_listener), which
 // sock_diag does not: in a SO_REUSEPORT group this is the member the request waits on.
 // Offsets come from BTF as -D flags (TQ_SQ_OFF_*); every read is bpf_probe_read_kernel.
 // The function name is what bcc needs to attach it as an iterator (no tq_ prefix possible).
@@ -24,6 +24,19 @@ struct bpf_iter__tcp {
 #define TQ_SQ_SYN_RECV 3
 #define TQ_SQ_NEW_SYN_RECV 12
 
+// The peer of a request or child (sock_common: family, dport, daddr or v6_daddr).
+static __always_inline void tq_sq_peer(struct tq_synq_rec *rec, char *skc)
+{
+    u16 family = 0;
+    bpf_probe_read_kernel(&family, 2, skc + TQ_SQ_OFF_FAMILY);
+    rec->family = family;
+    bpf_probe_read_kernel(&rec->rport, 2, skc + TQ_SQ_OFF_DPORT);
+    if (family == 10)  // AF_INET6
+        bpf_probe_read_kernel(rec->raddr, 16, skc + TQ_SQ_OFF_V6_DADDR);
+    else
+        bpf_probe_read_kernel(rec->raddr, 4, skc + TQ_SQ_OFF_DADDR);
+}
+
 int bpf_iter__tcp(struct bpf_iter__tcp *ctx)
 {
     char *skc = ctx->sk_common;
@@ -41,6 +54,7 @@ int bpf_iter__tcp(struct bpf_iter__tcp *ctx)
         bpf_probe_read_kernel(&listener, 8, skc + TQ_SQ_OFF_LISTENER);
         if (listener)
             bpf_probe_read_kernel(&rec.cookie, 8, listener + TQ_SQ_OFF_COOKIE);
+        tq_sq_peer(&rec, skc);
     } else if (state == TQ_SQ_SYN_RECV && TQ_SQ_OFF_FASTOPEN_RSK >= 0) {
         // A full socket in SYN_RECV is a Fast Open child (its request hangs off the child);
         // a simultaneous open has none and belongs to no listener.
@@ -51,6 +65,7 @@ int bpf_iter__tcp(struct bpf_iter__tcp *ctx)
         bpf_probe_read_kernel(&listener, 8, req + TQ_SQ_OFF_LISTENER);
         if (listener)
             bpf_probe_read_kernel(&rec.cookie, 8, listener + TQ_SQ_OFF_COOKIE);
+        tq_sq_peer(&rec, skc);
     } else {
         return 0;
     }

@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import ctypes
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import layout
 from .btf import Btf, BtfError
+from .diag import format_addr
+from .plan import one_line
 
 SYNQ_C = Path(__file__).with_name("synq.bpf.c")
 PROG_NAME = "bpf_iter__tcp"  # bcc finds the iterator target from this name (bpf_iter_tcp)
@@ -53,6 +56,10 @@ def offsets(btf: Btf) -> dict[str, int]:
             "TQ_SQ_OFF_COOKIE": btf.field("sock_common", "skc_cookie").offset,
             "TQ_SQ_OFF_QLEN": btf.field("inet_connection_sock", "icsk_accept_queue.qlen").offset,
             "TQ_SQ_OFF_LISTENER": btf.field("request_sock", "__req_common.skc_listener").offset,
+            "TQ_SQ_OFF_FAMILY": btf.field("sock_common", "skc_family").offset,
+            "TQ_SQ_OFF_DPORT": btf.field("sock_common", "skc_dport").offset,
+            "TQ_SQ_OFF_DADDR": btf.field("sock_common", "skc_daddr").offset,
+            "TQ_SQ_OFF_V6_DADDR": btf.field("sock_common", "skc_v6_daddr").offset,
         }
     except BtfError as exc:
         raise SynqError(f"tcp iterator: {exc}") from None
@@ -73,25 +80,33 @@ class Walk:
     """One netns, one walk. Per listener cookie: `qlen` (the kernel's icsk_accept_queue.qlen),
     `requests` (request sockets waiting on it: its SYN queue), `fastopen` (Fast Open children
     in SYN_RECV queued on it). `orphans`: requests whose listener was not among the LISTEN
-    records of the walk (the listener closed or opened meanwhile)."""
+    records of the walk (the listener closed or opened meanwhile). `peers`: (family, raddr,
+    rport) of each request and Fast Open child -> its listener's cookie (their sock_diag rows
+    share the member's local address: the peer tells them apart)."""
 
     qlen: dict[int, int] = field(default_factory=dict)
     requests: dict[int, int] = field(default_factory=dict)
     fastopen: dict[int, int] = field(default_factory=dict)
     orphans: int = 0
+    peers: dict[tuple[int, str, int], int] = field(default_factory=dict)
 
 
 def parse(data: bytes) -> Walk:
     w = Walk()
     size = layout.SYNQ_REC_SIZE
     usable = len(data) - len(data) % size
-    for cookie, qlen, state, _pad in layout.SYNQ_REC.iter_unpack(data[:usable]):
+    for cookie, qlen, state, family, rport, raddr in layout.SYNQ_REC.iter_unpack(data[:usable]):
         if state == LISTEN:
             w.qlen[cookie] = qlen
-        elif state == NEW_SYN_RECV:
+            continue
+        if state == NEW_SYN_RECV:
             w.requests[cookie] = w.requests.get(cookie, 0) + 1
         elif state == SYN_RECV:
             w.fastopen[cookie] = w.fastopen.get(cookie, 0) + 1
+        else:
+            continue
+        if family in (socket.AF_INET, socket.AF_INET6):
+            w.peers[(family, format_addr(family, raddr), socket.ntohs(rport))] = cookie
     for cookie in [c for c in w.requests if c not in w.qlen]:
         w.orphans += w.requests.pop(cookie)
     for cookie in [c for c in w.fastopen if c not in w.qlen]:
@@ -121,14 +136,14 @@ class SynqIter:
         try:
             b = bcc.BPF(text=program_text(self.defines), cflags=["-Wno-unused-value"])
         except Exception as exc:  # bcc raises bare Exception for compile/load errors
-            raise SynqError(f"tcp iterator compile failed: {str(exc).strip().splitlines()[-1:]}") from None
+            raise SynqError(f"tcp iterator compile failed: {one_line(exc)}") from None
         self._b = b
         try:
             fn = b.load_func(PROG_NAME.encode(), bcc.BPF.TRACING)
             link = _lib().bcc_iter_attach(fn.fd, None, 0)
         except Exception as exc:
             self.close()
-            raise SynqError(f"tcp iterator load failed: {exc}".splitlines()[0]) from None
+            raise SynqError(f"tcp iterator load failed: {one_line(exc)}") from None
         if link < 0:
             self.close()
             raise SynqError(f"tcp iterator attach refused: {os.strerror(-link)}")

@@ -155,6 +155,12 @@ def test_each_member_gets_the_requests_steered_to_it(labns, bpf, order):
         assert [got[c]["syn_queue"] for c in cookies] == list(SENT)
         assert [got[c]["children"].get("SYN_RECV", 0) for c in cookies] == list(SENT)
         assert sum(got[c]["syn_queue"] for c in cookies) == sum(ports.values())  # == ss state syn-recv
+        # Each request's row (the listener screen's connections) is on the member it was steered to.
+        assert snap.connections is not None
+        rows = {x.key.cookie: sorted(c.rport for c in snap.connections.get(x.key, ()) if c.state == "SYN_RECV")
+                for x in snap.listeners if x.lport == PORT}
+        assert [rows[c] for c in cookies] == [sorted(p for p in ports if (p - SPORT_BASE) % 4 == m)
+                                              for m in range(4)]
 
         # The kernel's own count agrees: each member's icsk_accept_queue.qlen is its requests.
         walk = sampler.reader.run_in(labns.inode, probes.synq_walk)

@@ -13,8 +13,9 @@ V4 = int(socket.AF_INET)
 NS = 7
 
 
-def rec(cookie: int, state: int, qlen: int = 0) -> bytes:
-    return layout.SYNQ_REC.pack(cookie, qlen, state, b"\0\0\0")
+def rec(cookie: int, state: int, qlen: int = 0, rport: int = 0) -> bytes:
+    family = V4 if state != synq.LISTEN else 0
+    return layout.SYNQ_REC.pack(cookie, qlen, state, family, socket.htons(rport), socket.inet_aton("127.0.0.1"))
 
 
 def row(state: int, lport: int, cookie: int, *, rport: int = 0, inode: int = 0) -> DiagRow:
@@ -24,7 +25,7 @@ def row(state: int, lport: int, cookie: int, *, rport: int = 0, inode: int = 0) 
 def test_c_and_python_share_the_record_layout():
     text = layout.synq_c_header()
     assert "struct tq_synq_rec {" in text and f"== {layout.SYNQ_REC_SIZE}" in text
-    assert layout.SYNQ_REC.size == layout.SYNQ_REC_SIZE == 16
+    assert layout.SYNQ_REC.size == layout.SYNQ_REC_SIZE == 32
     assert "struct tq_synq_rec" in synq.program_text({"TQ_SQ_OFF_STATE": 18})
 
 
@@ -43,9 +44,12 @@ def test_members_get_their_own_requests_and_others_stay_by_address():
             row(diag.TCP_LISTEN, 81, 8, inode=3)]
     rows += [row(diag.TCP_SYN_RECV, 80, 100 + i, rport=1000 + i) for i in range(3)]  # the dump: by address
     rows += [row(diag.TCP_SYN_RECV, 81, 200 + i, rport=2000 + i) for i in range(2)]
-    raw = RawTick(0.0, 0.0, {NS: NetnsRaw(NS, {}, {}, rows)})
+    kids = [row(diag.TCP_SYN_RECV, 80, 100 + i, rport=1000 + i) for i in range(3)]  # the full child dump
+    raw = RawTick(0.0, 0.0, {NS: NetnsRaw(NS, {}, {}, rows, kids)})
     walk = synq.parse(rec(5, synq.LISTEN, 1) + rec(6, synq.LISTEN, 2) + rec(8, synq.LISTEN, 2)
-                      + rec(5, synq.NEW_SYN_RECV) + rec(6, synq.NEW_SYN_RECV) * 2 + rec(6, synq.SYN_RECV))
+                      + rec(5, synq.NEW_SYN_RECV, rport=1002) + rec(6, synq.NEW_SYN_RECV, rport=1000)
+                      + rec(6, synq.NEW_SYN_RECV, rport=1001) + rec(6, synq.SYN_RECV, rport=1003))
+    assert walk.peers[(V4, "127.0.0.1", 1002)] == 5
     asked: list[set[int]] = []
 
     def walks(netns: set[int]):
@@ -58,6 +62,8 @@ def test_members_get_their_own_requests_and_others_stay_by_address():
     assert by_cookie == {5: 1, 6: 2, 8: 2}
     assert {k.cookie: v for k, v in att.syn_recv.items()} == {5: 1, 6: 3, 8: 2}
     assert not att.synq_by_address
+    assert att.children is not None
+    assert sorted((r.rport, p.cookie) for _ns, r, p in att.children) == [(1000, 6), (1001, 6), (1002, 5)]
 
     old = attribute(raw, None, lambda _ns: {})  # no walk: by address, and the sampler notes it
     assert sorted(old.syn_queue.values()) == [2, 3] and old.synq_by_address
