@@ -195,6 +195,8 @@ class BpfProbes:
         SO_REUSEPORT member. Its failure leaves the probes as they are, with a note."""
         from .btf import Btf
 
+        if self._closed:
+            return
         self.synq_error = "loading"
         try:
             it = synq.SynqIter(bcc, Btf.vmlinux())
@@ -254,15 +256,23 @@ class BpfProbes:
         self._ready.set()
 
     def _teardown(self) -> None:
-        it, self._synq = self._synq, None
-        if it is not None:
-            it.close()
-        b, self._bpf = self._bpf, None
-        if b is not None:
-            try:
-                b.cleanup()
-            except Exception:
-                pass
+        # Not while another instance's loader runs clang (loader.COMPILE_LOCK): bcc's module
+        # teardown and a compile in another thread are not known to be safe together. Bounded:
+        # a compile takes about a second; after 10 s tear down regardless.
+        got = loader.COMPILE_LOCK.acquire(timeout=10.0)
+        try:
+            it, self._synq = self._synq, None
+            if it is not None:
+                it.close()
+            b, self._bpf = self._bpf, None
+            if b is not None:
+                try:
+                    b.cleanup()
+                except Exception:
+                    pass
+        finally:
+            if got:
+                loader.COMPILE_LOCK.release()
 
     # ---- control (probes/controls.py)
 

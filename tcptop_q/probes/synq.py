@@ -26,6 +26,7 @@ from pathlib import Path
 from . import layout
 from .btf import Btf, BtfError
 from .diag import format_addr
+from .loader import COMPILE_LOCK
 from .plan import one_line
 
 SYNQ_C = Path(__file__).with_name("synq.bpf.c")
@@ -134,7 +135,8 @@ class SynqIter:
         self._b = None
         self._link = -1
         try:
-            b = bcc.BPF(text=program_text(self.defines), cflags=["-Wno-unused-value"])
+            with COMPILE_LOCK:  # never two clang compiles at once in one process
+                b = bcc.BPF(text=program_text(self.defines), cflags=["-Wno-unused-value"])
         except Exception as exc:  # bcc raises bare Exception for compile/load errors
             raise SynqError(f"tcp iterator compile failed: {one_line(exc)}") from None
         self._b = b
@@ -175,7 +177,7 @@ class SynqIter:
             except OSError:
                 pass
         b, self._b = self._b, None
-        if b is not None:
+        if b is not None:  # callers hold loader.COMPILE_LOCK where another compile may run
             try:
                 b.cleanup()
             except Exception:
