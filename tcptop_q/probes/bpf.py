@@ -254,6 +254,11 @@ class BpfProbes:
             self.state = "off"
             self.error = "closed"
         self._ready.set()
+        # The loader thread may still be compiling the tcp iterator (after live): wait for it, so
+        # that no bcc/LLVM code runs while the interpreter exits (that crashed: "double free").
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread() and thread.is_alive():
+            thread.join(timeout=10.0)
 
     def _teardown(self) -> None:
         # Not while another instance's loader runs clang (loader.COMPILE_LOCK): bcc's module
