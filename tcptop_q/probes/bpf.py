@@ -104,7 +104,7 @@ class BpfProbes:
         self._uncounted = 0
         self._inodes: dict[int, tuple[int, int]] = {}
         self._source_error: str | None = None
-        self._synq: synq.SynqIter | None = None  # the tcp iterator (probes/synq.py), loaded after the probes
+        self._synq: synq.SynqIter | None = None  # the tcp iterator (probes/synq.py), compiled on the loader thread before live
         self.synq_error: str | None = "not loaded"  # why _synq is None
 
     # ---- lifecycle
@@ -148,10 +148,12 @@ class BpfProbes:
             b = loader.compile_plan(bcc, plan)
             # Held until the probes are attached and the feed is open: a close() meanwhile
             # waits rather than cleaning bcc up under the attach calls.
+            # The tcp iterator before going live: nothing of bcc runs on this thread after that
+            # (a compile still running while the process exits crashed it).
+            it = self._load_synq(bcc)
             with self._lock:
+                self._synq = it
                 self._attach(b, plan, t0, t_compile)
-            if self.state == "live":
-                self._load_synq(bcc)
         except ProbeError as exc:
             self._teardown()
             self._fail(str(exc))
@@ -162,7 +164,8 @@ class BpfProbes:
     def _attach(self, b, plan: Plan, t0: float, t_compile: float) -> None:
         """Attach every planned hook and open the feed; called with self._lock held."""
         if self._closed:
-            b.cleanup()
+            self._bpf = b
+            self._teardown()  # the tcp iterator too
             return
         self._bpf = b
         t_attach = time.monotonic()
@@ -181,6 +184,8 @@ class BpfProbes:
         if self._closed:
             self._teardown()
             return
+        if self._synq is not None:
+            hooks[synq.METRIC] = synq.HOOK
         self.hooks = hooks
         self.notes = plan.notes + failures
         self.live_since = time.time()
@@ -190,29 +195,24 @@ class BpfProbes:
         self.error = None
         self._ready.set()
 
-    def _load_synq(self, bcc) -> None:
-        """The tcp iterator (probes/synq.py), once the probes are live: the SYN queue of each
-        SO_REUSEPORT member. Its failure leaves the probes as they are, with a note."""
+    def _load_synq(self, bcc) -> synq.SynqIter | None:
+        """The tcp iterator (probes/synq.py): the SYN queue of each SO_REUSEPORT member. Its
+        failure leaves the probes as they are: None, with the reason in `synq_error`."""
         from .btf import Btf
 
         if self._closed:
-            return
+            return None
         self.synq_error = "loading"
         try:
             it = synq.SynqIter(bcc, Btf.vmlinux())
         except synq.SynqError as exc:
             self.synq_error = str(exc)
-            return
+            return None
         except Exception as exc:
             self.synq_error = f"tcp iterator: {one_line(exc)}"
-            return
-        with self._lock:
-            if self._closed or self._bpf is None:
-                it.close()
-                return
-            self._synq = it
-            self.synq_error = None
-            self.hooks = {**self.hooks, synq.METRIC: synq.HOOK}
+            return None
+        self.synq_error = None
+        return it
 
     def synq_walk(self) -> synq.Walk | None:
         """One walk of the tcp iterator over the calling thread's netns (the sampler calls it
@@ -254,30 +254,17 @@ class BpfProbes:
             self.state = "off"
             self.error = "closed"
         self._ready.set()
-        # The loader thread may still be compiling the tcp iterator (after live): wait for it, so
-        # that no bcc/LLVM code runs while the interpreter exits (that crashed: "double free").
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread() and thread.is_alive():
-            thread.join(timeout=10.0)
 
     def _teardown(self) -> None:
-        # Not while another instance's loader runs clang (loader.COMPILE_LOCK): bcc's module
-        # teardown and a compile in another thread are not known to be safe together. Bounded:
-        # a compile takes about a second; after 10 s tear down regardless.
-        got = loader.COMPILE_LOCK.acquire(timeout=10.0)
-        try:
-            it, self._synq = self._synq, None
-            if it is not None:
-                it.close()
-            b, self._bpf = self._bpf, None
-            if b is not None:
-                try:
-                    b.cleanup()
-                except Exception:
-                    pass
-        finally:
-            if got:
-                loader.COMPILE_LOCK.release()
+        it, self._synq = self._synq, None
+        if it is not None:
+            it.close()
+        b, self._bpf = self._bpf, None
+        if b is not None:
+            try:
+                b.cleanup()
+            except Exception:
+                pass
 
     # ---- control (probes/controls.py)
 
@@ -561,7 +548,7 @@ class BpfProbes:
 
     def _synq_text(self) -> str:
         """The tcp iterator's program (probes/synq.bpf.c) with its offsets, and whether it would
-        serve (`hooks`) on this kernel; loaded after the probes, run on demand."""
+        serve (`hooks`) on this kernel; compiled with the probes, run on demand."""
         from .btf import Btf, BtfError
 
         head = "// ==== tcp iterator (probes/synq.bpf.c): SYN queue of SO_REUSEPORT members\n"

@@ -17,9 +17,9 @@ from .plan import Plan, ProbeError, one_line
 from .plan import raw_hooks as _raw_hooks
 from .plan import serves as _serves
 
-# clang/LLVM inside bcc is not safe to run from two threads at once (it crashed the process when
-# one probes instance compiled its tcp iterator after going live while the next one compiled its
-# plan): every bcc compile of this process takes this lock.
+# clang/LLVM inside bcc is not known to be safe from two threads at once (two probes instances
+# loading together; it crashed once when a tcp iterator compiled beside another instance's plan):
+# every bcc compile of this process takes this lock.
 COMPILE_LOCK = threading.Lock()
 
 

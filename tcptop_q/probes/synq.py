@@ -177,7 +177,7 @@ class SynqIter:
             except OSError:
                 pass
         b, self._b = self._b, None
-        if b is not None:  # callers hold loader.COMPILE_LOCK where another compile may run
+        if b is not None:
             try:
                 b.cleanup()
             except Exception:

@@ -111,7 +111,7 @@ def start_probes(labns):
     assert probes is not None, error
     probes.start()
     assert probes.wait_ready(90), probes.error
-    deadline = time.monotonic() + 60  # the iterator loads once the probes are live
+    deadline = time.monotonic() + 60  # loaded before live: synq_error is settled by now
     while probes.synq_error == "loading" or probes.synq_error == "not loaded":
         assert time.monotonic() < deadline
         time.sleep(0.05)
