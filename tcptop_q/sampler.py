@@ -38,6 +38,9 @@ from .probes.names import NetnsName, NetnsNamer
 from .probes.netns import NetnsEnterer, NetnsRef, discover
 from .probes.netstat import NetnsFiles
 from .probes.owners import OwnerMap
+from .probes.synq import BY_ADDRESS_NOTE, Walk
+
+T = TypeVar("T")
 
 FAMILY: dict[int, str] = {int(socket.AF_INET): "ipv4", int(socket.AF_INET6): "ipv6"}
 
@@ -148,6 +151,13 @@ class KernelReader:
             out[ino] = NetnsRaw(ino, counters, sysctls, rows, kids)
         return RawTick(time.monotonic(), time.time(), out, notes, netlink_ok=home_ok)
 
+    def run_in(self, netns: int, fn: Callable[[], T]) -> T:
+        """fn() inside `netns` on this thread (OSError if that netns is not known or gone)."""
+        ref = self.refs.get(netns)
+        if ref is None:
+            raise OSError(f"netns {netns} not known")
+        return self.enterer.run_in(ref, fn)
+
     def close(self) -> None:
         for handle in self.handles.values():
             handle.close()
@@ -173,6 +183,9 @@ class Attributed:
     children: list[tuple[int, DiagRow, ListenerKey]] | None  # None: no full dump this tick
     syn_recv: dict[ListenerKey, int] = field(default_factory=dict)  # every SYN_RECV row (Fast Open children too)
     parents: _Parents | None = None
+    # Some address has several listeners and their SYN queues were counted by address this tick
+    # (no tcp iterator walk of that netns): the sampler notes it (probes/synq.py BY_ADDRESS_NOTE).
+    synq_by_address: bool = False
 
     def close_wait_counts(self) -> dict[ListenerKey, int]:
         out: dict[ListenerKey, int] = {}
@@ -242,14 +255,25 @@ class _Parents:
         return ev if member is None or member == key else dataclasses.replace(ev, listener=member)
 
 
-def attribute(raw: RawTick, links: Callable[[], Links] | None = None) -> Attributed:
+Walks = Callable[[set[int]], Mapping[int, Walk]]
+
+
+def attribute(raw: RawTick, links: Callable[[], Links] | None = None, walks: Walks | None = None) -> Attributed:
     """Listeners first; then request socks, CLOSE_WAIT and children given to them. `links`:
-    the probes' child -> listener links, asked for only where an address has several listeners."""
+    the probes' child -> listener links, asked for only where an address has several listeners.
+    `walks`: the tcp iterator's walks of the given namespaces (probes/synq.py), asked for only
+    those where an address has several listeners: there each member's SYN queue and SYN_RECV
+    children are the requests that name it as their listener, by socket cookie."""
     listen_rows = [
         (_key(ns.inode, row), row) for ns in raw.netns.values() for row in ns.rows if row.state == diagmod.TCP_LISTEN
     ]
     parents = _Parents(listen_rows, links)
     index = parents.index
+    shared = shared_addresses(listen_rows)
+    walked: Mapping[int, Walk] = {}
+    if shared and walks is not None:
+        walked = walks({netns for netns, _port, _addr in shared})
+    by_cookie = {(key.netns, key.cookie): key for key, _row in listen_rows} if walked else {}
     syn_queue: dict[ListenerKey, int] = {}
     syn_recv: dict[ListenerKey, int] = {}
     close_wait: list[tuple[int, DiagRow, ListenerKey | None]] = []
@@ -257,8 +281,10 @@ def attribute(raw: RawTick, links: Callable[[], Links] | None = None) -> Attribu
     for ns in raw.netns.values():
         for row in ns.rows:
             if row.state in (diagmod.TCP_SYN_RECV, diagmod.TCP_NEW_SYN_RECV):
-                # Request socks have no link (they are not sockets the probes see): by address.
+                # Request socks are not sockets the probes see: by address, or by the walk.
                 parent = owner_listener(index, ns.inode, FAMILY[row.family], row.laddr, row.lport)
+                if parent is not None and ns.inode in walked and (parent.netns, parent.lport, parent.laddr) in shared:
+                    continue  # counted from the walk below
                 if parent is not None:
                     syn_recv[parent] = syn_recv.get(parent, 0) + 1
                     if row.inode == 0:
@@ -270,11 +296,31 @@ def attribute(raw: RawTick, links: Callable[[], Links] | None = None) -> Attribu
             continue
         if children is None:
             children = []
+        walk = walked.get(ns.inode)
         for row in ns.children:
             parent = parents.of(ns.inode, FAMILY[row.family], row.laddr, row.lport, row.raddr, row.rport)
+            if (walk is not None and parent is not None and row.state == diagmod.TCP_SYN_RECV
+                    and (parent.netns, parent.lport, parent.laddr) in shared):
+                # A request (or Fast Open child) row: to the member the walk saw it wait on.
+                cookie = walk.peers.get((row.family, row.raddr, row.rport))
+                parent = by_cookie.get((ns.inode, cookie), parent) if cookie else parent
             if parent is not None:
                 children.append((ns.inode, row, parent))
-    return Attributed(listen_rows, index, syn_queue, close_wait, children, syn_recv, parents)
+    for key, _row in listen_rows:
+        walk = walked.get(key.netns)
+        if walk is None or (key.netns, key.lport, key.laddr) not in shared:
+            continue
+        # A member's requests (NEW_SYN_RECV naming it as rsk_listener) are its SYN queue; with
+        # its Fast Open children still in SYN_RECV they are its SYN_RECV children. Requests of
+        # a listener missing from this dump (opened or closed since) are counted nowhere.
+        reqs = walk.requests.get(key.cookie, 0)
+        recv = reqs + walk.fastopen.get(key.cookie, 0)
+        if reqs:
+            syn_queue[key] = reqs
+        if recv:
+            syn_recv[key] = recv
+    by_address = bool(shared) and any(netns not in walked for netns, _p, _a in shared)
+    return Attributed(listen_rows, index, syn_queue, close_wait, children, syn_recv, parents, by_address)
 
 
 # ------------------------------------------------------------------ overflows
@@ -775,7 +821,9 @@ class Sampler:
     ) -> Snapshot:
         dt = (raw.mono - self.prev.mono) if self.prev else 0.0
         links_fn = getattr(self.bpf, "child_links", None) if bpf is not None else None
-        att = attribute(raw, links_fn if callable(links_fn) else None)
+        att = attribute(raw, links_fn if callable(links_fn) else None, self._walks)
+        if att.synq_by_address:
+            raw.notes.append(f"{BY_ADDRESS_NOTE}: {self._synq_reason()}")
         owners = self._resolve_owners(att, raw.notes)
         keys = [key for key, _ in att.listen_rows]
         conns = self._connections(att, raw.wall, owners, bpf is not None)
@@ -806,6 +854,30 @@ class Sampler:
             connections=conns,
             seq=self.seq,
         )
+
+    def _walks(self, netns: set[int]) -> dict[int, Walk]:
+        """The tcp iterator walked inside each of `netns` (probes/synq.py); a netns it could not
+        walk is left out (its SYN queues stay by address, with the note)."""
+        walk_fn = getattr(self.bpf, "synq_walk", None)
+        if not callable(walk_fn) or getattr(self.bpf, "state", None) != "live":
+            return {}
+        out: dict[int, Walk] = {}
+        for ino in sorted(netns):
+            try:
+                walk = self.reader.run_in(ino, walk_fn)
+            except OSError:
+                continue  # the netns went away since the dump
+            if walk is None:
+                break  # not loaded, or refused: the same for every netns
+            out[ino] = walk
+        return out
+
+    def _synq_reason(self) -> str:
+        if self.bpf is None:
+            return "BPF probes off"
+        if getattr(self.bpf, "state", None) != "live":
+            return f"BPF probes {self.bpf.state}" + (f" ({self.bpf.error})" if self.bpf.error else "")
+        return getattr(self.bpf, "synq_error", None) or "netns not walked"
 
     def _events(self, att: Attributed, bpf: BpfReading | None) -> tuple[Transition, ...]:
         """Feed events, each with its listener: by address, by the kernel's link where several

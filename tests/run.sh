@@ -20,7 +20,8 @@ if [ "${left:-0}" -gt 0 ]; then
   echo "tests/run.sh: $left tq* network namespace(s) left behind:" >&2; ip netns list >&2; rc=1
 fi
 if command -v bpftool >/dev/null && [ "$(id -u)" -eq 0 ]; then
-  progs=$(bpftool prog show 2>/dev/null | grep -cE ' name tq_' || true)
+  # ours: tq_*, and the tcp iterator (probes/synq.py), a tracing program the kernel names "tcp"
+  progs=$(bpftool prog show 2>/dev/null | grep -cE ' name tq_|^[0-9]+: tracing +name tcp ' || true)
   if [ "${progs:-0}" -gt 0 ]; then
     echo "tests/run.sh: $progs tcpq-top BPF program(s) still loaded" >&2; rc=1
   fi

@@ -48,7 +48,7 @@ import time
 from collections.abc import Callable
 
 from ..model import BpfListenerCounts, BpfReading, ListenerKey, Transition
-from . import controls, decode, layout, loader
+from . import controls, decode, layout, loader, synq
 from .plan import (  # noqa: F401  (re-exported: the names tests and tools use)
     BPF_C,
     MAX_LISTENERS,
@@ -104,6 +104,8 @@ class BpfProbes:
         self._uncounted = 0
         self._inodes: dict[int, tuple[int, int]] = {}
         self._source_error: str | None = None
+        self._synq: synq.SynqIter | None = None  # the tcp iterator (probes/synq.py), compiled on the loader thread before live
+        self.synq_error: str | None = "not loaded"  # why _synq is None
 
     # ---- lifecycle
 
@@ -146,7 +148,11 @@ class BpfProbes:
             b = loader.compile_plan(bcc, plan)
             # Held until the probes are attached and the feed is open: a close() meanwhile
             # waits rather than cleaning bcc up under the attach calls.
+            # The tcp iterator before going live: nothing of bcc runs on this thread after that
+            # (a compile still running while the process exits crashed it).
+            it = self._load_synq(bcc)
             with self._lock:
+                self._synq = it
                 self._attach(b, plan, t0, t_compile)
         except ProbeError as exc:
             self._teardown()
@@ -158,7 +164,8 @@ class BpfProbes:
     def _attach(self, b, plan: Plan, t0: float, t_compile: float) -> None:
         """Attach every planned hook and open the feed; called with self._lock held."""
         if self._closed:
-            b.cleanup()
+            self._bpf = b
+            self._teardown()  # the tcp iterator too
             return
         self._bpf = b
         t_attach = time.monotonic()
@@ -177,6 +184,8 @@ class BpfProbes:
         if self._closed:
             self._teardown()
             return
+        if self._synq is not None:
+            hooks[synq.METRIC] = synq.HOOK
         self.hooks = hooks
         self.notes = plan.notes + failures
         self.live_since = time.time()
@@ -185,6 +194,44 @@ class BpfProbes:
         self.state = "live"
         self.error = None
         self._ready.set()
+
+    def _load_synq(self, bcc) -> synq.SynqIter | None:
+        """The tcp iterator (probes/synq.py): the SYN queue of each SO_REUSEPORT member. Its
+        failure leaves the probes as they are: None, with the reason in `synq_error`."""
+        from .btf import Btf
+
+        if self._closed:
+            return None
+        self.synq_error = "loading"
+        try:
+            it = synq.SynqIter(bcc, Btf.vmlinux())
+        except synq.SynqError as exc:
+            self.synq_error = str(exc)
+            return None
+        except Exception as exc:
+            self.synq_error = f"tcp iterator: {one_line(exc)}"
+            return None
+        self.synq_error = None
+        return it
+
+    def synq_walk(self) -> synq.Walk | None:
+        """One walk of the tcp iterator over the calling thread's netns (the sampler calls it
+        inside each netns that has a SO_REUSEPORT group); None if the iterator is not loaded
+        (`synq_error` says why) or the walk failed (then it is unloaded, with the reason)."""
+        if self.state != "live" or self._synq is None:
+            return None
+        with self._lock:
+            it = self._synq
+            if it is None or self._closed:
+                return None
+            try:
+                return it.walk()
+            except OSError as exc:
+                self._synq = None
+                it.close()
+                self.synq_error = f"tcp iterator failed: {exc.strerror or exc}"
+                self.hooks = {k: v for k, v in self.hooks.items() if k != synq.METRIC}
+                return None
 
     def close(self) -> None:
         """Detach everything. Idempotent; safe from atexit and signal handlers."""
@@ -209,6 +256,9 @@ class BpfProbes:
         self._ready.set()
 
     def _teardown(self) -> None:
+        it, self._synq = self._synq, None
+        if it is not None:
+            it.close()
         b, self._bpf = self._bpf, None
         if b is not None:
             try:
@@ -494,4 +544,20 @@ class BpfProbes:
             if self._thread is None:  # not started: `hooks` says what would serve each metric
                 self.hooks = dict(plan.hooks)
                 self.notes = list(plan.notes)
-        return plan.text()
+        return plan.text() + "\n\n" + self._synq_text()
+
+    def _synq_text(self) -> str:
+        """The tcp iterator's program (probes/synq.bpf.c) with its offsets, and whether it would
+        serve (`hooks`) on this kernel; compiled with the probes, run on demand."""
+        from .btf import Btf, BtfError
+
+        head = "// ==== tcp iterator (probes/synq.bpf.c): SYN queue of SO_REUSEPORT members\n"
+        try:
+            defines = synq.offsets(Btf.vmlinux())
+        except (synq.SynqError, BtfError, OSError) as exc:
+            if self._thread is None:
+                self.notes = [*self.notes, f"{synq.BY_ADDRESS_NOTE}: {exc}"]
+            return head + f"// ---- not served: {exc}\n" + synq.program_text()
+        if self._thread is None:
+            self.hooks = {**self.hooks, synq.METRIC: synq.HOOK}
+        return head + synq.program_text(defines)

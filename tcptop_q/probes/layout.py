@@ -103,3 +103,32 @@ def bucket_bounds(index: int) -> tuple[float, float]:
     width = 1 << (octave - HIST_SUB_BITS)
     low = (1 << octave) + sub * width
     return float(low), float(low + width)
+
+
+# ---- struct tq_synq_rec: one record of the tcp iterator (probes/synq.py, synq.bpf.c).
+# LISTEN: `cookie` is the listener's own socket cookie, `qlen` its icsk_accept_queue.qlen (the
+# kernel's SYN-queue count). NEW_SYN_RECV (a request socket) and SYN_RECV (a Fast Open child):
+# `cookie` is that of the listener it waits on (rsk_listener), `qlen` 0, and `family`, `rport`
+# (network order, as skc_dport) and `raddr` (4 or 16 bytes) name the peer: the sampler gives the
+# request's sock_diag row to that member by them.
+SYNQ_FIELDS: tuple[tuple[str, str, str, int], ...] = (
+    ("cookie", "u64", "Q", 0),
+    ("qlen", "u32", "I", 0),
+    ("state", "u8", "B", 0),
+    ("family", "u8", "B", 0),
+    ("rport", "u16", "H", 0),
+    ("raddr", "u8", "16s", 16),
+)
+SYNQ_REC = struct.Struct("<" + "".join(fmt for _n, _c, fmt, _a in SYNQ_FIELDS))
+SYNQ_REC_SIZE = 32
+assert SYNQ_REC.size == SYNQ_REC_SIZE, f"tq_synq_rec is {SYNQ_REC.size} bytes, expected {SYNQ_REC_SIZE}"
+
+
+def synq_c_header() -> str:
+    """The C definition of struct tq_synq_rec, from SYNQ_FIELDS."""
+    out = ["// ---- shared with Python: generated from probes/layout.py", "struct tq_synq_rec {"]
+    for name, ctype, _fmt, arr in SYNQ_FIELDS:
+        out.append(f"    {ctype} {name}{f'[{arr}]' if arr else ''};")
+    out.append("};")
+    out.append(f'_Static_assert(sizeof(struct tq_synq_rec) == {SYNQ_REC_SIZE}, "tq_synq_rec: see probes/layout.py");')
+    return "\n".join(out) + "\n"

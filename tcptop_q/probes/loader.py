@@ -10,11 +10,17 @@ from __future__ import annotations
 
 import ctypes
 import os
+import threading
 from pathlib import Path
 
 from .plan import Plan, ProbeError, one_line
 from .plan import raw_hooks as _raw_hooks
 from .plan import serves as _serves
+
+# clang/LLVM inside bcc is not known to be safe from two threads at once (two probes instances
+# loading together; it crashed once when a tcp iterator compiled beside another instance's plan):
+# every bcc compile of this process takes this lock.
+COMPILE_LOCK = threading.Lock()
 
 
 def _cap_eff() -> int:
@@ -78,7 +84,8 @@ def compile_plan(bcc, plan: Plan):
     if not plan.attach:
         raise ProbeError("no usable tracepoint on this kernel")
     try:
-        b = bcc.BPF(text=plan.body, cflags=plan.cflags)
+        with COMPILE_LOCK:
+            b = bcc.BPF(text=plan.body, cflags=plan.cflags)
     except Exception as exc:  # bcc raises bare Exception for compile/load errors
         raise ProbeError(f"BPF compile failed: {one_line(exc)}") from None
     _release_compiler_heap()

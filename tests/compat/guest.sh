@@ -25,7 +25,7 @@ echo "== pytest $*"
 rc=$?
 [ $rc -eq 5 ] && { echo "guest.sh: pytest collected no tests"; rc=1; }
 echo "== left behind (all must be empty)"
-progs=$(bpftool prog show 2>/dev/null | grep -E ' name tq_' || true)
+progs=$(bpftool prog show 2>/dev/null | grep -E ' name tq_|^[0-9]+: tracing +name tcp ' || true)
 kprobes=$(cat $T/kprobe_events 2>/dev/null || true)
 netns=$(ip netns list 2>/dev/null || true)
 echo "tq_ programs: ${progs:-none}"; echo "kprobe_events: ${kprobes:-none}"; echo "netns: ${netns:-none}"
