@@ -56,7 +56,9 @@ def report_equals_ss(sampler, labns, reports: int = 3) -> list[dict[str, int]]:
         snap = sampler.sample(0.2)
         after = ss_children(labns)
         assert snap.connections is None, "a full child dump ran: this test is about the ticks between them"
-        lst = next(x for x in snap.listeners if x.lport == PORT)
+        lst = next((x for x in snap.listeners if x.lport == PORT), None)
+        assert lst is not None, ("no row for the listener", [(x.laddr, x.lport) for x in snap.listeners],
+                                 snap.sources, before, after)
         if before != after:
             assert time.monotonic() < deadline, f"ss never settled: {before} vs {after}"
             continue
@@ -78,7 +80,8 @@ def test_defer_accept_children_equal_ss_in_every_report(labns, bpf):
     from tcptop_q.sampler import Sampler
     from tcptop_q.source import load_bpf
 
-    labns.serve(addr="127.0.0.1", port=PORT, backlog=16, mode="no-accept", defer_accept=60)
+    # The server outlives a slow bcc compile (30-70 s in a TCG guest; its default life is 60 s).
+    labns.serve(addr="127.0.0.1", port=PORT, backlog=16, mode="no-accept", defer_accept=60, duration=600)
     probes, error = load_bpf(None, labns.inode)
     assert probes is not None, error
     probes.start()
